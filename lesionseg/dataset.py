@@ -1,0 +1,93 @@
+"""Datasets over prepared uint8 tensors, with albumentations transforms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation; the defaults are the reference recipe.
+
+    ``scale_rotate``: probability of a random affine (shift up to 6%, scale
+    0.85-1.15, rotation up to ``rotate_limit`` degrees); ``hue_saturation``:
+    probability of a hue/saturation/value jitter. Both 0 in the reference.
+    """
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    brightness_contrast: float = 0.5
+    scale_rotate: float = 0.0
+    rotate_limit: int = 45
+    hue_saturation: float = 0.0
+
+    def __post_init__(self):
+        for name in ("hflip", "vflip", "brightness_contrast", "scale_rotate", "hue_saturation"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
+
+
+def train_transform(config: AugmentConfig = AugmentConfig(), seed: int | None = None) -> A.Compose:
+    """Augmentation + ImageNet normalisation. Masks are only moved, never interpolated
+    (nearest neighbour), so they stay binary. ``seed`` makes the random stream reproducible:
+    albumentations keeps its own generator that global seeds do not reach."""
+    transforms = [A.HorizontalFlip(p=config.hflip), A.VerticalFlip(p=config.vflip)]
+    if config.scale_rotate > 0:
+        transforms.append(
+            A.Affine(
+                scale=(0.85, 1.15),
+                translate_percent=(-0.06, 0.06),
+                rotate=(-config.rotate_limit, config.rotate_limit),
+                border_mode=0,
+                mask_interpolation=0,
+                p=config.scale_rotate,
+            )
+        )
+    transforms.append(A.RandomBrightnessContrast(p=config.brightness_contrast))
+    if config.hue_saturation > 0:
+        transforms.append(A.HueSaturationValue(p=config.hue_saturation))
+    transforms.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    return A.Compose(transforms, seed=seed)
+
+
+def eval_transform() -> A.Compose:
+    """ImageNet normalisation only."""
+    return A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+
+
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, H, W)``; same maths as :func:`eval_transform`."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+class SegmentationDataset(Dataset):
+    """Items ``(image float (3, S, S), mask float (1, S, S), index)`` from cached tensors.
+
+    ``images``: uint8 ``(N, S, S, 3)``; ``masks``: uint8 ``(N, S, S)`` with 0/1.
+    """
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, transform: A.Compose):
+        if images.shape[:3] != masks.shape:
+            raise ValueError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} do not match")
+        self.images = images.numpy()
+        self.masks = masks.numpy()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        out = self.transform(image=self.images[index], mask=self.masks[index])
+        image = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        mask = torch.from_numpy(np.ascontiguousarray(out["mask"]))[None].float()
+        return image, mask, index

@@ -1,0 +1,109 @@
+"""MobileNetV2 encoder split into the four stages the decoder taps.
+
+Contract of :meth:`MobileNetV2Encoder.forward` for an input ``(N, 3, H, W)``:
+a list of four feature maps, shallow to deep,
+
+=====  ======================  ========  ======
+index  torchvision layers      channels  stride
+=====  ======================  ========  ======
+0      ``features[0:4]``       24        4
+1      ``features[4:7]``       32        8
+2      ``features[7:14]``      96        16
+3      ``features[14:19]``     1280      32
+=====  ======================  ========  ======
+
+Spatial sizes are ``ceil(H / stride)`` (the convolutions pad), so inputs whose
+side is not a multiple of 32 work; the decoder resizes before concatenating.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
+STAGE_SLICES = ((0, 4), (4, 7), (7, 14), (14, 19))
+STAGE_CHANNELS = (24, 32, 96, 1280)
+STAGE_STRIDES = (4, 8, 16, 32)
+
+IMAGENET_WEIGHTS = "imagenet"
+NO_WEIGHTS = "none"
+
+
+class EncoderWeightsError(RuntimeError):
+    """The encoder's pretrained weights could not be obtained or do not fit."""
+
+
+class MobileNetV2Encoder(nn.Module):
+    """torchvision MobileNetV2 ``features`` as four sequential stages."""
+
+    out_channels = STAGE_CHANNELS
+    strides = STAGE_STRIDES
+
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        self.stages = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in STAGE_SLICES)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the four stage outputs for ``x`` of shape ``(N, 3, H, W)`` (see module doc)."""
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+def load_mobilenet_v2(weights: str) -> nn.Module:
+    """Build a torchvision ``mobilenet_v2`` with ``weights``.
+
+    ``weights`` is ``"imagenet"`` (torchvision's ``IMAGENET1K_V1``, downloaded
+    and cached by torchvision), ``"none"`` (random init) or a path to a local
+    ``mobilenet_v2`` state dict saved with ``torch.save``.
+    """
+    if weights == NO_WEIGHTS:
+        return mobilenet_v2(weights=None)
+    if weights == IMAGENET_WEIGHTS:
+        try:
+            return mobilenet_v2(weights=MobileNet_V2_Weights.IMAGENET1K_V1)
+        except Exception as exc:  # torchvision raises URLError, HTTPError, OSError, ...
+            raise EncoderWeightsError(
+                "could not download torchvision's ImageNet MobileNetV2 weights "
+                f"({type(exc).__name__}: {exc}). Offline, point the encoder weights at a local "
+                "mobilenet_v2 state dict instead, e.g. "
+                "`dvc exp run -S train.encoder_weights=/path/to/mobilenet_v2_imagenet.pth`."
+            ) from exc
+    return _load_state_dict_file(Path(weights))
+
+
+def _load_state_dict_file(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise EncoderWeightsError(
+            f"encoder weights {str(path)!r}: no such file "
+            f"(valid values: {IMAGENET_WEIGHTS!r}, {NO_WEIGHTS!r}, or a path to a state dict)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EncoderWeightsError(f"encoder weights {path}: not a loadable state dict ({exc})") from exc
+    if not isinstance(state, dict):
+        raise EncoderWeightsError(f"encoder weights {path}: expected a state dict, got {type(state).__name__}")
+    model = mobilenet_v2(weights=None)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise EncoderWeightsError(
+            f"encoder weights {path}: not a torchvision mobilenet_v2 state dict; "
+            f"missing keys {_preview(result.missing_keys)}, unexpected keys {_preview(result.unexpected_keys)}"
+        )
+    return model
+
+
+def _preview(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return f"[{shown}{', ...' if len(keys) > n else ''}] ({len(keys)})"
+
+
+def build_encoder(weights: str = IMAGENET_WEIGHTS) -> MobileNetV2Encoder:
+    """MobileNetV2 encoder with ``weights`` (see :func:`load_mobilenet_v2`)."""
+    return MobileNetV2Encoder(load_mobilenet_v2(weights).features)

@@ -1,0 +1,15 @@
+"""Errors that name the offending file and what is wrong with it."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Input data (archive, image, mask, cache) is unusable; the message names the file."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):  # keep (path, problem) when raised in a worker process
+        return (type(self), (self.path, self.problem))

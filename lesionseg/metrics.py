@@ -1,0 +1,82 @@
+"""Segmentation metrics as the ISIC challenge scorer defines them.
+
+Everything starts from per-image confusion counts of the lesion class on
+binary masks; scores are computed per image and then averaged over images
+(macro mean), which is the official ISIC 2016 Part 1 ranking (mean Jaccard).
+Because per-image counts are kept, results do not depend on batch size or on
+a partial last batch.
+
+Per-image definitions (TP, FP, FN, TN counted over pixels):
+
+- ``jaccard`` = TP / (TP + FP + FN); 1.0 if both masks are empty
+- ``dice`` = 2 TP / (2 TP + FP + FN); 1.0 if both masks are empty
+- ``accuracy`` = (TP + TN) / all pixels
+- ``sensitivity`` = TP / (TP + FN); 1.0 if the truth has no lesion pixel
+- ``specificity`` = TN / (TN + FP); 1.0 if the truth has no background pixel
+
+Dataset-level: ``jaccard_micro`` = sum TP / sum (TP + FP + FN) over all pixels
+of all images; ``jaccard_thresholded`` = mean of per-image Jaccard with values
+below 0.65 counted as 0 (ISIC 2018 Task 1's headline metric).
+"""
+
+from __future__ import annotations
+
+import torch
+
+THRESHOLDED_JACCARD_CUTOFF = 0.65
+SCORE_NAMES = ("jaccard", "dice", "accuracy", "sensitivity", "specificity")
+
+
+def binarize(probs_or_logits: torch.Tensor, threshold: float = 0.5, logits: bool = False) -> torch.Tensor:
+    """Boolean mask from probabilities (``p > threshold``) or, with ``logits=True``, from logits."""
+    if logits:
+        probs_or_logits = torch.sigmoid(probs_or_logits.float())
+    return probs_or_logits > threshold
+
+
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image TP, FP, FN, TN.
+
+    ``pred`` and ``target``: boolean (or 0/1) masks of shape ``(N, H, W)`` or
+    ``(N, 1, H, W)``. Returns int64 ``(N, 4)`` with columns TP, FP, FN, TN.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+    pred = pred.bool().flatten(1)
+    target = target.bool().flatten(1)
+    tp = (pred & target).sum(1)
+    fp = (pred & ~target).sum(1)
+    fn = (~pred & target).sum(1)
+    tn = (~pred & ~target).sum(1)
+    return torch.stack([tp, fp, fn, tn], dim=1).long()
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den with 1.0 where den == 0 (nothing to get wrong)."""
+    num, den = num.double(), den.double()
+    return torch.where(den > 0, num / den.clamp(min=1), torch.ones_like(num))
+
+
+def per_image_scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image scores (float64 ``(N,)`` each) from ``(N, 4)`` counts; see module doc."""
+    tp, fp, fn, tn = counts.double().unbind(1)
+    return {
+        "jaccard": _ratio(tp, tp + fp + fn),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+    }
+
+
+def summarize(counts: torch.Tensor) -> dict[str, float]:
+    """Dataset metrics from per-image ``(N, 4)`` counts: macro means plus micro and thresholded Jaccard."""
+    if counts.ndim != 2 or counts.shape[1] != 4 or counts.shape[0] == 0:
+        raise ValueError(f"expected non-empty (N, 4) counts, got shape {tuple(counts.shape)}")
+    scores = per_image_scores(counts)
+    summary = {name: float(value.mean()) for name, value in scores.items()}
+    tp, fp, fn, _ = counts.sum(0).double()
+    summary["jaccard_micro"] = float(_ratio(tp, tp + fp + fn))
+    jac = scores["jaccard"]
+    summary["jaccard_thresholded"] = float(torch.where(jac >= THRESHOLDED_JACCARD_CUTOFF, jac, 0.0).mean())
+    return summary

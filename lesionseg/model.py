@@ -1,0 +1,107 @@
+"""The segmentation model: MobileNetV2 encoder + U-Net decoder, with freezing levels.
+
+Unfreeze levels count encoder stages from the deep end:
+
+=======  ===========================  ==========================
+level    trainable encoder stages     trainable parameters
+=======  ===========================  ==========================
+0        none (decoder only)          4,771,585
+1        stage 4                      6,452,929
+2        stages 3-4                   6,939,969
+3        stages 2-4                   6,979,665
+4/all    all                          6,995,457
+=======  ===========================  ==========================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lesionseg.decoder import UNetDecoder
+from lesionseg.encoder import IMAGENET_WEIGHTS, MobileNetV2Encoder, build_encoder
+
+NUM_STAGES = 4
+UNFREEZE_LEVELS = ("0", "1", "2", "3", "4", "all")
+
+
+def parse_unfreeze_level(value: int | str) -> int:
+    """Turn ``0``-``4`` or ``"all"`` into the number of trainable encoder stages."""
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text not in UNFREEZE_LEVELS:
+        raise ValueError(f"unfreeze level {value!r} is not valid; valid values: 0, 1, 2, 3, 4, all (4 = all)")
+    return NUM_STAGES if text == "all" else int(text)
+
+
+def level_name(level: int) -> str:
+    """Canonical name of a level: ``"0"``.. ``"3"`` or ``"all"``."""
+    return "all" if parse_unfreeze_level(level) == NUM_STAGES else str(level)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture settings; stored in every checkpoint.
+
+    ``encoder_weights``: ``"imagenet"``, ``"none"`` or a path to a local
+    torchvision ``mobilenet_v2`` state dict. ``decoder_dilation``: dilation of
+    the decoder's 3x3 convs (1 = plain convs, as in the reference report).
+    """
+
+    encoder_weights: str = IMAGENET_WEIGHTS
+    decoder_dilation: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.decoder_dilation, int) or self.decoder_dilation < 1:
+            raise ValueError(f"decoder_dilation must be a positive integer, got {self.decoder_dilation!r}")
+
+
+class LesionSegModel(nn.Module):
+    """``forward(x: (N, 3, H, W) normalised float) -> logits (N, 1, H, W)``."""
+
+    def __init__(self, encoder: MobileNetV2Encoder, decoder: UNetDecoder):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.unfreeze_level = NUM_STAGES
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.decoder(self.encoder(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def frozen_stages(self) -> list[nn.Module]:
+        return list(self.encoder.stages[: NUM_STAGES - self.unfreeze_level])
+
+    def set_unfreeze_level(self, level: int | str) -> LesionSegModel:
+        """Train only the last ``level`` encoder stages (and the whole decoder).
+
+        Frozen stages get ``requires_grad=False`` and keep their BatchNorm
+        layers in eval mode, so their running statistics stay those of the
+        pretrained weights, also across later calls to :meth:`train`.
+        """
+        self.unfreeze_level = parse_unfreeze_level(level)
+        frozen = {id(m) for m in self.frozen_stages()}
+        for stage in self.encoder.stages:
+            stage.requires_grad_(id(stage) not in frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> LesionSegModel:
+        super().train(mode)
+        for stage in self.frozen_stages():
+            stage.eval()
+        return self
+
+
+def build_model(config: ModelConfig = ModelConfig(), unfreeze: int | str = 0) -> LesionSegModel:
+    """The reference model (6,995,457 parameters) at ``unfreeze`` level."""
+    model = LesionSegModel(build_encoder(config.encoder_weights), UNetDecoder(dilation=config.decoder_dilation))
+    return model.set_unfreeze_level(unfreeze)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``{"total", "trainable", "frozen"}`` parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}

@@ -1,0 +1,94 @@
+"""Apply a trained checkpoint to image files: masks (and overlays) at original size."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from lesionseg import atomic
+from lesionseg.errors import DataError
+from lesionseg.images import image_size, load_image
+from lesionseg.inference import predict_uint8, upsample_logits
+from lesionseg.prepare import model_input
+from lesionseg.report import overlay
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class PredictSummary:
+    written: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def collect_inputs(inputs: list[Path]) -> list[Path]:
+    """Image files named directly, plus images found (non-recursively) in named folders, sorted."""
+    found = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            found += sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            found.append(entry)
+    return found
+
+
+def predict_files(
+    model: torch.nn.Module,
+    paths: list[Path],
+    size: int,
+    output_dir: Path,
+    *,
+    threshold: float = 0.5,
+    tta: bool = False,
+    overlays: bool = False,
+    batch_size: int = 8,
+    device=None,
+    progress: bool = True,
+) -> PredictSummary:
+    """Write ``<stem>_mask.png`` (0/255, original size) and optionally ``<stem>_overlay.png`` per input.
+
+    Images are resized to the checkpoint's ``size`` exactly as the prepare stage
+    does, run through the model ``batch_size`` at a time, and the logits are
+    upsampled to each image's original size before thresholding, as in
+    evaluation. Unreadable inputs are logged and listed in ``summary.failed``;
+    the others still run.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary()
+    with tqdm(total=len(paths), desc="predict", disable=not progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            loaded = []
+            for path in paths[start : start + batch_size]:
+                try:
+                    loaded.append((path, image_size(path), model_input(path, size)))
+                except DataError as exc:
+                    log.error("%s", exc)
+                    summary.failed[str(path)] = exc.problem
+            if loaded:
+                batch = torch.from_numpy(np.stack([pixels for _, _, pixels in loaded]))
+                logits = predict_uint8(model, batch, batch_size, device, tta=tta)
+                for (path, (width, height), _), image_logits in zip(loaded, logits):
+                    probs = torch.sigmoid(upsample_logits(image_logits[None], height, width))[0, 0]
+                    summary.written += _write_outputs(path, (probs > threshold).numpy(), output_dir, overlays)
+            bar.update(min(batch_size, len(paths) - start))
+    return summary
+
+
+def _write_outputs(path: Path, mask: np.ndarray, output_dir: Path, overlays: bool) -> list[Path]:
+    written = [output_dir / f"{path.stem}_mask.png"]
+    with atomic.atomic_path(written[0]) as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+    if overlays:
+        written.append(output_dir / f"{path.stem}_overlay.png")
+        with atomic.atomic_path(written[1]) as tmp:
+            Image.fromarray(overlay(np.asarray(load_image(path)), mask)).save(tmp, format="PNG")
+    return written

@@ -1,0 +1,156 @@
+"""Report figures and tables: curves, samples, overlays, error maps, comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from lesionseg import atomic  # noqa: E402
+from lesionseg.cache import Split  # noqa: E402
+from lesionseg.inference import predict_uint8  # noqa: E402
+from lesionseg.metrics import confusion_counts, per_image_scores  # noqa: E402
+
+COMPARISON_COLUMNS = {
+    "model": "Model",
+    "lr": "Learning rate",
+    "loss": "Test loss",
+    "orig_jaccard": "IoU (Jaccard)",
+    "orig_dice": "Dice",
+    "orig_jaccard_thresholded": "Thresholded IoU",
+    "params_trainable": "Trainable params",
+    "params_frozen": "Frozen params",
+    "params_total": "Total params",
+}
+# True positive, false positive, false negative.
+ERROR_COLOURS = {"tp": (0.1, 0.75, 0.2), "fp": (0.95, 0.2, 0.15), "fn": (0.15, 0.35, 0.95)}
+
+
+def comparison_table(metrics: dict[str, dict]) -> pd.DataFrame:
+    """One row per model from ``reports/metrics.json``-style metrics (official, original-resolution IoU/Dice)."""
+    rows = [{"model": name, **values} for name, values in metrics.items()]
+    table = pd.DataFrame(rows)[list(COMPARISON_COLUMNS)]
+    return table.rename(columns=COMPARISON_COLUMNS)
+
+
+def write_table(table: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
+    atomic.write_text(csv_path, table.to_csv(index=False))
+    formatted = table.copy()
+    for column in formatted.columns:
+        if formatted[column].dtype.kind == "f":
+            formatted[column] = formatted[column].map(lambda v: f"{v:.4g}" if abs(v) < 0.01 else f"{v:.4f}")
+        elif formatted[column].dtype.kind == "i":
+            formatted[column] = formatted[column].map(lambda v: f"{v:,}")
+    header = "| " + " | ".join(formatted.columns) + " |"
+    rule = "|" + "|".join("---" for _ in formatted.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in formatted.itertuples(index=False)]
+    atomic.write_text(md_path, "\n".join([header, rule, *body]) + "\n")
+
+
+def _save(fig, path: Path) -> None:
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip("."))
+    plt.close(fig)
+
+
+def plot_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
+    """Train/validation loss and Jaccard per epoch, one line pair per phase, phases end to end."""
+    fig, (ax_loss, ax_jac) = plt.subplots(1, 2, figsize=(12, 4.2))
+    offset = 0
+    for i, (name, history) in enumerate(histories.items()):
+        colour = f"C{i}"
+        epochs = history["epoch"] + offset
+        ax_loss.plot(epochs, history["train_loss"], "--", color=colour, label=f"{name} train")
+        ax_loss.plot(epochs, history["val_loss"], "-", color=colour, label=f"{name} val")
+        ax_jac.plot(epochs, history["train_jaccard"], "--", color=colour, label=f"{name} train")
+        ax_jac.plot(epochs, history["val_jaccard"], "-", color=colour, label=f"{name} val")
+        if name == "frozen":
+            offset = int(history["epoch"].max())
+    ax_loss.set(title="DiceBCE loss", xlabel="epoch (fine-tuning continues after the frozen phase)", ylabel="loss")
+    ax_jac.set(title="Per-image Jaccard (model resolution)", xlabel="epoch", ylabel="Jaccard")
+    ax_jac.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def error_map(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """RGB float ``(H, W, 3)``: true positives green, false positives red, false negatives blue, else black."""
+    out = np.zeros((*truth.shape, 3))
+    out[pred & truth] = ERROR_COLOURS["tp"]
+    out[pred & ~truth] = ERROR_COLOURS["fp"]
+    out[~pred & truth] = ERROR_COLOURS["fn"]
+    return out
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """One-pixel inner boundary of a bool mask."""
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+    """uint8 image with the predicted outline in yellow (and the true outline in cyan)."""
+    out = image.copy()
+    if truth is not None:
+        out[ndimage.binary_dilation(outline(truth))] = (0, 230, 255)
+    out[ndimage.binary_dilation(outline(pred))] = (255, 230, 0)
+    return out
+
+
+def plot_samples(images, truths, preds, ids, scores, title: str, path: Path) -> None:
+    """Rows of image | ground truth | prediction."""
+    fig, axes = plt.subplots(len(images), 3, figsize=(7.5, 2.5 * len(images)), squeeze=False)
+    for row, (image, truth, pred, isic_id, score) in enumerate(zip(images, truths, preds, ids, scores)):
+        for ax, data, label in zip(
+            axes[row], (image, truth, pred), ("image", "ground truth", f"prediction J={score:.3f}")
+        ):
+            ax.imshow(data, cmap="gray" if data.ndim == 2 else None, vmin=0, vmax=1 if data.ndim == 2 else None)
+            ax.set_title(f"{isic_id}: {label}" if label == "image" else label, fontsize=8)
+            ax.axis("off")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_grid(panels, ids, scores, title: str, path: Path, columns: int = 4) -> None:
+    """A grid of RGB panels (overlays or error maps), captioned with ID and Jaccard."""
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, panel, isic_id, score in zip(axes.flat, panels, ids, scores):
+        ax.imshow(panel)
+        ax.set_title(f"{isic_id}  J={score:.3f}", fontsize=8)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_comparison(table: pd.DataFrame, path: Path) -> None:
+    """Bar chart of test IoU and Dice per model."""
+    fig, ax = plt.subplots(figsize=(1.6 * len(table) + 3, 4))
+    x = np.arange(len(table))
+    for offset, column in ((-0.2, "IoU (Jaccard)"), (0.2, "Dice")):
+        bars = ax.bar(x + offset, table[column], width=0.4, label=column)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    low = float(min(table["IoU (Jaccard)"].min(), table["Dice"].min()))
+    ax.set(xticks=x, xticklabels=table["Model"], ylim=(max(0.0, low - 0.1), 1.0), ylabel="per-image mean (test)")
+    ax.set_title("Test IoU and Dice by model (original resolution, ISIC definition)")
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def sample_predictions(model: torch.nn.Module, split: Split, count: int):
+    """Predictions for ``count`` images spread evenly over ``split``.
+
+    Returns ``images`` uint8 ``(K, S, S, 3)``, ``truths`` and ``preds`` bool
+    ``(K, S, S)``, their ``ids`` and per-image Jaccard ``scores`` (model resolution).
+    """
+    pick = np.linspace(0, len(split) - 1, min(count, len(split))).round().astype(int)
+    truths = split.masks[pick].bool()
+    preds = (predict_uint8(model, split.images[pick]) > 0)[:, 0]
+    scores = per_image_scores(confusion_counts(preds, truths))["jaccard"].tolist()
+    return split.images[pick].numpy(), truths.numpy(), preds.numpy(), [split.ids[i] for i in pick], scores

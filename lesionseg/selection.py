@@ -1,0 +1,33 @@
+"""Choose one model among a pipeline's checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lesionseg.checkpoint import read_checkpoint
+
+BEST_FINETUNED = "best"
+
+
+def choose_model(checkpoints: dict[str, Path], which: str = BEST_FINETUNED) -> str:
+    """Name of the chosen model among ``checkpoints`` (name -> path).
+
+    ``which`` is a model name (``frozen``, ``finetune_all``, ...) or ``best``:
+    the fine-tuned model with the highest validation Jaccard (the frozen model
+    if nothing was fine-tuned). Test metrics never take part in the choice.
+    """
+    if which != BEST_FINETUNED:
+        if which not in checkpoints:
+            raise ValueError(f"model {which!r} not found; available: {sorted(checkpoints)} or {BEST_FINETUNED!r}")
+        return which
+    candidates = [name for name in checkpoints if name != "frozen"] or list(checkpoints)
+    if not candidates:
+        raise ValueError("no checkpoints to choose from")
+    return max(candidates, key=lambda name: read_checkpoint(checkpoints[name])["metrics"]["jaccard"])
+
+
+def pipeline_checkpoints(frozen: Path, finetuned: Path) -> dict[str, Path]:
+    """Model name -> checkpoint: ``frozen`` first, then each ``finetune_*`` in level order."""
+    order = {"finetune_1": 1, "finetune_2": 2, "finetune_3": 3, "finetune_all": 4}
+    tuned = sorted(Path(finetuned).glob("finetune_*.pt"), key=lambda p: order.get(p.stem, 9))
+    return {"frozen": Path(frozen), **{p.stem: p for p in tuned}}

@@ -1,0 +1,214 @@
+"""A plain training loop: train, validate, keep the best checkpoint by validation Jaccard."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lesionseg import atomic
+from lesionseg.cache import Split
+from lesionseg.checkpoint import make_checkpoint, save_checkpoint
+from lesionseg.dataset import AugmentConfig, SegmentationDataset, train_transform
+from lesionseg.inference import autocast, predict_uint8, select_device
+from lesionseg.losses import DiceBCELoss
+from lesionseg.metrics import confusion_counts, summarize
+from lesionseg.model import LesionSegModel, ModelConfig
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("constant", "cosine")
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_jaccard",
+    "train_dice",
+    "val_loss",
+    "val_jaccard",
+    "val_dice",
+    "lr",
+    "seconds",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training phase.
+
+    ``scheduler``: ``constant`` or ``cosine`` (per-step cosine decay to 1% of
+    ``lr``), either after ``warmup_epochs`` of linear warm-up. ``device``:
+    ``auto`` (cuda, mps, cpu) or a torch device string. ``amp``: bf16
+    autocast on CUDA. ``bce_weight``/``dice_weight`` weight the two loss terms.
+    """
+
+    epochs: int = 25
+    lr: float = 1e-3
+    batch_size: int = 16
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    scheduler: str = "constant"
+    warmup_epochs: int = 0
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    seed: int = 42
+    num_workers: int = 0
+    device: str = "auto"
+    amp: bool = True
+    progress: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self):
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be an integer in [0, epochs), got {self.warmup_epochs!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
+
+
+@dataclass
+class TrainResult:
+    history: pd.DataFrame
+    best_epoch: int
+    best_metrics: dict
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Multiplier of ``config.lr`` at optimizer step ``step`` (0-based)."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.scheduler == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, config.epochs * steps_per_epoch - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def evaluate_split(model: torch.nn.Module, split: Split, loss_fn, batch_size: int, device, amp: bool = True) -> dict:
+    """Loss and metrics (see :mod:`lesionseg.metrics`) at model resolution."""
+    logits = predict_uint8(model, split.images, batch_size, device, amp=amp)
+    target = split.masks[:, None].float()
+    counts = confusion_counts(logits > 0, target > 0)
+    return {"loss": float(loss_fn(logits, target)), **summarize(counts)}
+
+
+def train_model(
+    model: LesionSegModel,
+    model_config: ModelConfig,
+    train_split: Split,
+    val_split: Split,
+    config: TrainConfig,
+    checkpoint_path: Path,
+    history_path: Path,
+    on_epoch: Callable[[dict], None] | None = None,
+    checkpoint_extra: dict | None = None,
+) -> TrainResult:
+    """Train ``model`` at its current unfreeze level.
+
+    Writes the best checkpoint (by validation per-image Jaccard) to
+    ``checkpoint_path`` and the per-epoch history (columns
+    ``HISTORY_COLUMNS``) to ``history_path`` as CSV, both atomically.
+    ``on_epoch`` receives each history row (e.g. to log it to MLflow).
+    """
+    seed_everything(config.seed)
+    device = select_device(config.device)
+    model.to(device)
+    dataset = SegmentationDataset(train_split.images, train_split.masks, train_transform(config.augment, config.seed))
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.num_workers > 0,
+    )
+    loss_fn = DiceBCELoss(config.bce_weight, config.dice_weight)
+    optimizer = make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, len(loader), config))
+
+    rows, best = [], None
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        counts = []
+        lr = optimizer.param_groups[0]["lr"]
+        for images, masks, _ in tqdm(
+            loader, desc=f"epoch {epoch}/{config.epochs}", disable=None if config.progress else True, leave=False
+        ):
+            images = images.to(device, non_blocking=True)
+            masks = masks.to(device, non_blocking=True)
+            with autocast(device, config.amp):
+                logits = model(images)
+            loss = loss_fn(logits, masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            # Accumulate on the device: no host sync per step.
+            loss_sum += loss.detach() * len(images)
+            counts.append(confusion_counts(logits.detach() > 0, masks > 0))
+        train_metrics = summarize(torch.cat(counts).cpu())
+        val = evaluate_split(model, val_split, loss_fn, config.batch_size * 2, device, config.amp)
+        row = {
+            "epoch": epoch,
+            "train_loss": float(loss_sum) / len(dataset),
+            "train_jaccard": train_metrics["jaccard"],
+            "train_dice": train_metrics["dice"],
+            "val_loss": val["loss"],
+            "val_jaccard": val["jaccard"],
+            "val_dice": val["dice"],
+            "lr": lr,
+            "seconds": time.perf_counter() - start,
+        }
+        rows.append(row)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+        if best is None or val["jaccard"] > best[1]["jaccard"]:
+            best = (epoch, val)
+            checkpoint = make_checkpoint(model, model_config, train_split.size, epoch, val, checkpoint_extra)
+            checkpoint["train_config"] = _plain(asdict(config))
+            save_checkpoint(checkpoint, checkpoint_path)
+        if on_epoch is not None:
+            on_epoch(row)
+    history = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    atomic.write_text(history_path, history.to_csv(index=False))
+    return TrainResult(history, best[0], best[1])
+
+
+def _plain(obj):
+    """Config dict with only weights_only-safe values."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj if isinstance(obj, (int, float, str, bool, type(None))) else str(obj)

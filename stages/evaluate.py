@@ -1,0 +1,60 @@
+"""Stage evaluate: every trained model on the test split -> reports/metrics.json + per-image CSVs."""
+
+import argparse
+from pathlib import Path
+
+import mlflow
+
+from lesionseg import atomic, tracking
+from lesionseg.cache import Split
+from lesionseg.checkpoint import load_model
+from lesionseg.evaluate import evaluate_model
+from lesionseg.inference import select_device
+from lesionseg.model import count_parameters
+from lesionseg.selection import pipeline_checkpoints
+from stages.common import get, load_params, main, mlflow_setup, run_tags
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--frozen", type=Path, required=True)
+    parser.add_argument("--finetuned", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--per-image", type=Path, required=True)
+    args = parser.parse_args()
+    params = load_params()
+    batch_size, tta = get(params, "evaluate.batch_size"), get(params, "evaluate.tta")
+    device = select_device(get(params, "runtime.device"))
+    test = Split.load(args.data / "test.pt")
+    mlflow_setup(params)
+
+    all_metrics, parent = {}, None
+    with atomic.atomic_dir(args.per_image) as per_image_dir:
+        for name, path in pipeline_checkpoints(args.frozen, args.finetuned).items():
+            model, checkpoint = load_model(path)
+            metrics, table = evaluate_model(model.to(device), test, batch_size, device, tta=tta)
+            counts = count_parameters(model)
+            trained = checkpoint.get("train_config", {})
+            metrics.update({f"params_{k}": v for k, v in counts.items()})
+            metrics.update(
+                {"lr": trained.get("lr"), "epochs": trained.get("epochs"), "best_epoch": checkpoint["epoch"]}
+            )
+            all_metrics[name] = metrics
+            atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
+            run_id = checkpoint["extra"].get("mlflow_run_id")
+            parent = parent or run_id
+            if run_id:  # the test metrics also land in the model's own training run, for side-by-side views
+                with tracking.start_run(name, {}, run_id=run_id):
+                    tracking.log_flat("test_", metrics)
+        atomic.write_json(args.metrics, all_metrics)
+        with tracking.start_run("evaluate", run_tags("evaluate"), parent_run_id=parent):
+            mlflow.log_params({"test_images": len(test), "image_size": test.size, "tta": tta})
+            for name, metrics in all_metrics.items():
+                tracking.log_flat(f"{name}.", metrics)
+            mlflow.log_artifact(str(args.metrics))
+            mlflow.log_artifacts(str(per_image_dir), "per_image")
+
+
+if __name__ == "__main__":
+    main(run)

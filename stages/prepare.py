@@ -1,0 +1,20 @@
+"""Stage prepare: pair, validate, resize and cache train/val/test tensors."""
+
+import argparse
+from pathlib import Path
+
+from lesionseg.prepare import PrepareConfig, prepare_dataset
+from stages.common import build, load_params, main
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    config = build(PrepareConfig, load_params(), "data", skip=("max_pixels",))
+    prepare_dataset(args.raw, args.out, config)
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,70 @@
+"""Synthetic ISIC-style data for tests: small images with an elliptic 'lesion'."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MINI = SHARED / "data" / "isic2016-mini"
+SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
+
+TRAIN_IMAGES = "ISBI2016_ISIC_Part1_Training_Data"
+TRAIN_MASKS = "ISBI2016_ISIC_Part1_Training_GroundTruth"
+TEST_IMAGES = "ISBI2016_ISIC_Part1_Test_Data"
+TEST_MASKS = "ISBI2016_ISIC_Part1_Test_GroundTruth"
+
+
+def lesion_pair(seed: int, width: int = 64, height: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGB image (H, W, 3) and bool mask (H, W): a dark ellipse on skin-coloured noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = rng.uniform(0.35, 0.65) * height, rng.uniform(0.35, 0.65) * width
+    ry, rx = rng.uniform(0.15, 0.3) * height, rng.uniform(0.15, 0.3) * width
+    mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    image = np.empty((height, width, 3))
+    image[:] = (220, 170, 150)
+    image[mask] = (110, 70, 50)
+    image += rng.normal(0, 12, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def write_pair(image_dir: Path, mask_dir: Path, isic_id: str, seed: int, size=(64, 48)) -> None:
+    image, mask = lesion_pair(seed, *size)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(image_dir / f"{isic_id}.jpg", quality=95)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(mask_dir / f"{isic_id}_Segmentation.png")
+
+
+def make_raw_tree(root: Path, n_train: int = 12, n_test: int = 4, size=(64, 48)) -> Path:
+    """The extracted-archive layout that the prepare stage reads."""
+    for i in range(n_train):
+        write_pair(root / TRAIN_IMAGES / TRAIN_IMAGES, root / TRAIN_MASKS / TRAIN_MASKS, f"ISIC_{i:07d}", i, size)
+    for i in range(n_test):
+        j = 1000 + i
+        write_pair(root / TEST_IMAGES / TEST_IMAGES, root / TEST_MASKS / TEST_MASKS, f"ISIC_{j:07d}", j, size)
+    return root
+
+
+def zip_folder(folder: Path, archive: Path) -> Path:
+    """Zip ``folder``'s contents with the folder name as top level, like the official archives."""
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder.parent).as_posix())
+    return archive
+
+
+def make_archives(root: Path, n_train: int = 12, n_test: int = 4) -> Path:
+    """The four official archives, built from a synthetic tree, in ``root/archives``."""
+    tree = make_raw_tree(root / "tree", n_train, n_test)
+    out = root / "archives"
+    out.mkdir()
+    for name in (TRAIN_IMAGES, TRAIN_MASKS, TEST_IMAGES, TEST_MASKS):
+        zip_folder(tree / name / name, out / f"{name}.zip")
+    return out

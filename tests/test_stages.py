@@ -1,0 +1,218 @@
+"""Stage scripts on synthetic data in a temp project, params validation, and kills mid-stage."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lesionseg.dataset import AugmentConfig
+from lesionseg.prepare import PrepareConfig
+from lesionseg.train import TrainConfig
+from stages.common import ParamError, build, get, unfreeze_levels
+from stages.train import train_config
+from tests.helpers import REPO, make_archives, make_raw_tree
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def with_value(key, value):
+    params = copy.deepcopy(PARAMS)
+    *parents, last = key.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return params
+
+
+def test_default_params_build():
+    config = train_config(PARAMS, "finetune")
+    assert isinstance(config, TrainConfig) and config.lr == 1e-4 and isinstance(config.augment, AugmentConfig)
+    assert build(PrepareConfig, PARAMS, "data", skip=("max_pixels",)).size == 128
+    assert unfreeze_levels(get(PARAMS, "finetune.unfreeze")) == [1, 2, 4]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("train.epochs", -1, "train.epochs must be a positive integer"),
+        ("train.epochs", "ten", "train.epochs must be of type int"),
+        ("finetune.lr", "fast", "finetune.lr must be of type float"),
+        ("finetune.batch_size", ..., "missing key 'finetune.batch_size'"),
+        ("augment.vflip", 2, "augment.vflip must be a probability"),
+        ("runtime.num_workers", ..., "missing key 'runtime.num_workers'"),
+        ("train.optimizer", "sgd", "train.optimizer must be one of"),
+    ],
+)
+def test_bad_training_params_name_the_key(key, value, message):
+    with pytest.raises(ParamError, match=message):
+        train_config(
+            with_value(key, value), key.split(".")[0] if key.split(".")[0] in ("train", "finetune") else "train"
+        )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("data.size", 0, "data.size must be an integer >= 32"),
+        ("data.size", 12.5, "data.size must be of type int"),
+        ("data.val_fraction", 1.5, "data.val_fraction must be between"),
+        ("data.expected_train", "many", "data.expected_train"),
+    ],
+)
+def test_bad_data_params_name_the_key(key, value, message):
+    with pytest.raises(ParamError, match=message):
+        build(PrepareConfig, with_value(key, value), "data", skip=("max_pixels",))
+
+
+@pytest.mark.parametrize("value", [0, 7, "last", [], [1, "everything"]])
+def test_bad_unfreeze_levels(value):
+    with pytest.raises(ParamError, match="finetune.unfreeze"):
+        unfreeze_levels(value)
+
+
+def run_stage(project: Path, stage: str, *args, check=True, **popen):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    cmd = [sys.executable, "-m", f"stages.{stage}", *map(str, args)]
+    if popen:
+        return subprocess.Popen(cmd, cwd=project, env=env, **popen)
+    result = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def make_project(tmp_path, **overrides) -> Path:
+    params = copy.deepcopy(PARAMS)
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        params[section][name] = value
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    return project
+
+
+def test_stage_with_bad_param_fails_at_start_naming_the_key(tmp_path):
+    project = make_project(tmp_path, data__size=-5)
+    result = run_stage(project, "prepare", "--raw", "raw", "--out", "prepared", check=False)
+    assert result.returncode == 1
+    assert "data.size must be an integer >= 32" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(os.listdir(project)) == ["params.yaml"]
+
+
+def test_stages_on_synthetic_data(tmp_path):
+    archives = make_archives(tmp_path, n_train=10, n_test=4)
+    project = make_project(
+        tmp_path,
+        download__source=str(archives),
+        data__size=64,
+        data__expected_train=10,
+        data__expected_test=4,
+        data__val_fraction=0.2,
+        train__encoder_weights="none",
+        train__epochs=1,
+        train__batch_size=4,
+        finetune__epochs=1,
+        finetune__batch_size=4,
+        finetune__unfreeze="all",
+        report__samples=3,
+    )
+    run_stage(project, "download", "--raw", "data/raw", "--downloads", "data/downloads")
+    run_stage(project, "prepare", "--raw", "data/raw", "--out", "data/prepared")
+    run_stage(
+        project, "train", "--data", "data/prepared", "--checkpoint", "models/frozen.pt", "--history", "h/frozen.csv"
+    )
+    run_stage(
+        project,
+        "finetune",
+        "--data",
+        "data/prepared",
+        "--frozen",
+        "models/frozen.pt",
+        "--models",
+        "models/ft",
+        "--histories",
+        "h/ft",
+    )
+    run_stage(
+        project,
+        "evaluate",
+        "--data",
+        "data/prepared",
+        "--frozen",
+        "models/frozen.pt",
+        "--finetuned",
+        "models/ft",
+        "--metrics",
+        "m.json",
+        "--per-image",
+        "per_image",
+    )
+    run_stage(
+        project,
+        "report",
+        "--data",
+        "data/prepared",
+        "--frozen",
+        "models/frozen.pt",
+        "--finetuned",
+        "models/ft",
+        "--histories",
+        "h/frozen.csv",
+        "h/ft",
+        "--metrics",
+        "m.json",
+        "--figures",
+        "fig",
+        "--table",
+        "cmp",
+    )
+    metrics = json.loads((project / "m.json").read_text())
+    assert list(metrics) == ["frozen", "finetune_all"]
+    assert metrics["frozen"]["params_trainable"] == 4_771_585 and metrics["finetune_all"]["params_frozen"] == 0
+    assert sorted(os.listdir(project / "fig")) == [
+        "comparison.png",
+        "curves.png",
+        "error_maps.png",
+        "overlays.png",
+        "samples.png",
+    ]
+    assert "| finetune_all |" in (project / "cmp.md").read_text()
+    assert sorted(os.listdir(project / "per_image")) == ["finetune_all.csv", "frozen.csv"]
+
+
+def test_killed_prepare_leaves_previous_output_and_reruns_cleanly(tmp_path):
+    raw = make_raw_tree(tmp_path / "project" / "raw", n_train=300, n_test=20, size=(640, 480))
+    project = tmp_path / "project"
+    params = with_value("data.expected_train", None)
+    params["data"]["expected_test"] = None
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    small = tmp_path / "small"
+    make_raw_tree(small, n_train=4, n_test=2)
+    run_stage(project, "prepare", "--raw", small, "--out", "prepared")
+    previous = {p.name: p.read_bytes() for p in (project / "prepared").iterdir()}
+
+    proc = run_stage(
+        project, "prepare", "--raw", raw, "--out", "prepared", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(3)  # well into decoding 320 images of 640x480
+    assert proc.poll() is None, "prepare finished before it could be killed; make the input larger"
+    proc.send_signal(signal.SIGKILL)  # mid-way: the worker processes are decoding
+    proc.wait()
+    assert {p.name: p.read_bytes() for p in (project / "prepared").iterdir()} == previous
+
+    run_stage(project, "prepare", "--raw", raw, "--out", "prepared")
+    summary = json.loads((project / "prepared" / "summary.json").read_text())
+    assert summary["training_pairs"] == 300
+    assert not [p for p in project.iterdir() if p.name.startswith(".prepared")]

@@ -1,0 +1,129 @@
+import pandas as pd
+import pytest
+import torch
+
+from lesionseg.cache import Split
+from lesionseg.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
+from lesionseg.errors import DataError
+from lesionseg.evaluate import evaluate_model
+from lesionseg.model import ModelConfig, build_model
+from lesionseg.prepare import PrepareConfig, prepare_dataset
+from lesionseg.train import HISTORY_COLUMNS, TrainConfig, lr_factor, train_model
+from tests.helpers import make_raw_tree
+
+FAST = dict(epochs=2, batch_size=4, progress=False, device="cpu", seed=5)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    prepare_dataset(
+        make_raw_tree(root / "raw", 10, 4), root / "prepared", PrepareConfig(size=64, val_fraction=0.2, workers=0)
+    )
+    return {name: Split.load(root / "prepared" / f"{name}.pt") for name in ("train", "val", "test")}
+
+
+def _train(splits, tmp_path, unfreeze=0, **overrides):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(encoder_weights="none"), unfreeze=unfreeze)
+    config = TrainConfig(**{**FAST, **overrides})
+    result = train_model(
+        model,
+        ModelConfig("none"),
+        splits["train"],
+        splits["val"],
+        config,
+        tmp_path / "ckpt.pt",
+        tmp_path / "history.csv",
+        checkpoint_extra={"run": "x"},
+    )
+    return model, result
+
+
+def test_training_writes_best_checkpoint_and_history(splits, tmp_path):
+    rows = []
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(encoder_weights="none"))
+    result = train_model(
+        model,
+        ModelConfig("none"),
+        splits["train"],
+        splits["val"],
+        TrainConfig(**FAST),
+        tmp_path / "ckpt.pt",
+        tmp_path / "history.csv",
+        on_epoch=rows.append,
+    )
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.columns) == list(HISTORY_COLUMNS) and len(history) == 2 == len(rows)
+    assert history["val_jaccard"].max() == pytest.approx(result.best_metrics["jaccard"])
+    checkpoint = read_checkpoint(tmp_path / "ckpt.pt")
+    assert checkpoint["format"] == FORMAT and checkpoint["epoch"] == result.best_epoch
+    assert checkpoint["unfreeze"] == "0" and checkpoint["preprocessing"]["size"] == 64
+    assert checkpoint["param_counts"]["trainable"] == 4_771_585
+    assert checkpoint["train_config"]["epochs"] == 2
+
+
+def test_same_seed_gives_identical_history(splits, tmp_path):
+    _, a = _train(splits, tmp_path / "a", unfreeze="all")
+    _, b = _train(splits, tmp_path / "b", unfreeze="all")
+    pd.testing.assert_frame_equal(a.history.drop(columns="seconds"), b.history.drop(columns="seconds"))
+    _, c = _train(splits, tmp_path / "c", unfreeze="all", seed=6)
+    assert not a.history["train_loss"].equals(c.history["train_loss"])
+
+
+def test_checkpoint_roundtrip_reproduces_predictions(splits, tmp_path):
+    model, result = _train(splits, tmp_path, epochs=1)
+    loaded, checkpoint = load_model(tmp_path / "ckpt.pt")
+    assert checkpoint["extra"] == {"run": "x"}
+    metrics, table = evaluate_model(loaded, splits["val"], batch_size=3)
+    assert metrics["jaccard"] == pytest.approx(result.best_metrics["jaccard"])
+    assert len(table) == len(splits["val"]) and {"id", "jaccard", "orig_jaccard"} <= set(table.columns)
+
+
+def test_evaluation_does_not_depend_on_batch_size(splits, tmp_path):
+    model, _ = _train(splits, tmp_path, epochs=1)
+    a, _ = evaluate_model(model, splits["test"], batch_size=1)
+    b, _ = evaluate_model(model, splits["test"], batch_size=3)  # 4 images: a partial last batch
+    assert a == pytest.approx(b)
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path, splits):
+    _train(splits, tmp_path, epochs=1)
+    checkpoint = read_checkpoint(tmp_path / "ckpt.pt")
+    checkpoint["state_dict"]["decoder.head.weight"] = torch.zeros(2, 64, 1, 1)
+    save_checkpoint(checkpoint, tmp_path / "other.pt")
+    with pytest.raises(DataError, match=r"other.pt: checkpoint does not fit the lesionseg architecture"):
+        load_model(tmp_path / "other.pt")
+    torch.save({"some": "dict"}, tmp_path / "foreign.pt")
+    with pytest.raises(DataError, match=r"foreign.pt: not a lesionseg checkpoint"):
+        load_model(tmp_path / "foreign.pt")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled_module.pt")
+    with pytest.raises(DataError, match=r"pickled_module.pt: not a readable lesionseg checkpoint"):
+        load_model(tmp_path / "pickled_module.pt")
+
+
+def test_lr_schedule_warmup_and_cosine():
+    config = TrainConfig(epochs=4, lr=1.0, scheduler="cosine", warmup_epochs=1)
+    factors = [lr_factor(step, 10, config) for step in range(40)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[-1] < 0.05
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert lr_factor(25, 10, TrainConfig(epochs=4)) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("epochs", 0, "epochs must be a positive integer"),
+        ("epochs", -3, "epochs"),
+        ("batch_size", 0, "batch_size"),
+        ("lr", -1e-3, "lr must be a positive number"),
+        ("optimizer", "sgd", "optimizer must be one of"),
+        ("scheduler", "step", "scheduler"),
+        ("warmup_epochs", 5, "warmup_epochs"),
+    ],
+)
+def test_train_config_validation(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(epochs=4, **{field: value}) if field != "epochs" else TrainConfig(**{field: value})
