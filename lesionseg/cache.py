@@ -77,7 +77,7 @@ class Split:
 
     @classmethod
     def from_arrays(cls, images, masks, ids, orig_sizes, fullres_blobs: list[bytes]) -> Split:
-        data, offsets = _pack([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in fullres_blobs])
+        data, offsets = _pack([torch.from_numpy(np.frombuffer(b, dtype=np.uint8).copy()) for b in fullres_blobs])
         return cls(
             torch.as_tensor(images, dtype=torch.uint8),
             torch.as_tensor(masks, dtype=torch.uint8),

@@ -110,6 +110,11 @@ def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT", ".")).resolve()
 
 
+def local_path(value: str) -> str:
+    """A relative local path from params, made absolute against the repository root."""
+    return str((repo_root() / Path(value).expanduser()).resolve())
+
+
 def mlflow_setup(params: dict) -> None:
     """Tracking URI from ``MLFLOW_TRACKING_URI`` if set, else ``mlflow.tracking_uri``; experiment from params."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or get(params, "mlflow.tracking_uri")

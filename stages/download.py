@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from lesionseg.download import DownloadConfig, download_and_extract
-from stages.common import ParamError, get, load_params, main
+from stages.common import ParamError, get, load_params, local_path, main
 
 
 def run() -> None:
@@ -20,7 +20,7 @@ def run() -> None:
     if not isinstance(source, str):
         raise ParamError(f"params.yaml: download.source must be a URL or a directory, got {source!r}")
     if "://" not in source:  # a local directory, relative to the repository
-        source = str(Path(source).expanduser().resolve())
+        source = local_path(source)
     config = DownloadConfig(
         source=source, retries=get(params, "download.retries"), max_extract_bytes=int(max_gb * 1024**3)
     )

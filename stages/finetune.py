@@ -9,6 +9,7 @@ import mlflow
 from lesionseg import atomic, tracking
 from lesionseg.cache import Split
 from lesionseg.checkpoint import load_model
+from lesionseg.errors import DataError
 from lesionseg.model import ModelConfig, count_parameters, level_name
 from lesionseg.train import train_model
 from stages.common import get, load_params, main, mlflow_setup, run_tags, unfreeze_levels
@@ -34,6 +35,10 @@ def run() -> None:
         for level in levels:
             name = f"finetune_{level_name(level)}"
             model, frozen = load_model(args.frozen, unfreeze=level)
+            if frozen["unfreeze"] != "0":
+                raise DataError(
+                    args.frozen, f"expected the frozen-encoder (level 0) checkpoint, got level {frozen['unfreeze']}"
+                )
             model_config = ModelConfig(**frozen["model_config"])
             parent = frozen["extra"].get("mlflow_run_id")
             tags = {**run_tags(name), "lesionseg.unfreeze": level_name(level)}
@@ -62,6 +67,7 @@ def run() -> None:
                 )
                 tracking.log_flat("best_val_", result.best_metrics)
                 mlflow.log_artifact(str(history_path))
+                mlflow.log_artifact(str(models_dir / f"{name}.pt"), "checkpoint")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ import mlflow
 from lesionseg import tracking
 from lesionseg.cache import Split
 from lesionseg.dataset import AugmentConfig
+from lesionseg.encoder import IMAGENET_WEIGHTS, NO_WEIGHTS
 from lesionseg.model import ModelConfig, build_model, count_parameters
 from lesionseg.train import TrainConfig, train_model
-from stages.common import build, get, load_params, main, mlflow_setup, run_tags
+from stages.common import ParamError, build, get, load_params, local_path, main, mlflow_setup, run_tags
 
 RUNTIME_KEYS = ("device", "num_workers", "amp")
 
@@ -30,6 +31,10 @@ def run() -> None:
     args = parser.parse_args()
     params = load_params()
     weights = get(params, "train.encoder_weights")
+    if not isinstance(weights, str):
+        raise ParamError(f"params.yaml: train.encoder_weights must be imagenet, none or a path, got {weights!r}")
+    if weights not in (IMAGENET_WEIGHTS, NO_WEIGHTS):
+        weights = local_path(weights)
     model_config = build(ModelConfig, params, "model", encoder_weights=weights)
     config = train_config(params, "train")
     train_split, val_split = Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")
@@ -60,6 +65,7 @@ def run() -> None:
         )
         tracking.log_flat("best_val_", result.best_metrics)
         mlflow.log_artifact(str(args.history))
+        mlflow.log_artifact(str(args.checkpoint), "checkpoint")
 
 
 def _phase_params(config: TrainConfig) -> dict:
