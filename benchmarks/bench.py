@@ -94,7 +94,9 @@ def pipeline_train(level, device, size, batch, images):
     train, val = split(images), split(n_val)
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(epochs=2, batch_size=batch, device=device, progress=False, lr=1e-4)
-        result = train_model(_model(level), ModelConfig("none"), train, val, config, Path(tmp) / "c.pt", Path(tmp) / "h.csv")
+        result = train_model(
+            _model(level), ModelConfig("none"), train, val, config, Path(tmp) / "c.pt", Path(tmp) / "h.csv"
+        )
     seconds = float(result.history["seconds"].iloc[-1])  # the second epoch: warm
     return {"ips": images / seconds, "peak_rss_mb": _peak_mb()}
 

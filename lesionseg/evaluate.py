@@ -11,9 +11,11 @@ import pandas as pd
 import torch
 
 from lesionseg.cache import Split
+from lesionseg.checkpoint import load_model
 from lesionseg.inference import predict_uint8, upsample_logits
 from lesionseg.losses import DiceBCELoss
 from lesionseg.metrics import confusion_counts, per_image_scores, summarize
+from lesionseg.model import count_parameters
 
 ORIGINAL_PREFIX = "orig_"
 
@@ -55,3 +57,20 @@ def evaluate_model(
     for name, values in per_image_scores(full).items():
         table[ORIGINAL_PREFIX + name] = values.numpy()
     return metrics, table
+
+
+def evaluate_checkpoint(
+    path, split: Split, batch_size: int = 32, device=None, tta: bool = False
+) -> tuple[dict, pd.DataFrame, dict]:
+    """:func:`evaluate_model` on a checkpoint's model, with the report's extra keys.
+
+    The metrics also hold ``params_total``/``params_trainable``/``params_frozen``
+    (at the checkpoint's unfreeze level), the phase's ``lr`` and ``epochs``, and
+    ``best_epoch``. Returns ``(metrics, per-image table, checkpoint dict)``.
+    """
+    model, checkpoint = load_model(path)
+    metrics, table = evaluate_model(model.to(device) if device else model, split, batch_size, device, tta)
+    trained = checkpoint.get("train_config", {})
+    metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
+    metrics.update({"lr": trained.get("lr"), "epochs": trained.get("epochs"), "best_epoch": checkpoint["epoch"]})
+    return metrics, table, checkpoint

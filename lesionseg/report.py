@@ -154,3 +154,42 @@ def sample_predictions(model: torch.nn.Module, split: Split, count: int):
     preds = (predict_uint8(model, split.images[pick]) > 0)[:, 0]
     scores = per_image_scores(confusion_counts(preds, truths))["jaccard"].tolist()
     return split.images[pick].numpy(), truths.numpy(), preds.numpy(), [split.ids[i] for i in pick], scores
+
+
+def load_histories(paths: list[Path]) -> dict[str, pd.DataFrame]:
+    """Phase name (file stem) -> history table, from CSV files or folders of them, in the order given."""
+    histories = {}
+    for entry in map(Path, paths):
+        for csv in sorted(entry.glob("*.csv")) if entry.is_dir() else [entry]:
+            histories[csv.stem] = pd.read_csv(csv)
+    return histories
+
+
+def write_report(
+    model: torch.nn.Module,
+    model_name: str,
+    test: Split,
+    metrics: dict[str, dict],
+    histories: dict[str, pd.DataFrame],
+    figures_dir: Path,
+    table_stem: Path,
+    samples: int = 8,
+) -> None:
+    """All report outputs: ``figures_dir`` (curves, samples, overlays, error maps,
+    comparison chart; replaced as a whole) and ``table_stem`` ``.md``/``.csv``.
+
+    ``model`` (named ``model_name``) is the one shown on ``samples`` test images.
+    """
+    table = comparison_table(metrics)
+    images, truths, preds, ids, scores = sample_predictions(model, test, samples)
+    title = f"{model_name} on test images (model resolution {test.size}px)"
+    with atomic.atomic_dir(figures_dir) as figures:
+        plot_curves(histories, figures / "curves.png")
+        plot_samples(images, truths, preds, ids, scores, title, figures / "samples.png")
+        overlays = [overlay(i, p, t) for i, p, t in zip(images, preds, truths)]
+        plot_grid(overlays, ids, scores, f"{title}: prediction yellow, ground truth cyan", figures / "overlays.png")
+        errors = [error_map(p, t) for p, t in zip(preds, truths)]
+        colours = "true positive green, false positive red, false negative blue"
+        plot_grid(errors, ids, scores, f"{title}: {colours}", figures / "error_maps.png")
+        plot_comparison(table, figures / "comparison.png")
+    write_table(table, Path(table_stem).with_suffix(".csv"), Path(table_stem).with_suffix(".md"))

@@ -17,7 +17,9 @@ from pathlib import Path
 import yaml
 
 from lesionseg import tracking
+from lesionseg.dataset import AugmentConfig
 from lesionseg.model import parse_unfreeze_level
+from lesionseg.train import TrainConfig
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -87,6 +89,16 @@ def build(cls, params: dict, section: str, skip: tuple[str, ...] = (), **given):
         return cls(**kwargs)
     except ValueError as exc:
         raise ParamError(f"params.yaml: {section}.{exc}") from exc
+
+
+RUNTIME_KEYS = ("device", "num_workers", "amp")
+
+
+def train_config(params: dict, section: str) -> TrainConfig:
+    """A phase's TrainConfig (``train`` or ``finetune``): its own section plus ``runtime`` and ``augment``."""
+    runtime = {key: get(params, f"runtime.{key}") for key in RUNTIME_KEYS}
+    augment = build(AugmentConfig, params, "augment")
+    return build(TrainConfig, params, section, skip=("progress",), augment=augment, **runtime)
 
 
 def unfreeze_levels(value) -> list[int]:

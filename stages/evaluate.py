@@ -7,10 +7,8 @@ import mlflow
 
 from lesionseg import atomic, tracking
 from lesionseg.cache import Split
-from lesionseg.checkpoint import load_model
-from lesionseg.evaluate import evaluate_model
+from lesionseg.evaluate import evaluate_checkpoint
 from lesionseg.inference import select_device
-from lesionseg.model import count_parameters
 from lesionseg.selection import pipeline_checkpoints
 from stages.common import get, load_params, main, mlflow_setup, run_tags
 
@@ -32,14 +30,7 @@ def run() -> None:
     all_metrics, parent = {}, None
     with atomic.atomic_dir(args.per_image) as per_image_dir:
         for name, path in pipeline_checkpoints(args.frozen, args.finetuned).items():
-            model, checkpoint = load_model(path)
-            metrics, table = evaluate_model(model.to(device), test, batch_size, device, tta=tta)
-            counts = count_parameters(model)
-            trained = checkpoint.get("train_config", {})
-            metrics.update({f"params_{k}": v for k, v in counts.items()})
-            metrics.update(
-                {"lr": trained.get("lr"), "epochs": trained.get("epochs"), "best_epoch": checkpoint["epoch"]}
-            )
+            metrics, table, checkpoint = evaluate_checkpoint(path, test, batch_size, device, tta)
             all_metrics[name] = metrics
             atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
             run_id = checkpoint["extra"].get("mlflow_run_id")

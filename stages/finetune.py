@@ -4,16 +4,13 @@ import argparse
 import contextlib
 from pathlib import Path
 
-import mlflow
-
-from lesionseg import atomic, tracking
+from lesionseg import atomic
 from lesionseg.cache import Split
 from lesionseg.checkpoint import load_model
 from lesionseg.errors import DataError
-from lesionseg.model import ModelConfig, count_parameters, level_name
-from lesionseg.train import train_model
-from stages.common import get, load_params, main, mlflow_setup, run_tags, unfreeze_levels
-from stages.train import _phase_params, train_config
+from lesionseg.model import ModelConfig, level_name
+from lesionseg.phases import train_phase
+from stages.common import get, load_params, main, mlflow_setup, run_tags, train_config, unfreeze_levels
 
 
 def run() -> None:
@@ -40,34 +37,18 @@ def run() -> None:
                     args.frozen, f"expected the frozen-encoder (level 0) checkpoint, got level {frozen['unfreeze']}"
                 )
             model_config = ModelConfig(**frozen["model_config"])
-            parent = frozen["extra"].get("mlflow_run_id")
-            tags = {**run_tags(name), "lesionseg.unfreeze": level_name(level)}
-            with tracking.start_run(name, tags, parent_run_id=parent) as run:
-                mlflow.log_params(
-                    {
-                        "unfreeze": level_name(level),
-                        "image_size": train_split.size,
-                        "encoder_weights": model_config.encoder_weights,
-                        "decoder_dilation": model_config.decoder_dilation,
-                        **_phase_params(config),
-                    }
-                )
-                tracking.log_flat("params_", count_parameters(model))
-                history_path = histories_dir / f"{name}.csv"
-                result = train_model(
-                    model,
-                    model_config,
-                    train_split,
-                    val_split,
-                    config,
-                    models_dir / f"{name}.pt",
-                    history_path,
-                    on_epoch=lambda row: tracking.log_flat("", row, step=int(row["epoch"])),
-                    checkpoint_extra={"mlflow_run_id": run.info.run_id, "parent_run_id": parent},
-                )
-                tracking.log_flat("best_val_", result.best_metrics)
-                mlflow.log_artifact(str(history_path))
-                mlflow.log_artifact(str(models_dir / f"{name}.pt"), "checkpoint")
+            train_phase(
+                name,
+                model,
+                model_config,
+                train_split,
+                val_split,
+                config,
+                models_dir / f"{name}.pt",
+                histories_dir / f"{name}.csv",
+                run_tags(name),
+                parent_run_id=frozen["extra"].get("mlflow_run_id"),
+            )
 
 
 if __name__ == "__main__":

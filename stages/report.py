@@ -5,9 +5,8 @@ import json
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 
-from lesionseg import atomic, report, tracking
+from lesionseg import report, tracking
 from lesionseg.cache import Split
 from lesionseg.checkpoint import load_model, read_checkpoint
 from lesionseg.selection import choose_model, pipeline_checkpoints
@@ -25,44 +24,23 @@ def run() -> None:
     parser.add_argument("--table", type=Path, required=True, help="comparison table stem (.md and .csv written)")
     args = parser.parse_args()
     params = load_params()
-    samples, which = get(params, "report.samples"), get(params, "report.model")
-    metrics = json.loads(args.metrics.read_text())
     checkpoints = pipeline_checkpoints(args.frozen, args.finetuned)
-    histories = {}
-    for entry in args.histories:
-        for csv in sorted(entry.glob("*.csv")) if entry.is_dir() else [entry]:
-            histories[csv.stem] = pd.read_csv(csv)
-
-    table = report.comparison_table(metrics)
-    chosen = choose_model(checkpoints, which)
+    chosen = choose_model(checkpoints, get(params, "report.model"))
     model, _ = load_model(checkpoints[chosen])
-    test = Split.load(args.data / "test.pt")
-    images, truths, preds, ids, scores = report.sample_predictions(model, test, samples)
-    title = f"{chosen} on test images (model resolution {test.size}px)"
-
-    with atomic.atomic_dir(args.figures) as figures:
-        report.plot_curves(histories, figures / "curves.png")
-        report.plot_samples(images, truths, preds, ids, scores, title, figures / "samples.png")
-        report.plot_grid(
-            [report.overlay(i, p, t) for i, p, t in zip(images, preds, truths)],
-            ids,
-            scores,
-            f"{title}: prediction outline yellow, ground truth cyan",
-            figures / "overlays.png",
-        )
-        report.plot_grid(
-            [report.error_map(p, t) for p, t in zip(preds, truths)],
-            ids,
-            scores,
-            f"{title}: true positive green, false positive red, false negative blue",
-            figures / "error_maps.png",
-        )
-        report.plot_comparison(table, figures / "comparison.png")
-        report.write_table(table, args.table.with_suffix(".csv"), args.table.with_suffix(".md"))
+    report.write_report(
+        model,
+        chosen,
+        Split.load(args.data / "test.pt"),
+        json.loads(args.metrics.read_text()),
+        report.load_histories(args.histories),
+        args.figures,
+        args.table,
+        samples=get(params, "report.samples"),
+    )
 
     mlflow_setup(params)
     parent = read_checkpoint(checkpoints["frozen"])["extra"].get("mlflow_run_id")
-    if parent:
+    if parent:  # the figures belong to the whole pipeline execution: its parent run
         with tracking.start_run("frozen", {}, run_id=parent):
             mlflow.log_artifacts(str(args.figures), "report")
             mlflow.log_artifact(str(args.table.with_suffix(".md")), "report")

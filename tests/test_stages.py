@@ -15,8 +15,7 @@ import yaml
 from lesionseg.dataset import AugmentConfig
 from lesionseg.prepare import PrepareConfig
 from lesionseg.train import TrainConfig
-from stages.common import ParamError, build, get, unfreeze_levels
-from stages.train import train_config
+from stages.common import ParamError, build, get, train_config, unfreeze_levels
 from tests.helpers import REPO, make_archives, make_raw_tree
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -190,6 +189,38 @@ def test_stages_on_synthetic_data(tmp_path):
     ]
     assert "| finetune_all |" in (project / "cmp.md").read_text()
     assert sorted(os.listdir(project / "per_image")) == ["finetune_all.csv", "frozen.csv"]
+
+    # Fine-tuning must start from the frozen (level 0) checkpoint.
+    result = run_stage(
+        project,
+        "finetune",
+        "--data",
+        "data/prepared",
+        "--frozen",
+        "models/ft/finetune_all.pt",
+        "--models",
+        "models/ft2",
+        "--histories",
+        "h/ft2",
+        check=False,
+    )
+    assert (
+        result.returncode == 1 and "finetune_all.pt: expected the frozen-encoder (level 0) checkpoint" in result.stderr
+    )
+    assert not (project / "models" / "ft2").exists()
+
+
+def test_tracking_uri_and_local_paths_resolve_against_the_repository(monkeypatch, tmp_path):
+    from lesionseg.tracking import artifact_root_for, resolve_tracking_uri
+    from stages.common import local_path, repo_root
+
+    assert resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    assert artifact_root_for(f"sqlite:///{tmp_path / 'mlflow.db'}") == (tmp_path / "mlartifacts").as_uri()
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # what DVC sets, also in --temp and queued experiments
+    assert repo_root() == tmp_path
+    assert local_path("../shared/w.pth") == str((tmp_path.parent / "shared" / "w.pth").resolve())
 
 
 def test_killed_prepare_leaves_previous_output_and_reruns_cleanly(tmp_path):
