@@ -5,11 +5,13 @@ process so that its peak resident memory is its own. Run with
 ``python benchmarks/bench.py [--device cpu] [--size 128] [--batch-size 16]``.
 
 - ``bare_train_ips``: images/s of forward + DiceBCE + backward + Adam step on
-  random tensors already in memory (after warm-up);
+  random tensors already in memory;
 - ``pipeline_train_ips``: images/s of :func:`lesionseg.train.train_model` for
   one full epoch over cached uint8 tensors (real augmentation, per-epoch
-  validation on a 5% split, checkpointing, history), after a warm-up epoch;
-- ``ratio`` = pipeline / bare, for the frozen encoder (level 0) and all layers;
+  validation on a 5% split, checkpointing, history);
+- ``ratio`` = pipeline / bare, for the frozen encoder (level 0) and all layers:
+  both measured in one process, interleaved round by round after a warm-up
+  round, median of 3 rounds;
 - ``infer_ips`` at batch 1 and at the training batch size;
 - ``prepare_ips``: decode + resize + cache of generated JPEG/PNG pairs at
   1024x768 and 4288x2848 with the real prepare code (worker processes), and
@@ -22,6 +24,7 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REPEATS = 3
 
 
 def _peak_mb() -> float:
@@ -47,58 +52,75 @@ def _model(level):
     return build_model(ModelConfig(encoder_weights="none"), unfreeze=level)
 
 
-def bare_train(level, device, size, batch, steps):
+def _random_split(n: int, size: int, seed: int):
+    from lesionseg.cache import Split, encode_mask
+
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), dtype=np.uint8)
+    masks[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    pixels = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    ids = [f"ISIC_{i:07d}" for i in range(n)]
+    return Split.from_arrays(pixels, masks, ids, [(size, size)] * n, [encode_mask(m) for m in masks])
+
+
+def train_ratio(level, device_name, size, batch, steps, images):
+    """Bare steps and the real loop in one process, interleaved round by round.
+
+    Each round times ``steps`` bare steps, then one full epoch of
+    :func:`train_model` (with its validation, checkpoint and history); the
+    result is the median over rounds, after one warm-up round. Interleaving
+    makes both rates see the same machine conditions.
+    """
     from lesionseg.inference import autocast
     from lesionseg.losses import DiceBCELoss
-
-    device = torch.device(device)
-    model = _model(level).to(device).train()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    x = torch.randn(batch, 3, size, size, device=device)
-    y = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
-    loss_fn = DiceBCELoss()
-
-    def step():
-        with autocast(device):
-            logits = model(x)
-        loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(3):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return {"ips": steps * batch / (time.perf_counter() - start), "peak_rss_mb": _peak_mb()}
-
-
-def pipeline_train(level, device, size, batch, images):
-    from lesionseg.cache import Split, encode_mask
     from lesionseg.model import ModelConfig
     from lesionseg.train import TrainConfig, train_model
 
-    rng = np.random.default_rng(0)
-    n_val = max(1, images // 20)
+    device = torch.device(device_name)
+    model = _model(level).to(device).train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # Distinct batches, like an epoch's: one reused batch would sit in cache and flatter the bare rate.
+    xs = torch.randn(steps, batch, 3, size, size, device=device)
+    ys = (torch.rand(steps, batch, 1, size, size, device=device) > 0.5).float()
+    loss_fn = DiceBCELoss()
 
-    def split(n):
-        masks = np.zeros((n, size, size), dtype=np.uint8)
-        masks[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
-        pixels = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-        blobs = [encode_mask(m) for m in masks]
-        return Split.from_arrays(pixels, masks, [f"ISIC_{i:07d}" for i in range(n)], [(size, size)] * n, blobs)
+    def bare_rate():
+        _sync(device)
+        start = time.perf_counter()
+        for x, y in zip(xs, ys):
+            with autocast(device):
+                logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+        return steps * batch / (time.perf_counter() - start)
 
-    train, val = split(images), split(n_val)
+    train, val = _random_split(images, size, 0), _random_split(max(1, images // 20), size, 1)
+    config = TrainConfig(epochs=1, batch_size=batch, device=device_name, progress=False, lr=1e-4)
+    pipeline_model = _model(level)
+
+    def pipeline_rate(tmp):
+        result = train_model(pipeline_model, ModelConfig("none"), train, val, config, tmp / "c.pt", tmp / "h.csv")
+        return images / float(result.history["seconds"].iloc[0])
+
+    bare, pipeline, peak_bare = [], [], 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig(epochs=2, batch_size=batch, device=device, progress=False, lr=1e-4)
-        result = train_model(
-            _model(level), ModelConfig("none"), train, val, config, Path(tmp) / "c.pt", Path(tmp) / "h.csv"
-        )
-    seconds = float(result.history["seconds"].iloc[-1])  # the second epoch: warm
-    return {"ips": images / seconds, "peak_rss_mb": _peak_mb()}
+        for round_ in range(REPEATS + 1):
+            b = bare_rate()
+            peak_bare = peak_bare or _peak_mb()
+            p = pipeline_rate(Path(tmp))
+            if round_:  # round 0 is the warm-up
+                bare.append(b)
+                pipeline.append(p)
+    return {
+        "bare_train_ips": round(statistics.median(bare), 1),
+        "pipeline_train_ips": round(statistics.median(pipeline), 1),
+        "ratio": round(statistics.median(p / b for p, b in zip(pipeline, bare)), 3),
+        "ratio_per_round": [round(p / b, 3) for p, b in zip(pipeline, bare)],
+        "peak_rss_mb": {"bare": peak_bare, "with_pipeline": _peak_mb()},
+    }
 
 
 def inference(device, size, batch, steps):
@@ -119,7 +141,7 @@ def prepare(width, height, count, size, workers):
     from PIL import Image
 
     from lesionseg.isic import pair_images_and_masks
-    from lesionseg.prepare import decode_pairs
+    from lesionseg.prepare import decode_pairs, decoding_pool
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,10 +156,11 @@ def prepare(width, height, count, size, workers):
             photo.save(images / f"ISIC_{i:07d}.jpg", quality=90)
             Image.fromarray(lesion.astype(np.uint8) * 255).save(masks / f"ISIC_{i:07d}_Segmentation.png")
         pairing = pair_images_and_masks(images, masks)
-        start = time.perf_counter()
-        fast, _ = decode_pairs(pairing, size, workers)
+        start = time.perf_counter()  # pool start-up included, as in a real prepare
+        with decoding_pool(workers) as pool:
+            fast, _ = decode_pairs(pairing, size, pool)
         ips = count / (time.perf_counter() - start)
-        plain, _ = decode_pairs(pairing, size, 0)
+        plain, _ = decode_pairs(pairing, size)
     same = torch.equal(fast.images, plain.images) and torch.equal(fast.masks, plain.masks)
     same = same and torch.equal(fast.fullres_data, plain.fullres_data)
     return {"ips": ips, "peak_rss_mb": _peak_mb(), "identical_to_plain_path": bool(same)}
@@ -150,7 +173,10 @@ def _sync(device):
 
 def _isolated(fn, *args):
     """Run ``fn(*args)`` in a fresh process (own peak memory, no shared warm state)."""
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:  # not daemonic: may fork workers
+    # Fork where possible: a spawned part would make "spawn" the default start method for prepare's own
+    # worker pool too, which then re-imports torch per worker, unlike a real `dvc repro`.
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(1, mp_context=mp.get_context(method)) as pool:  # not daemonic: may start workers
         return pool.submit(fn, *args).result()
 
 
@@ -159,29 +185,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=20, help="bare training steps timed")
-    parser.add_argument("--images", type=int, default=320, help="training images in the pipeline epoch")
-    parser.add_argument("--prepare-count", type=int, default=40, help="generated pairs per prepare size")
+    parser.add_argument("--images", type=int, default=640, help="training images per epoch (isic2016-dev has 635)")
+    parser.add_argument("--prepare-count", type=int, default=300, help="generated 1024x768 pairs (1/5 as many large)")
     parser.add_argument("--workers", type=int, default=2, help="prepare decoding processes")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
 
     result = {"device": args.device, "size": args.size, "batch_size": args.batch_size, "torch": torch.__version__}
     for name, level in (("frozen", 0), ("all", "all")):
-        bare = _isolated(bare_train, level, args.device, args.size, args.batch_size, args.steps)
-        pipe = _isolated(pipeline_train, level, args.device, args.size, args.batch_size, args.images)
-        result[name] = {
-            "bare_train_ips": round(bare["ips"], 1),
-            "pipeline_train_ips": round(pipe["ips"], 1),
-            "ratio": round(pipe["ips"] / bare["ips"], 3),
-            "peak_rss_mb": {"bare": bare["peak_rss_mb"], "pipeline": pipe["peak_rss_mb"]},
-        }
+        steps = max(1, args.images // args.batch_size)  # a bare "epoch" of the same size
+        result[name] = _isolated(train_ratio, level, args.device, args.size, args.batch_size, steps, args.images)
     for batch in (1, args.batch_size):
         infer = _isolated(inference, args.device, args.size, batch, max(4, 64 // batch))
         result[f"infer_ips_batch{batch}"] = round(infer["ips"], 1)
         result[f"infer_peak_rss_mb_batch{batch}"] = infer["peak_rss_mb"]
     for width, height in ((1024, 768), (4288, 2848)):
-        count = args.prepare_count if width < 2000 else max(8, args.prepare_count // 2)
+        count = args.prepare_count if width < 2000 else max(8, args.prepare_count // 5)
         prep = _isolated(prepare, width, height, count, args.size, args.workers)
         result[f"prepare_ips_{width}x{height}"] = round(prep["ips"], 1)
         result[f"prepare_peak_rss_mb_{width}x{height}"] = prep["peak_rss_mb"]

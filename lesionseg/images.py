@@ -54,7 +54,8 @@ def _decode(img: Image.Image, path: Path, draft_size: int | None = None) -> Imag
             # DCT-domain downscaling: decodes at 1/2, 1/4 or 1/8 scale, never below draft_size.
             img.draft("RGB", (draft_size, draft_size))
         img.load()
-        return ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # no copy: masks can be 12 Mpx
+        return img
     except Exception as exc:  # truncated data raises OSError deep inside PIL
         raise DataError(path, f"corrupt or truncated image data ({type(exc).__name__}: {exc})") from exc
 
@@ -91,9 +92,10 @@ def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, i
 
 @dataclass
 class LoadedMask:
-    """A binary lesion mask, ``mask`` bool ``(H, W)``, with the repairs applied to it."""
+    """A binary lesion mask, ``mask`` bool ``(H, W)``, its lesion pixel count, and the repairs applied."""
 
     mask: np.ndarray
+    lesion_pixels: int
     notes: list[str] = field(default_factory=list)
 
 
@@ -105,13 +107,14 @@ def load_mask(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedMask:
         notes = []
         if img.mode not in ("L", "1"):
             notes.append(f"converted_{img.mode}")
+        if img.mode != "L":
             img = img.convert("L")
-        values = np.asarray(img, dtype=np.uint8) if img.mode == "L" else np.asarray(img, dtype=np.uint8) * 255
-    histogram = np.bincount(values.ravel(), minlength=256)  # far cheaper than np.unique on 12 Mpx
-    present = np.flatnonzero(histogram)
-    if present.size and present.max() == 1:
+        histogram = img.histogram()  # computed in C: far cheaper than numpy on a 12 Mpx mask
+        values = np.asarray(img)
+    present = [value for value, count in enumerate(histogram) if count]
+    if present and present[-1] == 1:
         notes.append("zero_one")
-        return LoadedMask(values == 1, notes)
-    if not np.isin(present, (0, 255)).all():
+        return LoadedMask(values == 1, histogram[1], notes)
+    if any(value not in (0, 255) for value in present):
         notes.append("thresholded")
-    return LoadedMask(values >= 128, notes)
+    return LoadedMask(values >= 128, sum(histogram[128:]), notes)

@@ -7,6 +7,7 @@ images, pairs, ignored files and repairs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -85,14 +86,14 @@ def decode_pair(image_path: Path, mask_path: Path, size: int, max_pixels: int = 
         mh, mw = loaded.mask.shape
         raise DataError(mask_path, f"mask is {mw}x{mh} but its image {Path(image_path).name} is {width}x{height}")
     image = model_input(image_path, size, max_pixels)
-    small = Image.fromarray(loaded.mask.astype(np.uint8)).resize((size, size), Image.NEAREST)
+    small = Image.fromarray(loaded.mask.view(np.uint8)).resize((size, size), Image.NEAREST)
     return DecodedPair(
         image,
         np.asarray(small, dtype=np.uint8),
         (height, width),
         encode_mask(loaded.mask),
         loaded.notes,
-        int(loaded.mask.sum()),
+        loaded.lesion_pixels,
     )
 
 
@@ -100,14 +101,19 @@ def _decode_job(job):
     return decode_pair(*job)
 
 
+def decoding_pool(workers: int):
+    """A process pool for :func:`decode_pairs`, or a no-op context (``None``) for ``workers=0``."""
+    return ProcessPoolExecutor(max_workers=workers) if workers > 0 else contextlib.nullcontext()
+
+
 def decode_pairs(
-    pairing: Pairing, size: int, workers: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    pairing: Pairing, size: int, pool: ProcessPoolExecutor | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[Split, Counter]:
-    """Decode all pairs (in ``workers`` processes) into a :class:`Split` and a repair counter."""
+    """Decode all pairs (in ``pool`` if given) into a :class:`Split` and a repair counter."""
     jobs = [(image, mask, size, max_pixels) for _, image, mask in pairing.pairs]
-    if workers > 0 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            decoded = list(pool.map(_decode_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+    if pool is not None and len(jobs) > 1:
+        # Chunks amortise inter-process overhead; small enough that workers finish together.
+        decoded = list(pool.map(_decode_job, jobs, chunksize=max(1, min(16, len(jobs) // 32))))
     else:
         decoded = [_decode_job(job) for job in jobs]
     repairs = Counter(note for d in decoded for note in d.notes)
@@ -142,8 +148,9 @@ def prepare_dataset(raw_dir: Path, out_dir: Path, config: PrepareConfig) -> dict
     _check_count("training", raw_dir / TRAIN_IMAGES, len(train_pairs.pairs), config.expected_train)
     _check_count("test", raw_dir / TEST_IMAGES, len(test_pairs.pairs), config.expected_test)
 
-    train_all, train_repairs = decode_pairs(train_pairs, config.size, config.workers, config.max_pixels)
-    test, test_repairs = decode_pairs(test_pairs, config.size, config.workers, config.max_pixels)
+    with decoding_pool(config.workers) as pool:  # one pool for both splits: its start-up is paid once
+        train_all, train_repairs = decode_pairs(train_pairs, config.size, pool, config.max_pixels)
+        test, test_repairs = decode_pairs(test_pairs, config.size, pool, config.max_pixels)
     train_idx, val_idx = train_val_indices(len(train_all), config.val_fraction, config.seed)
     splits = {"train": train_all.subset(train_idx), "val": train_all.subset(val_idx), "test": test}
 
