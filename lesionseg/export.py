@@ -52,20 +52,27 @@ def _add_metadata(path: Path, props: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, S, S, 3)`` -> lesion probabilities float32 ``(N, S, S)`` (model in eval mode)."""
+    batch = normalize_batch(torch.as_tensor(np.asarray(images), dtype=torch.uint8))
+    return torch.sigmoid(model(batch))[:, 0].numpy().astype(np.float32)
+
+
 class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc: uint8 images ``(N, S, S, 3)`` -> lesion probabilities float32 ``(N, S, S)``.
 
-    ``S`` is the checkpoint's input size; threshold at 0.5 for masks.
+    ``S`` is the checkpoint's input size; threshold at 0.5 for masks. The
+    wrapper itself holds no weights: MLflow pickles it, and the model is
+    rebuilt from the checkpoint artifact in :meth:`load_context`.
     """
 
     def load_context(self, context):
         self.model, _ = load_model(Path(context.artifacts["checkpoint"]))
         self.model.eval()
 
-    @torch.no_grad()
     def predict(self, context, model_input, params=None):
-        images = torch.as_tensor(np.asarray(model_input), dtype=torch.uint8)
-        return torch.sigmoid(self.model(normalize_batch(images)))[:, 0].numpy().astype(np.float32)
+        return predict_probabilities(self.model, model_input)
 
 
 def log_pyfunc_model(checkpoint_path: Path, name: str = "model") -> str:
@@ -76,12 +83,10 @@ def log_pyfunc_model(checkpoint_path: Path, name: str = "model") -> str:
     model, checkpoint = load_model(checkpoint_path)
     size = checkpoint["preprocessing"]["size"]
     example = np.zeros((1, size, size, 3), dtype=np.uint8)
-    wrapper = LesionSegPyfunc()
-    wrapper.model = model.eval()
-    signature = mlflow.models.infer_signature(example, wrapper.predict(None, example))
+    signature = mlflow.models.infer_signature(example, predict_probabilities(model.eval(), example))
     info = mlflow.pyfunc.log_model(
         name=name,
-        python_model=wrapper,
+        python_model=LesionSegPyfunc(),
         artifacts={"checkpoint": str(checkpoint_path)},
         signature=signature,
         input_example=example,

@@ -111,6 +111,8 @@ def test_mlflow_pyfunc_roundtrip(trained, tmp_path):
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment):
         uri = log_pyfunc_model(root / "model.pt")
+    pickled = list((tmp_path / "art").rglob("python_model.pkl"))
+    assert pickled and pickled[0].stat().st_size < 100_000  # the wrapper only: weights come from the checkpoint
     loaded = mlflow.pyfunc.load_model(uri)
     batch = splits["test"].images[:3].numpy()
     probs = loaded.predict(batch)
