@@ -27,13 +27,6 @@ THRESHOLDED_JACCARD_CUTOFF = 0.65
 SCORE_NAMES = ("jaccard", "dice", "accuracy", "sensitivity", "specificity")
 
 
-def binarize(probs_or_logits: torch.Tensor, threshold: float = 0.5, logits: bool = False) -> torch.Tensor:
-    """Boolean mask from probabilities (``p > threshold``) or, with ``logits=True``, from logits."""
-    if logits:
-        probs_or_logits = torch.sigmoid(probs_or_logits.float())
-    return probs_or_logits > threshold
-
-
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image TP, FP, FN, TN.
 

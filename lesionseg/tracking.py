@@ -74,8 +74,3 @@ def start_run(run_name: str, tags: dict, parent_run_id: str | None = None, run_i
 def log_flat(prefix: str, values: dict, step: int | None = None) -> None:
     """Log numeric ``values`` as metrics named ``prefix + key``."""
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))}, step=step)
-
-
-def end_active_runs() -> None:
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
