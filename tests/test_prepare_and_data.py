@@ -132,3 +132,16 @@ def test_eval_transform_matches_normalize_batch():
 def test_augment_config_validates_probabilities():
     with pytest.raises(ValueError, match="hflip must be a probability"):
         AugmentConfig(hflip=1.5)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "L"])
+def test_reduced_scale_jpeg_decoding_converts_cmyk_and_gray(tmp_path, mode):
+    from lesionseg.prepare import model_input
+
+    rgb = lesion_pair(0, 640, 480)[0]
+    Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=95)
+    Image.fromarray(rgb).convert(mode).save(tmp_path / "other.jpg", quality=95)
+    reference = model_input(tmp_path / "rgb.jpg", 64).astype(float).mean(2)
+    out = model_input(tmp_path / "other.jpg", 64)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(float).mean(2) - reference).mean() < 6
