@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from lesionseg.encoder import EncoderWeightsError
 from lesionseg.errors import DataError
 from lesionseg.model import ModelConfig, build_model, count_parameters
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ValueError, OSError) as exc:
+    except (DataError, ValueError, OSError, EncoderWeightsError) as exc:
         print(f"lesionseg {args.command}: {exc}", file=sys.stderr)
         return 1
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import torch
 
 THRESHOLDED_JACCARD_CUTOFF = 0.65
-SCORE_NAMES = ("jaccard", "dice", "accuracy", "sensitivity", "specificity")
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

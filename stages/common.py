@@ -18,6 +18,7 @@ import yaml
 
 from lesionseg import tracking
 from lesionseg.dataset import AugmentConfig
+from lesionseg.encoder import EncoderWeightsError
 from lesionseg.model import parse_unfreeze_level
 from lesionseg.train import TrainConfig
 
@@ -146,6 +147,6 @@ def main(fn) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         fn()
-    except (ParamError, ValueError, OSError) as exc:
+    except (ParamError, ValueError, OSError, EncoderWeightsError) as exc:
         logging.getLogger("lesionseg").error("%s failed: %s", Path(sys.argv[0]).stem, exc)
         sys.exit(1)

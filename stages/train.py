@@ -24,10 +24,10 @@ def run() -> None:
         weights = local_path(weights)
     model_config = build(ModelConfig, params, "model", encoder_weights=weights)
     config = train_config(params, "train")
+    model = build_model(model_config, unfreeze=0)  # before the data: bad weights fail at the start
     train_split, val_split = Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")
 
     mlflow_setup(params)
-    model = build_model(model_config, unfreeze=0)
     train_phase(
         "frozen", model, model_config, train_split, val_split, config, args.checkpoint, args.history, run_tags("frozen")
     )

@@ -110,6 +110,14 @@ def test_stage_with_bad_param_fails_at_start_naming_the_key(tmp_path):
     assert sorted(os.listdir(project)) == ["params.yaml"]
 
 
+def test_missing_encoder_weights_fail_at_start_with_a_clear_message(tmp_path):
+    project = make_project(tmp_path, train__encoder_weights="weights/missing.pth")
+    result = run_stage(project, "train", "--data", "nope", "--checkpoint", "c.pt", "--history", "h.csv", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "missing.pth': no such file" in result.stderr
+    assert sorted(os.listdir(project)) == ["params.yaml"]
+
+
 def test_stages_on_synthetic_data(tmp_path):
     archives = make_archives(tmp_path, n_train=10, n_test=4)
     project = make_project(
