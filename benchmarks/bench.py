@@ -63,7 +63,7 @@ def _random_split(n: int, size: int, seed: int):
     return Split.from_arrays(pixels, masks, ids, [(size, size)] * n, [encode_mask(m) for m in masks])
 
 
-def train_ratio(level, device_name, size, batch, steps, images):
+def train_ratio(level, device_name, size, batch, steps, images, augment_on="auto", channels_last=False):
     """Bare steps and the real loop in one process, interleaved round by round.
 
     Each round times ``steps`` bare steps, then one full epoch of
@@ -77,11 +77,13 @@ def train_ratio(level, device_name, size, batch, steps, images):
     from lesionseg.train import TrainConfig, train_model
 
     device = torch.device(device_name)
-    model = _model(level).to(device).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = _model(level).to(device, memory_format=memory_format).train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     # Distinct batches, like an epoch's: one reused batch would sit in cache and flatter the bare rate.
-    xs = torch.randn(steps, batch, 3, size, size, device=device)
-    ys = (torch.rand(steps, batch, 1, size, size, device=device) > 0.5).float()
+    xs = [torch.randn(batch, 3, size, size, device=device) for _ in range(steps)]
+    xs = [x.contiguous(memory_format=memory_format) for x in xs]
+    ys = [(torch.rand(batch, 1, size, size, device=device) > 0.5).float() for _ in range(steps)]
     loss_fn = DiceBCELoss()
 
     def bare_rate():
@@ -98,7 +100,15 @@ def train_ratio(level, device_name, size, batch, steps, images):
         return steps * batch / (time.perf_counter() - start)
 
     train, val = _random_split(images, size, 0), _random_split(max(1, images // 20), size, 1)
-    config = TrainConfig(epochs=1, batch_size=batch, device=device_name, progress=False, lr=1e-4)
+    config = TrainConfig(
+        epochs=1,
+        batch_size=batch,
+        device=device_name,
+        progress=False,
+        lr=1e-4,
+        augment_on=augment_on,
+        channels_last=channels_last,
+    )
     pipeline_model = _model(level)
 
     def pipeline_rate(tmp):
@@ -120,6 +130,7 @@ def train_ratio(level, device_name, size, batch, steps, images):
         "ratio": round(statistics.median(p / b for p, b in zip(pipeline, bare)), 3),
         "ratio_per_round": [round(p / b, 3) for p, b in zip(pipeline, bare)],
         "peak_rss_mb": {"bare": peak_bare, "with_pipeline": _peak_mb()},
+        **({"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if device.type == "cuda" else {}),
     }
 
 
@@ -188,23 +199,40 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=640, help="training images per epoch (isic2016-dev has 635)")
     parser.add_argument("--prepare-count", type=int, default=300, help="generated 1024x768 pairs (1/5 as many large)")
     parser.add_argument("--workers", type=int, default=2, help="prepare decoding processes")
+    parser.add_argument("--augment-on", default="auto", choices=("auto", "loader", "device"), help="TrainConfig")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC model and inputs, in both loops")
+    parser.add_argument("--parts", default="train,infer,prepare", help="comma-separated subset to run")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     result = {"device": args.device, "size": args.size, "batch_size": args.batch_size, "torch": torch.__version__}
-    for name, level in (("frozen", 0), ("all", "all")):
+    result.update({"augment_on": args.augment_on, "channels_last": args.channels_last})
+    for name, level in (("frozen", 0), ("all", "all")) if "train" in parts else ():
         steps = max(1, args.images // args.batch_size)  # a bare "epoch" of the same size
-        result[name] = _isolated(train_ratio, level, args.device, args.size, args.batch_size, steps, args.images)
-    for batch in (1, args.batch_size):
+        result[name] = _isolated(
+            train_ratio,
+            level,
+            args.device,
+            args.size,
+            args.batch_size,
+            steps,
+            args.images,
+            args.augment_on,
+            args.channels_last,
+        )
+    for batch in (1, args.batch_size) if "infer" in parts else ():
         infer = _isolated(inference, args.device, args.size, batch, max(4, 64 // batch))
         result[f"infer_ips_batch{batch}"] = round(infer["ips"], 1)
         result[f"infer_peak_rss_mb_batch{batch}"] = infer["peak_rss_mb"]
-    for width, height in ((1024, 768), (4288, 2848)):
+    for width, height in ((1024, 768), (4288, 2848)) if "prepare" in parts else ():
         count = args.prepare_count if width < 2000 else max(8, args.prepare_count // 5)
         prep = _isolated(prepare, width, height, count, args.size, args.workers)
         result[f"prepare_ips_{width}x{height}"] = round(prep["ips"], 1)
         result[f"prepare_peak_rss_mb_{width}x{height}"] = prep["peak_rss_mb"]
         result[f"prepare_identical_{width}x{height}"] = prep["identical_to_plain_path"]
 
+    if args.device.startswith("cuda"):  # only now: CUDA must not be initialised before the parts are forked
+        result["gpu"] = torch.cuda.get_device_name(0)
     print(json.dumps(result))
     print(f"\n{'part':<34}{'value':>12}", file=sys.stderr)
     for key, value in result.items():

@@ -11,6 +11,7 @@ from pathlib import Path
 from lesionseg.encoder import EncoderWeightsError
 from lesionseg.errors import DataError
 from lesionseg.model import ModelConfig, build_model, count_parameters
+from lesionseg.postprocess import PostprocessConfig
 
 SUMMARY_LEVELS = ("0", "1", "2", "3", "all")
 
@@ -55,6 +56,7 @@ def cmd_predict(args) -> int:
         args.output,
         threshold=args.threshold,
         tta=args.tta,
+        postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=args.fill_holes),
         overlays=args.overlay,
         batch_size=args.batch_size,
         device=device,
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     p.add_argument("--tta", action="store_true", help="average predictions over flips")
+    p.add_argument("--keep-largest", action="store_true", help="keep only the largest connected component")
+    p.add_argument("--fill-holes", action="store_true", help="fill holes inside the predicted lesion")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

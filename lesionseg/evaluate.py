@@ -16,23 +16,31 @@ from lesionseg.inference import predict_uint8, upsample_logits
 from lesionseg.losses import DiceBCELoss
 from lesionseg.metrics import confusion_counts, per_image_scores, summarize
 from lesionseg.model import count_parameters
+from lesionseg.postprocess import PostprocessConfig, clean_mask, clean_masks
 
 ORIGINAL_PREFIX = "orig_"
 
 
-def fullres_counts(logits: torch.Tensor, split: Split) -> torch.Tensor:
+def fullres_counts(logits: torch.Tensor, split: Split, postprocess: PostprocessConfig = PostprocessConfig()):
     """Per-image ``(N, 4)`` confusion counts at each image's original resolution."""
     rows = []
     for i in range(len(split)):
         height, width = (int(v) for v in split.orig_sizes[i])
         pred = upsample_logits(logits[i : i + 1], height, width)[0, 0] > 0
+        if postprocess.active:
+            pred = torch.from_numpy(clean_mask(pred.numpy(), postprocess))
         truth = torch.from_numpy(split.fullres_mask(i))
         rows.append(confusion_counts(pred[None], truth[None]))
     return torch.cat(rows)
 
 
 def evaluate_model(
-    model: torch.nn.Module, split: Split, batch_size: int = 32, device=None, tta: bool = False
+    model: torch.nn.Module,
+    split: Split,
+    batch_size: int = 32,
+    device=None,
+    tta: bool = False,
+    postprocess: PostprocessConfig = PostprocessConfig(),
 ) -> tuple[dict, pd.DataFrame]:
     """Metrics dict and a per-image table.
 
@@ -41,12 +49,13 @@ def evaluate_model(
     ``jaccard_thresholded`` at model resolution, and the same with the
     ``orig_`` prefix at original resolution (the official definition).
     The table has one row per image (``id``, ``height``, ``width`` and the
-    per-image scores at both resolutions).
+    per-image scores at both resolutions). ``postprocess`` applies to the
+    thresholded masks at both resolutions (the loss uses the raw logits).
     """
     logits = predict_uint8(model, split.images, batch_size, device, tta=tta)
     target = split.masks[:, None].float()
-    small = confusion_counts(logits > 0, target > 0)
-    full = fullres_counts(logits, split)
+    small = confusion_counts(clean_masks(logits > 0, postprocess), target > 0)
+    full = fullres_counts(logits, split, postprocess)
     metrics = {"loss": float(DiceBCELoss()(logits, target)), **summarize(small)}
     metrics.update({ORIGINAL_PREFIX + k: v for k, v in summarize(full).items()})
     table = pd.DataFrame(
@@ -60,7 +69,12 @@ def evaluate_model(
 
 
 def evaluate_checkpoint(
-    path, split: Split, batch_size: int = 32, device=None, tta: bool = False
+    path,
+    split: Split,
+    batch_size: int = 32,
+    device=None,
+    tta: bool = False,
+    postprocess: PostprocessConfig = PostprocessConfig(),
 ) -> tuple[dict, pd.DataFrame, dict]:
     """:func:`evaluate_model` on a checkpoint's model, with the report's extra keys.
 
@@ -69,7 +83,8 @@ def evaluate_checkpoint(
     ``best_epoch``. Returns ``(metrics, per-image table, checkpoint dict)``.
     """
     model, checkpoint = load_model(path)
-    metrics, table = evaluate_model(model.to(device) if device else model, split, batch_size, device, tta)
+    model = model.to(device) if device else model
+    metrics, table = evaluate_model(model, split, batch_size, device, tta, postprocess)
     trained = checkpoint.get("train_config", {})
     metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
     metrics.update({"lr": trained.get("lr"), "epochs": trained.get("epochs"), "best_epoch": checkpoint["epoch"]})

@@ -15,6 +15,7 @@ from lesionseg import atomic
 from lesionseg.errors import DataError
 from lesionseg.images import image_size, load_image
 from lesionseg.inference import predict_uint8, upsample_logits
+from lesionseg.postprocess import PostprocessConfig, clean_mask
 from lesionseg.prepare import model_input
 from lesionseg.report import overlay
 
@@ -48,6 +49,7 @@ def predict_files(
     *,
     threshold: float = 0.5,
     tta: bool = False,
+    postprocess: PostprocessConfig = PostprocessConfig(),
     overlays: bool = False,
     batch_size: int = 8,
     device=None,
@@ -58,7 +60,7 @@ def predict_files(
     Images are resized to the checkpoint's ``size`` exactly as the prepare stage
     does, run through the model ``batch_size`` at a time, and the logits are
     upsampled to each image's original size before thresholding, as in
-    evaluation. Unreadable inputs are logged and listed in ``summary.failed``;
+    evaluation, then ``postprocess`` cleans the mask. Unreadable inputs are logged and listed in ``summary.failed``;
     the others still run.
     """
     output_dir = Path(output_dir)
@@ -78,7 +80,8 @@ def predict_files(
                 logits = predict_uint8(model, batch, batch_size, device, tta=tta)
                 for (path, (width, height), _), image_logits in zip(loaded, logits):
                     probs = torch.sigmoid(upsample_logits(image_logits[None], height, width))[0, 0]
-                    summary.written += _write_outputs(path, (probs > threshold).numpy(), output_dir, overlays)
+                    mask = clean_mask((probs > threshold).numpy(), postprocess)
+                    summary.written += _write_outputs(path, mask, output_dir, overlays)
             bar.update(min(batch_size, len(paths) - start))
     return summary
 

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lesionseg import atomic
+from lesionseg.batch_augment import DeviceBatches
 from lesionseg.cache import Split
 from lesionseg.checkpoint import make_checkpoint, save_checkpoint
 from lesionseg.dataset import AugmentConfig, SegmentationDataset, train_transform
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "cosine")
+AUGMENT_ON = ("auto", "loader", "device")
 HISTORY_COLUMNS = (
     "epoch",
     "train_loss",
@@ -48,6 +51,13 @@ class TrainConfig:
     ``lr``), either after ``warmup_epochs`` of linear warm-up. ``device``:
     ``auto`` (cuda, mps, cpu) or a torch device string. ``amp``: bf16
     autocast on CUDA. ``bce_weight``/``dice_weight`` weight the two loss terms.
+    ``ema_decay``: if > 0, validate and checkpoint an exponential moving
+    average of the weights (updated every step) instead of the raw weights.
+    ``augment_on``: ``loader`` (albumentations in a CPU DataLoader),
+    ``device`` (the same augmentation as batched tensor ops on the training
+    device, data held there; see :mod:`lesionseg.batch_augment`) or ``auto``
+    (``device`` on CUDA, else ``loader``). ``channels_last``: NHWC memory
+    layout for model and inputs (faster convolutions on some GPUs).
     """
 
     epochs: int = 25
@@ -59,8 +69,11 @@ class TrainConfig:
     warmup_epochs: int = 0
     bce_weight: float = 1.0
     dice_weight: float = 1.0
+    ema_decay: float = 0.0
     seed: int = 42
     num_workers: int = 0
+    augment_on: str = "auto"
+    channels_last: bool = False
     device: str = "auto"
     amp: bool = True
     progress: bool = True
@@ -81,6 +94,10 @@ class TrainConfig:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must be an integer in [0, epochs), got {self.warmup_epochs!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
 
@@ -123,6 +140,39 @@ def evaluate_split(model: torch.nn.Module, split: Split, loss_fn, batch_size: in
     return {"loss": float(loss_fn(logits, target)), **summarize(counts)}
 
 
+def training_batches(split: Split, config: TrainConfig, device: torch.device):
+    """Iterable of augmented ``(images (N, 3, S, S), masks (N, 1, S, S))`` batches on ``device``, one epoch
+    per iteration, shuffled with ``config.seed``; where the augmentation runs follows ``config.augment_on``."""
+    on_device = config.augment_on == "device" or (config.augment_on == "auto" and device.type == "cuda")
+    if on_device:
+        return DeviceBatches(split.images, split.masks, config.batch_size, config.augment, config.seed, device)
+    dataset = SegmentationDataset(split.images, split.masks, train_transform(config.augment, config.seed))
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.num_workers > 0,
+    )
+    return _OnDevice(loader, device)
+
+
+class _OnDevice:
+    """A DataLoader of ``(images, masks, index)`` as ``(images, masks)`` moved to ``device``."""
+
+    def __init__(self, loader: DataLoader, device: torch.device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, masks, _ in self.loader:
+            yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+
+
 def train_model(
     model: LesionSegModel,
     model_config: ModelConfig,
@@ -138,25 +188,22 @@ def train_model(
 
     Writes the best checkpoint (by validation per-image Jaccard) to
     ``checkpoint_path`` and the per-epoch history (columns
-    ``HISTORY_COLUMNS``) to ``history_path`` as CSV, both atomically.
+    ``HISTORY_COLUMNS``) to ``history_path`` as CSV, both atomically at the
+    end of the phase.
     ``on_epoch`` receives each history row (e.g. to log it to MLflow).
     """
     seed_everything(config.seed)
     device = select_device(config.device)
-    model.to(device)
-    dataset = SegmentationDataset(train_split.images, train_split.masks, train_transform(config.augment, config.seed))
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=True,
-        num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(config.seed),
-        pin_memory=device.type == "cuda",
-        persistent_workers=config.num_workers > 0,
-    )
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    batches = training_batches(train_split, config, device)
     loss_fn = DiceBCELoss(config.bce_weight, config.dice_weight)
     optimizer = make_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, len(loader), config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, len(batches), config))
+    # The average starts from the phase's initial weights; use_buffers also averages BatchNorm statistics.
+    ema = None
+    if config.ema_decay > 0:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
 
     rows, best = [], None
     for epoch in range(1, config.epochs + 1):
@@ -165,11 +212,10 @@ def train_model(
         loss_sum = torch.zeros((), device=device)
         counts = []
         lr = optimizer.param_groups[0]["lr"]
-        for images, masks, _ in tqdm(
-            loader, desc=f"epoch {epoch}/{config.epochs}", disable=None if config.progress else True, leave=False
+        for images, masks in tqdm(
+            batches, desc=f"epoch {epoch}/{config.epochs}", disable=None if config.progress else True, leave=False
         ):
-            images = images.to(device, non_blocking=True)
-            masks = masks.to(device, non_blocking=True)
+            images = images.contiguous(memory_format=memory_format)
             with autocast(device, config.amp):
                 logits = model(images)
             loss = loss_fn(logits, masks)
@@ -177,14 +223,17 @@ def train_model(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             # Accumulate on the device: no host sync per step.
             loss_sum += loss.detach() * len(images)
             counts.append(confusion_counts(logits.detach() > 0, masks > 0))
         train_metrics = summarize(torch.cat(counts).cpu())
-        val = evaluate_split(model, val_split, loss_fn, config.batch_size * 2, device, config.amp)
+        evaluated = model if ema is None else ema.module
+        val = evaluate_split(evaluated, val_split, loss_fn, config.batch_size * 2, device, config.amp)
         row = {
             "epoch": epoch,
-            "train_loss": float(loss_sum) / len(dataset),
+            "train_loss": float(loss_sum) / len(train_split),
             "train_jaccard": train_metrics["jaccard"],
             "train_dice": train_metrics["dice"],
             "val_loss": val["loss"],
@@ -196,12 +245,14 @@ def train_model(
         rows.append(row)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
         if best is None or val["jaccard"] > best[1]["jaccard"]:
-            best = (epoch, val)
-            checkpoint = make_checkpoint(model, model_config, train_split.size, epoch, val, checkpoint_extra)
-            checkpoint["train_config"] = _plain(asdict(config))
-            save_checkpoint(checkpoint, checkpoint_path)
+            # Kept in memory (a copy on the host) and written once at the end: no per-epoch disk I/O.
+            checkpoint = make_checkpoint(evaluated, model_config, train_split.size, epoch, val, checkpoint_extra)
+            best = (epoch, val, checkpoint)
         if on_epoch is not None:
             on_epoch(row)
+    checkpoint = best[2]
+    checkpoint["train_config"] = _plain(asdict(config))
+    save_checkpoint(checkpoint, checkpoint_path)
     history = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
     atomic.write_text(history_path, history.to_csv(index=False))
     return TrainResult(history, best[0], best[1])

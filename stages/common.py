@@ -92,7 +92,7 @@ def build(cls, params: dict, section: str, skip: tuple[str, ...] = (), **given):
         raise ParamError(f"params.yaml: {section}.{exc}") from exc
 
 
-RUNTIME_KEYS = ("device", "num_workers", "amp")
+RUNTIME_KEYS = ("device", "num_workers", "amp", "augment_on", "channels_last")
 
 
 def train_config(params: dict, section: str) -> TrainConfig:

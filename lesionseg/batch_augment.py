@@ -1,0 +1,185 @@
+"""The training augmentation as batched tensor ops, for data kept on the training device.
+
+:func:`lesionseg.dataset.train_transform` augments one image at a time with
+albumentations on the CPU. On a GPU the model eats batches faster than a CPU
+loader can decode, augment and copy them, so :class:`DeviceBatches` keeps the
+cached uint8 tensors on the device and :func:`augment_batch` applies the same
+transforms, in the same order, with the same parameter ranges and
+probabilities, to a whole batch at once:
+
+==========================  ===========================================================
+albumentations (CPU)        here
+==========================  ===========================================================
+HorizontalFlip / Vertical   flip each image (and mask) with probability ``p``
+Affine                      scale U(0.85, 1.15) and shift U(-6%, 6%) per axis, rotation
+                            U(-limit, limit) about the centre; bilinear image, nearest
+                            mask, zero fill (``affine_grid`` + ``grid_sample``)
+RandomBrightnessContrast    ``x * (1 + U(-0.2, 0.2)) + 255 * U(-0.2, 0.2)``, clipped
+HueSaturationValue          OpenCV HSV convention (hue 0-180): hue +U(-20, 20) mod 180,
+                            saturation +U(-30, 30) (grey stays grey), value +U(-20, 20)
+Normalize                   ImageNet mean/std
+==========================  ===========================================================
+
+Each image draws its own parameters, as it would in a CPU loader. Values are
+kept on the uint8 grid after every step (as albumentations' uint8 maths does),
+so the two paths agree in distribution, not pixel for pixel: they use
+different random streams and differ by at most a grey level in rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lesionseg.dataset import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
+
+SCALE_RANGE = (0.85, 1.15)
+SHIFT_LIMIT = 0.06
+BRIGHTNESS_LIMIT = 0.2
+CONTRAST_LIMIT = 0.2
+HUE_SHIFT_LIMIT = 20.0  # OpenCV hue units (degrees / 2)
+SAT_SHIFT_LIMIT = 30.0
+VAL_SHIFT_LIMIT = 20.0
+
+
+def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+
+def _chosen(n: int, p: float, generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def _flip(x: torch.Tensor, m: torch.Tensor, p: float, dim: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    chosen = _chosen(len(x), p, generator, x.device).view(-1, 1, 1, 1)
+    return torch.where(chosen, x.flip(dim), x), torch.where(chosen, m.flip(dim), m)
+
+
+def _affine(x, m, p: float, rotate_limit: float, generator):
+    """Random scale/shift/rotation about the centre of the chosen images (square images)."""
+    n, device = len(x), x.device
+    chosen = _chosen(n, p, generator, device)
+    scale = _uniform(2 * n, *SCALE_RANGE, generator, device).view(n, 2)  # x and y drawn apart, as albumentations
+    shift = _uniform(2 * n, -SHIFT_LIMIT, SHIFT_LIMIT, generator, device).view(n, 2)
+    angle = _uniform(n, -rotate_limit, rotate_limit, generator, device) * (math.pi / 180)
+    index = chosen.nonzero().squeeze(1)
+    if len(index) == 0:
+        return x, m
+    # affine_grid maps output to input coordinates (normalised to [-1, 1]): invert
+    # out = R(a) S @ in + t, i.e. in = S^-1 R(-a) @ (out - t). A shift of f of the
+    # side is 2 f in normalised units.
+    cos, sin = angle[index].cos(), angle[index].sin()
+    rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+    inverse = rotation / scale[index].unsqueeze(-1)  # row i divided by the scale of axis i
+    offset = -(inverse @ (2 * shift[index]).unsqueeze(-1))
+    theta = torch.cat([inverse, offset], -1)
+    grid = F.affine_grid(theta, list(x[index].shape), align_corners=False)
+    x, m = x.clone(), m.clone()
+    x[index] = F.grid_sample(x[index], grid, mode="bilinear", padding_mode="zeros", align_corners=False).round()
+    m[index] = F.grid_sample(m[index], grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return x, m
+
+
+def _brightness_contrast(x: torch.Tensor, p: float, generator) -> torch.Tensor:
+    n, device = len(x), x.device
+    chosen = _chosen(n, p, generator, device).view(-1, 1, 1, 1)
+    alpha = 1 + _uniform(n, -CONTRAST_LIMIT, CONTRAST_LIMIT, generator, device).view(-1, 1, 1, 1)
+    beta = 255 * _uniform(n, -BRIGHTNESS_LIMIT, BRIGHTNESS_LIMIT, generator, device).view(-1, 1, 1, 1)
+    return torch.where(chosen, (x * alpha + beta).clamp(0, 255).floor(), x)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, H, W)`` RGB in [0, 255] -> HSV with OpenCV's uint8 ranges: H in [0, 180), S and V in [0, 255]."""
+    r, g, b = x.unbind(1)
+    value, _ = x.max(1)
+    chroma = value - x.min(1).values
+    safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    hue = torch.where(
+        value == r,
+        (g - b) / safe_chroma,
+        torch.where(value == g, 2 + (b - r) / safe_chroma, 4 + (r - g) / safe_chroma),
+    )
+    hue = torch.where(chroma > 0, (hue * 30) % 180, torch.zeros_like(hue))
+    saturation = torch.where(value > 0, 255 * chroma / torch.where(value > 0, value, torch.ones_like(value)), 0)
+    return torch.stack([hue, saturation, value], 1)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`."""
+    hue, saturation, value = hsv.unbind(1)
+    sector = hue / 30  # in [0, 6)
+    chroma = value * saturation / 255
+    k = torch.stack([(5 + sector) % 6, (3 + sector) % 6, (1 + sector) % 6], 1)
+    weight = torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+    return value.unsqueeze(1) - chroma.unsqueeze(1) * weight
+
+
+def _hue_saturation(x: torch.Tensor, p: float, generator) -> torch.Tensor:
+    n, device = len(x), x.device
+    chosen = _chosen(n, p, generator, device).view(-1, 1, 1, 1)
+    hue_shift = _uniform(n, -HUE_SHIFT_LIMIT, HUE_SHIFT_LIMIT, generator, device).view(-1, 1, 1)
+    sat_shift = _uniform(n, -SAT_SHIFT_LIMIT, SAT_SHIFT_LIMIT, generator, device).view(-1, 1, 1)
+    val_shift = _uniform(n, -VAL_SHIFT_LIMIT, VAL_SHIFT_LIMIT, generator, device).view(-1, 1, 1)
+    hue, saturation, value = rgb_to_hsv(x).round().unbind(1)
+    hue = (hue + hue_shift).floor() % 180
+    saturation = torch.where(saturation > 0, (saturation + sat_shift).clamp(0, 255).floor(), saturation)
+    value = (value + val_shift).clamp(0, 255).floor()
+    shifted = hsv_to_rgb(torch.stack([hue, saturation, value], 1)).round().clamp(0, 255)
+    return torch.where(chosen, shifted, x)
+
+
+def augment_batch(
+    images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment and normalise a batch on its own device.
+
+    ``images``: uint8 ``(N, S, S, 3)``; ``masks``: uint8 ``(N, S, S)`` with 0/1.
+    Returns normalised float images ``(N, 3, S, S)`` and float 0/1 masks
+    ``(N, 1, S, S)``. ``generator`` (on the same device) makes it reproducible.
+    """
+    x = images.permute(0, 3, 1, 2).float()
+    m = masks.unsqueeze(1).float()
+    x, m = _flip(x, m, config.hflip, -1, generator)
+    x, m = _flip(x, m, config.vflip, -2, generator)
+    if config.scale_rotate > 0:
+        x, m = _affine(x, m, config.scale_rotate, config.rotate_limit, generator)
+    if config.brightness_contrast > 0:
+        x = _brightness_contrast(x, config.brightness_contrast, generator)
+    if config.hue_saturation > 0:
+        x = _hue_saturation(x, config.hue_saturation, generator)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x / 255 - mean) / std, m
+
+
+class DeviceBatches:
+    """Shuffled, augmented training batches from cached uint8 tensors held on ``device``.
+
+    The GPU counterpart of ``DataLoader(SegmentationDataset(...), shuffle=True)``:
+    the split is copied to the device once, each epoch draws a new order from a
+    CPU generator seeded with ``seed``, and :func:`augment_batch` runs on the
+    device with its own generator. Yields ``(images, masks)`` as
+    :func:`augment_batch` returns them; the last batch may be smaller.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, masks: torch.Tensor, batch_size: int, augment: AugmentConfig, seed: int, device
+    ):
+        if images.shape[:3] != masks.shape:
+            raise ValueError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} do not match")
+        device = torch.device(device)
+        self.images, self.masks = images.to(device), masks.to(device)
+        self.batch_size, self.augment = batch_size, augment
+        self.order_generator = torch.Generator().manual_seed(seed)
+        self.augment_generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.images), generator=self.order_generator).to(self.images.device)
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield augment_batch(self.images[index], self.masks[index], self.augment, self.augment_generator)
