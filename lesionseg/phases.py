@@ -14,7 +14,7 @@ from lesionseg.train import TrainConfig, TrainResult, train_model
 
 LOGGED_TRAIN_FIELDS = (
     "epochs", "lr", "batch_size", "optimizer", "weight_decay", "scheduler", "warmup_epochs",
-    "bce_weight", "dice_weight", "seed", "device", "amp",
+    "bce_weight", "dice_weight", "ema_decay", "seed", "device", "amp", "augment_on", "channels_last",
 )  # fmt: skip
 
 

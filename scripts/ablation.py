@@ -67,6 +67,12 @@ REFERENCE = {
 # (slug, what the row adds, overrides added on top of the rows above, kept for the rows below)
 CHANGES = [
     ("reference", "reference recipe", {}, True),
+    (
+        "reference-eval",
+        "(side) reference training, flip TTA + largest component + holes filled",
+        {"evaluate.tta": True, "evaluate.keep_largest": True, "evaluate.fill_holes": True},
+        False,
+    ),
     ("affine", "+ shift/scale/rotate augmentation (p 0.5)", {"augment.scale_rotate": 0.5}, True),
     ("hsv", "+ hue/saturation/value augmentation (p 0.3)", {"augment.hue_saturation": 0.3}, True),
     (
@@ -196,8 +202,9 @@ def main() -> None:
 
     rows = cumulative_rows()
     if args.print_reference:
-        sets = " ".join(f"-S {override(k, v)}" for k, v in REFERENCE.items())
-        print(f"dvc exp run -n reference {sets}")
+        sets = [f"-S {override(k, v)}" for k, v in REFERENCE.items()]
+        lines = [" ".join(sets[i : i + 4]) for i in range(0, len(sets), 4)]
+        print(" \\\n  ".join(["dvc exp run -n reference", *lines]))
         return
     wanted = [slug.strip() for slug in args.rows.split(",") if slug.strip()]
     unknown = [slug for slug in wanted if slug not in rows]

@@ -11,6 +11,7 @@ from lesionseg.evaluate import evaluate_model
 from lesionseg.export import log_pyfunc_model
 from lesionseg.metrics import confusion_counts, summarize
 from lesionseg.model import ModelConfig, build_model
+from lesionseg.postprocess import PostprocessConfig
 from lesionseg.prepare import PrepareConfig, prepare_dataset
 from lesionseg.train import TrainConfig, train_model
 from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree
@@ -30,27 +31,16 @@ def trained(tmp_path_factory):
     return root, raw, splits
 
 
-def test_predict_matches_evaluate_at_original_resolution(trained, tmp_path):
+@pytest.mark.parametrize("cleanup", [False, True], ids=["raw", "postprocessed"])
+def test_predict_matches_evaluate_at_original_resolution(trained, tmp_path, cleanup):
     root, raw, splits = trained
     model, _ = load_model(root / "model.pt")
-    metrics, _ = evaluate_model(model, splits["test"])
+    postprocess = PostprocessConfig(keep_largest=cleanup, fill_holes=cleanup)
+    metrics, _ = evaluate_model(model, splits["test"], postprocess=postprocess)
     images = raw / TEST_IMAGES / TEST_IMAGES
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(root / "model.pt"),
-                "--output",
-                str(tmp_path),
-                "--quiet",
-                "--batch-size",
-                "2",
-                str(images),
-            ]
-        )
-        == 0
-    )
+    options = ["--keep-largest", "--fill-holes"] if cleanup else []
+    args = ["predict", "--checkpoint", str(root / "model.pt"), "--output", str(tmp_path), "--quiet"]
+    assert main([*args, "--batch-size", "2", *options, str(images)]) == 0
     counts = []
     for isic_id in splits["test"].ids:
         pred = np.asarray(Image.open(tmp_path / f"{isic_id}_mask.png"))

@@ -188,6 +188,8 @@ def test_stages_on_synthetic_data(tmp_path):
     metrics = json.loads((project / "m.json").read_text())
     assert list(metrics) == ["frozen", "finetune_all"]
     assert metrics["frozen"]["params_trainable"] == 4_771_585 and metrics["finetune_all"]["params_frozen"] == 0
+    for values in metrics.values():  # validation scores sit beside the test scores, model facts only once
+        assert 0 <= values["val_orig_jaccard"] <= 1 and "val_params_total" not in values and "val_lr" not in values
     assert sorted(os.listdir(project / "fig")) == [
         "comparison.png",
         "curves.png",
