@@ -69,7 +69,7 @@ CHANGES = [
     ("reference", "reference recipe", {}, True),
     (
         "reference-eval",
-        "(side) reference training, flip TTA + largest component + holes filled",
+        "(side) reference training + flip TTA + largest component + holes filled",
         {"evaluate.tta": True, "evaluate.keep_largest": True, "evaluate.fill_holes": True},
         False,
     ),
@@ -91,6 +91,12 @@ CHANGES = [
         True,
     ),
     ("ema", "+ EMA of weights (decay 0.99)", {"train.ema_decay": 0.99, "finetune.ema_decay": 0.99}, True),
+    (
+        "ema-eval",
+        "(side) + flip TTA + largest component + holes filled",
+        {"evaluate.tta": True, "evaluate.keep_largest": True, "evaluate.fill_holes": True},
+        False,
+    ),
     ("epochs50", "+ 50 epochs per phase", {"train.epochs": 50, "finetune.epochs": 50}, True),
     # A side row: tried on top of the row above, not carried into the rows below.
     ("dilation2", "(side) + dilated decoder convs (dilation 2)", {"model.decoder_dilation": 2}, False),

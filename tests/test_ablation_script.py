@@ -21,7 +21,7 @@ def test_rows_accumulate_changes_and_side_rows_do_not_carry():
     assert rows["size256"][1]["data.size"] == 256 and rows["size256"][1]["evaluate.fill_holes"] is True
 
 
-def test_reference_keys_exist_in_params_and_improved_defaults_are_the_postprocess_row():
+def test_reference_keys_exist_in_params_and_defaults_are_the_chosen_row():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
 
     def get(key):
@@ -29,7 +29,7 @@ def test_reference_keys_exist_in_params_and_improved_defaults_are_the_postproces
         return params[section][leaf]
 
     assert all(key.split(".")[1] in params[key.split(".")[0]] for key in ablation.REFERENCE)
-    assert {key: get(key) for key in ablation.REFERENCE} == ablation.cumulative_rows()["postprocess"][1]
+    assert {key: get(key) for key in ablation.REFERENCE} == ablation.cumulative_rows()["reference-eval"][1]
 
 
 def test_overrides_use_dvc_syntax_and_params_writer_sets_dotted_keys(tmp_path):
