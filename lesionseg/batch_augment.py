@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lesionseg.dataset import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
+from lesionseg.dataset import AugmentConfig, normalize_float
 
 SCALE_RANGE = (0.85, 1.15)
 SHIFT_LIMIT = 0.06
@@ -58,27 +58,29 @@ def _flip(x: torch.Tensor, m: torch.Tensor, p: float, dim: int, generator) -> tu
 
 
 def _affine(x, m, p: float, rotate_limit: float, generator):
-    """Random scale/shift/rotation about the centre of the chosen images (square images)."""
+    """Random scale/shift/rotation about the centre of the chosen images (square images).
+
+    Images not chosen get the identity transform, which samples exactly at the
+    pixel centres: resampling the whole batch avoids selecting the chosen images
+    by index, which would wait for the GPU on every step.
+    """
     n, device = len(x), x.device
-    chosen = _chosen(n, p, generator, device)
+    chosen = _chosen(n, p, generator, device).view(n, 1, 1)
     scale = _uniform(2 * n, *SCALE_RANGE, generator, device).view(n, 2)  # x and y drawn apart, as albumentations
     shift = _uniform(2 * n, -SHIFT_LIMIT, SHIFT_LIMIT, generator, device).view(n, 2)
     angle = _uniform(n, -rotate_limit, rotate_limit, generator, device) * (math.pi / 180)
-    index = chosen.nonzero().squeeze(1)
-    if len(index) == 0:
-        return x, m
     # affine_grid maps output to input coordinates (normalised to [-1, 1]): invert
     # out = R(a) S @ in + t, i.e. in = S^-1 R(-a) @ (out - t). A shift of f of the
     # side is 2 f in normalised units.
-    cos, sin = angle[index].cos(), angle[index].sin()
+    cos, sin = angle.cos(), angle.sin()
     rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
-    inverse = rotation / scale[index].unsqueeze(-1)  # row i divided by the scale of axis i
-    offset = -(inverse @ (2 * shift[index]).unsqueeze(-1))
-    theta = torch.cat([inverse, offset], -1)
-    grid = F.affine_grid(theta, list(x[index].shape), align_corners=False)
-    x, m = x.clone(), m.clone()
-    x[index] = F.grid_sample(x[index], grid, mode="bilinear", padding_mode="zeros", align_corners=False).round()
-    m[index] = F.grid_sample(m[index], grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    inverse = rotation / scale.unsqueeze(-1)  # row i divided by the scale of axis i
+    offset = -(inverse @ (2 * shift).unsqueeze(-1))
+    identity = torch.eye(2, 3, device=device).expand(n, 2, 3)
+    theta = torch.where(chosen, torch.cat([inverse, offset], -1), identity)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).round()
+    m = F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return x, m
 
 
@@ -149,9 +151,7 @@ def augment_batch(
         x = _brightness_contrast(x, config.brightness_contrast, generator)
     if config.hue_saturation > 0:
         x = _hue_saturation(x, config.hue_saturation, generator)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x / 255 - mean) / std, m
+    return normalize_float(x), m
 
 
 class DeviceBatches:

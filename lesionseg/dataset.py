@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import albumentations as A
@@ -63,11 +64,23 @@ def eval_transform() -> A.Compose:
     return A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
 
 
+@functools.cache
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: a fresh host-to-GPU copy on every training step would stall it.
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return mean, std
+
+
+def normalize_float(x: torch.Tensor) -> torch.Tensor:
+    """Float ``(N, 3, H, W)`` with values in [0, 255] -> ImageNet-normalised, same device."""
+    mean, std = _imagenet_stats(x.device)
+    return (x / 255.0 - mean) / std
+
+
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, H, W)``; same maths as :func:`eval_transform`."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    return normalize_float(images.permute(0, 3, 1, 2).float())
 
 
 class SegmentationDataset(Dataset):

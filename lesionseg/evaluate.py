@@ -19,6 +19,7 @@ from lesionseg.model import count_parameters
 from lesionseg.postprocess import PostprocessConfig, clean_mask, clean_masks
 
 ORIGINAL_PREFIX = "orig_"
+VALIDATION_PREFIX = "val_"
 
 
 def fullres_counts(logits: torch.Tensor, split: Split, postprocess: PostprocessConfig = PostprocessConfig()):
@@ -75,16 +76,21 @@ def evaluate_checkpoint(
     device=None,
     tta: bool = False,
     postprocess: PostprocessConfig = PostprocessConfig(),
+    val_split: Split | None = None,
 ) -> tuple[dict, pd.DataFrame, dict]:
     """:func:`evaluate_model` on a checkpoint's model, with the report's extra keys.
 
     The metrics also hold ``params_total``/``params_trainable``/``params_frozen``
     (at the checkpoint's unfreeze level), the phase's ``lr`` and ``epochs``, and
-    ``best_epoch``. Returns ``(metrics, per-image table, checkpoint dict)``.
+    ``best_epoch``; with ``val_split``, its scores too, prefixed ``val_``. The
+    per-image table is ``split``'s. Returns ``(metrics, per-image table, checkpoint dict)``.
     """
     model, checkpoint = load_model(path)
     model = model.to(device) if device else model
     metrics, table = evaluate_model(model, split, batch_size, device, tta, postprocess)
+    if val_split is not None:
+        val_metrics, _ = evaluate_model(model, val_split, batch_size, device, tta, postprocess)
+        metrics.update({VALIDATION_PREFIX + k: v for k, v in val_metrics.items()})
     trained = checkpoint.get("train_config", {})
     metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
     metrics.update({"lr": trained.get("lr"), "epochs": trained.get("epochs"), "best_epoch": checkpoint["epoch"]})

@@ -17,8 +17,6 @@ from lesionseg.postprocess import PostprocessConfig
 from lesionseg.selection import pipeline_checkpoints
 from stages.common import build, get, load_params, main, mlflow_setup, run_tags
 
-VAL_PREFIX = "val_"
-
 
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -38,9 +36,9 @@ def run() -> None:
     all_metrics, parent = {}, None
     with atomic.atomic_dir(args.per_image) as per_image_dir:
         for name, path in pipeline_checkpoints(args.frozen, args.finetuned).items():
-            metrics, table, checkpoint = evaluate_checkpoint(path, test, batch_size, device, tta, postprocess)
-            val_metrics, _, _ = evaluate_checkpoint(path, val, batch_size, device, tta, postprocess)
-            metrics.update({VAL_PREFIX + k: v for k, v in val_metrics.items() if not _is_model_fact(k)})
+            metrics, table, checkpoint = evaluate_checkpoint(
+                path, test, batch_size, device, tta, postprocess, val_split=val
+            )
             all_metrics[name] = metrics
             atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
             run_id = checkpoint["extra"].get("mlflow_run_id")
@@ -64,11 +62,6 @@ def run() -> None:
                 tracking.log_flat(f"{name}.", metrics)
             mlflow.log_artifact(str(args.metrics))
             mlflow.log_artifacts(str(per_image_dir), "per_image")
-
-
-def _is_model_fact(key: str) -> bool:
-    """Keys that describe the model, not the split (parameter counts, lr, epochs)."""
-    return key.startswith("params_") or key in ("lr", "epochs", "best_epoch")
 
 
 if __name__ == "__main__":

@@ -115,3 +115,11 @@ def test_device_batches_cover_the_split_once_per_epoch_reproducibly():
 def test_device_batches_reject_mismatched_masks():
     with pytest.raises(ValueError, match="do not match"):
         DeviceBatches(torch.zeros(2, 4, 4, 3, dtype=torch.uint8), torch.zeros(3, 4, 4), 2, NO_AUGMENT, 0, "cpu")
+
+
+def test_images_not_chosen_for_the_affine_come_back_unchanged():
+    image, mask = off_centre_pair()
+    config = AugmentConfig(hflip=0, vflip=0, brightness_contrast=0, scale_rotate=1e-9)
+    images, masks = augment_batch(torch.from_numpy(image)[None], torch.from_numpy(mask)[None], config)
+    torch.testing.assert_close(images, normalize_batch(torch.from_numpy(image)[None]))
+    assert torch.equal(masks[0, 0], torch.from_numpy(mask).float())

@@ -110,6 +110,9 @@ def test_lr_schedule_warmup_and_cosine():
     assert factors[10] == pytest.approx(1.0) and factors[-1] < 0.05
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     assert lr_factor(25, 10, TrainConfig(epochs=4)) == 1.0
+    # A run as short as its warm-up (smoke tests of the recipe) is valid: the LR only ramps up.
+    short = TrainConfig(epochs=1, lr=1.0, warmup_epochs=1)
+    assert [lr_factor(step, 4, short) for step in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
 
 
 @pytest.mark.parametrize(
