@@ -56,22 +56,37 @@ class Split:
     def size(self) -> int:
         return int(self.images.shape[1])
 
+    def _fullres_blob(self, index: int) -> torch.Tensor:
+        """The encoded original-resolution mask of image ``index`` (see :func:`encode_mask`)."""
+        return self.fullres_data[int(self.fullres_offsets[index]) : int(self.fullres_offsets[index + 1])]
+
     def fullres_mask(self, index: int) -> np.ndarray:
         """Original-resolution mask of image ``index`` (bool ``(H, W)``)."""
-        a, b = int(self.fullres_offsets[index]), int(self.fullres_offsets[index + 1])
         height, width = (int(v) for v in self.orig_sizes[index])
-        return decode_mask(self.fullres_data[a:b].numpy().tobytes(), height, width)
+        return decode_mask(self._fullres_blob(index).numpy().tobytes(), height, width)
 
     def subset(self, indices) -> Split:
         """A new split with the rows in ``indices`` (full-res masks re-packed)."""
         indices = [int(i) for i in indices]
-        blobs = [self.fullres_data[int(self.fullres_offsets[i]) : int(self.fullres_offsets[i + 1])] for i in indices]
-        data, offsets = _pack(blobs)
+        data, offsets = _pack([self._fullres_blob(i) for i in indices])
         return Split(
             self.images[indices],
             self.masks[indices],
             [self.ids[i] for i in indices],
             self.orig_sizes[indices],
+            data,
+            offsets,
+        )
+
+    @classmethod
+    def concat(cls, splits: list[Split]) -> Split:
+        """One split holding the rows of ``splits`` in order (e.g. train + val: all training pairs)."""
+        data, offsets = _pack([split._fullres_blob(i) for split in splits for i in range(len(split))])
+        return cls(
+            torch.cat([s.images for s in splits]),
+            torch.cat([s.masks for s in splits]),
+            [isic_id for s in splits for isic_id in s.ids],
+            torch.cat([s.orig_sizes for s in splits]),
             data,
             offsets,
         )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:  # albumentations is imported where a CPU transform is built, not by every user of this module
+    import albumentations as A
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,6 +43,8 @@ def train_transform(config: AugmentConfig = AugmentConfig(), seed: int | None = 
     """Augmentation + ImageNet normalisation. Masks are only moved, never interpolated
     (nearest neighbour), so they stay binary. ``seed`` makes the random stream reproducible:
     albumentations keeps its own generator that global seeds do not reach."""
+    import albumentations as A
+
     transforms = [A.HorizontalFlip(p=config.hflip), A.VerticalFlip(p=config.vflip)]
     if config.scale_rotate > 0:
         transforms.append(
@@ -61,6 +66,8 @@ def train_transform(config: AugmentConfig = AugmentConfig(), seed: int | None = 
 
 def eval_transform() -> A.Compose:
     """ImageNet normalisation only."""
+    import albumentations as A
+
     return A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
 
 

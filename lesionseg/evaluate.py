@@ -43,7 +43,14 @@ def evaluate_model(
     tta: bool = False,
     postprocess: PostprocessConfig = PostprocessConfig(),
 ) -> tuple[dict, pd.DataFrame]:
-    """Metrics dict and a per-image table.
+    """:func:`score_logits` of ``model``'s logits on ``split`` (flip-averaged with ``tta``)."""
+    return score_logits(predict_uint8(model, split.images, batch_size, device, tta=tta), split, postprocess)
+
+
+def score_logits(
+    logits: torch.Tensor, split: Split, postprocess: PostprocessConfig = PostprocessConfig()
+) -> tuple[dict, pd.DataFrame]:
+    """Metrics dict and a per-image table for logits ``(N, 1, S, S)`` of ``split``'s images.
 
     Metrics: ``loss`` (DiceBCE at model resolution), ``jaccard``, ``dice``,
     ``accuracy``, ``sensitivity``, ``specificity``, ``jaccard_micro``,
@@ -53,7 +60,6 @@ def evaluate_model(
     per-image scores at both resolutions). ``postprocess`` applies to the
     thresholded masks at both resolutions (the loss uses the raw logits).
     """
-    logits = predict_uint8(model, split.images, batch_size, device, tta=tta)
     target = split.masks[:, None].float()
     small = confusion_counts(clean_masks(logits > 0, postprocess), target > 0)
     full = fullres_counts(logits, split, postprocess)

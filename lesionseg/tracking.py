@@ -1,9 +1,21 @@
 """MLflow logging for pipeline stages.
 
-Runs of one pipeline execution are grouped under the frozen-training run:
-each fine-tuning run and the evaluation run are its children (MLflow's
-``mlflow.parentRunId`` tag), so the UI shows them nested and side by side.
-Every run is tagged with the git commit and the DVC experiment name.
+One pipeline execution (a ``dvc repro`` or ``dvc exp run``) is one parent
+run, found or created by its execution key (:func:`execution_run`), whose
+params are the whole ``params.yaml``. Its children are exactly the phases of
+that execution, one run per model:
+
+- a phase the execution trained is its own training run (params, parameter
+  counts, per-epoch history, checkpoint), which later gets its test metrics;
+- a phase it re-used (DVC restored the checkpoint from its cache) is a
+  *link run* of the same name, tagged ``lesionseg.trained_in_run`` with the
+  id of the run that trained it, holding the same params and this
+  execution's test metrics. The training run itself is never re-parented
+  and never gets metrics from another execution.
+
+So the children of one parent, compared in the UI, show exactly the numbers of
+that execution's ``reports/metrics.json``. Every run is tagged with the git
+commit and the DVC experiment name.
 """
 
 from __future__ import annotations
@@ -14,9 +26,17 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EXECUTION_TAG = "lesionseg.execution"
+TRAINED_IN_TAG = "lesionseg.trained_in_run"
+INIT_FROM_TAG = "lesionseg.init_from_run"  # a fine-tuning run's starting point: the frozen phase's run
+PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3 opens an experiment of this kind on its runs table ("Model training"), not the GenAI overview.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+_PARAMS_PER_BATCH = 100  # the tracking API's limit per log_batch call
 
 
 def resolve_tracking_uri(uri: str, root: Path) -> str:
@@ -54,21 +74,91 @@ def setup(tracking_uri: str, experiment: str) -> str:
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id if found else client.create_experiment(experiment, artifact_root_for(tracking_uri))
-    )
+    if found:
+        experiment_id = found.experiment_id
+        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    else:
+        experiment_id = client.create_experiment(
+            experiment, artifact_root_for(tracking_uri), tags=dict([EXPERIMENT_KIND])
+        )
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _find_runs(experiment_id: str, filters: dict[str, str]) -> list:
+    """Runs whose tags equal ``filters`` (oldest first)."""
+    clauses = " and ".join(f"tags.`{key}` = '{value}'" for key, value in filters.items())
+    return MlflowClient().search_runs([experiment_id], clauses, order_by=["attributes.start_time ASC"])
+
+
+def execution_run(experiment_id: str, key: str, name: str, params: dict, tags: dict) -> str:
+    """Id of the parent run of the pipeline execution ``key``; created (with ``params``) if missing."""
+    found = [r for r in _find_runs(experiment_id, {EXECUTION_TAG: key}) if PARENT_TAG not in r.data.tags]
+    if found:
+        return found[0].info.run_id
+    client = MlflowClient()
+    tags = {**_plain_tags(tags), EXECUTION_TAG: key}
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    entries = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(entries), _PARAMS_PER_BATCH):
+        client.log_batch(run.info.run_id, params=entries[start : start + _PARAMS_PER_BATCH])
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _plain_tags(tags: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in tags.items() if v is not None}
 
 
 @contextlib.contextmanager
 def start_run(run_name: str, tags: dict, parent_run_id: str | None = None, run_id: str | None = None):
     """Start (or, with ``run_id``, resume) a run; a child of ``parent_run_id`` when given."""
-    tags = {k: str(v) for k, v in tags.items() if v is not None}
+    tags = _plain_tags(tags)
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[PARENT_TAG] = parent_run_id
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags) as run:
         yield run
+
+
+@contextlib.contextmanager
+def model_run(name: str, trained_in: str | None, parent_run_id: str, tags: dict):
+    """The run of model ``name`` among ``parent_run_id``'s children, to log evaluation results into.
+
+    ``trained_in`` is the run id stored in the model's checkpoint. If that run
+    is this parent's child named ``name``, it is used; otherwise (a re-used
+    checkpoint, a model trained elsewhere such as a fold ensemble, or no run
+    at all) a link run named ``name`` is found or created under the parent,
+    tagged with ``trained_in`` and holding that run's params.
+    """
+    client = MlflowClient()
+    trained = _get_run(client, trained_in)
+    if trained is not None and trained.data.tags.get(PARENT_TAG) == parent_run_id and trained.info.run_name == name:
+        with start_run(name, {}, run_id=trained_in) as run:
+            yield run
+        return
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    links = _find_runs(
+        experiment_id, {PARENT_TAG: parent_run_id, "mlflow.runName": name, TRAINED_IN_TAG: str(trained_in)}
+    )
+    if links:
+        with start_run(name, {}, run_id=links[0].info.run_id) as run:
+            yield run
+        return
+    with start_run(name, {**tags, TRAINED_IN_TAG: trained_in}, parent_run_id=parent_run_id) as run:
+        if trained is not None:
+            mlflow.log_params(trained.data.params)
+            mlflow.log_metrics({k: v for k, v in trained.data.metrics.items() if k.startswith("params_")})
+        yield run
+
+
+def _get_run(client: MlflowClient, run_id: str | None):
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:  # a checkpoint from another tracking store
+        return None
 
 
 def log_flat(prefix: str, values: dict, step: int | None = None) -> None:

@@ -7,6 +7,8 @@ This is the only place that reads ``params.yaml`` and the environment; the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -18,8 +20,8 @@ import yaml
 
 from lesionseg import tracking
 from lesionseg.dataset import AugmentConfig
-from lesionseg.encoder import EncoderWeightsError
-from lesionseg.model import parse_unfreeze_level
+from lesionseg.encoder import IMAGENET_WEIGHTS, NO_WEIGHTS, EncoderWeightsError
+from lesionseg.model import ModelConfig, parse_unfreeze_level
 from lesionseg.train import TrainConfig
 
 PARAMS_FILE = Path("params.yaml")
@@ -102,6 +104,16 @@ def train_config(params: dict, section: str) -> TrainConfig:
     return build(TrainConfig, params, section, skip=("progress",), augment=augment, **runtime)
 
 
+def model_config(params: dict) -> ModelConfig:
+    """``model`` plus ``train.encoder_weights`` (a local path made absolute against the repository root)."""
+    weights = get(params, "train.encoder_weights")
+    if not isinstance(weights, str):
+        raise ParamError(f"params.yaml: train.encoder_weights must be imagenet, none or a path, got {weights!r}")
+    if weights not in (IMAGENET_WEIGHTS, NO_WEIGHTS):
+        weights = local_path(weights)
+    return build(ModelConfig, params, "model", encoder_weights=weights)
+
+
 def unfreeze_levels(value) -> list[int]:
     """``finetune.unfreeze``: one level or a list of levels (1, 2, 3, all)."""
     values = value if isinstance(value, list) else [value]
@@ -128,10 +140,32 @@ def local_path(value: str) -> str:
     return str((repo_root() / Path(value).expanduser()).resolve())
 
 
-def mlflow_setup(params: dict) -> None:
-    """Tracking URI from ``MLFLOW_TRACKING_URI`` if set, else ``mlflow.tracking_uri``; experiment from params."""
+def mlflow_setup(params: dict) -> str:
+    """Point MLflow at the store and experiment; return the id of this pipeline execution's parent run.
+
+    The store is ``MLFLOW_TRACKING_URI`` if set, else ``mlflow.tracking_uri``.
+    An execution is identified by the DVC experiment name (``DVC_EXP_NAME``,
+    set by ``dvc exp run``), the git commit and the whole of ``params.yaml``:
+    every stage of one ``dvc repro`` / ``dvc exp run`` computes the same key
+    and so logs under the same parent run (see :mod:`lesionseg.tracking`).
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or get(params, "mlflow.tracking_uri")
-    tracking.setup(tracking.resolve_tracking_uri(uri, repo_root()), get(params, "mlflow.experiment"))
+    experiment_id = tracking.setup(tracking.resolve_tracking_uri(uri, repo_root()), get(params, "mlflow.experiment"))
+    exp_name, commit = os.environ.get("DVC_EXP_NAME"), tracking.git_commit(repo_root())
+    digest = hashlib.sha256(json.dumps([exp_name, commit, params], sort_keys=True, default=str).encode()).hexdigest()
+    name = exp_name or f"repro-{digest[:8]}"
+    return tracking.execution_run(experiment_id, f"{name}:{digest[:16]}", name, flatten(params), run_tags("pipeline"))
+
+
+def flatten(params: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 0.001}}`` -> ``{"train.lr": 0.001}`` (lists stay values)."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def run_tags(phase: str) -> dict:

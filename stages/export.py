@@ -4,7 +4,6 @@ import argparse
 from pathlib import Path
 
 from lesionseg import tracking
-from lesionseg.checkpoint import read_checkpoint
 from lesionseg.export import export_onnx, log_pyfunc_model
 from lesionseg.selection import choose_model, pipeline_checkpoints
 from stages.common import get, load_params, main, mlflow_setup
@@ -21,9 +20,8 @@ def run() -> None:
     chosen = choose_model(checkpoints, get(params, "export.model"))
     export_onnx(checkpoints[chosen], args.onnx)
 
-    mlflow_setup(params)
-    run_id = read_checkpoint(checkpoints[chosen])["extra"].get("mlflow_run_id")
-    with tracking.start_run(chosen, {"lesionseg.exported": "true"}, run_id=run_id):
+    parent = mlflow_setup(params)
+    with tracking.start_run("", {"lesionseg.exported_model": chosen}, run_id=parent):  # the execution's model
         uri = log_pyfunc_model(checkpoints[chosen])
     print(f"exported {chosen} to {args.onnx}; MLflow model {uri}")
 

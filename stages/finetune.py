@@ -10,6 +10,7 @@ from lesionseg.checkpoint import load_model
 from lesionseg.errors import DataError
 from lesionseg.model import ModelConfig, level_name
 from lesionseg.phases import train_phase
+from lesionseg.tracking import INIT_FROM_TAG
 from stages.common import get, load_params, main, mlflow_setup, run_tags, train_config, unfreeze_levels
 
 
@@ -24,7 +25,7 @@ def run() -> None:
     levels = unfreeze_levels(get(params, "finetune.unfreeze"))
     config = train_config(params, "finetune")
     train_split, val_split = Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")
-    mlflow_setup(params)
+    parent = mlflow_setup(params)
 
     with contextlib.ExitStack() as stack:
         models_dir = stack.enter_context(atomic.atomic_dir(args.models))
@@ -46,8 +47,8 @@ def run() -> None:
                 config,
                 models_dir / f"{name}.pt",
                 histories_dir / f"{name}.csv",
-                run_tags(name),
-                parent_run_id=frozen["extra"].get("mlflow_run_id"),
+                {**run_tags(name), INIT_FROM_TAG: frozen["extra"].get("mlflow_run_id")},
+                parent_run_id=parent,
             )
 
 

@@ -8,7 +8,7 @@ import mlflow
 
 from lesionseg import report, tracking
 from lesionseg.cache import Split
-from lesionseg.checkpoint import load_model, read_checkpoint
+from lesionseg.checkpoint import load_model
 from lesionseg.selection import choose_model, pipeline_checkpoints
 from stages.common import get, load_params, main, mlflow_setup
 
@@ -38,12 +38,10 @@ def run() -> None:
         samples=get(params, "report.samples"),
     )
 
-    mlflow_setup(params)
-    parent = read_checkpoint(checkpoints["frozen"])["extra"].get("mlflow_run_id")
-    if parent:  # the figures belong to the whole pipeline execution: its parent run
-        with tracking.start_run("frozen", {}, run_id=parent):
-            mlflow.log_artifacts(str(args.figures), "report")
-            mlflow.log_artifact(str(args.table.with_suffix(".md")), "report")
+    parent = mlflow_setup(params)
+    with tracking.start_run("", {}, run_id=parent):  # the figures belong to the whole pipeline execution
+        mlflow.log_artifacts(str(args.figures), "report")
+        mlflow.log_artifact(str(args.table.with_suffix(".md")), "report")
 
 
 if __name__ == "__main__":

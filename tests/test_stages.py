@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -134,6 +135,7 @@ def test_stages_on_synthetic_data(tmp_path):
         finetune__batch_size=4,
         finetune__unfreeze="all",
         report__samples=3,
+        cv__folds=2,
     )
     run_stage(project, "download", "--raw", "data/raw", "--downloads", "data/downloads")
     run_stage(project, "prepare", "--raw", "data/raw", "--out", "data/prepared")
@@ -152,6 +154,8 @@ def test_stages_on_synthetic_data(tmp_path):
         "--histories",
         "h/ft",
     )
+    cv_args = ("--models", "models/cv", "--metrics", "cv/metrics.json", "--per-image", "cv/per_image")
+    run_stage(project, "cv", "--data", "data/prepared", *cv_args)
     run_stage(
         project,
         "evaluate",
@@ -161,6 +165,8 @@ def test_stages_on_synthetic_data(tmp_path):
         "models/frozen.pt",
         "--finetuned",
         "models/ft",
+        "--cv-models",
+        "models/cv",
         "--metrics",
         "m.json",
         "--per-image",
@@ -186,10 +192,27 @@ def test_stages_on_synthetic_data(tmp_path):
         "cmp",
     )
     metrics = json.loads((project / "m.json").read_text())
-    assert list(metrics) == ["frozen", "finetune_all"]
+    assert list(metrics) == ["frozen", "finetune_all", "cv_ensemble"]
     assert metrics["frozen"]["params_trainable"] == 4_771_585 and metrics["finetune_all"]["params_frozen"] == 0
-    for values in metrics.values():  # validation scores sit beside the test scores, model facts only once
+    assert metrics["cv_ensemble"]["members"] == 2 and metrics["cv_ensemble"]["params_total"] == 2 * 6_995_457
+    for name in ("frozen", "finetune_all"):  # validation scores sit beside the test scores, model facts only once
+        values = metrics[name]
         assert 0 <= values["val_orig_jaccard"] <= 1 and "val_params_total" not in values and "val_lr" not in values
+
+    # Cross-validation: every training pair scored once, per-fold values with mean and standard error.
+    cv = json.loads((project / "cv" / "metrics.json").read_text())
+    assert sorted(cv) == ["finetune_all", "frozen"]
+    assert cv["frozen"]["n"] == 10 and cv["frozen"]["folds"] == 2
+    entry = cv["finetune_all"]["orig_jaccard"]
+    assert entry["mean"] == pytest.approx((entry["fold0"] + entry["fold1"]) / 2) and entry["se"] >= 0
+    oof = pd.read_csv(project / "cv" / "per_image" / "finetune_all.csv")
+    assert len(oof) == 10 and oof["id"].is_unique and sorted(oof["fold"].unique()) == [0, 1]
+    ensemble = json.loads((project / "models" / "cv" / "ensemble.json").read_text())
+    assert ensemble["model"] == "finetune_all" and ensemble["checkpoints"] == [
+        "fold0/finetune_all.pt",
+        "fold1/finetune_all.pt",
+    ]
+    check_mlflow_grouping(project, json.loads((project / "m.json").read_text()))
     assert sorted(os.listdir(project / "fig")) == [
         "comparison.png",
         "curves.png",
@@ -198,7 +221,7 @@ def test_stages_on_synthetic_data(tmp_path):
         "samples.png",
     ]
     assert "| finetune_all |" in (project / "cmp.md").read_text()
-    assert sorted(os.listdir(project / "per_image")) == ["finetune_all.csv", "frozen.csv"]
+    assert sorted(os.listdir(project / "per_image")) == ["cv_ensemble.csv", "finetune_all.csv", "frozen.csv"]
 
     # Fine-tuning must start from the frozen (level 0) checkpoint.
     result = run_stage(
@@ -218,6 +241,30 @@ def test_stages_on_synthetic_data(tmp_path):
         result.returncode == 1 and "finetune_all.pt: expected the frozen-encoder (level 0) checkpoint" in result.stderr
     )
     assert not (project / "models" / "ft2").exists()
+
+
+def check_mlflow_grouping(project: Path, metrics: dict) -> None:
+    """One parent run for the execution; its children are the models, with the metrics.json numbers."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lesionseg")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    parent = parents[0].info.run_id
+    assert parents[0].data.params["train.epochs"] == "1"  # the whole params.yaml
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
+    assert sorted(children) == ["cv", "cv_ensemble", "finetune_all", "frozen"]
+    for name, values in metrics.items():
+        assert children[name].data.metrics["test_orig_jaccard"] == pytest.approx(values["orig_jaccard"])
+    assert "evaluate_val_orig_jaccard" in children["frozen"].data.metrics
+    assert not any(k.startswith("test_val_") for r in runs for k in r.data.metrics)
+    assert children["finetune_all"].data.tags["lesionseg.init_from_run"] == children["frozen"].info.run_id
+    folds = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == children["cv"].info.run_id}
+    assert folds == {"fold0/frozen", "fold0/finetune_all", "fold1/frozen", "fold1/finetune_all"}
+    assert children["cv_ensemble"].data.tags["lesionseg.trained_in_run"] == children["cv"].info.run_id
 
 
 def test_tracking_uri_and_local_paths_resolve_against_the_repository(monkeypatch, tmp_path):

@@ -1,0 +1,244 @@
+"""The recipe choice on k-fold cross-validation: recipes x folds, run side by side.
+
+Every row trains the frozen and the all-layers phase on each fold of all
+training pairs (:mod:`lesionseg.crossval`, the same code as the pipeline's
+``cv`` stage) and scores the held-out fold at original resolution twice:
+plain (threshold 0.5) and with flip TTA + largest component + holes filled.
+After all folds of a row, the fold models' ensemble is scored on the test
+split, and the reference row also trains the single-split model of the
+pipeline (train/val from ``prepare``) as the baseline of the test comparison.
+
+Jobs (one row's fold) run in ``--jobs`` worker processes: at batch 16 on a
+GPU a training step is bound by kernel launches, so several processes share
+one GPU at nearly full speed each. Each finished job writes its per-image
+tables at once, so a run cut short keeps what it finished.
+
+    python scripts/cv_ablation.py --source ../shared/data/isic2016-dev \\
+        --weights ../shared/weights/mobilenet_v2_imagenet.pth --out cv-ablation --jobs 1
+
+Outputs in ``--out``: ``oof/<row>__<variant>.csv`` (out-of-fold per-image
+scores, every training pair once), ``test/<row>__<model>__<variant>.csv``
+(test per-image scores of the single-split model and of the fold ensemble),
+``jobs.jsonl`` (one line per finished job: timings) and, with
+``scripts/cv_table.py``, the summary tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from lesionseg.cache import Split  # noqa: E402
+from lesionseg.crossval import CrossValConfig, ensemble_of, make_folds, score_heldout, train_fold  # noqa: E402
+from lesionseg.dataset import AugmentConfig  # noqa: E402
+from lesionseg.download import DownloadConfig, download_and_extract  # noqa: E402
+from lesionseg.evaluate import evaluate_model  # noqa: E402
+from lesionseg.model import ModelConfig, build_model  # noqa: E402
+from lesionseg.postprocess import PostprocessConfig  # noqa: E402
+from lesionseg.prepare import PrepareConfig, prepare_dataset  # noqa: E402
+from lesionseg.train import TrainConfig, train_model  # noqa: E402
+
+# The reference report's recipe (as scripts/ablation.py's REFERENCE), per phase.
+FROZEN = {"epochs": 25, "lr": 1e-3, "batch_size": 16, "optimizer": "adam", "scheduler": "constant"}
+FINETUNE = {**FROZEN, "lr": 1e-4}
+AFFINE_HSV = {"scale_rotate": 0.5, "hue_saturation": 0.3}
+ADAMW_COSINE = {"optimizer": "adamw", "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 1}
+
+# row -> (what it changes, image size, augmentation overrides, overrides of both phases)
+ROWS = {
+    "reference": ("reference recipe", 128, {}, {}),
+    "epochs50": ("50 epochs a phase", 128, {}, {"epochs": 50}),
+    "augment": ("+ shift/scale/rotate (p 0.5) and hue/saturation/value (p 0.3)", 128, AFFINE_HSV, {}),
+    "adamw_cosine": ("AdamW (wd 1e-4), cosine LR, 1 warm-up epoch", 128, {}, ADAMW_COSINE),
+    "ema": ("EMA of weights (decay 0.99)", 128, {}, {"ema_decay": 0.99}),
+    "size256": ("256 px input", 256, {}, {}),
+    "combined": (
+        "augment + AdamW/cosine + EMA + 50 epochs",
+        128,
+        AFFINE_HSV,
+        {**ADAMW_COSINE, "ema_decay": 0.99, "epochs": 50},
+    ),
+}
+VARIANTS = {
+    "plain": (False, PostprocessConfig()),
+    "tta_clean": (True, PostprocessConfig(keep_largest=True, fill_holes=True)),
+}
+LEVELS = [4]  # frozen, then all layers
+
+
+def phase_configs(row: str, device: str) -> tuple[TrainConfig, TrainConfig]:
+    _, _, augment, both = ROWS[row]
+    runtime = {"device": device, "progress": False, "augment": AugmentConfig(**augment)}
+    return TrainConfig(**{**FROZEN, **both, **runtime}), TrainConfig(**{**FINETUNE, **both, **runtime})
+
+
+def prepare(source: Path, work: Path, sizes: set[int], workers: int) -> dict[int, Path]:
+    raw = work / "raw"
+    if not raw.is_dir():
+        download_and_extract(DownloadConfig(source=str(source)), raw, work / "downloads")
+    prepared = {}
+    for size in sorted(sizes):
+        prepared[size] = work / f"prepared{size}"
+        if not (prepared[size] / "test.pt").is_file():
+            prepare_dataset(raw, prepared[size], PrepareConfig(size=size, workers=workers))
+    return prepared
+
+
+def write_tables(folder: Path, stem: str, tables: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix, table in tables.items():
+        table.to_csv(folder / f"{stem}__{suffix}.csv", index=False, float_format="%.6f")
+
+
+def run_job(job: dict) -> dict:
+    """One row's fold (or its single-split model): train, score, write per-image tables."""
+    torch.set_num_threads(job["threads"])
+    start = time.perf_counter()
+    row, fold_index, out, work = job["row"], job["fold"], Path(job["out"]), Path(job["work"])
+    prepared = Path(job["prepared"])
+    model_config = ModelConfig(encoder_weights=job["weights"])
+    frozen_config, finetune_config = phase_configs(row, job["device"])
+    device = torch.device(job["device"])
+    models = work / "models" / row
+    train, val = Split.load(prepared / "train.pt"), Split.load(prepared / "val.pt")
+    if fold_index == "single":  # the single-split pipeline: frozen then all layers, scored on test
+        test = Split.load(prepared / "test.pt")
+        frozen_path, all_path = models / "single" / "frozen.pt", models / "single" / "finetune_all.pt"
+        train_model(
+            build_model(model_config, 0),
+            model_config,
+            train,
+            val,
+            frozen_config,
+            frozen_path,
+            models / "single" / "frozen.csv",
+        )
+        from lesionseg.checkpoint import load_model
+
+        model, _ = load_model(frozen_path, unfreeze=4)
+        train_model(model, model_config, train, val, finetune_config, all_path, models / "single" / "all.csv")
+        model, _ = load_model(all_path)
+        model.to(device)
+        for variant, (tta, post) in VARIANTS.items():
+            _, table = evaluate_model(model, test, 32, device, tta, post)
+            write_tables(out / "test", f"{row}__single", {variant: table})
+    else:
+        folds = make_folds(Split.concat([train, val]), CrossValConfig(folds=job["folds"], seed=job["seed"]))
+        fold = folds[fold_index]
+        checkpoints = train_fold(fold, model_config, frozen_config, finetune_config, LEVELS, models)
+        for variant, (tta, post) in VARIANTS.items():
+            tables = score_heldout(checkpoints, fold, 32, device, tta, post)
+            write_tables(
+                out / "oof_parts", f"{row}__fold{fold_index}", {f"{m}__{variant}": t for m, t in tables.items()}
+            )
+    record = {"row": row, "fold": fold_index, "seconds": round(time.perf_counter() - start, 1)}
+    with open(out / "jobs.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def finish_row(row: str, folds: int, out: Path, work: Path, prepared: Path, device: str) -> None:
+    """Join a row's out-of-fold tables, and score its fold ensemble (all-layers models) on test."""
+    import pandas as pd
+
+    parts = sorted((out / "oof_parts").glob(f"{row}__fold*__*.csv"))
+    by_key = {}
+    for part in parts:
+        _, _, model, variant = part.stem.split("__")
+        by_key.setdefault((model, variant), []).append(pd.read_csv(part))
+    complete = True
+    for (model, variant), tables in by_key.items():
+        if len(tables) != folds:
+            complete = False
+            continue
+        joined = pd.concat(tables).sort_values("id")
+        write_tables(out / "oof", row, {f"{model}__{variant}": joined})
+    checkpoints = [work / "models" / row / f"fold{k}" / "finetune_all.pt" for k in range(folds)]
+    if not complete or not all(p.is_file() for p in checkpoints):
+        print(f"{row}: folds incomplete, no ensemble", flush=True)
+        return
+    test = Split.load(prepared / "test.pt")
+    model = ensemble_of(checkpoints, torch.device(device))
+    for variant, (tta, post) in VARIANTS.items():
+        _, table = evaluate_model(model, test, 32, torch.device(device), tta, post)
+        write_tables(out / "test", f"{row}__ensemble", {variant: table})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", type=Path, required=True, help="folder with the four ISIC 2016 archives")
+    parser.add_argument("--weights", default="imagenet", help="encoder weights: imagenet or a state dict path")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, help="models and prepared data (default: OUT/work)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {list(ROWS)}")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--epochs", type=int, help="override every phase's epochs (smoke runs)")
+    parser.add_argument("--deadline", type=float, help="seconds after which no new job starts")
+    args = parser.parse_args()
+    rows = args.rows.split(",")
+    if unknown := set(rows) - set(ROWS):
+        parser.error(f"unknown rows {sorted(unknown)}; known: {list(ROWS)}")
+    if args.epochs:
+        for row in rows:
+            what, size, augment, both = ROWS[row]
+            ROWS[row] = (
+                what,
+                size,
+                augment,
+                {**both, "epochs": args.epochs, "warmup_epochs": min(both.get("warmup_epochs", 0), args.epochs)},
+            )
+    work = args.work or args.out / "work"
+    args.out.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(args.source.resolve(), work, {ROWS[r][1] for r in rows}, max(1, os.cpu_count() - 1))
+    weights = args.weights if args.weights in ("imagenet", "none") else str(Path(args.weights).resolve())
+    base = {"out": str(args.out), "work": str(work), "weights": weights, "device": args.device}
+    base.update(folds=args.folds, seed=args.seed, threads=max(1, (os.cpu_count() or 1) // args.jobs))
+    jobs = [{**base, "row": "reference", "fold": "single", "prepared": str(prepared[128])}]
+    jobs += [
+        {**base, "row": row, "fold": k, "prepared": str(prepared[ROWS[row][1]])}
+        for row in rows
+        for k in range(args.folds)
+    ]
+    (args.out / "rows.json").write_text(
+        json.dumps(
+            {r: dataclasses.asdict(phase_configs(r, "x")[1]) | {"size": ROWS[r][1], "what": ROWS[r][0]} for r in rows},
+            indent=1,
+            default=str,
+        )
+    )
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.jobs, maxtasksperchild=1) as pool:
+        pending = []
+        for job in jobs:
+            pending.append(pool.apply_async(run_job, (job,)))
+        for result in pending:
+            try:
+                result.get(timeout=max(1.0, (args.deadline or 1e9) - (time.perf_counter() - start)))
+            except multiprocessing.TimeoutError:
+                print("deadline reached; finishing what is done", flush=True)
+                pool.terminate()
+                break
+            except Exception as exc:  # one failed job must not lose the others
+                print(f"job failed: {type(exc).__name__}: {exc}", flush=True)
+    for row in rows:
+        finish_row(row, args.folds, args.out, work, prepared[ROWS[row][1]], args.device)
+    print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
