@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lesionseg-installed
 
-.PHONY: setup repro test lint format bench mlflow-ui clean-venv
+.PHONY: setup repro test lint format bench mlflow-ui clean clean-mlflow clean-venv
 
 setup: $(STAMP)
 
@@ -30,11 +30,23 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# e.g. make bench BENCH_ARGS="--device cuda --batch-size 64 --parts train,infer"
+BENCH_ARGS ?=
 bench: setup
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# Pipeline outputs and DVC's experiment state (not the DVC cache, the downloads or the MLflow store).
+clean:
+	rm -rf data/raw data/prepared models reports/history reports/per_image reports/figures reports/cv
+	rm -f reports/metrics.json reports/comparison.md reports/comparison.csv
+	rm -rf .dvc/tmp
+
+# The local MLflow store: every run and artifact logged so far.
+clean-mlflow:
+	rm -rf mlflow.db mlartifacts
 
 clean-venv:
 	rm -rf $(VENV)

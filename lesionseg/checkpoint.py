@@ -5,6 +5,12 @@ Keys: ``format``, ``lesionseg_version``, ``model_config`` (see
 ``preprocessing`` (``size``, ``mean``, ``std``), ``epoch``, ``metrics`` (validation
 metrics of that epoch), ``param_counts`` and ``extra`` (caller metadata, e.g.
 the MLflow run id). Loaded with ``weights_only=True``.
+
+An exported model (:func:`package_model`, written by the export stage as
+``models/model.pt``) is the same dict plus ``inference`` (the settings it was
+evaluated with, see :class:`~lesionseg.postprocess.InferenceConfig`); an
+exported ensemble holds its members' checkpoints under ``members`` instead of
+one ``state_dict``.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import torch
 from lesionseg import __version__, atomic
 from lesionseg.dataset import IMAGENET_MEAN, IMAGENET_STD
 from lesionseg.encoder import NO_WEIGHTS
+from lesionseg.ensemble import EnsembleModel
 from lesionseg.errors import DataError
 from lesionseg.model import LesionSegModel, ModelConfig, build_model, count_parameters, level_name
+from lesionseg.postprocess import InferenceConfig
 
 FORMAT = "lesionseg-checkpoint-v1"
 
@@ -59,17 +67,63 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def load_model(path: Path, unfreeze: int | str | None = None) -> tuple[LesionSegModel, dict]:
+def load_model(path: Path, unfreeze: int | str | None = None) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from a checkpoint (no weight download) and load its state.
 
-    The model is at the checkpoint's unfreeze level unless ``unfreeze`` is given.
+    The model is at the checkpoint's unfreeze level unless ``unfreeze`` is given;
+    an exported ensemble comes back as an :class:`~lesionseg.ensemble.EnsembleModel`.
     Raises :class:`DataError` naming the file when the state does not fit the architecture.
     """
     checkpoint = read_checkpoint(path)
+    if "members" in checkpoint:
+        return EnsembleModel([_build(member, path, None) for member in checkpoint["members"]]), checkpoint
+    return _build(checkpoint, path, unfreeze), checkpoint
+
+
+def _build(checkpoint: dict, path: Path, unfreeze) -> LesionSegModel:
     config = ModelConfig(**{**checkpoint["model_config"], "encoder_weights": NO_WEIGHTS})
     model = build_model(config, checkpoint["unfreeze"] if unfreeze is None else unfreeze)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as exc:
         raise DataError(path, f"checkpoint does not fit the lesionseg architecture: {exc}") from exc
-    return model, checkpoint
+    return model
+
+
+def load_models(paths: list[Path]) -> tuple[torch.nn.Module, dict]:
+    """One checkpoint: :func:`load_model`. Several: their ensemble (mean probability), with the
+    first checkpoint's dict; they must share the input size."""
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        return load_model(paths[0])
+    loaded = [load_model(p) for p in paths]
+    _same_preprocessing(paths, [checkpoint for _, checkpoint in loaded])
+    return EnsembleModel([model for model, _ in loaded]), loaded[0][1]
+
+
+def _same_preprocessing(paths, checkpoints) -> None:
+    for path, checkpoint in zip(paths[1:], checkpoints[1:]):
+        if checkpoint["preprocessing"] != checkpoints[0]["preprocessing"]:
+            raise DataError(path, f"preprocessing differs from {paths[0]}'s; an ensemble needs one input size")
+
+
+def package_model(paths: list[Path], inference: InferenceConfig) -> dict:
+    """The exported model: the checkpoint at ``paths`` (several: an ensemble of them) with ``inference``."""
+    paths = [Path(p) for p in paths]
+    members = [read_checkpoint(p) for p in paths]
+    _same_preprocessing(paths, members)
+    if len(members) == 1:
+        return {**members[0], "inference": asdict(inference)}
+    return {
+        "format": FORMAT,
+        "lesionseg_version": __version__,
+        "members": members,
+        "preprocessing": members[0]["preprocessing"],
+        "inference": asdict(inference),
+        "extra": {"member_files": [str(p) for p in paths]},
+    }
+
+
+def inference_settings(checkpoint: dict) -> InferenceConfig:
+    """The settings stored with an exported model; lesionseg's defaults for a plain training checkpoint."""
+    return InferenceConfig(**checkpoint.get("inference", {}))

@@ -1,8 +1,9 @@
-"""The ``lesionseg`` command: summary, predict, export."""
+"""The ``lesionseg`` command: summary, predict, export, compare."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -11,7 +12,6 @@ from pathlib import Path
 from lesionseg.encoder import EncoderWeightsError
 from lesionseg.errors import DataError
 from lesionseg.model import ModelConfig, build_model, count_parameters
-from lesionseg.postprocess import PostprocessConfig
 
 SUMMARY_LEVELS = ("0", "1", "2", "3", "all")
 
@@ -38,13 +38,15 @@ def cmd_summary(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from lesionseg.checkpoint import load_model
+    from lesionseg.checkpoint import inference_settings, load_models
     from lesionseg.inference import select_device
     from lesionseg.predict import collect_inputs, predict_files
 
     device = select_device(args.device)
-    model, checkpoint = load_model(args.checkpoint)
+    model, checkpoint = load_models(args.checkpoint)
     model.to(device)
+    chosen = {k: getattr(args, k) for k in ("tta", "threshold", "keep_largest", "fill_holes")}
+    settings = dataclasses.replace(inference_settings(checkpoint), **{k: v for k, v in chosen.items() if v is not None})
     paths = collect_inputs(args.inputs)
     if not paths:
         print("lesionseg predict: no input images found", file=sys.stderr)
@@ -54,9 +56,9 @@ def cmd_predict(args) -> int:
         paths,
         checkpoint["preprocessing"]["size"],
         args.output,
-        threshold=args.threshold,
-        tta=args.tta,
-        postprocess=PostprocessConfig(keep_largest=args.keep_largest, fill_holes=args.fill_holes),
+        threshold=settings.threshold,
+        tta=settings.tta,
+        postprocess=settings.postprocess,
         overlays=args.overlay,
         batch_size=args.batch_size,
         device=device,
@@ -64,7 +66,7 @@ def cmd_predict(args) -> int:
     )
     ok = len(paths) - len(summary.failed)
     print(
-        f"predicted {ok} of {len(paths)} image(s) into {args.output}"
+        f"predicted {ok} of {len(paths)} image(s) into {args.output} ({_describe(settings)})"
         + (f"; {len(summary.failed)} failed:" if summary.failed else "")
     )
     for path, problem in summary.failed.items():
@@ -72,11 +74,38 @@ def cmd_predict(args) -> int:
     return 1 if summary.failed else 0
 
 
+def _describe(settings) -> str:
+    return (
+        f"tta={'on' if settings.tta else 'off'}, threshold={settings.threshold:g}, "
+        f"keep_largest={'on' if settings.keep_largest else 'off'}, fill_holes={'on' if settings.fill_holes else 'off'}"
+    )
+
+
 def cmd_export(args) -> int:
     from lesionseg.export import export_onnx
 
     export_onnx(args.checkpoint, args.onnx)
-    print(f"wrote {args.onnx}")
+    print(f"wrote {args.onnx}" + (f" (ensemble of {len(args.checkpoint)})" if len(args.checkpoint) > 1 else ""))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from lesionseg.compare import compare_models, format_results, read_revision, read_tables
+
+    def side(source: str):
+        path = Path(source)
+        return read_tables(path) if path.exists() else read_revision(source, args.per_image_dir)
+
+    results = compare_models(side(args.a), side(args.b), args.metric, args.model or None)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    print(f"A = {args.a}, B = {args.b}; paired per image, 95% bootstrap CI of the mean change, Wilcoxon p")
+    print(format_results(results, args.metric))
+    for r in results:
+        if r["ci95"][0] > 0 or r["ci95"][1] < 0:
+            better = "B" if r["delta"] > 0 else "A"
+            print(f"{r['model']}: {better} is better; the 95% interval of the change excludes 0")
     return 0
 
 
@@ -89,20 +118,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment image files or folders")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="a model (the export stage's models/model.pt or any checkpoint); several: their ensemble",
+    )
     p.add_argument("--output", type=Path, default=Path("predictions"))
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
-    p.add_argument("--tta", action="store_true", help="average predictions over flips")
-    p.add_argument("--keep-largest", action="store_true", help="keep only the largest connected component")
-    p.add_argument("--fill-holes", action="store_true", help="fill holes inside the predicted lesion")
+    # Defaults (None) come from the model: the settings it was evaluated with, else lesionseg's recipe.
+    p.add_argument("--threshold", type=float, help="probability threshold (model's setting, else 0.5)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="average predictions over flips")
+    p.add_argument(
+        "--keep-largest", action=argparse.BooleanOptionalAction, help="keep only the largest connected component"
+    )
+    p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, help="fill holes inside the predicted lesion")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = sub.add_parser(
+        "compare",
+        help="paired comparison of two experiments, revisions or per-image CSVs",
+        description="Compare A and B image by image: each is a DVC experiment name or git revision "
+        "(its per-image tables are read through DVC), or a per-image CSV file or folder of them.",
+    )
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+    p.add_argument("--metric", default="orig_jaccard", help="per-image column (default orig_jaccard)")
+    p.add_argument("--model", action="append", help="compare only this model (repeatable)")
+    p.add_argument(
+        "--per-image-dir",
+        default="reports/per_image",
+        help="folder read at a revision (reports/cv/per_image for the out-of-fold CV scores)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON list: model, n, mean_a, mean_b, delta, ci95, p_value")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="export a model (several checkpoints: their ensemble) to ONNX")
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True)
     p.add_argument("--onnx", type=Path, required=True)
     p.set_defaults(func=cmd_export)
     return parser

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from lesionseg.cache import Split
 from lesionseg.checkpoint import load_model
 from lesionseg.evaluate import ORIGINAL_PREFIX, evaluate_model
+from lesionseg.metrics import THRESHOLDED_JACCARD_CUTOFF
 from lesionseg.model import LesionSegModel, ModelConfig, build_model, level_name
 from lesionseg.postprocess import PostprocessConfig
 from lesionseg.prepare import train_val_indices
@@ -169,8 +169,6 @@ def summarize_folds(table: pd.DataFrame) -> dict:
     Thresholded Jaccard is computed from per-image Jaccard as in
     :func:`lesionseg.metrics.summarize`.
     """
-    from lesionseg.metrics import THRESHOLDED_JACCARD_CUTOFF
-
     jaccard = table[ORIGINAL_PREFIX + "jaccard"]
     columns = {
         "jaccard": jaccard,
@@ -185,11 +183,3 @@ def summarize_folds(table: pd.DataFrame) -> dict:
         entry["se"] = float(per_fold.std(ddof=1) / math.sqrt(len(per_fold))) if len(per_fold) > 1 else float("nan")
         summary[ORIGINAL_PREFIX + metric] = entry
     return summary
-
-
-def ensemble_of(checkpoints: list[Path], device=None) -> torch.nn.Module:
-    """The fold models named by ``checkpoints`` as one :class:`~lesionseg.ensemble.EnsembleModel`."""
-    from lesionseg.ensemble import EnsembleModel
-
-    model = EnsembleModel([load_model(path)[0] for path in checkpoints])
-    return model.to(device) if device else model

@@ -126,10 +126,11 @@ def _download_once(url: str, part: Path, config: DownloadConfig) -> None:
 def fetch_archives(config: DownloadConfig, download_dir: Path) -> dict[str, Path]:
     """Path of each of the four archives: in ``config.source`` if local, else downloaded to ``download_dir``.
 
-    ``download_dir`` is created either way (it is a declared stage output).
+    ``download_dir`` is a cache: an archive already there (complete: downloads
+    land under a ``.part`` name and are renamed when whole) is not fetched again.
     """
-    download_dir.mkdir(parents=True, exist_ok=True)
     if is_url(config.source):
+        download_dir.mkdir(parents=True, exist_ok=True)
         paths = {}
         for name in ARCHIVES:
             target = download_dir / name

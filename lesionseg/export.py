@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import mlflow
@@ -11,17 +12,23 @@ import numpy as np
 import torch
 
 from lesionseg import atomic
-from lesionseg.checkpoint import load_model
+from lesionseg.checkpoint import inference_settings, load_model, load_models
 from lesionseg.dataset import normalize_batch
+from lesionseg.inference import predict_logits
+from lesionseg.postprocess import InferenceConfig, clean_mask
 
 ONNX_OPSET = 17
 
 
-def export_onnx(checkpoint_path: Path, onnx_path: Path) -> dict:
+def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path) -> dict:
     """Write an ONNX model: input ``image`` float32 ``(batch, 3, S, S)`` ImageNet-normalised,
-    output ``logits`` ``(batch, 1, S, S)``; batch is dynamic. The preprocessing is stored
-    in the model's metadata (``lesionseg.preprocessing``). Returns that preprocessing dict."""
-    model, checkpoint = load_model(checkpoint_path)
+    output ``logits`` ``(batch, 1, S, S)``; batch is dynamic. Several checkpoints (or an
+    exported ensemble) become one graph whose logits are those of the mean probability.
+    The model's metadata holds the preprocessing (``lesionseg.preprocessing``) and the
+    inference settings to apply around it (``lesionseg.inference``: flip TTA, threshold,
+    clean-up; see :class:`~lesionseg.postprocess.InferenceConfig`). Returns the preprocessing dict."""
+    paths = checkpoint_paths if isinstance(checkpoint_paths, (list, tuple)) else [checkpoint_paths]
+    model, checkpoint = load_models(paths)
     model.eval()
     size = checkpoint["preprocessing"]["size"]
     example = torch.zeros(1, 3, size, size)
@@ -38,7 +45,14 @@ def export_onnx(checkpoint_path: Path, onnx_path: Path) -> dict:
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
-        _add_metadata(tmp, {"lesionseg.preprocessing": json.dumps(checkpoint["preprocessing"])})
+        settings = asdict(inference_settings(checkpoint))
+        _add_metadata(
+            tmp,
+            {
+                "lesionseg.preprocessing": json.dumps(checkpoint["preprocessing"]),
+                "lesionseg.inference": json.dumps(settings),
+            },
+        )
     return checkpoint["preprocessing"]
 
 
@@ -53,37 +67,63 @@ def _add_metadata(path: Path, props: dict[str, str]) -> None:
 
 
 @torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray, tta: bool = False) -> np.ndarray:
     """uint8 ``(N, S, S, 3)`` -> lesion probabilities float32 ``(N, S, S)`` (model in eval mode)."""
     batch = normalize_batch(torch.as_tensor(np.asarray(images), dtype=torch.uint8))
-    return torch.sigmoid(model(batch))[:, 0].numpy().astype(np.float32)
+    return torch.sigmoid(predict_logits(model, batch, tta))[:, 0].numpy().astype(np.float32)
+
+
+def predict_masks(model: torch.nn.Module, images: np.ndarray, settings: InferenceConfig) -> np.ndarray:
+    """uint8 ``(N, S, S, 3)`` -> uint8 masks ``(N, S, S)`` (1 = lesion) with all of ``settings`` applied."""
+    probabilities = predict_probabilities(model, images, settings.tta)
+    return np.stack([clean_mask(p > settings.threshold, settings.postprocess) for p in probabilities]).astype(np.uint8)
 
 
 class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc: uint8 images ``(N, S, S, 3)`` -> lesion probabilities float32 ``(N, S, S)``.
+    """MLflow pyfunc: uint8 images ``(N, S, S, 3)`` -> uint8 lesion masks ``(N, S, S)`` (0/1).
 
-    ``S`` is the checkpoint's input size; threshold at 0.5 for masks. The
-    wrapper itself holds no weights: MLflow pickles it, and the model is
-    rebuilt from the checkpoint artifact in :meth:`load_context`.
+    ``S`` is the model's input size. By default the model's stored inference
+    settings apply (flip TTA, threshold, largest component, holes filled: the
+    settings it was evaluated with). Params override them per call:
+    ``tta``, ``threshold``, ``keep_largest``, ``fill_holes``, and
+    ``output="probabilities"`` returns float32 probabilities (TTA applied,
+    no threshold or clean-up) instead of masks. The wrapper itself holds no
+    weights: MLflow pickles it, and the model is rebuilt from the checkpoint
+    artifact in :meth:`load_context`.
     """
 
     def load_context(self, context):
-        self.model, _ = load_model(Path(context.artifacts["checkpoint"]))
+        self.model, checkpoint = load_model(Path(context.artifacts["checkpoint"]))
         self.model.eval()
+        self.settings = inference_settings(checkpoint)
 
     def predict(self, context, model_input, params=None):
-        return predict_probabilities(self.model, model_input)
+        params = dict(params or {})
+        output = params.pop("output", "mask")
+        settings = replace(self.settings, **{k: v for k, v in params.items() if k in PYFUNC_SETTINGS})
+        if output == "probabilities":
+            return predict_probabilities(self.model, model_input, settings.tta)
+        if output != "mask":
+            raise ValueError(f"output must be 'mask' or 'probabilities', got {output!r}")
+        return predict_masks(self.model, model_input, settings)
+
+
+PYFUNC_SETTINGS = ("tta", "threshold", "keep_largest", "fill_holes")
 
 
 def log_pyfunc_model(checkpoint_path: Path, name: str = "model") -> str:
-    """Log ``checkpoint_path`` as a pyfunc model in the active run, with signature and input example.
+    """Log ``checkpoint_path`` (a checkpoint or an exported model, see
+    :func:`lesionseg.checkpoint.package_model`) as a pyfunc model in the active run,
+    with signature (its params: the inference settings) and input example.
 
     Returns the model URI for ``mlflow.pyfunc.load_model``.
     """
     model, checkpoint = load_model(checkpoint_path)
     size = checkpoint["preprocessing"]["size"]
     example = np.zeros((1, size, size, 3), dtype=np.uint8)
-    signature = mlflow.models.infer_signature(example, predict_probabilities(model.eval(), example))
+    settings = inference_settings(checkpoint)
+    defaults = {"output": "mask", **{k: getattr(settings, k) for k in PYFUNC_SETTINGS}}
+    signature = mlflow.models.infer_signature(example, predict_masks(model.eval(), example, settings), defaults)
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=LesionSegPyfunc(),

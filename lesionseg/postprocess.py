@@ -30,6 +30,30 @@ class PostprocessConfig:
         return self.keep_largest or self.fill_holes
 
 
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a trained model's logits become a mask: flip TTA, probability ``threshold``, clean-up.
+
+    The defaults are lesionseg's recipe (``params.yaml`` ``evaluate`` section),
+    chosen by cross-validation; the export stage stores the settings the model
+    was evaluated with in the exported model, and ``lesionseg predict`` and the
+    MLflow pyfunc use them unless told otherwise.
+    """
+
+    tta: bool = True
+    threshold: float = 0.5
+    keep_largest: bool = True
+    fill_holes: bool = True
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
+
+    @property
+    def postprocess(self) -> PostprocessConfig:
+        return PostprocessConfig(keep_largest=self.keep_largest, fill_holes=self.fill_holes)
+
+
 def clean_mask(mask: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     """Post-process one bool mask ``(H, W)``; returns a new bool array (an empty mask stays empty)."""
     mask = np.asarray(mask, dtype=bool)

@@ -17,6 +17,7 @@ from lesionseg import atomic  # noqa: E402
 from lesionseg.cache import Split  # noqa: E402
 from lesionseg.inference import predict_uint8  # noqa: E402
 from lesionseg.metrics import confusion_counts, per_image_scores  # noqa: E402
+from lesionseg.stats import PairedComparison, format_change, paired_difference  # noqa: E402
 
 COMPARISON_COLUMNS = {
     "model": "Model",
@@ -33,25 +34,71 @@ COMPARISON_COLUMNS = {
 ERROR_COLOURS = {"tp": (0.1, 0.75, 0.2), "fp": (0.95, 0.2, 0.15), "fn": (0.15, 0.35, 0.95)}
 
 
-def comparison_table(metrics: dict[str, dict]) -> pd.DataFrame:
-    """One row per model from ``reports/metrics.json``-style metrics (official, original-resolution IoU/Dice)."""
+CHANGE_COLUMN = "IoU change vs frozen [95% CI]"
+BASELINE_MODEL = "frozen"
+
+
+def comparison_table(metrics: dict[str, dict], per_image: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """One row per model from ``reports/metrics.json``-style metrics (official, original-resolution IoU/Dice).
+
+    With ``per_image`` tables (model -> the evaluate stage's per-image CSV),
+    the column ``IoU change vs frozen [95% CI]`` holds each model's paired
+    change of per-image IoU against the frozen model (see :mod:`lesionseg.stats`).
+    """
     rows = [{"model": name, **values} for name, values in metrics.items()]
-    table = pd.DataFrame(rows)[list(COMPARISON_COLUMNS)]
-    return table.rename(columns=COMPARISON_COLUMNS)
+    table = pd.DataFrame(rows).reindex(columns=list(COMPARISON_COLUMNS)).rename(columns=COMPARISON_COLUMNS)
+    if per_image and BASELINE_MODEL in per_image:
+        table[CHANGE_COLUMN] = [
+            format_change(paired_change(per_image, BASELINE_MODEL, name)) if name in per_image else ""
+            for name in table["Model"]
+        ]
+    return table
 
 
-def write_table(table: pd.DataFrame, csv_path: Path, md_path: Path) -> None:
+def paired_change(per_image: dict[str, pd.DataFrame], base: str, name: str) -> PairedComparison:
+    """Per-image IoU (original resolution) of model ``name`` against model ``base``, on the same images."""
+    a, b = per_image[base].set_index("id"), per_image[name].set_index("id")
+    if not a.index.sort_values().equals(b.index.sort_values()):
+        raise ValueError(f"per-image tables of {base} and {name} score different images")
+    return paired_difference(a["orig_jaccard"], b.loc[a.index, "orig_jaccard"])
+
+
+def verdicts(per_image: dict[str, pd.DataFrame], base: str = BASELINE_MODEL) -> list[str]:
+    """One line per model whose IoU change against ``base`` has a 95% interval that excludes 0."""
+    lines = []
+    for name in per_image:
+        if name == base or base not in per_image:
+            continue
+        change = paired_change(per_image, base, name)
+        if change.significant:
+            word = "better" if change.delta > 0 else "worse"
+            lines.append(
+                f"{name} is {word} than {base}: per-image IoU {format_change(change)}, "
+                f"n = {change.n}, Wilcoxon p = {change.p_value:.2g}."
+            )
+    return lines
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN: not defined for this model (e.g. the ensemble's learning rate)
+            return ""
+        if value.is_integer() and abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.4g}" if abs(value) < 0.01 else f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def write_table(table: pd.DataFrame, csv_path: Path, md_path: Path, notes: list[str] = ()) -> None:
+    """CSV, and Markdown with ``notes`` (e.g. :func:`verdicts`) as lines under the table."""
     atomic.write_text(csv_path, table.to_csv(index=False))
-    formatted = table.copy()
-    for column in formatted.columns:
-        if formatted[column].dtype.kind == "f":
-            formatted[column] = formatted[column].map(lambda v: f"{v:.4g}" if abs(v) < 0.01 else f"{v:.4f}")
-        elif formatted[column].dtype.kind == "i":
-            formatted[column] = formatted[column].map(lambda v: f"{v:,}")
-    header = "| " + " | ".join(formatted.columns) + " |"
-    rule = "|" + "|".join("---" for _ in formatted.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in formatted.itertuples(index=False)]
-    atomic.write_text(md_path, "\n".join([header, rule, *body]) + "\n")
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    extra = ["", *notes] if notes else []
+    atomic.write_text(md_path, "\n".join([header, rule, *body, *extra]) + "\n")
 
 
 def _save(fig, path: Path) -> None:
@@ -67,10 +114,11 @@ def plot_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
     for i, (name, history) in enumerate(histories.items()):
         colour = f"C{i}"
         epochs = history["epoch"] + offset
-        ax_loss.plot(epochs, history["train_loss"], "--", color=colour, label=f"{name} train")
-        ax_loss.plot(epochs, history["val_loss"], "-", color=colour, label=f"{name} val")
-        ax_jac.plot(epochs, history["train_jaccard"], "--", color=colour, label=f"{name} train")
-        ax_jac.plot(epochs, history["val_jaccard"], "-", color=colour, label=f"{name} val")
+        # Markers: a 1- or 2-epoch run still shows its points.
+        ax_loss.plot(epochs, history["train_loss"], "--", marker=".", color=colour, label=f"{name} train")
+        ax_loss.plot(epochs, history["val_loss"], "-", marker="o", ms=3, color=colour, label=f"{name} val")
+        ax_jac.plot(epochs, history["train_jaccard"], "--", marker=".", color=colour, label=f"{name} train")
+        ax_jac.plot(epochs, history["val_jaccard"], "-", marker="o", ms=3, color=colour, label=f"{name} val")
         if name == "frozen":
             offset = int(history["epoch"].max())
     ax_loss.set(title="DiceBCE loss", xlabel="epoch (fine-tuning continues after the frozen phase)", ylabel="loss")
@@ -174,13 +222,17 @@ def write_report(
     figures_dir: Path,
     table_stem: Path,
     samples: int = 8,
+    per_image: dict[str, pd.DataFrame] | None = None,
 ) -> None:
     """All report outputs: ``figures_dir`` (curves, samples, overlays, error maps,
     comparison chart; replaced as a whole) and ``table_stem`` ``.md``/``.csv``.
 
     ``model`` (named ``model_name``) is the one shown on ``samples`` test images.
+    ``per_image`` (model -> per-image test scores) adds the paired IoU change
+    against the frozen model and a verdict line for each change whose 95%
+    interval excludes 0.
     """
-    table = comparison_table(metrics)
+    table = comparison_table(metrics, per_image)
     images, truths, preds, ids, scores = sample_predictions(model, test, samples)
     title = f"{model_name} on test images (model resolution {test.size}px)"
     with atomic.atomic_dir(figures_dir) as figures:
@@ -192,4 +244,5 @@ def write_report(
         colours = "true positive green, false positive red, false negative blue"
         plot_grid(errors, ids, scores, f"{title}: {colours}", figures / "error_maps.png")
         plot_comparison(table, figures / "comparison.png")
-    write_table(table, Path(table_stem).with_suffix(".csv"), Path(table_stem).with_suffix(".md"))
+    notes = verdicts(per_image) if per_image else []
+    write_table(table, Path(table_stem).with_suffix(".csv"), Path(table_stem).with_suffix(".md"), notes)

@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from lesionseg.cache import Split  # noqa: E402
-from lesionseg.crossval import CrossValConfig, ensemble_of, make_folds, score_heldout, train_fold  # noqa: E402
+from lesionseg.checkpoint import load_model, load_models  # noqa: E402
+from lesionseg.crossval import CrossValConfig, make_folds, score_heldout, train_fold  # noqa: E402
 from lesionseg.dataset import AugmentConfig  # noqa: E402
 from lesionseg.download import DownloadConfig, download_and_extract  # noqa: E402
 from lesionseg.evaluate import evaluate_model  # noqa: E402
@@ -123,8 +124,6 @@ def run_job(job: dict) -> dict:
             frozen_path,
             models / "single" / "frozen.csv",
         )
-        from lesionseg.checkpoint import load_model
-
         model, _ = load_model(frozen_path, unfreeze=4)
         train_model(model, model_config, train, val, finetune_config, all_path, models / "single" / "all.csv")
         model, _ = load_model(all_path)
@@ -169,7 +168,8 @@ def finish_row(row: str, folds: int, out: Path, work: Path, prepared: Path, devi
         print(f"{row}: folds incomplete, no ensemble", flush=True)
         return
     test = Split.load(prepared / "test.pt")
-    model = ensemble_of(checkpoints, torch.device(device))
+    model, _ = load_models(checkpoints)
+    model.to(device)
     for variant, (tta, post) in VARIANTS.items():
         _, table = evaluate_model(model, test, 32, torch.device(device), tta, post)
         write_tables(out / "test", f"{row}__ensemble", {variant: table})

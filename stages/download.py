@@ -1,4 +1,11 @@
-"""Stage download: fetch (or read locally) the four ISIC 2016 Part 1 archives and extract them."""
+"""Stage download: fetch (or read locally) the four ISIC 2016 Part 1 archives and extract them.
+
+Downloaded archives are kept in ``download.cache`` (default ``data/downloads``,
+git-ignored), resolved against the main repository root: temporary and
+queued experiments (``dvc exp run --temp`` / ``--queue``), which run in
+copies of the repository, use the same cache and never download twice. It is
+not a DVC output; the extracted ``data/raw`` is.
+"""
 
 import argparse
 from pathlib import Path
@@ -10,7 +17,6 @@ from stages.common import ParamError, get, load_params, local_path, main
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--raw", type=Path, required=True, help="extraction folder (stage output)")
-    parser.add_argument("--downloads", type=Path, required=True, help="where downloaded archives are kept")
     args = parser.parse_args()
     params = load_params()
     max_gb = get(params, "download.max_extract_gb")
@@ -24,7 +30,10 @@ def run() -> None:
     config = DownloadConfig(
         source=source, retries=get(params, "download.retries"), max_extract_bytes=int(max_gb * 1024**3)
     )
-    download_and_extract(config, args.raw, args.downloads)
+    cache = get(params, "download.cache")
+    if not isinstance(cache, str) or not cache:
+        raise ParamError(f"params.yaml: download.cache must be a folder, got {cache!r}")
+    download_and_extract(config, args.raw, Path(local_path(cache)))
 
 
 if __name__ == "__main__":

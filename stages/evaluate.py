@@ -19,7 +19,7 @@ import mlflow
 
 from lesionseg import atomic, tracking
 from lesionseg.cache import Split
-from lesionseg.crossval import ensemble_of
+from lesionseg.checkpoint import load_models
 from lesionseg.evaluate import VALIDATION_PREFIX, evaluate_checkpoint, evaluate_model
 from lesionseg.inference import select_device
 from lesionseg.model import count_parameters
@@ -67,7 +67,8 @@ def run() -> None:
             all_metrics[name], trained_in[name] = metrics, checkpoint["extra"].get("mlflow_run_id")
             atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
         if ensemble["checkpoints"]:
-            model = ensemble_of([args.cv_models / p for p in ensemble["checkpoints"]], device)
+            model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
+            model.to(device)
             metrics, table = evaluate_model(model, test, batch_size, device, tta, postprocess)
             metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
             metrics.update({"members": len(ensemble["checkpoints"]), "member_model": ensemble["model"]})

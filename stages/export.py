@@ -1,29 +1,56 @@
-"""Stage export: the chosen model to ONNX, and to MLflow as a pyfunc model."""
+"""Stage export: the chosen model, with the inference settings it was evaluated with, as
+``models/model.pt`` (for ``lesionseg predict``), ONNX, and an MLflow pyfunc model.
+
+``export.model`` is a model name (``frozen``, ``finetune_all``, ...), ``best`` (the
+fine-tuned model with the best validation Jaccard) or ``cv_ensemble`` (the
+cross-validation fold models, averaged; needs ``cv.folds`` > 0).
+"""
 
 import argparse
+import json
 from pathlib import Path
 
-from lesionseg import tracking
+from lesionseg import atomic, tracking
+from lesionseg.checkpoint import package_model
 from lesionseg.export import export_onnx, log_pyfunc_model
+from lesionseg.postprocess import InferenceConfig
 from lesionseg.selection import choose_model, pipeline_checkpoints
-from stages.common import get, load_params, main, mlflow_setup
+from stages.common import ParamError, get, load_params, main, mlflow_setup
+
+ENSEMBLE = "cv_ensemble"
 
 
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frozen", type=Path, required=True)
     parser.add_argument("--finetuned", type=Path, required=True)
+    parser.add_argument("--cv-models", type=Path, required=True, help="output folder of the cv stage")
+    parser.add_argument("--model", type=Path, required=True, help="exported model file (models/model.pt)")
     parser.add_argument("--onnx", type=Path, required=True)
     args = parser.parse_args()
     params = load_params()
-    checkpoints = pipeline_checkpoints(args.frozen, args.finetuned)
-    chosen = choose_model(checkpoints, get(params, "export.model"))
-    export_onnx(checkpoints[chosen], args.onnx)
+    which = get(params, "export.model")
+    if which == ENSEMBLE:
+        ensemble = json.loads((args.cv_models / "ensemble.json").read_text())
+        if not ensemble["checkpoints"]:
+            raise ParamError("params.yaml: export.model is cv_ensemble but cross-validation is off (cv.folds: 0)")
+        chosen, paths = ENSEMBLE, [args.cv_models / p for p in ensemble["checkpoints"]]
+    else:
+        checkpoints = pipeline_checkpoints(args.frozen, args.finetuned)
+        chosen = choose_model(checkpoints, which)
+        paths = [checkpoints[chosen]]
+    settings = InferenceConfig(
+        tta=get(params, "evaluate.tta"),
+        keep_largest=get(params, "evaluate.keep_largest"),
+        fill_holes=get(params, "evaluate.fill_holes"),
+    )
+    atomic.torch_save(package_model(paths, settings), args.model)
+    export_onnx(args.model, args.onnx)
 
     parent = mlflow_setup(params)
     with tracking.start_run("", {"lesionseg.exported_model": chosen}, run_id=parent):  # the execution's model
-        uri = log_pyfunc_model(checkpoints[chosen])
-    print(f"exported {chosen} to {args.onnx}; MLflow model {uri}")
+        uri = log_pyfunc_model(args.model)
+    print(f"exported {chosen} to {args.model} and {args.onnx}; MLflow model {uri}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import mlflow
 from lesionseg import report, tracking
 from lesionseg.cache import Split
 from lesionseg.checkpoint import load_model
+from lesionseg.compare import read_tables
 from lesionseg.selection import choose_model, pipeline_checkpoints
 from stages.common import get, load_params, main, mlflow_setup
 
@@ -20,6 +21,7 @@ def run() -> None:
     parser.add_argument("--finetuned", type=Path, required=True)
     parser.add_argument("--histories", type=Path, nargs="+", required=True, help="history CSVs or folders of them")
     parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--per-image", type=Path, required=True, help="per-image test scores of the evaluate stage")
     parser.add_argument("--figures", type=Path, required=True)
     parser.add_argument("--table", type=Path, required=True, help="comparison table stem (.md and .csv written)")
     args = parser.parse_args()
@@ -36,6 +38,7 @@ def run() -> None:
         args.figures,
         args.table,
         samples=get(params, "report.samples"),
+        per_image=read_tables(args.per_image),
     )
 
     parent = mlflow_setup(params)

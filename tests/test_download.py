@@ -1,16 +1,19 @@
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lesionseg.download import ARCHIVES, DownloadConfig, download_and_extract, download_file, extract_archive
 from lesionseg.errors import DataError
-from tests.helpers import make_archives
+from tests.helpers import REPO, make_archives
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +134,13 @@ def test_zip_bomb_with_lying_header_is_stopped_while_extracting(tmp_path):
 class _Handler(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     cut_once: set[str] = set()
+    requests: list[str] = []
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
+        self.requests.append(self.path)
         mode, name = self.path.strip("/").split("/", 1)
         if mode == "missing":
             self.send_error(404, "Not Found")
@@ -168,6 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server(archives):
     _Handler.files = {name: (archives / name).read_bytes() for name in ARCHIVES}
     _Handler.cut_once = set()
+    _Handler.requests = []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -209,4 +215,26 @@ def test_http_error_and_html_page(tmp_path, server):
 def test_nothing_written_outside_output_folders(tmp_path, archives):
     before = set(os.listdir(tmp_path))
     download_and_extract(DownloadConfig(source=str(archives), progress=False), tmp_path / "raw", tmp_path / "dl")
-    assert set(os.listdir(tmp_path)) - before == {"raw", "dl"}
+    assert set(os.listdir(tmp_path)) - before == {"raw"}  # a local source is read in place, not copied
+
+
+def test_download_stage_shares_its_cache_with_experiment_copies(tmp_path, server):
+    """`dvc exp run --temp`/`--queue` run in copies of the repository with DVC_ROOT set to the main
+    repository: every copy uses the main repository's download cache, so nothing is downloaded twice."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["download"]["source"] = f"{server}/ok"
+    main_repo = tmp_path / "repo"
+    copies = [main_repo, main_repo / ".dvc" / "tmp" / "exps" / "tmpabc"]
+    for copy in copies:
+        copy.mkdir(parents=True)
+        (copy / "params.yaml").write_text(yaml.safe_dump(params))
+        env = {**os.environ, "PYTHONPATH": str(REPO), "DVC_ROOT": str(main_repo)}
+        cmd = [sys.executable, "-m", "stages.download", "--raw", "data/raw"]
+        result = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (copy / "data" / "raw" / "manifest.json").is_file()
+    assert sorted(_Handler.requests) == sorted(f"/ok/{name}" for name in ARCHIVES)  # once each, in all
+    assert sorted(os.listdir(main_repo / "data" / "downloads")) == sorted(ARCHIVES)
+    assert not (copies[1] / "data" / "downloads").exists()
+    ignored = subprocess.run(["git", "check-ignore", "-q", "data/downloads/x.zip"], cwd=REPO)
+    assert ignored.returncode == 0, "the download cache must be git-ignored"

@@ -1,3 +1,5 @@
+import json
+
 import mlflow
 import numpy as np
 import pytest
@@ -5,13 +7,16 @@ import torch
 from PIL import Image
 
 from lesionseg.cache import Split
-from lesionseg.checkpoint import load_model, make_checkpoint, save_checkpoint
+from lesionseg.checkpoint import load_model, load_models, make_checkpoint, package_model, save_checkpoint
 from lesionseg.cli import main
+from lesionseg.dataset import normalize_batch
+from lesionseg.errors import DataError
 from lesionseg.evaluate import evaluate_model
 from lesionseg.export import log_pyfunc_model
+from lesionseg.inference import predict_uint8
 from lesionseg.metrics import confusion_counts, summarize
 from lesionseg.model import ModelConfig, build_model
-from lesionseg.postprocess import PostprocessConfig
+from lesionseg.postprocess import InferenceConfig, PostprocessConfig, clean_mask
 from lesionseg.prepare import PrepareConfig, prepare_dataset
 from lesionseg.train import TrainConfig, train_model
 from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree
@@ -38,7 +43,10 @@ def test_predict_matches_evaluate_at_original_resolution(trained, tmp_path, clea
     postprocess = PostprocessConfig(keep_largest=cleanup, fill_holes=cleanup)
     metrics, _ = evaluate_model(model, splits["test"], postprocess=postprocess)
     images = raw / TEST_IMAGES / TEST_IMAGES
-    options = ["--keep-largest", "--fill-holes"] if cleanup else []
+    options = [
+        "--no-tta",
+        *(["--keep-largest", "--fill-holes"] if cleanup else ["--no-keep-largest", "--no-fill-holes"]),
+    ]
     args = ["predict", "--checkpoint", str(root / "model.pt"), "--output", str(tmp_path), "--quiet"]
     assert main([*args, "--batch-size", "2", *options, str(images)]) == 0
     counts = []
@@ -80,6 +88,60 @@ def test_predict_overlay_tta_and_bad_inputs(trained, tmp_path, capsys):
     assert np.asarray(Image.open(out / f"{good.stem}_overlay.png")).shape == (70, 90, 3)
 
 
+def test_predict_defaults_to_the_settings_stored_with_the_model(trained, tmp_path, capsys):
+    root, raw, splits = trained
+    images = raw / TEST_IMAGES / TEST_IMAGES
+    plain = InferenceConfig(tta=False, keep_largest=False, fill_holes=False)
+    save_checkpoint(package_model([root / "model.pt"], plain), tmp_path / "plain.pt")
+    args = ["predict", "--quiet", str(images)]
+    assert main([*args, "--checkpoint", str(tmp_path / "plain.pt"), "--output", str(tmp_path / "a")]) == 0
+    assert "tta=off, threshold=0.5, keep_largest=off, fill_holes=off" in capsys.readouterr().out
+    # A training checkpoint carries no settings: lesionseg's recipe (TTA and clean-up) applies; flags override.
+    assert main([*args, "--checkpoint", str(root / "model.pt"), "--output", str(tmp_path / "b")]) == 0
+    assert "tta=on, threshold=0.5, keep_largest=on, fill_holes=on" in capsys.readouterr().out
+    assert main([*args, "--checkpoint", str(root / "model.pt"), "--output", str(tmp_path / "c"), "--no-tta"]) == 0
+    assert "tta=off, threshold=0.5, keep_largest=on" in capsys.readouterr().out
+    model, _ = load_model(root / "model.pt")
+    expected, _ = evaluate_model(model, splits["test"], tta=False)
+    counts = []
+    for isic_id in splits["test"].ids:
+        pred = np.asarray(Image.open(tmp_path / "a" / f"{isic_id}_mask.png")) > 127
+        truth = np.asarray(Image.open(raw / TEST_MASKS / TEST_MASKS / f"{isic_id}_Segmentation.png")) > 127
+        counts.append(confusion_counts(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None]))
+    assert summarize(torch.cat(counts))["jaccard"] == pytest.approx(expected["orig_jaccard"], abs=1e-9)
+
+
+def test_ensemble_of_checkpoints_predicts_and_exports(trained, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    root, raw, splits = trained
+    torch.manual_seed(1)
+    other = build_model(ModelConfig("none"), unfreeze="all")
+    save_checkpoint(make_checkpoint(other, ModelConfig("none"), 64, 1, {"jaccard": 0.1}), tmp_path / "other.pt")
+    paths = [root / "model.pt", tmp_path / "other.pt"]
+    ensemble, _ = load_models(paths)
+    members = [load_model(p)[0].eval() for p in paths]
+    x = normalize_batch(splits["test"].images[:2])
+    with torch.no_grad():
+        mean_probability = torch.stack([torch.sigmoid(m(x)) for m in members]).mean(0)
+        assert torch.allclose(torch.sigmoid(ensemble.eval()(x)), mean_probability, atol=1e-5)
+    # The same ensemble packaged as one exported file loads to the same model.
+    save_checkpoint(package_model(paths, InferenceConfig()), tmp_path / "ens.pt")
+    packaged, _ = load_model(tmp_path / "ens.pt")
+    with torch.no_grad():
+        assert torch.allclose(packaged.eval()(x), ensemble(x), atol=1e-6)
+    images = raw / TEST_IMAGES / TEST_IMAGES
+    ckpts = ["--checkpoint", *map(str, paths)]
+    assert main(["predict", *ckpts, "--output", str(tmp_path / "p"), "--quiet", str(images)]) == 0
+    assert len(list((tmp_path / "p").glob("*_mask.png"))) == len(splits["test"])
+    assert main(["export", *ckpts, "--onnx", str(tmp_path / "e.onnx")]) == 0
+    (onnx_logits,) = ort.InferenceSession(str(tmp_path / "e.onnx")).run(None, {"image": x.numpy()})
+    assert np.abs(onnx_logits - ensemble(x).detach().numpy()).max() < 1e-3
+    bad = build_model(ModelConfig("none"))
+    save_checkpoint(make_checkpoint(bad, ModelConfig("none"), 96, 1, {}), tmp_path / "size96.pt")
+    with pytest.raises(DataError, match="size96.pt: preprocessing differs"):
+        load_models([root / "model.pt", tmp_path / "size96.pt"])
+
+
 def test_onnx_export_matches_pytorch(trained, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     root, _, _ = trained
@@ -93,25 +155,36 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
         assert np.abs(onnx_logits - model(x).detach().numpy()).max() < 1e-4
     meta = session.get_modelmeta().custom_metadata_map
     assert '"size": 64' in meta["lesionseg.preprocessing"]
+    assert json.loads(meta["lesionseg.inference"]) == {
+        "tta": True,
+        "threshold": 0.5,
+        "keep_largest": True,
+        "fill_holes": True,
+    }
 
 
 def test_mlflow_pyfunc_roundtrip(trained, tmp_path):
     root, _, splits = trained
+    settings = InferenceConfig(tta=True, keep_largest=True, fill_holes=False, threshold=0.4)
+    save_checkpoint(package_model([root / "model.pt"], settings), tmp_path / "exported.pt")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        uri = log_pyfunc_model(root / "model.pt")
+        uri = log_pyfunc_model(tmp_path / "exported.pt")
     pickled = list((tmp_path / "art").rglob("python_model.pkl"))
     assert pickled and pickled[0].stat().st_size < 100_000  # the wrapper only: weights come from the checkpoint
     loaded = mlflow.pyfunc.load_model(uri)
     batch = splits["test"].images[:3].numpy()
-    probs = loaded.predict(batch)
-    assert probs.shape == (3, 64, 64) and probs.dtype == np.float32 and probs.min() >= 0 and probs.max() <= 1
     model, _ = load_model(root / "model.pt")
-    from lesionseg.inference import predict_uint8
-
-    expected = torch.sigmoid(predict_uint8(model, splits["test"].images[:3]))[:, 0].numpy()
-    assert np.abs(probs - expected).max() < 1e-5
+    logits = predict_uint8(model, splits["test"].images[:3], tta=True)
+    # Default: masks with the stored settings (TTA, threshold 0.4, largest component).
+    masks = loaded.predict(batch)
+    expected = np.stack([clean_mask(p > 0.4, settings.postprocess) for p in torch.sigmoid(logits)[:, 0].numpy()])
+    assert masks.shape == (3, 64, 64) and masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
+    assert np.array_equal(masks, expected)
+    probs = loaded.predict(batch, params={"output": "probabilities", "tta": False})
+    plain = torch.sigmoid(predict_uint8(model, splits["test"].images[:3]))[:, 0].numpy()
+    assert probs.dtype == np.float32 and np.abs(probs - plain).max() < 1e-5
 
 
 def test_checkpoint_metadata_is_weights_only_loadable(tmp_path):

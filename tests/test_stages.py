@@ -137,7 +137,7 @@ def test_stages_on_synthetic_data(tmp_path):
         report__samples=3,
         cv__folds=2,
     )
-    run_stage(project, "download", "--raw", "data/raw", "--downloads", "data/downloads")
+    run_stage(project, "download", "--raw", "data/raw")
     run_stage(project, "prepare", "--raw", "data/raw", "--out", "data/prepared")
     run_stage(
         project, "train", "--data", "data/prepared", "--checkpoint", "models/frozen.pt", "--history", "h/frozen.csv"
@@ -186,6 +186,8 @@ def test_stages_on_synthetic_data(tmp_path):
         "h/ft",
         "--metrics",
         "m.json",
+        "--per-image",
+        "per_image",
         "--figures",
         "fig",
         "--table",
@@ -220,7 +222,9 @@ def test_stages_on_synthetic_data(tmp_path):
         "overlays.png",
         "samples.png",
     ]
-    assert "| finetune_all |" in (project / "cmp.md").read_text()
+    table = (project / "cmp.md").read_text()
+    assert "| finetune_all |" in table and "| IoU change vs frozen [95% CI] |" in table
+    assert "| frozen | 0.001 |" in table and "+0.0000 [+0.0000, +0.0000]" in table  # frozen against itself
     assert sorted(os.listdir(project / "per_image")) == ["cv_ensemble.csv", "finetune_all.csv", "frozen.csv"]
 
     # Fine-tuning must start from the frozen (level 0) checkpoint.

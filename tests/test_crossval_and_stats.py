@@ -1,0 +1,145 @@
+"""Cross-validation folds and summaries, paired statistics, and `lesionseg compare`, on tiny synthetic data."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lesionseg.cache import Split, encode_mask
+from lesionseg.cli import main
+from lesionseg.compare import compare_models, read_tables
+from lesionseg.crossval import CrossValConfig, fold_assignment, make_folds, summarize_folds
+from lesionseg.stats import format_change, paired_difference
+
+
+def synthetic_split(n: int, size: int = 8, seed: int = 0) -> Split:
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), dtype=np.uint8)
+    for i, side in enumerate(rng.integers(1, size + 1, n)):
+        masks[i, :side, :side] = 1
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    blobs = [encode_mask(m.astype(bool)) for m in masks]
+    return Split.from_arrays(images, masks, [f"ISIC_{i:07d}" for i in range(n)], [(size, size)] * n, blobs)
+
+
+@pytest.mark.parametrize(("n", "folds"), [(10, 2), (23, 5), (706, 5)])
+def test_folds_are_disjoint_cover_every_pair_and_balance_sizes(n, folds):
+    areas = np.random.default_rng(1).uniform(0, 1, n)
+    assignment = fold_assignment(areas, folds, seed=3)
+    assert set(assignment) == set(range(folds))
+    sizes = np.bincount(assignment, minlength=folds)
+    assert sizes.sum() == n and sizes.max() - sizes.min() <= 1
+    assert np.array_equal(assignment, fold_assignment(areas, folds, seed=3))  # seeded
+    assert not np.array_equal(assignment, fold_assignment(areas, folds, seed=4))
+
+
+def test_folds_are_stratified_by_lesion_area():
+    areas = np.arange(500.0)  # every fold must get small and large lesions alike
+    assignment = fold_assignment(areas, 5, seed=0)
+    fold_means = [areas[assignment == k].mean() for k in range(5)]
+    assert max(fold_means) - min(fold_means) < 5  # a random split would differ by ~20
+    with pytest.raises(ValueError, match="cannot make 5 folds of 3 pairs"):
+        fold_assignment(areas[:3], 5, seed=0)
+
+
+def test_make_folds_hold_out_each_pair_once_and_keep_inner_splits_apart():
+    pairs = synthetic_split(21)
+    folds = make_folds(pairs, CrossValConfig(folds=3, seed=0, val_fraction=0.2))
+    held = [i for fold in folds for i in fold.heldout.ids]
+    assert sorted(held) == sorted(pairs.ids)
+    for fold in folds:
+        train, val, out = set(fold.train.ids), set(fold.val.ids), set(fold.heldout.ids)
+        assert not (train & val or train & out or val & out) and len(train | val | out) == 21
+        assert len(val) == round(len(train | val) * 0.2)
+        i = pairs.ids.index(fold.heldout.ids[0])
+        assert torch.equal(fold.heldout.images[0], pairs.images[i])
+        assert np.array_equal(fold.heldout.fullres_mask(0), pairs.fullres_mask(i))
+
+
+def test_split_concat_keeps_rows_and_full_resolution_masks():
+    a, b = synthetic_split(3, seed=1), synthetic_split(2, seed=2)
+    joined = Split.concat([a, b])
+    assert joined.ids == a.ids + b.ids and len(joined) == 5
+    assert torch.equal(joined.masks[3:], b.masks)
+    assert joined.fullres_mask(4).tolist() == b.fullres_mask(1).tolist()
+
+
+@pytest.mark.parametrize("value", [1, -1, 2.5])
+def test_bad_fold_counts(value):
+    with pytest.raises(ValueError, match="folds must be 0"):
+        CrossValConfig(folds=value)
+
+
+def test_summarize_folds_mean_and_standard_error():
+    table = pd.DataFrame(
+        {
+            "id": [f"ISIC_{i:07d}" for i in range(6)],
+            "fold": [0, 0, 1, 1, 2, 2],
+            "orig_jaccard": [0.9, 0.7, 0.8, 0.6, 1.0, 0.5],
+            "orig_dice": [0.9] * 6,
+        }
+    )
+    summary = summarize_folds(table)
+    fold_means = [0.8, 0.7, 0.75]
+    entry = summary["orig_jaccard"]
+    assert [entry["fold0"], entry["fold1"], entry["fold2"]] == pytest.approx(fold_means)
+    assert entry["mean"] == pytest.approx(0.75)
+    assert entry["se"] == pytest.approx(np.std(fold_means, ddof=1) / np.sqrt(3))
+    assert summary["orig_jaccard_thresholded"]["fold2"] == pytest.approx(0.5)  # 0.5 < 0.65 counts as 0
+    assert summary["n"] == 6 and summary["folds"] == 3
+
+
+def test_paired_difference_of_a_model_with_itself_is_zero():
+    scores = np.random.default_rng(0).uniform(0.5, 1.0, 100)
+    same = paired_difference(scores, scores)
+    assert same.delta == 0 and same.ci95 == (0.0, 0.0) and same.p_value == 1.0 and not same.significant
+
+
+def test_paired_difference_finds_a_clearly_worse_model():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.5, 1.0, 100)
+    b = a - 0.03 + rng.normal(0, 0.02, 100)
+    worse = paired_difference(a, b)
+    assert worse.ci95[1] < 0 and worse.significant and worse.p_value < 1e-6
+    assert worse.ci95[0] < worse.delta < worse.ci95[1] and worse.delta == pytest.approx(np.mean(b - a))
+    assert format_change(worse).startswith(f"{worse.delta:+.4f} [")
+    noisy = paired_difference(a, a + rng.normal(0, 0.05, 100))  # no real change: the interval holds 0
+    assert noisy.ci95[0] < 0 < noisy.ci95[1]
+    with pytest.raises(ValueError, match="equal length"):
+        paired_difference(a, b[:-1])
+
+
+def _tables(tmp_path, name, ids, scores):
+    folder = tmp_path / name
+    folder.mkdir()
+    pd.DataFrame({"id": ids, "orig_jaccard": scores}).to_csv(folder / "finetune_all.csv", index=False)
+    return folder
+
+
+def test_compare_cli_on_per_image_csvs(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ids = [f"ISIC_{i:07d}" for i in range(50)]
+    a_scores = rng.uniform(0.6, 0.95, 50)
+    a = _tables(tmp_path, "a", ids, a_scores)
+    b = _tables(tmp_path, "b", ids[::-1], (a_scores + 0.05)[::-1])  # row order must not matter
+    assert main(["compare", str(a), str(b), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert set(result) == {"model", "n", "mean_a", "mean_b", "delta", "ci95", "p_value"}
+    assert result["model"] == "finetune_all" and result["n"] == 50
+    assert result["delta"] == pytest.approx(0.05) and result["ci95"] == pytest.approx([0.05, 0.05])
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "finetune_all: B is better" in capsys.readouterr().out
+
+
+def test_compare_on_different_image_sets_is_a_clear_error(tmp_path, capsys):
+    ids = [f"ISIC_{i:07d}" for i in range(10)]
+    a = read_tables(_tables(tmp_path, "a", ids, np.linspace(0.5, 0.9, 10)))
+    b = read_tables(_tables(tmp_path, "b", ids[:8] + ["ISIC_0000099", "ISIC_0000098"], np.linspace(0.5, 0.9, 10)))
+    with pytest.raises(ValueError, match=r"finetune_all: the two sides scored different images.*ISIC_0000008"):
+        compare_models(a, b)
+    code = main(["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert code == 1 and "only in B: ['ISIC_0000098', 'ISIC_0000099']" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "a"), "no-such-experiment"]) == 1
+    assert "no-such-experiment" in capsys.readouterr().err
