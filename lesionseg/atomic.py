@@ -16,8 +16,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
@@ -44,6 +42,8 @@ def write_json(target: Path, obj) -> None:
 
 
 def torch_save(obj, target: Path) -> None:
+    import torch  # here, not at the top: stages that write no tensors need not import torch
+
     with atomic_path(target) as tmp:
         torch.save(obj, tmp)
 

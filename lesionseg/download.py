@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from lesionseg import atomic
 from lesionseg.errors import DataError
-from lesionseg.prepare import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS
+from lesionseg.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS
 
 log = logging.getLogger(__name__)
 

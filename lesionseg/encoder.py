@@ -24,16 +24,14 @@ import torch
 from torch import nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
+from lesionseg.errors import EncoderWeightsError  # noqa: F401 (raised here; importable from here too)
+
 STAGE_SLICES = ((0, 4), (4, 7), (7, 14), (14, 19))
 STAGE_CHANNELS = (24, 32, 96, 1280)
 STAGE_STRIDES = (4, 8, 16, 32)
 
 IMAGENET_WEIGHTS = "imagenet"
 NO_WEIGHTS = "none"
-
-
-class EncoderWeightsError(RuntimeError):
-    """The encoder's pretrained weights could not be obtained or do not fit."""
 
 
 class MobileNetV2Encoder(nn.Module):

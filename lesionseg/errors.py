@@ -13,3 +13,7 @@ class DataError(ValueError):
 
     def __reduce__(self):  # keep (path, problem) when raised in a worker process
         return (type(self), (self.path, self.problem))
+
+
+class EncoderWeightsError(RuntimeError):
+    """The encoder's pretrained weights could not be obtained or do not fit."""

@@ -14,6 +14,12 @@ from pathlib import Path
 
 from lesionseg.errors import DataError
 
+# Folder names of the extracted official archives (one folder per archive).
+TRAIN_IMAGES = "ISBI2016_ISIC_Part1_Training_Data"
+TRAIN_MASKS = "ISBI2016_ISIC_Part1_Training_GroundTruth"
+TEST_IMAGES = "ISBI2016_ISIC_Part1_Test_Data"
+TEST_MASKS = "ISBI2016_ISIC_Part1_Test_GroundTruth"
+
 IMAGE_PATTERN = re.compile(r"^(ISIC_\d{7})\.(jpe?g|png)$", re.IGNORECASE)
 MASK_PATTERN = re.compile(r"^(ISIC_\d{7})_Segmentation\.png$", re.IGNORECASE)
 

@@ -22,15 +22,9 @@ from lesionseg import atomic
 from lesionseg.cache import Split, encode_mask
 from lesionseg.errors import DataError
 from lesionseg.images import DEFAULT_MAX_PIXELS, image_size, load_image, load_mask
-from lesionseg.isic import Pairing, pair_images_and_masks
+from lesionseg.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS, Pairing, pair_images_and_masks
 
 log = logging.getLogger(__name__)
-
-# Folder names of the extracted official archives (one folder per archive).
-TRAIN_IMAGES = "ISBI2016_ISIC_Part1_Training_Data"
-TRAIN_MASKS = "ISBI2016_ISIC_Part1_Training_GroundTruth"
-TEST_IMAGES = "ISBI2016_ISIC_Part1_Test_Data"
-TEST_MASKS = "ISBI2016_ISIC_Part1_Test_GroundTruth"
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,12 @@ scores, every training pair once), ``test/<row>__<model>__<variant>.csv``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import multiprocessing
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -77,8 +77,11 @@ VARIANTS = {
 LEVELS = [4]  # frozen, then all layers
 
 
-def phase_configs(row: str, device: str) -> tuple[TrainConfig, TrainConfig]:
+def phase_configs(row: str, device: str, epochs: int | None = None) -> tuple[TrainConfig, TrainConfig]:
+    """The row's frozen and fine-tuning configs; ``epochs`` overrides both phases' epochs (smoke runs)."""
     _, _, augment, both = ROWS[row]
+    if epochs:
+        both = {**both, "epochs": epochs, "warmup_epochs": min(both.get("warmup_epochs", 0), epochs)}
     runtime = {"device": device, "progress": False, "augment": AugmentConfig(**augment)}
     return TrainConfig(**{**FROZEN, **both, **runtime}), TrainConfig(**{**FINETUNE, **both, **runtime})
 
@@ -108,7 +111,7 @@ def run_job(job: dict) -> dict:
     row, fold_index, out, work = job["row"], job["fold"], Path(job["out"]), Path(job["work"])
     prepared = Path(job["prepared"])
     model_config = ModelConfig(encoder_weights=job["weights"])
-    frozen_config, finetune_config = phase_configs(row, job["device"])
+    frozen_config, finetune_config = phase_configs(row, job["device"], job["epochs"])
     device = torch.device(job["device"])
     models = work / "models" / row
     train, val = Split.load(prepared / "train.pt"), Split.load(prepared / "val.pt")
@@ -187,39 +190,35 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--epochs", type=int, help="override every phase's epochs (smoke runs)")
-    parser.add_argument("--deadline", type=float, help="seconds after which no new job starts")
+    parser.add_argument("--deadline", type=float, help="seconds after which unfinished jobs are stopped")
     args = parser.parse_args()
     rows = args.rows.split(",")
     if unknown := set(rows) - set(ROWS):
         parser.error(f"unknown rows {sorted(unknown)}; known: {list(ROWS)}")
-    if args.epochs:
-        for row in rows:
-            what, size, augment, both = ROWS[row]
-            ROWS[row] = (
-                what,
-                size,
-                augment,
-                {**both, "epochs": args.epochs, "warmup_epochs": min(both.get("warmup_epochs", 0), args.epochs)},
-            )
     work = args.work or args.out / "work"
     args.out.mkdir(parents=True, exist_ok=True)
     prepared = prepare(args.source.resolve(), work, {ROWS[r][1] for r in rows}, max(1, os.cpu_count() - 1))
     weights = args.weights if args.weights in ("imagenet", "none") else str(Path(args.weights).resolve())
     base = {"out": str(args.out), "work": str(work), "weights": weights, "device": args.device}
-    base.update(folds=args.folds, seed=args.seed, threads=max(1, (os.cpu_count() or 1) // args.jobs))
+    base.update(
+        folds=args.folds, seed=args.seed, epochs=args.epochs, threads=max(1, (os.cpu_count() or 1) // args.jobs)
+    )
     jobs = [{**base, "row": "reference", "fold": "single", "prepared": str(prepared[128])}]
     jobs += [
         {**base, "row": row, "fold": k, "prepared": str(prepared[ROWS[row][1]])}
         for row in rows
         for k in range(args.folds)
     ]
-    (args.out / "rows.json").write_text(
-        json.dumps(
-            {r: dataclasses.asdict(phase_configs(r, "x")[1]) | {"size": ROWS[r][1], "what": ROWS[r][0]} for r in rows},
-            indent=1,
-            default=str,
-        )
-    )
+    recipes = {}
+    for row in rows:
+        frozen, finetune = phase_configs(row, args.device, args.epochs)
+        recipes[row] = {
+            "what": ROWS[row][0],
+            "size": ROWS[row][1],
+            "frozen": asdict(frozen),
+            "finetune": asdict(finetune),
+        }
+    (args.out / "rows.json").write_text(json.dumps(recipes, indent=1))
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.jobs, maxtasksperchild=1) as pool:

@@ -5,11 +5,12 @@
 
 Cross-validation: every row's out-of-fold per-image Jaccard (original
 resolution) of the ``finetune_all`` fold models, as the mean of the fold means
-+- their standard error, and the paired change against the reference row
-(same images, same fold assignment) with its 95% bootstrap interval and the
-Wilcoxon p-value. Test: the reference recipe's single-split model (the
-pipeline's ``finetune_all``) against each row's fold ensemble, paired on the
-test images.
++- their standard error, and paired changes (same images, same fold
+assignment; 95% bootstrap interval and Wilcoxon p) against the reference row
+evaluated the same way (the effect of the training change) and evaluated
+plain (the effect of the whole recipe). Test: the same against the reference
+recipe's single-split model (the pipeline's ``finetune_all``), for that model
+and for each row's fold ensemble.
 """
 
 from __future__ import annotations
@@ -36,31 +37,39 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame):
     return paired_difference(a[METRIC].to_numpy(), b[METRIC].to_numpy())
 
 
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path).sort_values("id")
+
+
 def cv_rows(out: Path, model: str = "finetune_all") -> list[dict]:
+    """Per row and evaluation: CV mean +- SE, and paired changes against the reference row
+    evaluated the same way and against the reference row evaluated plain."""
     rows = []
-    base = out / "oof" / f"{BASELINE}__{model}__plain.csv"
-    baseline = pd.read_csv(base).sort_values("id") if base.is_file() else None
     for path in sorted((out / "oof").glob(f"*__{model}__*.csv")):
         row, _, variant = path.stem.split("__")
-        table = pd.read_csv(path).sort_values("id")
+        table = _read(path)
         summary = summarize_folds(table)[METRIC]
         entry = {"row": row, "variant": variant, "n": len(table), "mean": summary["mean"], "se": summary["se"]}
-        if baseline is not None:
-            entry["vs_reference"] = _paired(baseline, table).as_dict()
+        for key, base_variant in (("vs_reference", variant), ("vs_reference_plain", "plain")):
+            base = out / "oof" / f"{BASELINE}__{model}__{base_variant}.csv"
+            if base.is_file():
+                entry[key] = _paired(_read(base), table).as_dict()
         rows.append(entry)
     return rows
 
 
 def test_rows(out: Path) -> list[dict]:
+    """Per row, model (``single`` or ``ensemble``) and evaluation: test mean, and paired changes
+    against the reference single-split model evaluated the same way and evaluated plain."""
     rows = []
-    base = out / "test" / f"{BASELINE}__single__plain.csv"
-    baseline = pd.read_csv(base).sort_values("id") if base.is_file() else None
     for path in sorted((out / "test").glob("*.csv")):
         row, model, variant = path.stem.split("__")
-        table = pd.read_csv(path).sort_values("id")
+        table = _read(path)
         entry = {"row": row, "model": model, "variant": variant, "n": len(table), "mean": float(table[METRIC].mean())}
-        if baseline is not None:
-            entry["vs_reference_single"] = _paired(baseline, table).as_dict()
+        for key, base_variant in (("vs_reference", variant), ("vs_reference_plain", "plain")):
+            base = out / "test" / f"{BASELINE}__single__{base_variant}.csv"
+            if base.is_file():
+                entry[key] = _paired(_read(base), table).as_dict()
         rows.append(entry)
     return rows
 
@@ -69,7 +78,7 @@ def _change(entry: dict, key: str) -> str:
     if key not in entry:
         return ""
     c = entry[key]
-    return f"{c['delta']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]", f"{c['p_value']:.2g}"
+    return f"{c['delta']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}] (p {c['p_value']:.2g})"
 
 
 def markdown(cv: list[dict], test: list[dict], jobs: list[dict]) -> str:
@@ -77,21 +86,21 @@ def markdown(cv: list[dict], test: list[dict], jobs: list[dict]) -> str:
     for job in jobs:
         seconds[job["row"]] = seconds.get(job["row"], 0) + job["seconds"]
     lines = [
-        "| row | evaluation | CV IoU (mean +- SE) | change vs reference [95% CI] | p | job s |",
+        "| row | evaluation | CV IoU (mean +- SE) | vs reference, same evaluation [95% CI] | vs reference plain | job s |",  # noqa: E501
         "|---|---|---|---|---|---|",
     ]
     for e in cv:
-        change, p = _change(e, "vs_reference") or ("", "")
         cv_iou = f"{e['mean']:.4f} +- {e['se']:.4f}"
-        lines.append(f"| {e['row']} | {e['variant']} | {cv_iou} | {change} | {p} | {seconds.get(e['row'], 0):.0f} |")
+        same, plain = _change(e, "vs_reference"), _change(e, "vs_reference_plain")
+        lines.append(f"| {e['row']} | {e['variant']} | {cv_iou} | {same} | {plain} | {seconds.get(e['row'], 0):.0f} |")
     lines += [
         "",
-        "| row | model | evaluation | test IoU | change vs reference single model [95% CI] | p |",
+        "| row | model | evaluation | test IoU | vs reference single model, same evaluation | vs reference plain |",
         "|---|---|---|---|---|---|",
     ]
     for e in test:
-        change, p = _change(e, "vs_reference_single") or ("", "")
-        lines.append(f"| {e['row']} | {e['model']} | {e['variant']} | {e['mean']:.4f} | {change} | {p} |")
+        same, plain = _change(e, "vs_reference"), _change(e, "vs_reference_plain")
+        lines.append(f"| {e['row']} | {e['model']} | {e['variant']} | {e['mean']:.4f} | {same} | {plain} |")
     return "\n".join(lines)
 
 

@@ -15,14 +15,17 @@ import sys
 import types
 import typing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from lesionseg import tracking
-from lesionseg.dataset import AugmentConfig
-from lesionseg.encoder import IMAGENET_WEIGHTS, NO_WEIGHTS, EncoderWeightsError
-from lesionseg.model import ModelConfig, parse_unfreeze_level
-from lesionseg.train import TrainConfig
+from lesionseg.errors import EncoderWeightsError
+
+# Imported where used: a stage imports only what it needs (the download and
+# prepare stages start without MLflow, torchvision or the training stack).
+if TYPE_CHECKING:
+    from lesionseg.model import ModelConfig
+    from lesionseg.train import TrainConfig
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -99,6 +102,9 @@ RUNTIME_KEYS = ("device", "num_workers", "amp", "augment_on", "channels_last")
 
 def train_config(params: dict, section: str) -> TrainConfig:
     """A phase's TrainConfig (``train`` or ``finetune``): its own section plus ``runtime`` and ``augment``."""
+    from lesionseg.dataset import AugmentConfig
+    from lesionseg.train import TrainConfig
+
     runtime = {key: get(params, f"runtime.{key}") for key in RUNTIME_KEYS}
     augment = build(AugmentConfig, params, "augment")
     return build(TrainConfig, params, section, skip=("progress",), augment=augment, **runtime)
@@ -106,6 +112,9 @@ def train_config(params: dict, section: str) -> TrainConfig:
 
 def model_config(params: dict) -> ModelConfig:
     """``model`` plus ``train.encoder_weights`` (a local path made absolute against the repository root)."""
+    from lesionseg.encoder import IMAGENET_WEIGHTS, NO_WEIGHTS
+    from lesionseg.model import ModelConfig
+
     weights = get(params, "train.encoder_weights")
     if not isinstance(weights, str):
         raise ParamError(f"params.yaml: train.encoder_weights must be imagenet, none or a path, got {weights!r}")
@@ -116,6 +125,8 @@ def model_config(params: dict) -> ModelConfig:
 
 def unfreeze_levels(value) -> list[int]:
     """``finetune.unfreeze``: one level or a list of levels (1, 2, 3, all)."""
+    from lesionseg.model import parse_unfreeze_level
+
     values = value if isinstance(value, list) else [value]
     if not values:
         raise ParamError("params.yaml: finetune.unfreeze must name at least one level")
@@ -149,6 +160,8 @@ def mlflow_setup(params: dict) -> str:
     every stage of one ``dvc repro`` / ``dvc exp run`` computes the same key
     and so logs under the same parent run (see :mod:`lesionseg.tracking`).
     """
+    from lesionseg import tracking
+
     uri = os.environ.get("MLFLOW_TRACKING_URI") or get(params, "mlflow.tracking_uri")
     experiment_id = tracking.setup(tracking.resolve_tracking_uri(uri, repo_root()), get(params, "mlflow.experiment"))
     exp_name, commit = os.environ.get("DVC_EXP_NAME"), tracking.git_commit(repo_root())
@@ -169,6 +182,8 @@ def flatten(params: dict, prefix: str = "") -> dict:
 
 
 def run_tags(phase: str) -> dict:
+    from lesionseg import tracking
+
     return {
         "lesionseg.phase": phase,
         "git_commit": tracking.git_commit(repo_root()),

@@ -2,6 +2,9 @@
 
 import importlib.util
 
+import numpy as np
+import pandas as pd
+import pytest
 import yaml
 
 from tests.helpers import REPO
@@ -40,3 +43,45 @@ def test_overrides_use_dvc_syntax_and_params_writer_sets_dotted_keys(tmp_path):
     path.write_text("train:\n  epochs: 25\n  lr: 0.001\n")
     ablation.write_params(path, {"train.epochs": 50, "evaluate.tta": True})
     assert yaml.safe_load(path.read_text()) == {"train": {"epochs": 50, "lr": 0.001}, "evaluate": {"tta": True}}
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cv_ablation_rows_change_one_thing_against_the_reference():
+    cv_ablation = _load("cv_ablation")
+    frozen, finetune = cv_ablation.phase_configs("reference", "cpu")
+    assert (frozen.epochs, frozen.lr, finetune.lr, frozen.augment.scale_rotate) == (25, 1e-3, 1e-4, 0.0)
+    frozen, finetune = cv_ablation.phase_configs("augment", "cpu", epochs=1)
+    assert frozen.epochs == finetune.epochs == 1 and finetune.augment.hue_saturation == 0.3
+    _, finetune = cv_ablation.phase_configs("adamw_cosine", "cpu", epochs=1)
+    assert finetune.warmup_epochs == 1 and finetune.scheduler == "cosine"
+
+
+def test_cv_table_pairs_rows_on_the_same_images(tmp_path):
+    cv_table = _load("cv_table")
+    ids = [f"ISIC_{i:07d}" for i in range(40)]
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 0.9, 40)
+    (tmp_path / "oof").mkdir()
+    (tmp_path / "test").mkdir()
+    for row, variant, shift in (
+        ("reference", "plain", 0),
+        ("reference", "tta_clean", 0.01),
+        ("augment", "plain", 0.02),
+    ):
+        table = pd.DataFrame({"id": ids, "fold": np.arange(40) % 4, "orig_jaccard": base + shift, "orig_dice": base})
+        table.to_csv(tmp_path / "oof" / f"{row}__finetune_all__{variant}.csv", index=False)
+    pd.DataFrame({"id": ids[:10], "orig_jaccard": base[:10]}).to_csv(
+        tmp_path / "test" / "reference__single__plain.csv", index=False
+    )
+    rows = {(r["row"], r["variant"]): r for r in cv_table.cv_rows(tmp_path)}
+    assert rows[("augment", "plain")]["vs_reference"]["delta"] == pytest.approx(0.02)
+    assert rows[("reference", "tta_clean")]["vs_reference"]["delta"] == 0  # against itself, same evaluation
+    assert rows[("reference", "tta_clean")]["vs_reference_plain"]["delta"] == pytest.approx(0.01)
+    text = cv_table.markdown(cv_table.cv_rows(tmp_path), cv_table.test_rows(tmp_path), [])
+    assert "| augment | plain | " in text and "+0.0200 [+0.0200, +0.0200]" in text

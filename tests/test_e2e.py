@@ -62,12 +62,14 @@ def pipeline(tmp_path_factory):
     sh(["git", "add", "-A"], project, env)
     sh(["git", "commit", "-qm", "project"], project, env)
     repro_log = sh(["dvc", "repro"], project, env)
+    # Kept aside: the experiments below overwrite the workspace's metrics.
+    shutil.copy(project / "reports" / "metrics.json", project.parent / "repro_metrics.json")
     return project, env, repro_log
 
 
 def test_repro_produces_every_output(pipeline):
     project, _, log = pipeline
-    for stage in ("download", "prepare", "train", "finetune", "evaluate", "report", "export"):
+    for stage in ("download", "prepare", "train", "finetune", "cv", "evaluate", "report", "export"):
         assert f"Running stage '{stage}'" in log
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert list(metrics) == MODELS
@@ -89,6 +91,7 @@ def test_repro_produces_every_output(pipeline):
     for path in (
         "models/frozen.pt",
         "models/model.onnx",
+        "models/model.pt",
         "reports/comparison.md",
         "reports/comparison.csv",
         "reports/figures/curves.png",
@@ -114,10 +117,34 @@ def test_exp_run_reruns_only_what_it_must(pipeline):
     assert "only-all" in names, names
 
 
+def test_cross_validation_experiment_and_compare(pipeline):
+    """A 2-fold CV experiment (1 epoch) adds CV metrics and the ensemble row; `lesionseg compare`
+    reads two experiments' per-image tables through DVC and pairs them."""
+    project, env, _ = pipeline
+    log = sh(["dvc", "exp", "run", "-n", "cv2", "-S", "cv.folds=2", "-S", "finetune.unfreeze=all"], project, env)
+    assert "Running stage 'cv'" in log and "Running stage 'train'" not in log
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert list(metrics) == ["frozen", "finetune_all", "cv_ensemble"]
+    cv = json.loads((project / "reports" / "cv" / "metrics.json").read_text())
+    assert cv["finetune_all"]["n"] == 40 and set(cv["finetune_all"]["orig_jaccard"]) == {"fold0", "fold1", "mean", "se"}
+    assert "| cv_ensemble |" in (project / "reports" / "comparison.md").read_text()
+    out = sh([str(Path(sys.executable).parent / "lesionseg"), "compare", "only-all", "cv2", "--json"], project, env)
+    results = {r["model"]: r for r in json.loads(out.strip().splitlines()[-1])}
+    assert sorted(results) == ["finetune_all", "frozen"]
+    # The same models (DVC re-used them): the paired change is exactly zero.
+    assert results["finetune_all"]["n"] == 16 and results["finetune_all"]["delta"] == 0
+    assert results["frozen"]["ci95"] == [0.0, 0.0]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def _post(url, payload):
@@ -126,7 +153,7 @@ def _post(url, payload):
         return json.loads(response.read())
 
 
-def test_mlflow_server_shows_one_run_per_level(pipeline):
+def test_mlflow_server_groups_each_execution_under_one_parent_run(pipeline):
     project, env, _ = pipeline
     port = _free_port()
     server = subprocess.Popen(
@@ -160,16 +187,54 @@ def test_mlflow_server_shows_one_run_per_level(pipeline):
                 time.sleep(0.5)
         with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name=lesionseg", timeout=30) as r:
             experiment_id = json.loads(r.read())["experiment"]["experiment_id"]
-        runs = _post(f"{base}/runs/search", {"experiment_ids": [experiment_id], "max_results": 100})["runs"]
-        by_name = {}
+        runs = _post(f"{base}/runs/search", {"experiment_ids": [experiment_id], "max_results": 1000})["runs"]
+        parents = {}
         for run in runs:
             tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
-            metrics = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
-            by_name.setdefault(tags.get("mlflow.runName"), []).append(metrics)
+            if "mlflow.parentRunId" not in tags:
+                parents[tags["mlflow.runName"]] = run["info"]["run_id"]
+        repro = [name for name in parents if name.startswith("repro-")]
+        assert len(repro) == 1 and {"only-all", "cv2"} <= set(parents), sorted(parents)
+
+        def children(parent_id):
+            found = {}
+            for run in runs:
+                tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+                if tags.get("mlflow.parentRunId") == parent_id:
+                    metrics = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+                    assert tags["mlflow.runName"] not in found, f"two runs named {tags['mlflow.runName']}"
+                    found[tags["mlflow.runName"]] = (run["info"]["run_id"], tags, metrics)
+            return found
+
+        # The first execution: one child per model, with exactly its metrics.json numbers.
+        repro_runs = children(parents[repro[0]])
+        repro_metrics = json.loads((project.parent / "repro_metrics.json").read_text())
+        assert set(MODELS) <= set(repro_runs), sorted(repro_runs)
         for level, trainable in zip(MODELS, (4_771_585, 6_452_929, 6_939_969, 6_995_457)):
-            assert level in by_name, sorted(by_name)
-            assert any("test_orig_jaccard" in m and m.get("params_trainable") == trainable for m in by_name[level])
-        assert "evaluate" in by_name
+            _, _, metrics = repro_runs[level]
+            assert metrics["params_trainable"] == trainable
+            assert metrics["test_orig_jaccard"] == pytest.approx(repro_metrics[level]["orig_jaccard"])
+        # The second execution re-used the frozen model: a link run pointing at the run that trained it.
+        exp_runs = children(parents["only-all"])
+        assert {"frozen", "finetune_all"} <= set(exp_runs) and "finetune_1" not in exp_runs
+        assert exp_runs["frozen"][1]["lesionseg.trained_in_run"] == repro_runs["frozen"][0]
+        assert "lesionseg.trained_in_run" not in exp_runs["finetune_all"][1]
+        assert exp_runs["finetune_all"][1]["lesionseg.init_from_run"] == repro_runs["frozen"][0]
+        # Metrics are never written into another execution's runs: one value per test metric.
+        history = _get(f"{base}/metrics/get-history?run_id={repro_runs['frozen'][0]}&metric_key=test_orig_jaccard")
+        assert len(history["metrics"]) == 1
+        # The cross-validation execution: its cv run holds one run per fold and phase.
+        cv_runs = children(parents["cv2"])
+        assert {"cv", "cv_ensemble", "frozen", "finetune_all"} <= set(cv_runs)
+        assert sorted(children(cv_runs["cv"][0])) == [
+            "fold0/finetune_all",
+            "fold0/frozen",
+            "fold1/finetune_all",
+            "fold1/frozen",
+        ]
+        experiment = _get(f"{base}/experiments/get?experiment_id={experiment_id}")["experiment"]
+        kind = {t["key"]: t["value"] for t in experiment.get("tags", [])}["mlflow.experimentKind"]
+        assert kind == "custom_model_development"
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

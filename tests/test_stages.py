@@ -308,3 +308,17 @@ def test_killed_prepare_leaves_previous_output_and_reruns_cleanly(tmp_path):
     summary = json.loads((project / "prepared" / "summary.json").read_text())
     assert summary["training_pairs"] == 300
     assert not [p for p in project.iterdir() if p.name.startswith(".prepared")]
+
+
+def test_light_stages_do_not_import_the_training_stack():
+    """The download stage needs neither torch, torchvision nor MLflow; prepare needs torch only."""
+    code = (
+        "import sys, stages.download, stages.prepare\n"
+        "heavy = {'torchvision', 'mlflow', 'albumentations', 'lesionseg.train'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    code = "import sys, stages.download\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
