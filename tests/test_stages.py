@@ -1,6 +1,7 @@
 """Stage scripts on synthetic data in a temp project, params validation, and kills mid-stage."""
 
 import copy
+import hashlib
 import json
 import os
 import signal
@@ -284,6 +285,15 @@ def test_tracking_uri_and_local_paths_resolve_against_the_repository(monkeypatch
     assert local_path("../shared/w.pth") == str((tmp_path.parent / "shared" / "w.pth").resolve())
 
 
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def _children(pid: int) -> list[str]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return path.read_text().split() if path.exists() else []
+
+
 def test_killed_prepare_leaves_previous_output_and_reruns_cleanly(tmp_path):
     raw = make_raw_tree(tmp_path / "project" / "raw", n_train=300, n_test=20, size=(640, 480))
     project = tmp_path / "project"
@@ -293,16 +303,18 @@ def test_killed_prepare_leaves_previous_output_and_reruns_cleanly(tmp_path):
     small = tmp_path / "small"
     make_raw_tree(small, n_train=4, n_test=2)
     run_stage(project, "prepare", "--raw", small, "--out", "prepared")
-    previous = {p.name: p.read_bytes() for p in (project / "prepared").iterdir()}
+    previous = _digests(project / "prepared")
 
     proc = run_stage(
         project, "prepare", "--raw", raw, "--out", "prepared", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    time.sleep(3)  # well into decoding 320 images of 640x480
+    deadline = time.monotonic() + 120
+    while not _children(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the decoding worker processes exist: the stage is mid-way
     assert proc.poll() is None, "prepare finished before it could be killed; make the input larger"
-    proc.send_signal(signal.SIGKILL)  # mid-way: the worker processes are decoding
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert {p.name: p.read_bytes() for p in (project / "prepared").iterdir()} == previous
+    assert _digests(project / "prepared") == previous
 
     run_stage(project, "prepare", "--raw", raw, "--out", "prepared")
     summary = json.loads((project / "prepared" / "summary.json").read_text())
