@@ -52,6 +52,8 @@ def run() -> None:
     with contextlib.ExitStack() as stack:
         models_dir = stack.enter_context(atomic.atomic_dir(args.models))
         per_image_dir = stack.enter_context(atomic.atomic_dir(args.per_image))
+        # Written either way, so no output folder is ever empty (DVC warns about empty outputs).
+        atomic.write_json(per_image_dir / "folds.json", {"folds": config.folds, "seed": config.seed})
         if not config.enabled:
             atomic.write_json(models_dir / "ensemble.json", {"folds": 0, "model": None, "checkpoints": []})
             atomic.write_json(args.metrics, {})
