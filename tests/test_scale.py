@@ -272,6 +272,7 @@ def test_tracking_server_killed_mid_phase_loses_no_training(tmp_path):
         errors = [line for line in out.splitlines() if "train failed:" in line]
         assert len(errors) == 1 and f"MLflow tracking store {server.uri} stopped answering" in errors[0], out[-3000:]
         assert "Traceback" not in out
+        print(f"\nthe stage's last line: {errors[0]}")
         assert out.count("epoch 12:") == 1  # trained to the end without the server
         checkpoint = read_checkpoint(project / "models" / "frozen.pt")
         assert checkpoint["extra"]["mlflow_run_id"] == run["info"]["run_id"]
@@ -305,6 +306,28 @@ def test_tracking_server_killed_mid_phase_loses_no_training(tmp_path):
         server.kill()
 
 
+def run_queue(project: Path, env: dict, names: list[str]) -> None:
+    """``dvc queue start -j 2`` and wait until the queued experiments ``names`` all succeeded."""
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=env, check=True, capture_output=True)
+    deadline, lines, status = time.time() + 900, [], None
+    while time.time() < deadline:
+        status = subprocess.run(["dvc", "queue", "status"], cwd=project, env=env, capture_output=True, text=True)
+        lines = [line for line in status.stdout.splitlines() if any(n in line.split() for n in names)]
+        if len(lines) == len(names) and all(("Success" in line) or ("Failed" in line) for line in lines):
+            break
+        time.sleep(2)
+    logs = {
+        n: subprocess.run(["dvc", "queue", "logs", n], cwd=project, env=env, capture_output=True, text=True).stdout
+        for n in names
+    }
+    subprocess.run(["dvc", "queue", "stop"], cwd=project, env=env, capture_output=True)
+    assert len(lines) == len(names) and all("Success" in line for line in lines), (
+        status.stdout + "\n".join(logs.values())[-4000:]
+    )
+    for log in logs.values():
+        assert "database is locked" not in log and "Traceback" not in log
+
+
 def test_queued_experiments_run_side_by_side_into_one_sqlite_store(tmp_path):
     """dvc exp run --queue x2, dvc queue start -j 2: both experiments' runs land in the default SQLite store."""
     project, env = git_project(tmp_path, train__epochs=2, train__batch_size=4)
@@ -314,22 +337,7 @@ def test_queued_experiments_run_side_by_side_into_one_sqlite_store(tmp_path):
             ["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "train"],
             cwd=project, env=env, check=True, capture_output=True,
         )  # fmt: skip
-    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=env, check=True, capture_output=True)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        status = subprocess.run(["dvc", "queue", "status"], cwd=project, env=env, capture_output=True, text=True)
-        lines = [line for line in status.stdout.splitlines() if any(n in line for n in names)]
-        if len(lines) == 2 and all(("Success" in line) or ("Failed" in line) for line in lines):
-            break
-        time.sleep(2)
-    logs = {
-        n: subprocess.run(["dvc", "queue", "logs", n], cwd=project, env=env, capture_output=True, text=True).stdout
-        for n in names
-    }
-    assert all("Success" in line for line in lines), status.stdout + "\n".join(logs.values())[-4000:]
-    for log in logs.values():
-        assert "database is locked" not in log and "Traceback" not in log
-    subprocess.run(["dvc", "queue", "stop"], cwd=project, env=env, capture_output=True)
+    run_queue(project, env, names)
 
     from mlflow.tracking import MlflowClient
 

@@ -25,6 +25,7 @@ import yaml
 from lesionseg.checkpoint import read_checkpoint
 from tests.conftest import requires_shared
 from tests.helpers import MINI, REPO, SHARED_WEIGHTS
+from tests.test_scale import run_queue
 
 pytestmark = [requires_shared, pytest.mark.services]
 SCRIPT = REPO / "scripts" / "services.sh"
@@ -237,3 +238,21 @@ def test_pipeline_logs_to_the_server_and_shares_data_through_the_remote(services
     assert "Running stage" not in again, again
     for path in ("models/frozen.pt", "models/finetune/finetune_all.pt", "data/prepared/train.pt", "models/model.onnx"):
         assert (clone / path).read_bytes() == (project / path).read_bytes(), path
+
+    # Queued experiments side by side (dvc exp run --queue, dvc queue start -j 2), both logging to the server.
+    names = ["srv-lr-a", "srv-lr-b"]
+    for name, lr in zip(names, (0.002, 0.003)):
+        sh(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "train"], project, env)
+    t0 = time.perf_counter()
+    run_queue(project, env, names)
+    print(f"2 queued experiments (train stage), -j 2, against the server: {time.perf_counter() - t0:.1f} s")
+    runs = rest.post("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    parents = {r["info"]["run_name"]: r["info"]["run_id"] for r in runs if r["info"]["run_name"] in names}
+    assert sorted(parents) == names
+    for name, lr in zip(names, ("0.002", "0.003")):
+        children = [
+            r for r in runs if {"key": "mlflow.parentRunId", "value": parents[name]} in r["data"].get("tags", [])
+        ]
+        assert [c["info"]["run_name"] for c in children] == ["frozen"]
+        assert {"key": "lr", "value": lr} in children[0]["data"]["params"]
+        assert children[0]["info"]["status"] == "FINISHED"
