@@ -87,8 +87,10 @@ def train_phase(
     records the run id (``extra.mlflow_run_id``) so later stages can add to it.
 
     ``deferred``: keep what the tracking store did not take there (see the
-    module doc), and take it up instead of training again. Without it, a
-    failing store is only reported in ``TrainResult.logging_error``.
+    module doc), and take it up instead of training again; the failure is
+    reported in ``TrainResult.logging_error``. Without it, a failing store
+    raises :class:`~lesionseg.tracking.TrackingError` once the checkpoint and
+    history are written.
     ``distributed``: this process is one rank of a ``torchrun`` job; only
     rank 0 talks to MLflow and writes files (one run per phase).
     """
@@ -147,6 +149,8 @@ def train_phase(
         f"MLflow tracking store {tracking.server()} stopped answering ({run.error}); "
         f"phase {name} was trained and saved to {where}"
     )
+    if entry is None:  # nothing to take it up later: fail now, the outputs are written
+        raise tracking.TrackingError(result.logging_error)
     return result
 
 

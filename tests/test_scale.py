@@ -90,6 +90,40 @@ def test_stages_starting_together_create_one_sqlite_store(tmp_path):
     assert len({out.strip() for out, _ in outs}) == 1  # the same experiment id everywhere
 
 
+def test_a_store_that_does_not_answer_never_costs_the_training(tmp_path, monkeypatch, prepared):
+    """Nothing listens on the tracking port: the phase still trains and writes; deferred or a clear error."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from lesionseg.cache import Split
+    from lesionseg.model import ModelConfig, build_model
+    from lesionseg.phases import Deferred, train_phase
+    from lesionseg.tracking import TrackingError
+    from lesionseg.train import TrainConfig
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    # A refused connection, as from a dead server; the previous URI (and MLFLOW_TRACKING_URI) restored after.
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    tracking_utils._tracking_uri = None  # so the environment variable decides
+    train, val = Split.load(prepared / "train.pt"), Split.load(prepared / "val.pt")
+    config = TrainConfig(epochs=1, batch_size=8, device="cpu", progress=False)
+
+    def phase(out: Path, deferred=None):
+        model = build_model(ModelConfig("none"), unfreeze=0)
+        args = (model, ModelConfig("none"), train, val, config, out / "c.pt", out / "h.csv", {})
+        return train_phase("frozen", *args, parent_run_id=None, deferred=deferred)
+
+    with pytest.raises(TrackingError, match="stopped answering.*phase frozen was trained and saved"):
+        phase(tmp_path / "plain")
+    assert (tmp_path / "plain" / "c.pt").is_file() and (tmp_path / "plain" / "h.csv").is_file()
+
+    result = phase(tmp_path / "deferred", Deferred(tmp_path / "pending", "k" * 64))
+    assert "its MLflow logging waits in" in result.logging_error
+    entry = tmp_path / "pending" / f"frozen-{'k' * 20}"
+    assert sorted(p.name for p in entry.iterdir()) == ["checkpoint.pt", "history.csv", "state.json"]
+    assert (entry / "checkpoint.pt").read_bytes() == (tmp_path / "deferred" / "c.pt").read_bytes()
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A prepared synthetic data set (24 training pairs of 64 px)."""
