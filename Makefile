@@ -6,7 +6,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lesionseg-installed
 
-.PHONY: setup repro test lint format bench mlflow-ui clean clean-mlflow clean-venv
+SCALE_STAMP := $(VENV)/.lesionseg-scale-installed
+PG_BIN ?= /usr/lib/postgresql/15/bin
+
+.PHONY: setup repro test lint format bench mlflow-ui clean clean-mlflow clean-venv setup-scale postgresql test-services services-up services-down
 
 setup: $(STAMP)
 
@@ -15,6 +18,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# The team set-up (README: "Scaling out"): the .[scale] extra in one resolver run with everything else
+# (botocore must suit both boto3 and dvc-s3), and the Debian postgresql package if it is missing.
+setup-scale: $(SCALE_STAMP) postgresql
+
+$(SCALE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,scale]'
+	touch $@
+
+postgresql:
+	@test -x $(PG_BIN)/initdb || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	  else echo "PostgreSQL is missing: sudo apt-get install -y postgresql"; exit 1; fi; }
+
+test-services: setup-scale
+	$(BIN)/pytest -m services
+
+services-up: setup-scale
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
 
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

@@ -162,24 +162,40 @@ class DeviceBatches:
     CPU generator seeded with ``seed``, and :func:`augment_batch` runs on the
     device with its own generator. Yields ``(images, masks)`` as
     :func:`augment_batch` returns them; the last batch may be smaller.
+
+    ``shard=(rank, world_size)``: ``batch_size`` is the global batch; every
+    rank draws the same order (padded, like ``DistributedSampler``, to a
+    multiple of ``world_size``) and yields its strided share of each global
+    batch, augmented with its own generator.
     """
 
     def __init__(
-        self, images: torch.Tensor, masks: torch.Tensor, batch_size: int, augment: AugmentConfig, seed: int, device
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        batch_size: int,
+        augment: AugmentConfig,
+        seed: int,
+        device,
+        shard: tuple[int, int] = (0, 1),
     ):
         if images.shape[:3] != masks.shape:
             raise ValueError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} do not match")
         device = torch.device(device)
         self.images, self.masks = images.to(device), masks.to(device)
         self.batch_size, self.augment = batch_size, augment
+        self.rank, self.world_size = shard
         self.order_generator = torch.Generator().manual_seed(seed)
-        self.augment_generator = torch.Generator(device=device).manual_seed(seed)
+        self.augment_generator = torch.Generator(device=device).manual_seed(seed + self.rank)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        padded = math.ceil(len(self.images) / self.world_size) * self.world_size
+        return math.ceil(padded / self.batch_size)
 
     def __iter__(self):
-        order = torch.randperm(len(self.images), generator=self.order_generator).to(self.images.device)
+        order = torch.randperm(len(self.images), generator=self.order_generator)
+        padded = math.ceil(len(order) / self.world_size) * self.world_size
+        order = torch.cat([order, order[: padded - len(order)]]).to(self.images.device)
         for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
+            index = order[start : start + self.batch_size][self.rank :: self.world_size]
             yield augment_batch(self.images[index], self.masks[index], self.augment, self.augment_generator)

@@ -17,3 +17,7 @@ class DataError(ValueError):
 
 class EncoderWeightsError(RuntimeError):
     """The encoder's pretrained weights could not be obtained or do not fit."""
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store does not answer; the message names it."""

@@ -1,21 +1,55 @@
-"""One training phase (frozen, or a fine-tuning level) as one MLflow run."""
+"""One training phase (frozen, or a fine-tuning level) as one MLflow run.
+
+Training never depends on the tracking store. If it stops answering during a
+phase (after MLflow's own HTTP retries), the phase trains on and writes its
+checkpoint and history as usual; what could not be logged is kept with a copy
+of both in a *pending* folder (:class:`Deferred`), and the phase's result
+carries the error (the stages end with one line naming the store). The next
+run of the same phase on the same inputs (``dvc repro`` once the server is
+back) finds that folder, restores the checkpoint and history without
+training, completes the same MLflow run (missing epochs, best metrics,
+artifacts) and removes the folder.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+import logging
+import re
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import mlflow
+import pandas as pd
 
-from lesionseg import tracking
+from lesionseg import atomic, tracking
 from lesionseg.cache import Split
+from lesionseg.checkpoint import read_checkpoint, save_checkpoint
+from lesionseg.distributed import Distributed
 from lesionseg.model import LesionSegModel, ModelConfig, count_parameters, level_name
 from lesionseg.train import TrainConfig, TrainResult, train_model
+
+log = logging.getLogger(__name__)
 
 LOGGED_TRAIN_FIELDS = (
     "epochs", "lr", "batch_size", "optimizer", "weight_decay", "scheduler", "warmup_epochs",
     "bce_weight", "dice_weight", "ema_decay", "seed", "device", "amp", "augment_on", "channels_last",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Where phases keep what they could not log: ``directory/<phase>-<key>``.
+
+    ``key`` identifies the inputs of the phase (the caller's choice: params,
+    data and code), so only a re-run of the very same phase takes it up.
+    """
+
+    directory: Path
+    key: str
+
+    def entry(self, name: str) -> Path:
+        return Path(self.directory) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{self.key[:20]}"
 
 
 def phase_params(model: LesionSegModel, model_config: ModelConfig, config: TrainConfig, image_size: int) -> dict:
@@ -42,29 +76,115 @@ def train_phase(
     history_path: Path,
     tags: dict,
     parent_run_id: str | None = None,
+    *,
+    deferred: Deferred | None = None,
+    distributed: Distributed | None = None,
 ) -> TrainResult:
     """Train ``model`` at its unfreeze level inside an MLflow run named ``name``.
 
     Logs the params, parameter counts, per-epoch history (epoch as step), best
     validation metrics, the history CSV and the checkpoint; the checkpoint
     records the run id (``extra.mlflow_run_id``) so later stages can add to it.
+
+    ``deferred``: keep what the tracking store did not take there (see the
+    module doc), and take it up instead of training again; the failure is
+    reported in ``TrainResult.logging_error``. Without it, a failing store
+    raises :class:`~lesionseg.tracking.TrackingError` once the checkpoint and
+    history are written.
+    ``distributed``: this process is one rank of a ``torchrun`` job; only
+    rank 0 talks to MLflow and writes files (one run per phase).
     """
-    tags = {**tags, "lesionseg.unfreeze": level_name(model.unfreeze_level)}
-    with tracking.start_run(name, tags, parent_run_id=parent_run_id) as run:
-        mlflow.log_params(phase_params(model, model_config, config, train_split.size))
-        tracking.log_flat("params_", count_parameters(model))
-        result = train_model(
-            model,
-            model_config,
-            train_split,
-            val_split,
-            config,
-            checkpoint_path,
-            history_path,
-            on_epoch=lambda row: tracking.log_flat("", row, step=int(row["epoch"])),
-            checkpoint_extra={"mlflow_run_id": run.info.run_id, "parent_run_id": parent_run_id},
+    if distributed is not None and not distributed.is_main:
+        return train_model(
+            model, model_config, train_split, val_split, config, checkpoint_path, history_path, distributed=distributed
         )
-        tracking.log_flat("best_val_", result.best_metrics)
-        mlflow.log_artifact(str(history_path))
-        mlflow.log_artifact(str(checkpoint_path), "checkpoint")
+    tags = {**tags, "lesionseg.unfreeze": level_name(model.unfreeze_level)}
+    if distributed is not None:
+        tags["lesionseg.world_size"] = distributed.world_size
+    entry = deferred.entry(name) if deferred is not None else None
+    if entry is not None and (entry / "state.json").is_file():
+        return _complete_deferred(name, entry, checkpoint_path, history_path, tags, parent_run_id)
+
+    params = phase_params(model, model_config, config, train_split.size)
+    counts = count_parameters(model)
+    run = tracking.PhaseRun.start(name, tags, parent_run_id)
+    run.log_params(params)
+    run.log_metrics("params_", counts)
+    result = train_model(
+        model,
+        model_config,
+        train_split,
+        val_split,
+        config,
+        checkpoint_path,
+        history_path,
+        on_epoch=lambda row: run.log_metrics("", row, step=int(row["epoch"])),
+        checkpoint_extra={"mlflow_run_id": run.run_id, "parent_run_id": parent_run_id},
+        distributed=distributed,
+    )
+    run.log_metrics("best_val_", result.best_metrics)
+    run.log_artifact(history_path)
+    run.log_artifact(checkpoint_path, "checkpoint")
+    run.finish()
+    if run.ok:
+        return result
+    where = f"{checkpoint_path} and {history_path}"
+    if entry is not None:
+        with atomic.atomic_dir(entry) as tmp:
+            shutil.copyfile(checkpoint_path, tmp / "checkpoint.pt")
+            shutil.copyfile(history_path, tmp / "history.csv")
+            state = {
+                "name": name,
+                "run_id": run.run_id,
+                "params": {k: str(v) for k, v in params.items()},
+                "param_counts": counts,
+                "best_epoch": result.best_epoch,
+                "best_metrics": result.best_metrics,
+                "error": run.error,
+                "store": tracking.server(),
+            }
+            atomic.write_json(tmp / "state.json", state)
+        where += f"; its MLflow logging waits in {entry}"
+    result.logging_error = (
+        f"MLflow tracking store {tracking.server()} stopped answering ({run.error}); "
+        f"phase {name} was trained and saved to {where}"
+    )
+    if entry is None:  # nothing to take it up later: fail now, the outputs are written
+        raise tracking.TrackingError(result.logging_error)
+    return result
+
+
+def _complete_deferred(
+    name: str, entry: Path, checkpoint_path: Path, history_path: Path, tags: dict, parent_run_id: str | None
+) -> TrainResult:
+    """Restore a phase trained earlier from ``entry`` and complete its MLflow run; no training."""
+    state = json.loads((entry / "state.json").read_text())
+    log.info("%s: trained earlier, logging incomplete (%s): completing the MLflow run without training", name, entry)
+    run = tracking.PhaseRun.start(name, tags, parent_run_id, run_id=state["run_id"])
+    checkpoint = read_checkpoint(entry / "checkpoint.pt")
+    extra = {"mlflow_run_id": run.run_id, "parent_run_id": parent_run_id}
+    if run.ok and any(checkpoint["extra"].get(k) != v for k, v in extra.items()):
+        checkpoint["extra"].update(extra)  # a new run, or a new parent: the links must point at them
+        save_checkpoint(checkpoint, checkpoint_path)
+    else:
+        atomic.write_bytes(checkpoint_path, (entry / "checkpoint.pt").read_bytes())
+    atomic.write_text(history_path, (entry / "history.csv").read_text())
+    history = pd.read_csv(history_path)
+    run.log_params(state["params"])
+    run.log_metrics("params_", state["param_counts"], skip_logged=True)
+    for row in history.to_dict("records"):
+        run.log_metrics("", row, step=int(row["epoch"]), skip_logged=True)
+    run.log_metrics("best_val_", state["best_metrics"], skip_logged=True)
+    run.log_artifact(history_path)
+    run.log_artifact(checkpoint_path, "checkpoint")
+    run.finish()
+    result = TrainResult(history, state["best_epoch"], state["best_metrics"])
+    if run.ok:
+        shutil.rmtree(entry)
+        log.info("%s: MLflow run %s completed", name, run.run_id)
+    else:
+        result.logging_error = (
+            f"MLflow tracking store {tracking.server()} does not answer ({run.error}); "
+            f"phase {name} (trained earlier) was restored to {checkpoint_path}; its logging still waits in {entry}"
+        )
     return result

@@ -21,13 +21,21 @@ commit and the DVC experiment name.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+
+from lesionseg.errors import TrackingError  # noqa: F401 (raised here; importable from here too)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXECUTION_TAG = "lesionseg.execution"
@@ -69,9 +77,59 @@ def git_commit(root: Path) -> str | None:
         return None
 
 
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str):
+    """For a SQLite store, hold an exclusive lock on ``<db>.lock`` (no-op for a server).
+
+    Processes that open a new SQLite store at the same time (``dvc queue start
+    -j 2``, ``dvc exp run --temp`` side by side) would otherwise race on
+    creating its tables and the experiment ("database is locked", "table
+    already exists"); once created, MLflow's own busy timeout serialises
+    writers.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(urlparse(tracking_uri).path).with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def setup(tracking_uri: str, experiment: str) -> str:
-    """Point MLflow at ``tracking_uri`` and ``experiment`` (created if missing); return its id."""
+    """Point MLflow at ``tracking_uri`` and ``experiment`` (created if missing); return its id.
+
+    Raises :class:`TrackingError` naming the store if it does not answer.
+    """
     mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with _store_lock(tracking_uri):
+            experiment_id = _setup_experiment(experiment, tracking_uri)
+    except Exception as exc:
+        if isinstance(exc, OSError) and tracking_uri.startswith("sqlite:///"):
+            raise
+        raise TrackingError(f"MLflow tracking store {_redact(tracking_uri)} is not usable: {_short(exc)}") from exc
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _redact(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.password:
+        return uri.replace(f":{parsed.password}@", ":***@")
+    return uri
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _setup_experiment(experiment: str, tracking_uri: str) -> str:
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found:
@@ -82,7 +140,6 @@ def setup(tracking_uri: str, experiment: str) -> str:
         experiment_id = client.create_experiment(
             experiment, artifact_root_for(tracking_uri), tags=dict([EXPERIMENT_KIND])
         )
-    mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
 
@@ -164,3 +221,91 @@ def _get_run(client: MlflowClient, run_id: str | None):
 def log_flat(prefix: str, values: dict, step: int | None = None) -> None:
     """Log numeric ``values`` as metrics named ``prefix + key``."""
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))}, step=step)
+
+
+class PhaseRun:
+    """A training phase's MLflow run that never stops the training.
+
+    Everything goes through :class:`MlflowClient`. The first call that fails
+    (the tracking server stopped answering, after MLflow's own HTTP retries)
+    is recorded in :attr:`error` and every later call is skipped, so the
+    phase trains on; the caller then defers the rest of the logging (see
+    :mod:`lesionseg.phases`).
+    """
+
+    def __init__(self, run_id: str | None = None, error: str | None = None):
+        self.client = MlflowClient()
+        self.run_id, self.error = run_id, error
+
+    @classmethod
+    def start(cls, name: str, tags: dict, parent_run_id: str | None, run_id: str | None = None) -> PhaseRun:
+        """Create the run (or take up ``run_id``, re-parented under ``parent_run_id``)."""
+        phase = cls(run_id)
+        tags = _plain_tags(tags)
+        if parent_run_id:
+            tags[PARENT_TAG] = parent_run_id
+
+        def create():
+            if phase.run_id is None:
+                experiment_id = mlflow.tracking.fluent._get_experiment_id()
+                if parent_run_id:
+                    experiment_id = phase.client.get_run(parent_run_id).info.experiment_id
+                phase.run_id = phase.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+            else:
+                phase.client.log_batch(phase.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+                phase.client.update_run(phase.run_id, status="RUNNING")
+
+        phase.call("creating the run", create)
+        return phase
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def call(self, what: str, fn: Callable, *args, **kwargs) -> None:
+        if self.error is not None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # any failure of the store: keep training, defer the logging
+            self.error = f"{what}: {_short(exc)}"
+            log.warning(
+                "MLflow tracking store %s failed (%s); training goes on, logging is deferred", server(), self.error
+            )
+
+    def log_params(self, params: dict) -> None:
+        entries = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(entries), _PARAMS_PER_BATCH):
+            self.call(
+                "logging params", self.client.log_batch, self.run_id, params=entries[start : start + _PARAMS_PER_BATCH]
+            )
+
+    def log_metrics(self, prefix: str, values: dict, step: int = 0, skip_logged: bool = False) -> None:
+        """Numeric ``values`` as metrics ``prefix + key`` at ``step``; with ``skip_logged``, not if already there."""
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"{prefix}{k}", float(v), now, step)
+            for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        if skip_logged and metrics and self.ok:
+            try:
+                history = self.client.get_metric_history(self.run_id, metrics[0].key)
+            except Exception as exc:
+                self.error = f"reading metrics: {_short(exc)}"
+                return
+            if any(m.step == step for m in history):
+                return
+        if metrics:
+            self.call("logging metrics", self.client.log_batch, self.run_id, metrics=metrics)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.call("logging an artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def finish(self) -> None:
+        self.call("ending the run", self.client.set_terminated, self.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def server() -> str:
+    """The current tracking URI, without a password."""
+    return _redact(mlflow.get_tracking_uri())

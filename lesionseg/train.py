@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from lesionseg import atomic
+from lesionseg import distributed as ddp
 from lesionseg.batch_augment import DeviceBatches
 from lesionseg.cache import Split
 from lesionseg.checkpoint import make_checkpoint, save_checkpoint
@@ -108,6 +110,7 @@ class TrainResult:
     history: pd.DataFrame
     best_epoch: int
     best_metrics: dict
+    logging_error: str | None = None  # set by lesionseg.phases when the tracking store stopped answering
 
 
 def seed_everything(seed: int) -> None:
@@ -141,35 +144,58 @@ def evaluate_split(model: torch.nn.Module, split: Split, loss_fn, batch_size: in
     return {"loss": float(loss_fn(logits, target)), **summarize(counts)}
 
 
-def training_batches(split: Split, config: TrainConfig, device: torch.device):
+def training_batches(
+    split: Split, config: TrainConfig, device: torch.device, distributed: ddp.Distributed | None = None
+):
     """Iterable of augmented ``(images (N, 3, S, S), masks (N, 1, S, S))`` batches on ``device``, one epoch
-    per iteration, shuffled with ``config.seed``; where the augmentation runs follows ``config.augment_on``."""
+    per iteration, shuffled with ``config.seed``; where the augmentation runs follows ``config.augment_on``.
+
+    With ``distributed``, this rank's share of every global batch of ``config.batch_size`` (see
+    :mod:`lesionseg.distributed`)."""
+    rank, world = (distributed.rank, distributed.world_size) if distributed else (0, 1)
     on_device = config.augment_on == "device" or (config.augment_on == "auto" and device.type == "cuda")
     if on_device:
-        return DeviceBatches(split.images, split.masks, config.batch_size, config.augment, config.seed, device)
-    dataset = SegmentationDataset(split.images, split.masks, train_transform(config.augment, config.seed))
+        return DeviceBatches(
+            split.images, split.masks, config.batch_size, config.augment, config.seed, device, shard=(rank, world)
+        )
+    dataset = SegmentationDataset(split.images, split.masks, train_transform(config.augment, config.seed + rank))
+    if distributed is None:
+        loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=True,
+            num_workers=config.num_workers,
+            generator=torch.Generator().manual_seed(config.seed),
+            pin_memory=device.type == "cuda",
+            persistent_workers=config.num_workers > 0,
+        )
+        return _OnDevice(loader, device)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
     loader = DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        shuffle=True,
+        batch_size=ddp.local_batch_size(config.batch_size, world),
+        sampler=sampler,
         num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(config.seed),
         pin_memory=device.type == "cuda",
         persistent_workers=config.num_workers > 0,
     )
-    return _OnDevice(loader, device)
+    return _OnDevice(loader, device, sampler)
 
 
 class _OnDevice:
     """A DataLoader of ``(images, masks, index)`` as ``(images, masks)`` moved to ``device``."""
 
-    def __init__(self, loader: DataLoader, device: torch.device):
-        self.loader, self.device = loader, device
+    def __init__(self, loader: DataLoader, device: torch.device, sampler: DistributedSampler | None = None):
+        self.loader, self.device, self.sampler = loader, device, sampler
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
+        if self.sampler is not None:  # a new shuffle every epoch, the same on every rank
+            self.sampler.set_epoch(self.epoch)
+            self.epoch += 1
         for images, masks, _ in self.loader:
             yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
 
@@ -184,6 +210,7 @@ def train_model(
     history_path: Path,
     on_epoch: Callable[[dict], None] | None = None,
     checkpoint_extra: dict | None = None,
+    distributed: ddp.Distributed | None = None,
 ) -> TrainResult:
     """Train ``model`` at its current unfreeze level.
 
@@ -192,12 +219,26 @@ def train_model(
     ``HISTORY_COLUMNS``) to ``history_path`` as CSV, both atomically at the
     end of the phase.
     ``on_epoch`` receives each history row (e.g. to log it to MLflow).
+
+    ``distributed``: this process is one rank of a ``torchrun`` job (process
+    group already initialised): DistributedDataParallel over global batches
+    of ``config.batch_size``; only rank 0 validates, calls ``on_epoch`` and
+    writes (see :mod:`lesionseg.distributed`). At the end every rank's
+    weights are compared; the checkpoint's ``extra.distributed`` records them.
     """
     seed_everything(config.seed)
     device = select_device(config.device)
+    if distributed is not None and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
-    batches = training_batches(train_split, config, device)
+    main = distributed is None or distributed.is_main
+    batches = training_batches(train_split, config, device, distributed)
+    trained = model  # what the optimizer steps: the model, or its DDP wrapper
+    if distributed is not None:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        trained = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     loss_fn = DiceBCELoss(config.bce_weight, config.dice_weight)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, len(batches), config))
@@ -209,8 +250,9 @@ def train_model(
     rows, best = [], None
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        model.train()
+        trained.train()  # the DDP wrapper passes it on; frozen stages stay in eval mode
         loss_sum = torch.zeros((), device=device)
+        seen = torch.zeros((), device=device)
         counts = []
         lr = optimizer.param_groups[0]["lr"]
         for images, masks in tqdm(
@@ -218,7 +260,7 @@ def train_model(
         ):
             images = images.contiguous(memory_format=memory_format)
             with autocast(device, config.amp):
-                logits = model(images)
+                logits = trained(images)
             loss = loss_fn(logits, masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -228,13 +270,21 @@ def train_model(
                 ema.update_parameters(model)
             # Accumulate on the device: no host sync per step.
             loss_sum += loss.detach() * len(images)
+            seen += len(images)
             counts.append(confusion_counts(logits.detach() > 0, masks > 0))
-        train_metrics = summarize(torch.cat(counts).cpu())
+        counts = torch.cat(counts)
+        if distributed is not None:  # the epoch's numbers over all ranks' shards
+            torch.distributed.all_reduce(loss_sum)
+            torch.distributed.all_reduce(seen)
+            counts = ddp.all_gather_rows(counts, distributed.world_size)
         evaluated = model if ema is None else ema.module
+        if not main:
+            continue
+        train_metrics = summarize(counts.cpu())
         val = evaluate_split(evaluated, val_split, loss_fn, config.batch_size * 2, device, config.amp)
         row = {
             "epoch": epoch,
-            "train_loss": float(loss_sum) / len(train_split),
+            "train_loss": float(loss_sum / seen),
             "train_jaccard": train_metrics["jaccard"],
             "train_dice": train_metrics["dice"],
             "val_loss": val["loss"],
@@ -251,12 +301,28 @@ def train_model(
             best = (epoch, val, checkpoint)
         if on_epoch is not None:
             on_epoch(row)
+    if distributed is not None:
+        final = _check_ranks_agree(model if ema is None else ema.module, distributed)
+        if not main:
+            return TrainResult(pd.DataFrame(columns=HISTORY_COLUMNS), 0, {})
+        best[2]["extra"]["distributed"] = final
     checkpoint = best[2]
     checkpoint["train_config"] = _plain(asdict(config))
     save_checkpoint(checkpoint, checkpoint_path)
     history = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
     atomic.write_text(history_path, history.to_csv(index=False))
     return TrainResult(history, best[0], best[1])
+
+
+def _check_ranks_agree(module: torch.nn.Module, distributed: ddp.Distributed) -> dict:
+    """Give every rank rank 0's BatchNorm statistics, then compare all ranks' weights (a DDP invariant)."""
+    ddp.broadcast_buffers(module)
+    digests = [None] * distributed.world_size
+    torch.distributed.all_gather_object(digests, ddp.state_digest(module))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks ended with different weights: {digests}")
+    log.info("all %d ranks hold identical weights (sha256 %s)", distributed.world_size, digests[0][:16])
+    return {"world_size": distributed.world_size, "rank_weight_digests": digests}
 
 
 def _plain(obj):

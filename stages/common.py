@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import types
 import typing
@@ -19,15 +20,25 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from lesionseg.errors import EncoderWeightsError
+from lesionseg.errors import EncoderWeightsError, TrackingError
 
 # Imported where used: a stage imports only what it needs (the download and
 # prepare stages start without MLflow, torchvision or the training stack).
 if TYPE_CHECKING:
+    from lesionseg.distributed import Distributed
     from lesionseg.model import ModelConfig
+    from lesionseg.phases import Deferred
     from lesionseg.train import TrainConfig
 
 PARAMS_FILE = Path("params.yaml")
+PENDING_DIR = Path(".lesionseg") / "pending"  # phases whose MLflow logging is deferred (lesionseg.phases)
+# MLflow's own HTTP retry settings, unless the user set them: a tracking server that stops answering
+# costs a training stage ~10 s per call instead of minutes (the stage then defers its logging).
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 
 
 class ParamError(ValueError):
@@ -162,6 +173,8 @@ def mlflow_setup(params: dict) -> str:
     """
     from lesionseg import tracking
 
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or get(params, "mlflow.tracking_uri")
     experiment_id = tracking.setup(tracking.resolve_tracking_uri(uri, repo_root()), get(params, "mlflow.experiment"))
     exp_name, commit = os.environ.get("DVC_EXP_NAME"), tracking.git_commit(repo_root())
@@ -191,11 +204,83 @@ def run_tags(phase: str) -> dict:
     }
 
 
+def deferred(params: dict, inputs: list[Path]) -> Deferred:
+    """Where a training stage keeps logging it could not do, keyed by params, input files and code."""
+    from lesionseg.phases import Deferred
+
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    code = [*sorted((repo_root() / "lesionseg").glob("*.py")), *sorted((repo_root() / "stages").glob("*.py"))]
+    for path in [*inputs, *code]:
+        path = Path(path)
+        digest.update(str(path.name).encode())
+        if path.is_file():
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return Deferred(repo_root() / PENDING_DIR, digest.hexdigest())
+
+
+def nproc_per_node(params: dict) -> int:
+    value = get(params, "runtime.nproc_per_node")
+    if type(value) is not int or value < 1:
+        raise ParamError(f"params.yaml: runtime.nproc_per_node must be a positive integer, got {value!r}")
+    return value
+
+
+def distributed_rank(params: dict, module: str) -> Distributed | None:
+    """``runtime.nproc_per_node`` > 1: run this stage as that many ``torchrun`` ranks.
+
+    Called in the stage process that DVC started, it re-launches the stage
+    through ``torch.distributed.run --standalone`` (a free rendezvous port, so
+    parallel experiments do not collide) and exits with its status. Called in
+    a rank, it joins the process group (NCCL on CUDA, gloo otherwise) and
+    returns the rank's :class:`~lesionseg.distributed.Distributed`. With 1
+    process it returns None and the stage runs as before.
+    """
+    from lesionseg import distributed
+    from lesionseg.inference import select_device
+
+    if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
+        ctx = distributed.Distributed(
+            int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        )
+        if ctx.world_size == 1:
+            return None
+        distributed.init(ctx, select_device(get(params, "runtime.device")))
+        return ctx
+    nproc = nproc_per_node(params)
+    if nproc == 1:
+        return None
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd += ["-m", module, *sys.argv[1:]]
+    logging.getLogger("lesionseg").info("%d processes: %s", nproc, " ".join(cmd))
+    sys.exit(subprocess.call(cmd))
+
+
 def main(fn) -> None:
     """Run a stage's ``fn()``: configure logging, and turn expected errors into one clear line."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rank = os.environ.get("RANK")
+    fmt = (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if rank is None
+        else f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=logging.INFO, format=fmt)
     try:
         fn()
-    except (ParamError, ValueError, OSError, EncoderWeightsError) as exc:
+    except (ParamError, ValueError, OSError, EncoderWeightsError, TrackingError) as exc:
         logging.getLogger("lesionseg").error("%s failed: %s", Path(sys.argv[0]).stem, exc)
         sys.exit(1)
+    finally:
+        if "lesionseg.distributed" in sys.modules:  # only stages that train import it
+            sys.modules["lesionseg.distributed"].shutdown()
+
+
+def raise_logging_errors(results) -> None:
+    """After the outputs are written: fail the stage, in one line, if the tracking store stopped answering."""
+    errors = [r.logging_error for r in results if r is not None and r.logging_error]
+    if errors:
+        raise TrackingError(
+            " | ".join(errors) + ". Run the stage again (dvc repro) once it answers: the logging completes "
+            "without training again."
+        )

@@ -1,4 +1,8 @@
-"""Stage finetune: from the frozen checkpoint, unfreeze encoder stages, one model per level."""
+"""Stage finetune: from the frozen checkpoint, unfreeze encoder stages, one model per level.
+
+With ``runtime.nproc_per_node`` > 1 it runs as that many ``torchrun`` ranks
+(DistributedDataParallel; see :mod:`lesionseg.distributed`).
+"""
 
 import argparse
 import contextlib
@@ -11,7 +15,17 @@ from lesionseg.errors import DataError
 from lesionseg.model import ModelConfig, level_name
 from lesionseg.phases import train_phase
 from lesionseg.tracking import INIT_FROM_TAG
-from stages.common import get, load_params, main, mlflow_setup, run_tags, train_config, unfreeze_levels
+from stages import common
+from stages.common import (
+    get,
+    load_params,
+    main,
+    mlflow_setup,
+    raise_logging_errors,
+    run_tags,
+    train_config,
+    unfreeze_levels,
+)
 
 
 def run() -> None:
@@ -24,12 +38,20 @@ def run() -> None:
     params = load_params()
     levels = unfreeze_levels(get(params, "finetune.unfreeze"))
     config = train_config(params, "finetune")
-    train_split, val_split = Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")
-    parent = mlflow_setup(params)
+    inputs = [args.data / "train.pt", args.data / "val.pt", args.frozen]
+    train_split, val_split = Split.load(inputs[0]), Split.load(inputs[1])
+    rank = common.distributed_rank(params, "stages.finetune")  # exits here when it re-launched under torchrun
+    main_rank = rank is None or rank.is_main
+    parent = mlflow_setup(params) if main_rank else None
+    deferred = common.deferred(params, inputs) if main_rank else None
 
+    results = []
     with contextlib.ExitStack() as stack:
-        models_dir = stack.enter_context(atomic.atomic_dir(args.models))
-        histories_dir = stack.enter_context(atomic.atomic_dir(args.histories))
+        if main_rank:
+            models_dir = stack.enter_context(atomic.atomic_dir(args.models))
+            histories_dir = stack.enter_context(atomic.atomic_dir(args.histories))
+        else:  # other ranks write nothing
+            models_dir, histories_dir = args.models, args.histories
         for level in levels:
             name = f"finetune_{level_name(level)}"
             model, frozen = load_model(args.frozen, unfreeze=level)
@@ -38,18 +60,23 @@ def run() -> None:
                     args.frozen, f"expected the frozen-encoder (level 0) checkpoint, got level {frozen['unfreeze']}"
                 )
             model_config = ModelConfig(**frozen["model_config"])
-            train_phase(
-                name,
-                model,
-                model_config,
-                train_split,
-                val_split,
-                config,
-                models_dir / f"{name}.pt",
-                histories_dir / f"{name}.csv",
-                {**run_tags(name), INIT_FROM_TAG: frozen["extra"].get("mlflow_run_id")},
-                parent_run_id=parent,
+            results.append(
+                train_phase(
+                    name,
+                    model,
+                    model_config,
+                    train_split,
+                    val_split,
+                    config,
+                    models_dir / f"{name}.pt",
+                    histories_dir / f"{name}.csv",
+                    {**run_tags(name), INIT_FROM_TAG: frozen["extra"].get("mlflow_run_id")},
+                    parent_run_id=parent,
+                    deferred=deferred,
+                    distributed=rank,
+                )
             )
+    raise_logging_errors(results)  # after the outputs are in place
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Stage train: the decoder with the encoder frozen (unfreeze level 0)."""
+"""Stage train: the decoder with the encoder frozen (unfreeze level 0).
+
+With ``runtime.nproc_per_node`` > 1 it runs as that many ``torchrun`` ranks
+(DistributedDataParallel; see :mod:`lesionseg.distributed`).
+"""
 
 import argparse
 from pathlib import Path
@@ -7,7 +11,7 @@ from lesionseg.cache import Split
 from lesionseg.model import build_model
 from lesionseg.phases import train_phase
 from stages import common
-from stages.common import load_params, main, mlflow_setup, run_tags, train_config
+from stages.common import load_params, main, mlflow_setup, raise_logging_errors, run_tags, train_config
 
 
 def run() -> None:
@@ -20,10 +24,13 @@ def run() -> None:
     model_config = common.model_config(params)
     config = train_config(params, "train")
     model = build_model(model_config, unfreeze=0)  # before the data: bad weights fail at the start
-    train_split, val_split = Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")
+    inputs = [args.data / "train.pt", args.data / "val.pt"]
+    train_split, val_split = Split.load(inputs[0]), Split.load(inputs[1])
+    rank = common.distributed_rank(params, "stages.train")  # exits here when it re-launched under torchrun
 
-    parent = mlflow_setup(params)
-    train_phase(
+    main_rank = rank is None or rank.is_main
+    parent = mlflow_setup(params) if main_rank else None
+    result = train_phase(
         "frozen",
         model,
         model_config,
@@ -34,7 +41,10 @@ def run() -> None:
         args.history,
         run_tags("frozen"),
         parent_run_id=parent,
+        deferred=common.deferred(params, inputs) if main_rank else None,
+        distributed=rank,
     )
+    raise_logging_errors([result])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,258 @@
+"""The team set-up in miniature: scripts/services.sh starts PostgreSQL, SeaweedFS (S3) and an MLflow server;
+the pipeline runs on isic2016-mini against them, pushes to the S3 DVC remote, and a second clone pulls.
+
+Marked ``services`` (not in the default run: ``pytest -m services``; CI runs it). Needs the ``.[scale]``
+extra and the Debian ``postgresql`` package; skipped when ../shared is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lesionseg.checkpoint import read_checkpoint
+from tests.conftest import requires_shared
+from tests.helpers import MINI, REPO, SHARED_WEIGHTS
+from tests.test_scale import run_queue
+
+pytestmark = [requires_shared, pytest.mark.services]
+SCRIPT = REPO / "scripts" / "services.sh"
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "lesionseg", ".dvc/config", ".dvcignore", ".gitignore")
+
+
+def busy(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def pick_ports() -> dict[str, str]:
+    """Free ports for PostgreSQL, MLflow and SeaweedFS (S3 port p: p..p+6 and p+10000..p+10005)."""
+    rng = random.Random()
+    while True:
+        pg, mlflow, s3 = rng.randrange(20000, 30000), rng.randrange(20000, 30000), rng.randrange(30000, 45000)
+        ports = [pg, mlflow, *range(s3, s3 + 7), *range(s3 + 10000, s3 + 10006)]
+        if len(set(ports)) == len(ports) and not any(map(busy, ports)):
+            return {"LESIONSEG_PG_PORT": str(pg), "LESIONSEG_MLFLOW_PORT": str(mlflow), "LESIONSEG_S3_PORT": str(s3)}
+
+
+def running(pid: int) -> bool:
+    """A live process (not a zombie waiting for an init that does not reap)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def sh(cmd, cwd, env, timeout=1200, check=True):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def services():
+    # The PostgreSQL cluster runs as the postgres user: its folder must be reachable by it (pytest's tmp is 0700).
+    folder = Path(tempfile.mkdtemp(prefix="lesionseg-services-", dir="/tmp"))
+    folder.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "LESIONSEG_SERVICES_DIR": str(folder / "services"),
+        "LESIONSEG_MLFLOW_WORKERS": "2",
+        **pick_ports(),
+    }
+    t0 = time.perf_counter()
+    up = subprocess.run([str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=600)
+    print(f"\nservices.sh up (fresh): {time.perf_counter() - t0:.1f} s\n{up.stderr}")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        settings = dict(
+            line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines() if line.startswith("export ")
+        )
+        yield env, settings
+    finally:
+        pids = [(folder / "services" / f"{n}.pid") for n in ("postgres", "seaweedfs", "mlflow")]
+        pids = [int(p.read_text()) for p in pids if p.is_file()]
+        down = subprocess.run([str(SCRIPT), "down"], env=env, capture_output=True, text=True, timeout=300)
+        print(down.stderr)
+        status = subprocess.run([str(SCRIPT), "status"], env=env, capture_output=True, text=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+        assert down.returncode == 0, down.stderr
+        assert status.returncode == 1 and status.stdout.count("not running") == 3, status.stdout
+        assert not [pid for pid in pids if running(pid)], "a service outlived services.sh down"
+
+
+def test_services_script_is_idempotent_and_explains_errors(services):
+    env, settings = services
+    again = sh([str(SCRIPT), "up"], REPO, env, timeout=120)
+    assert again.stderr.count("already running") == 3, again.stderr
+    assert sh([str(SCRIPT), "status"], REPO, env).stdout.count(": running") == 3
+    with tempfile.TemporaryDirectory() as other:  # a second set-up on the same ports
+        clash = sh([str(SCRIPT), "up"], REPO, {**env, "LESIONSEG_SERVICES_DIR": other}, check=False)
+        assert clash.returncode == 1
+        assert f"port {env['LESIONSEG_PG_PORT']} (PostgreSQL) is in use" in clash.stderr, clash.stderr
+        missing = sh(
+            [str(SCRIPT), "up"], REPO, {**env, "LESIONSEG_SERVICES_DIR": other, "LESIONSEG_PG_BIN": "/nonexistent"},
+            check=False,
+        )  # fmt: skip
+        assert missing.returncode == 1 and "PostgreSQL binaries not found in /nonexistent" in missing.stderr
+
+
+class Rest:
+    def __init__(self, uri: str):
+        self.base = f"{uri}/api/2.0/mlflow"
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(f"{self.base}/{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, payload: dict) -> dict:
+        request = urllib.request.Request(
+            f"{self.base}/{path}", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def files(self, run_id: str, path: str = "") -> list[str]:
+        return [Path(f["path"]).name for f in self.get(f"artifacts/list?run_id={run_id}&path={path}").get("files", [])]
+
+
+def test_pipeline_logs_to_the_server_and_shares_data_through_the_remote(services, tmp_path):
+    import boto3
+
+    env, settings = services
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in PROJECT_FILES:
+        src, dst = REPO / name, project / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["download"]["source"] = str(MINI)
+    params["data"].update(expected_train=40, expected_test=16)
+    params["train"].update(encoder_weights=str(SHARED_WEIGHTS), epochs=1)
+    params["finetune"].update(epochs=1, unfreeze="all")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git_env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e.com",
+    }
+    env = {**env, **git_env, "MLFLOW_TRACKING_URI": settings["MLFLOW_TRACKING_URI"], "PYTHONPATH": str(project)}
+    endpoint, bucket = settings["LESIONSEG_S3_ENDPOINT"], settings["LESIONSEG_S3_BUCKET"]
+
+    def remote(cwd: Path, *, add: bool) -> None:  # what services.sh prints
+        if add:
+            sh(["dvc", "remote", "add", "-d", "team", f"s3://{bucket}/dvc"], cwd, env)
+            sh(["dvc", "remote", "modify", "team", "endpointurl", endpoint], cwd, env)
+        sh(["dvc", "remote", "modify", "--local", "team", "access_key_id", settings["AWS_ACCESS_KEY_ID"]], cwd, env)
+        sh(
+            ["dvc", "remote", "modify", "--local", "team", "secret_access_key", settings["AWS_SECRET_ACCESS_KEY"]],
+            cwd,
+            env,
+        )
+
+    sh(["git", "init", "-q"], project, env)
+    remote(project, add=True)
+    sh(["git", "add", "-A"], project, env)
+    sh(["git", "commit", "-qm", "project"], project, env)
+    assert "secret_access_key" not in (project / ".dvc" / "config").read_text()
+
+    t0 = time.perf_counter()
+    log = sh(["dvc", "repro"], project, env).stdout
+    print(f"dvc repro on isic2016-mini against the services: {time.perf_counter() - t0:.1f} s")
+    for stage in ("train", "finetune", "evaluate", "report", "export"):
+        assert f"Running stage '{stage}'" in log
+
+    # Runs, metrics, parameter counts, figures and the model on the server (REST API).
+    rest = Rest(settings["MLFLOW_TRACKING_URI"])
+    experiment = rest.get("experiments/get-by-name?experiment_name=lesionseg")["experiment"]
+    tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = rest.post("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    by_name = {r["info"]["run_name"]: r for r in runs}
+    parent = next(r for r in runs if not any(t["key"] == "mlflow.parentRunId" for t in r["data"].get("tags", [])))
+    for name, trainable in (("frozen", 4_771_585), ("finetune_all", 6_995_457)):
+        run = by_name[name]
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert metrics["params_trainable"] == trainable and 0 <= metrics["test_orig_jaccard"] <= 1
+        assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:/"), run["info"]["artifact_uri"]
+        assert rest.files(run["info"]["run_id"], "checkpoint") == [f"{name}.pt"]
+        assert f"{name}.csv" in rest.files(run["info"]["run_id"])
+    assert "curves.png" in rest.files(parent["info"]["run_id"], "report")
+    parent_tags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
+    assert parent_tags["lesionseg.exported_model"] == "finetune_all"
+    # The checkpoint's run link resolves on the server.
+    linked = read_checkpoint(project / "models" / "finetune" / "finetune_all.pt")["extra"]["mlflow_run_id"]
+    assert rest.get(f"runs/get?run_id={linked}")["run"]["info"]["run_name"] == "finetune_all"
+
+    # The artifacts are objects in the bucket.
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=settings["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=settings["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+
+    def keys(prefix: str) -> list[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    artifacts = keys("mlflow/")
+    for suffix in ("/artifacts/checkpoint/frozen.pt", "/artifacts/checkpoint/finetune_all.pt", "/report/curves.png"):
+        assert any(k.endswith(suffix) for k in artifacts), (suffix, artifacts[:20])
+    assert any(k.endswith("/MLmodel") for k in artifacts), "the exported pyfunc model is not in the bucket"
+
+    # Push data and models to the S3 remote; a fresh clone pulls them and has nothing to re-run.
+    sh(["dvc", "push"], project, env)
+    assert len(keys("dvc/")) >= 5
+    sh(["git", "add", "-A"], project, env)
+    sh(["git", "commit", "-qm", "pipeline run"], project, env)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(project), str(clone)], tmp_path, env)
+    remote(clone, add=False)
+    clone_env = {**env, "PYTHONPATH": str(clone)}
+    sh(["dvc", "pull"], clone, clone_env)
+    status = sh(["dvc", "status"], clone, clone_env).stdout
+    assert "Data and pipelines are up to date" in status, status
+    again = sh(["dvc", "repro"], clone, clone_env).stdout
+    assert "Running stage" not in again, again
+    for path in ("models/frozen.pt", "models/finetune/finetune_all.pt", "data/prepared/train.pt", "models/model.onnx"):
+        assert (clone / path).read_bytes() == (project / path).read_bytes(), path
+
+    # Queued experiments side by side (dvc exp run --queue, dvc queue start -j 2), both logging to the server.
+    names = ["srv-lr-a", "srv-lr-b"]
+    for name, lr in zip(names, (0.002, 0.003)):
+        sh(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "train"], project, env)
+    t0 = time.perf_counter()
+    run_queue(project, env, names)
+    print(f"2 queued experiments (train stage), -j 2, against the server: {time.perf_counter() - t0:.1f} s")
+    runs = rest.post("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    parents = {r["info"]["run_name"]: r["info"]["run_id"] for r in runs if r["info"]["run_name"] in names}
+    assert sorted(parents) == names
+    for name, lr in zip(names, ("0.002", "0.003")):
+        children = [
+            r for r in runs if {"key": "mlflow.parentRunId", "value": parents[name]} in r["data"].get("tags", [])
+        ]
+        assert [c["info"]["run_name"] for c in children] == ["frozen"]
+        assert {"key": "lr", "value": lr} in children[0]["data"]["params"]
+        assert children[0]["info"]["status"] == "FINISHED"
