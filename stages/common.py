@@ -19,13 +19,15 @@ from pathlib import Path
 
 import yaml
 
-from lesionseg import distributed, tracking
+from lesionseg import tracking
 from lesionseg.dataset import AugmentConfig
 from lesionseg.encoder import IMAGENET_WEIGHTS, NO_WEIGHTS, EncoderWeightsError
-from lesionseg.inference import select_device
 from lesionseg.model import ModelConfig, parse_unfreeze_level
-from lesionseg.phases import Deferred
 from lesionseg.train import TrainConfig
+
+if typing.TYPE_CHECKING:
+    from lesionseg.distributed import Distributed
+    from lesionseg.phases import Deferred
 
 PARAMS_FILE = Path("params.yaml")
 PENDING_DIR = Path(".lesionseg") / "pending"  # phases whose MLflow logging is deferred (lesionseg.phases)
@@ -191,6 +193,8 @@ def run_tags(phase: str) -> dict:
 
 def deferred(params: dict, inputs: list[Path]) -> Deferred:
     """Where a training stage keeps logging it could not do, keyed by params, input files and code."""
+    from lesionseg.phases import Deferred
+
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     code = [*sorted((repo_root() / "lesionseg").glob("*.py")), *sorted((repo_root() / "stages").glob("*.py"))]
     for path in [*inputs, *code]:
@@ -210,7 +214,7 @@ def nproc_per_node(params: dict) -> int:
     return value
 
 
-def distributed_rank(params: dict, module: str) -> distributed.Distributed | None:
+def distributed_rank(params: dict, module: str) -> Distributed | None:
     """``runtime.nproc_per_node`` > 1: run this stage as that many ``torchrun`` ranks.
 
     Called in the stage process that DVC started, it re-launches the stage
@@ -220,6 +224,11 @@ def distributed_rank(params: dict, module: str) -> distributed.Distributed | Non
     returns the rank's :class:`~lesionseg.distributed.Distributed`. With 1
     process it returns None and the stage runs as before.
     """
+    import torch
+
+    from lesionseg import distributed
+    from lesionseg.inference import select_device
+
     if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         ctx = distributed.Distributed(
             int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
@@ -231,6 +240,12 @@ def distributed_rank(params: dict, module: str) -> distributed.Distributed | Non
     nproc = nproc_per_node(params)
     if nproc == 1:
         return None
+    device = select_device(get(params, "runtime.device"))
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ParamError(
+            f"params.yaml: runtime.nproc_per_node is {nproc} but this machine has {torch.cuda.device_count()} "
+            "GPU(s): NCCL needs one GPU per process"
+        )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd += ["-m", module, *sys.argv[1:]]
     logging.getLogger("lesionseg").info("%d processes: %s", nproc, " ".join(cmd))
@@ -252,7 +267,10 @@ def main(fn) -> None:
         logging.getLogger("lesionseg").error("%s failed: %s", Path(sys.argv[0]).stem, exc)
         sys.exit(1)
     finally:
-        distributed.shutdown()
+        if rank is not None:  # a torchrun rank: leave the process group
+            from lesionseg import distributed
+
+            distributed.shutdown()
 
 
 def raise_logging_errors(results) -> None:
