@@ -237,6 +237,8 @@ def distributed_rank(params: dict, module: str) -> Distributed | None:
     returns the rank's :class:`~lesionseg.distributed.Distributed`. With 1
     process it returns None and the stage runs as before.
     """
+    import torch
+
     from lesionseg import distributed
     from lesionseg.inference import select_device
 
@@ -251,6 +253,12 @@ def distributed_rank(params: dict, module: str) -> Distributed | None:
     nproc = nproc_per_node(params)
     if nproc == 1:
         return None
+    device = select_device(get(params, "runtime.device"))
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ParamError(
+            f"params.yaml: runtime.nproc_per_node is {nproc} but this machine has {torch.cuda.device_count()} "
+            "GPU(s): NCCL needs one GPU per process"
+        )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd += ["-m", module, *sys.argv[1:]]
     logging.getLogger("lesionseg").info("%d processes: %s", nproc, " ".join(cmd))
@@ -272,8 +280,10 @@ def main(fn) -> None:
         logging.getLogger("lesionseg").error("%s failed: %s", Path(sys.argv[0]).stem, exc)
         sys.exit(1)
     finally:
-        if "lesionseg.distributed" in sys.modules:  # only stages that train import it
-            sys.modules["lesionseg.distributed"].shutdown()
+        if rank is not None:  # a torchrun rank: leave the process group
+            from lesionseg import distributed
+
+            distributed.shutdown()
 
 
 def raise_logging_errors(results) -> None:
