@@ -6,7 +6,7 @@ process so that its peak resident memory is its own. Run with
 
 - ``bare_train_ips``: images/s of forward + DiceBCE + backward + Adam step on
   random tensors already in memory;
-- ``pipeline_train_ips``: images/s of :func:`lesionseg.train.train_model` for
+- ``pipeline_train_ips``: images/s of :func:`lesionseg.training.train.train_model` for
   one full epoch over cached uint8 tensors (real augmentation, per-epoch
   validation on a 5% split, checkpointing, history);
 - ``ratio`` = pipeline / bare, for the frozen encoder (level 0) and all layers:
@@ -46,14 +46,14 @@ def _peak_mb() -> float:
 
 
 def _model(level):
-    from lesionseg.model import ModelConfig, build_model
+    from lesionseg.model.model import ModelConfig, build_model
 
     torch.manual_seed(0)
     return build_model(ModelConfig(encoder_weights="none"), unfreeze=level)
 
 
 def _random_split(n: int, size: int, seed: int):
-    from lesionseg.cache import Split, encode_mask
+    from lesionseg.data.cache import Split, encode_mask
 
     rng = np.random.default_rng(seed)
     masks = np.zeros((n, size, size), dtype=np.uint8)
@@ -71,10 +71,10 @@ def train_ratio(level, device_name, size, batch, steps, images, augment_on="auto
     result is the median over rounds, after one warm-up round. Interleaving
     makes both rates see the same machine conditions.
     """
-    from lesionseg.inference import autocast
-    from lesionseg.losses import DiceBCELoss
-    from lesionseg.model import ModelConfig
-    from lesionseg.train import TrainConfig, train_model
+    from lesionseg.model.inference import autocast
+    from lesionseg.model.model import ModelConfig
+    from lesionseg.training.losses import DiceBCELoss
+    from lesionseg.training.train import TrainConfig, train_model
 
     device = torch.device(device_name)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -135,7 +135,7 @@ def train_ratio(level, device_name, size, batch, steps, images, augment_on="auto
 
 
 def inference(device, size, batch, steps):
-    from lesionseg.inference import predict_uint8
+    from lesionseg.model.inference import predict_uint8
 
     device = torch.device(device)
     model = _model(0).to(device).eval()
@@ -151,8 +151,8 @@ def inference(device, size, batch, steps):
 def prepare(width, height, count, size, workers):
     from PIL import Image
 
-    from lesionseg.isic import pair_images_and_masks
-    from lesionseg.prepare import decode_pairs, decoding_pool
+    from lesionseg.data.isic import pair_images_and_masks
+    from lesionseg.data.prepare import decode_pairs, decoding_pool
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

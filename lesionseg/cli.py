@@ -9,9 +9,9 @@ import logging
 import sys
 from pathlib import Path
 
-from lesionseg.encoder import EncoderWeightsError
 from lesionseg.errors import DataError
-from lesionseg.model import ModelConfig, build_model, count_parameters
+from lesionseg.model.encoder import EncoderWeightsError
+from lesionseg.model.model import ModelConfig, build_model, count_parameters
 
 SUMMARY_LEVELS = ("0", "1", "2", "3", "all")
 
@@ -38,9 +38,9 @@ def cmd_summary(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from lesionseg.checkpoint import inference_settings, load_models
-    from lesionseg.inference import select_device
-    from lesionseg.predict import collect_inputs, predict_files
+    from lesionseg.model.checkpoint import inference_settings, load_models
+    from lesionseg.model.inference import select_device
+    from lesionseg.serving.predict import collect_inputs, predict_files
 
     device = select_device(args.device)
     model, checkpoint = load_models(args.checkpoint)
@@ -82,7 +82,7 @@ def _describe(settings) -> str:
 
 
 def cmd_export(args) -> int:
-    from lesionseg.export import export_onnx
+    from lesionseg.serving.export import export_onnx
 
     export_onnx(args.checkpoint, args.onnx)
     print(f"wrote {args.onnx}" + (f" (ensemble of {len(args.checkpoint)})" if len(args.checkpoint) > 1 else ""))
@@ -90,7 +90,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from lesionseg.compare import compare_models, format_results, read_revision, read_tables
+    from lesionseg.evaluation.compare import compare_models, format_results, read_revision, read_tables
 
     def side(source: str):
         path = Path(source)

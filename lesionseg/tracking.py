@@ -230,7 +230,7 @@ class PhaseRun:
     (the tracking server stopped answering, after MLflow's own HTTP retries)
     is recorded in :attr:`error` and every later call is skipped, so the
     phase trains on; the caller then defers the rest of the logging (see
-    :mod:`lesionseg.phases`).
+    :mod:`lesionseg.training.phases`).
     """
 
     def __init__(self, run_id: str | None = None, error: str | None = None):

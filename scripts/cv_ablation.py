@@ -1,7 +1,7 @@
 """The recipe choice on k-fold cross-validation: recipes x folds, run side by side.
 
 Every row trains the frozen and the all-layers phase on each fold of all
-training pairs (:mod:`lesionseg.crossval`, the same code as the pipeline's
+training pairs (:mod:`lesionseg.training.crossval`, the same code as the pipeline's
 ``cv`` stage) and scores the held-out fold at original resolution twice:
 plain (threshold 0.5) and with flip TTA + largest component + holes filled.
 After all folds of a row, the fold models' ensemble is scored on the test
@@ -38,16 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lesionseg.cache import Split  # noqa: E402
-from lesionseg.checkpoint import load_model, load_models  # noqa: E402
-from lesionseg.crossval import CrossValConfig, make_folds, score_heldout, train_fold  # noqa: E402
-from lesionseg.dataset import AugmentConfig  # noqa: E402
-from lesionseg.download import DownloadConfig, download_and_extract  # noqa: E402
-from lesionseg.evaluate import evaluate_model  # noqa: E402
-from lesionseg.model import ModelConfig, build_model  # noqa: E402
-from lesionseg.postprocess import PostprocessConfig  # noqa: E402
-from lesionseg.prepare import PrepareConfig, prepare_dataset  # noqa: E402
-from lesionseg.train import TrainConfig, train_model  # noqa: E402
+from lesionseg.data.cache import Split  # noqa: E402
+from lesionseg.data.dataset import AugmentConfig  # noqa: E402
+from lesionseg.data.download import DownloadConfig, download_and_extract  # noqa: E402
+from lesionseg.data.prepare import PrepareConfig, prepare_dataset  # noqa: E402
+from lesionseg.evaluation.evaluate import evaluate_model  # noqa: E402
+from lesionseg.evaluation.postprocess import PostprocessConfig  # noqa: E402
+from lesionseg.model.checkpoint import load_model, load_models  # noqa: E402
+from lesionseg.model.model import ModelConfig, build_model  # noqa: E402
+from lesionseg.training.crossval import CrossValConfig, make_folds, score_heldout, train_fold  # noqa: E402
+from lesionseg.training.train import TrainConfig, train_model  # noqa: E402
 
 # The reference report's recipe (as scripts/ablation.py's REFERENCE), per phase.
 FROZEN = {"epochs": 25, "lr": 1e-3, "batch_size": 16, "optimizer": "adam", "scheduler": "constant"}

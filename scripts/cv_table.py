@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from lesionseg.crossval import summarize_folds  # noqa: E402
-from lesionseg.stats import paired_difference  # noqa: E402
+from lesionseg.evaluation.stats import paired_difference  # noqa: E402
+from lesionseg.training.crossval import summarize_folds  # noqa: E402
 
 METRIC = "orig_jaccard"
 BASELINE = "reference"

@@ -25,13 +25,13 @@ from lesionseg.errors import EncoderWeightsError, TrackingError
 # Imported where used: a stage imports only what it needs (the download and
 # prepare stages start without MLflow, torchvision or the training stack).
 if TYPE_CHECKING:
-    from lesionseg.distributed import Distributed
-    from lesionseg.model import ModelConfig
-    from lesionseg.phases import Deferred
-    from lesionseg.train import TrainConfig
+    from lesionseg.model.model import ModelConfig
+    from lesionseg.training.distributed import Distributed
+    from lesionseg.training.phases import Deferred
+    from lesionseg.training.train import TrainConfig
 
 PARAMS_FILE = Path("params.yaml")
-PENDING_DIR = Path(".lesionseg") / "pending"  # phases whose MLflow logging is deferred (lesionseg.phases)
+PENDING_DIR = Path(".lesionseg") / "pending"  # phases whose MLflow logging is deferred (lesionseg.training.phases)
 # MLflow's own HTTP retry settings, unless the user set them: a tracking server that stops answering
 # costs a training stage ~10 s per call instead of minutes (the stage then defers its logging).
 MLFLOW_HTTP_DEFAULTS = {
@@ -113,8 +113,8 @@ RUNTIME_KEYS = ("device", "num_workers", "amp", "augment_on", "channels_last")
 
 def train_config(params: dict, section: str) -> TrainConfig:
     """A phase's TrainConfig (``train`` or ``finetune``): its own section plus ``runtime`` and ``augment``."""
-    from lesionseg.dataset import AugmentConfig
-    from lesionseg.train import TrainConfig
+    from lesionseg.data.dataset import AugmentConfig
+    from lesionseg.training.train import TrainConfig
 
     runtime = {key: get(params, f"runtime.{key}") for key in RUNTIME_KEYS}
     augment = build(AugmentConfig, params, "augment")
@@ -123,8 +123,8 @@ def train_config(params: dict, section: str) -> TrainConfig:
 
 def model_config(params: dict) -> ModelConfig:
     """``model`` plus ``train.encoder_weights`` (a local path made absolute against the repository root)."""
-    from lesionseg.encoder import IMAGENET_WEIGHTS, NO_WEIGHTS
-    from lesionseg.model import ModelConfig
+    from lesionseg.model.encoder import IMAGENET_WEIGHTS, NO_WEIGHTS
+    from lesionseg.model.model import ModelConfig
 
     weights = get(params, "train.encoder_weights")
     if not isinstance(weights, str):
@@ -136,7 +136,7 @@ def model_config(params: dict) -> ModelConfig:
 
 def unfreeze_levels(value) -> list[int]:
     """``finetune.unfreeze``: one level or a list of levels (1, 2, 3, all)."""
-    from lesionseg.model import parse_unfreeze_level
+    from lesionseg.model.model import parse_unfreeze_level
 
     values = value if isinstance(value, list) else [value]
     if not values:
@@ -206,7 +206,7 @@ def run_tags(phase: str) -> dict:
 
 def deferred(params: dict, inputs: list[Path]) -> Deferred:
     """Where a training stage keeps logging it could not do, keyed by params, input files and code."""
-    from lesionseg.phases import Deferred
+    from lesionseg.training.phases import Deferred
 
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     code = [*sorted((repo_root() / "lesionseg").glob("*.py")), *sorted((repo_root() / "stages").glob("*.py"))]
@@ -234,13 +234,13 @@ def distributed_rank(params: dict, module: str) -> Distributed | None:
     through ``torch.distributed.run --standalone`` (a free rendezvous port, so
     parallel experiments do not collide) and exits with its status. Called in
     a rank, it joins the process group (NCCL on CUDA, gloo otherwise) and
-    returns the rank's :class:`~lesionseg.distributed.Distributed`. With 1
+    returns the rank's :class:`~lesionseg.training.distributed.Distributed`. With 1
     process it returns None and the stage runs as before.
     """
     import torch
 
-    from lesionseg import distributed
-    from lesionseg.inference import select_device
+    from lesionseg.model.inference import select_device
+    from lesionseg.training import distributed
 
     if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         ctx = distributed.Distributed(
@@ -281,7 +281,7 @@ def main(fn) -> None:
         sys.exit(1)
     finally:
         if rank is not None:  # a torchrun rank: leave the process group
-            from lesionseg import distributed
+            from lesionseg.training import distributed
 
             distributed.shutdown()
 

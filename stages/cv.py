@@ -21,12 +21,12 @@ import mlflow
 import pandas as pd
 
 from lesionseg import atomic, tracking
-from lesionseg.cache import Split
-from lesionseg.crossval import CrossValConfig, make_folds, score_heldout, summarize_folds, train_fold
-from lesionseg.inference import select_device
-from lesionseg.model import level_name
-from lesionseg.phases import train_phase
-from lesionseg.postprocess import PostprocessConfig
+from lesionseg.data.cache import Split
+from lesionseg.evaluation.postprocess import PostprocessConfig
+from lesionseg.model.inference import select_device
+from lesionseg.model.model import level_name
+from lesionseg.training.crossval import CrossValConfig, make_folds, score_heldout, summarize_folds, train_fold
+from lesionseg.training.phases import train_phase
 from stages.common import (
     build,
     get,

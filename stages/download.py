@@ -10,7 +10,7 @@ not a DVC output; the extracted ``data/raw`` is.
 import argparse
 from pathlib import Path
 
-from lesionseg.download import DownloadConfig, download_and_extract
+from lesionseg.data.download import DownloadConfig, download_and_extract
 from stages.common import ParamError, get, load_params, local_path, main
 
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import mlflow
 
 from lesionseg import atomic, tracking
-from lesionseg.cache import Split
-from lesionseg.checkpoint import load_models
-from lesionseg.evaluate import VALIDATION_PREFIX, evaluate_checkpoint, evaluate_model
-from lesionseg.inference import select_device
-from lesionseg.model import count_parameters
-from lesionseg.postprocess import PostprocessConfig
-from lesionseg.selection import pipeline_checkpoints
+from lesionseg.data.cache import Split
+from lesionseg.evaluation.evaluate import VALIDATION_PREFIX, evaluate_checkpoint, evaluate_model
+from lesionseg.evaluation.postprocess import PostprocessConfig
+from lesionseg.evaluation.selection import pipeline_checkpoints
+from lesionseg.model.checkpoint import load_models
+from lesionseg.model.inference import select_device
+from lesionseg.model.model import count_parameters
 from stages.common import build, get, load_params, main, mlflow_setup, run_tags
 
 ENSEMBLE = "cv_ensemble"

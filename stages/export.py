@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 from lesionseg import atomic, tracking
-from lesionseg.checkpoint import package_model
-from lesionseg.export import export_onnx, log_pyfunc_model
-from lesionseg.postprocess import InferenceConfig
-from lesionseg.selection import choose_model, pipeline_checkpoints
+from lesionseg.evaluation.postprocess import InferenceConfig
+from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
+from lesionseg.model.checkpoint import package_model
+from lesionseg.serving.export import export_onnx, log_pyfunc_model
 from stages.common import ParamError, get, load_params, main, mlflow_setup
 
 ENSEMBLE = "cv_ensemble"

@@ -1,7 +1,7 @@
 """Stage finetune: from the frozen checkpoint, unfreeze encoder stages, one model per level.
 
 With ``runtime.nproc_per_node`` > 1 it runs as that many ``torchrun`` ranks
-(DistributedDataParallel; see :mod:`lesionseg.distributed`).
+(DistributedDataParallel; see :mod:`lesionseg.training.distributed`).
 """
 
 import argparse
@@ -9,12 +9,12 @@ import contextlib
 from pathlib import Path
 
 from lesionseg import atomic
-from lesionseg.cache import Split
-from lesionseg.checkpoint import load_model
+from lesionseg.data.cache import Split
 from lesionseg.errors import DataError
-from lesionseg.model import ModelConfig, level_name
-from lesionseg.phases import train_phase
+from lesionseg.model.checkpoint import load_model
+from lesionseg.model.model import ModelConfig, level_name
 from lesionseg.tracking import INIT_FROM_TAG
+from lesionseg.training.phases import train_phase
 from stages import common
 from stages.common import (
     get,

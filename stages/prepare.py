@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from lesionseg.prepare import PrepareConfig, prepare_dataset
+from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from stages.common import build, load_params, main
 
 

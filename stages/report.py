@@ -6,11 +6,12 @@ from pathlib import Path
 
 import mlflow
 
-from lesionseg import report, tracking
-from lesionseg.cache import Split
-from lesionseg.checkpoint import load_model
-from lesionseg.compare import read_tables
-from lesionseg.selection import choose_model, pipeline_checkpoints
+from lesionseg import tracking
+from lesionseg.data.cache import Split
+from lesionseg.evaluation import report
+from lesionseg.evaluation.compare import read_tables
+from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
+from lesionseg.model.checkpoint import load_model
 from stages.common import get, load_params, main, mlflow_setup
 
 

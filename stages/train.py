@@ -1,15 +1,15 @@
 """Stage train: the decoder with the encoder frozen (unfreeze level 0).
 
 With ``runtime.nproc_per_node`` > 1 it runs as that many ``torchrun`` ranks
-(DistributedDataParallel; see :mod:`lesionseg.distributed`).
+(DistributedDataParallel; see :mod:`lesionseg.training.distributed`).
 """
 
 import argparse
 from pathlib import Path
 
-from lesionseg.cache import Split
-from lesionseg.model import build_model
-from lesionseg.phases import train_phase
+from lesionseg.data.cache import Split
+from lesionseg.model.model import build_model
+from lesionseg.training.phases import train_phase
 from stages import common
 from stages.common import load_params, main, mlflow_setup, raise_logging_errors, run_tags, train_config
 

@@ -12,7 +12,7 @@ requires_shared = pytest.mark.skipif(
 
 @pytest.fixture
 def tiny_model():
-    from lesionseg.model import ModelConfig, build_model
+    from lesionseg.model.model import ModelConfig, build_model
 
     torch.manual_seed(0)
     return build_model(ModelConfig(encoder_weights="none"), unfreeze=0)

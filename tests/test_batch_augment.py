@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from lesionseg.batch_augment import DeviceBatches, augment_batch, hsv_to_rgb, rgb_to_hsv
-from lesionseg.dataset import AugmentConfig, SegmentationDataset, normalize_batch, train_transform
+from lesionseg.data.batch_augment import DeviceBatches, augment_batch, hsv_to_rgb, rgb_to_hsv
+from lesionseg.data.dataset import AugmentConfig, SegmentationDataset, normalize_batch, train_transform
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NO_AUGMENT = AugmentConfig(hflip=0, vflip=0, brightness_contrast=0)

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lesionseg.cache import Split, encode_mask
 from lesionseg.cli import main
-from lesionseg.compare import compare_models, read_tables
-from lesionseg.crossval import CrossValConfig, fold_assignment, make_folds, summarize_folds
-from lesionseg.stats import format_change, paired_difference
+from lesionseg.data.cache import Split, encode_mask
+from lesionseg.evaluation.compare import compare_models, read_tables
+from lesionseg.evaluation.stats import format_change, paired_difference
+from lesionseg.training.crossval import CrossValConfig, fold_assignment, make_folds, summarize_folds
 
 
 def synthetic_split(n: int, size: int = 8, seed: int = 0) -> Split:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lesionseg.download import ARCHIVES, DownloadConfig, download_and_extract, download_file, extract_archive
+from lesionseg.data.download import ARCHIVES, DownloadConfig, download_and_extract, download_file, extract_archive
 from lesionseg.errors import DataError
 from tests.helpers import REPO, make_archives
 

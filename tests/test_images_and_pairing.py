@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lesionseg.data.images import image_size, load_image, load_mask
+from lesionseg.data.isic import pair_images_and_masks
 from lesionseg.errors import DataError
-from lesionseg.images import image_size, load_image, load_mask
-from lesionseg.isic import pair_images_and_masks
 from tests.helpers import lesion_pair, write_pair
 
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from lesionseg.losses import DiceBCELoss
-from lesionseg.metrics import confusion_counts, per_image_scores, summarize
+from lesionseg.evaluation.metrics import confusion_counts, per_image_scores, summarize
+from lesionseg.training.losses import DiceBCELoss
 
 
 def masks(*rows):

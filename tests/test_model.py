@@ -4,10 +4,10 @@ import pytest
 import torch
 from torchvision.models import mobilenet_v2
 
-from lesionseg import encoder as encoder_module
-from lesionseg.encoder import EncoderWeightsError, build_encoder, load_mobilenet_v2
-from lesionseg.losses import DiceBCELoss
-from lesionseg.model import ModelConfig, build_model, count_parameters, parse_unfreeze_level
+from lesionseg.model import encoder as encoder_module
+from lesionseg.model.encoder import EncoderWeightsError, build_encoder, load_mobilenet_v2
+from lesionseg.model.model import ModelConfig, build_model, count_parameters, parse_unfreeze_level
+from lesionseg.training.losses import DiceBCELoss
 from tests.conftest import requires_shared
 from tests.helpers import SHARED_WEIGHTS
 

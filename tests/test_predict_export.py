@@ -6,19 +6,19 @@ import pytest
 import torch
 from PIL import Image
 
-from lesionseg.cache import Split
-from lesionseg.checkpoint import load_model, load_models, make_checkpoint, package_model, save_checkpoint
 from lesionseg.cli import main
-from lesionseg.dataset import normalize_batch
+from lesionseg.data.cache import Split
+from lesionseg.data.dataset import normalize_batch
+from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.errors import DataError
-from lesionseg.evaluate import evaluate_model
-from lesionseg.export import log_pyfunc_model
-from lesionseg.inference import predict_uint8
-from lesionseg.metrics import confusion_counts, summarize
-from lesionseg.model import ModelConfig, build_model
-from lesionseg.postprocess import InferenceConfig, PostprocessConfig, clean_mask
-from lesionseg.prepare import PrepareConfig, prepare_dataset
-from lesionseg.train import TrainConfig, train_model
+from lesionseg.evaluation.evaluate import evaluate_model
+from lesionseg.evaluation.metrics import confusion_counts, summarize
+from lesionseg.evaluation.postprocess import InferenceConfig, PostprocessConfig, clean_mask
+from lesionseg.model.checkpoint import load_model, load_models, make_checkpoint, package_model, save_checkpoint
+from lesionseg.model.inference import predict_uint8
+from lesionseg.model.model import ModelConfig, build_model
+from lesionseg.serving.export import log_pyfunc_model
+from lesionseg.training.train import TrainConfig, train_model
 from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree
 
 

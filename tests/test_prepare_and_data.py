@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lesionseg.cache import Split, decode_mask, encode_mask
-from lesionseg.dataset import AugmentConfig, SegmentationDataset, eval_transform, normalize_batch, train_transform
+from lesionseg.data.cache import Split, decode_mask, encode_mask
+from lesionseg.data.dataset import AugmentConfig, SegmentationDataset, eval_transform, normalize_batch, train_transform
+from lesionseg.data.prepare import PrepareConfig, decode_pair, prepare_dataset, train_val_indices
 from lesionseg.errors import DataError
-from lesionseg.prepare import PrepareConfig, decode_pair, prepare_dataset, train_val_indices
 from tests.helpers import TRAIN_IMAGES, TRAIN_MASKS, lesion_pair, make_raw_tree
 
 
@@ -136,7 +136,7 @@ def test_augment_config_validates_probabilities():
 
 @pytest.mark.parametrize("mode", ["CMYK", "L"])
 def test_reduced_scale_jpeg_decoding_converts_cmyk_and_gray(tmp_path, mode):
-    from lesionseg.prepare import model_input
+    from lesionseg.data.prepare import model_input
 
     rgb = lesion_pair(0, 640, 480)[0]
     Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=95)

@@ -24,11 +24,11 @@ import pytest
 import torch
 import yaml
 
-from lesionseg import batch_augment
-from lesionseg.batch_augment import DeviceBatches
-from lesionseg.checkpoint import load_model, read_checkpoint
-from lesionseg.dataset import AugmentConfig
-from lesionseg.inference import predict_uint8
+from lesionseg.data import batch_augment
+from lesionseg.data.batch_augment import DeviceBatches
+from lesionseg.data.dataset import AugmentConfig
+from lesionseg.model.checkpoint import load_model, read_checkpoint
+from lesionseg.model.inference import predict_uint8
 from tests.helpers import REPO, make_archives, make_raw_tree
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -94,11 +94,11 @@ def test_a_store_that_does_not_answer_never_costs_the_training(tmp_path, monkeyp
     """Nothing listens on the tracking port: the phase still trains and writes; deferred or a clear error."""
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from lesionseg.cache import Split
-    from lesionseg.model import ModelConfig, build_model
-    from lesionseg.phases import Deferred, train_phase
+    from lesionseg.data.cache import Split
+    from lesionseg.model.model import ModelConfig, build_model
     from lesionseg.tracking import TrackingError
-    from lesionseg.train import TrainConfig
+    from lesionseg.training.phases import Deferred, train_phase
+    from lesionseg.training.train import TrainConfig
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     # A refused connection, as from a dead server; the previous URI (and MLFLOW_TRACKING_URI) restored after.

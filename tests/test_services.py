@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lesionseg.checkpoint import read_checkpoint
+from lesionseg.model.checkpoint import read_checkpoint
 from tests.conftest import requires_shared
 from tests.helpers import MINI, REPO, SHARED_WEIGHTS
 from tests.test_scale import run_queue

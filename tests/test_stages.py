@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from lesionseg.dataset import AugmentConfig
-from lesionseg.prepare import PrepareConfig
-from lesionseg.train import TrainConfig
+from lesionseg.data.dataset import AugmentConfig
+from lesionseg.data.prepare import PrepareConfig
+from lesionseg.training.train import TrainConfig
 from stages.common import ParamError, build, get, train_config, unfreeze_levels
 from tests.helpers import REPO, make_archives, make_raw_tree
 
@@ -326,7 +326,7 @@ def test_light_stages_do_not_import_the_training_stack():
     """The download stage needs neither torch, torchvision nor MLflow; prepare needs torch only."""
     code = (
         "import sys, stages.download, stages.prepare\n"
-        "heavy = {'torchvision', 'mlflow', 'albumentations', 'lesionseg.train'} & set(sys.modules)\n"
+        "heavy = {'torchvision', 'mlflow', 'albumentations', 'lesionseg.training.train'} & set(sys.modules)\n"
         "print(sorted(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -2,13 +2,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lesionseg.cache import Split
-from lesionseg.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
+from lesionseg.data.cache import Split
+from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.errors import DataError
-from lesionseg.evaluate import evaluate_model
-from lesionseg.model import ModelConfig, build_model
-from lesionseg.prepare import PrepareConfig, prepare_dataset
-from lesionseg.train import HISTORY_COLUMNS, TrainConfig, lr_factor, train_model
+from lesionseg.evaluation.evaluate import evaluate_model
+from lesionseg.model.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
+from lesionseg.model.model import ModelConfig, build_model
+from lesionseg.training.train import HISTORY_COLUMNS, TrainConfig, lr_factor, train_model
 from tests.helpers import make_raw_tree
 
 FAST = dict(epochs=2, batch_size=4, progress=False, device="cpu", seed=5)

@@ -23,8 +23,8 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from lesionseg import atomic
+from lesionseg.data.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS
 from lesionseg.errors import DataError
-from lesionseg.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from lesionseg import atomic  # noqa: E402
-from lesionseg.cache import Split  # noqa: E402
-from lesionseg.inference import predict_uint8  # noqa: E402
-from lesionseg.metrics import confusion_counts, per_image_scores  # noqa: E402
-from lesionseg.stats import PairedComparison, format_change, paired_difference  # noqa: E402
+from lesionseg.data.cache import Split  # noqa: E402
+from lesionseg.evaluation.metrics import confusion_counts, per_image_scores  # noqa: E402
+from lesionseg.evaluation.stats import PairedComparison, format_change, paired_difference  # noqa: E402
+from lesionseg.model.inference import predict_uint8  # noqa: E402
 
 COMPARISON_COLUMNS = {
     "model": "Model",
@@ -43,7 +43,7 @@ def comparison_table(metrics: dict[str, dict], per_image: dict[str, pd.DataFrame
 
     With ``per_image`` tables (model -> the evaluate stage's per-image CSV),
     the column ``IoU change vs frozen [95% CI]`` holds each model's paired
-    change of per-image IoU against the frozen model (see :mod:`lesionseg.stats`).
+    change of per-image IoU against the frozen model (see :mod:`lesionseg.evaluation.stats`).
     """
     rows = [{"model": name, **values} for name, values in metrics.items()]
     table = pd.DataFrame(rows).reindex(columns=list(COMPARISON_COLUMNS)).rename(columns=COMPARISON_COLUMNS)

@@ -1,14 +1,14 @@
 """Checkpoints: plain dicts of state dicts plus config, never pickled modules.
 
 Keys: ``format``, ``lesionseg_version``, ``model_config`` (see
-:class:`~lesionseg.model.ModelConfig`), ``unfreeze`` (level name), ``state_dict``,
+:class:`~lesionseg.model.model.ModelConfig`), ``unfreeze`` (level name), ``state_dict``,
 ``preprocessing`` (``size``, ``mean``, ``std``), ``epoch``, ``metrics`` (validation
 metrics of that epoch), ``param_counts`` and ``extra`` (caller metadata, e.g.
 the MLflow run id). Loaded with ``weights_only=True``.
 
 An exported model (:func:`package_model`, written by the export stage as
 ``models/model.pt``) is the same dict plus ``inference`` (the settings it was
-evaluated with, see :class:`~lesionseg.postprocess.InferenceConfig`); an
+evaluated with, see :class:`~lesionseg.evaluation.postprocess.InferenceConfig`); an
 exported ensemble holds its members' checkpoints under ``members`` instead of
 one ``state_dict``.
 """
@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 from lesionseg import __version__, atomic
-from lesionseg.dataset import IMAGENET_MEAN, IMAGENET_STD
-from lesionseg.encoder import NO_WEIGHTS
-from lesionseg.ensemble import EnsembleModel
+from lesionseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from lesionseg.errors import DataError
-from lesionseg.model import LesionSegModel, ModelConfig, build_model, count_parameters, level_name
-from lesionseg.postprocess import InferenceConfig
+from lesionseg.evaluation.postprocess import InferenceConfig
+from lesionseg.model.encoder import NO_WEIGHTS
+from lesionseg.model.ensemble import EnsembleModel
+from lesionseg.model.model import LesionSegModel, ModelConfig, build_model, count_parameters, level_name
 
 FORMAT = "lesionseg-checkpoint-v1"
 
@@ -71,7 +71,7 @@ def load_model(path: Path, unfreeze: int | str | None = None) -> tuple[torch.nn.
     """Rebuild the model from a checkpoint (no weight download) and load its state.
 
     The model is at the checkpoint's unfreeze level unless ``unfreeze`` is given;
-    an exported ensemble comes back as an :class:`~lesionseg.ensemble.EnsembleModel`.
+    an exported ensemble comes back as an :class:`~lesionseg.model.ensemble.EnsembleModel`.
     Raises :class:`DataError` naming the file when the state does not fit the architecture.
     """
     checkpoint = read_checkpoint(path)

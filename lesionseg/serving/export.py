@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from lesionseg import atomic
-from lesionseg.checkpoint import inference_settings, load_model, load_models
-from lesionseg.dataset import normalize_batch
-from lesionseg.inference import predict_logits
-from lesionseg.postprocess import InferenceConfig, clean_mask
+from lesionseg.data.dataset import normalize_batch
+from lesionseg.evaluation.postprocess import InferenceConfig, clean_mask
+from lesionseg.model.checkpoint import inference_settings, load_model, load_models
+from lesionseg.model.inference import predict_logits
 
 ONNX_OPSET = 17
 
@@ -26,7 +26,7 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path) -> dict:
     exported ensemble) become one graph whose logits are those of the mean probability.
     The model's metadata holds the preprocessing (``lesionseg.preprocessing``) and the
     inference settings to apply around it (``lesionseg.inference``: flip TTA, threshold,
-    clean-up; see :class:`~lesionseg.postprocess.InferenceConfig`). Returns the preprocessing dict."""
+    clean-up; see :class:`~lesionseg.evaluation.postprocess.InferenceConfig`). Returns the preprocessing dict."""
     paths = checkpoint_paths if isinstance(checkpoint_paths, (list, tuple)) else [checkpoint_paths]
     model, checkpoint = load_models(paths)
     model.eval()
@@ -113,7 +113,7 @@ PYFUNC_SETTINGS = ("tta", "threshold", "keep_largest", "fill_holes")
 
 def log_pyfunc_model(checkpoint_path: Path, name: str = "model") -> str:
     """Log ``checkpoint_path`` (a checkpoint or an exported model, see
-    :func:`lesionseg.checkpoint.package_model`) as a pyfunc model in the active run,
+    :func:`lesionseg.model.checkpoint.package_model`) as a pyfunc model in the active run,
     with signature (its params: the inference settings) and input example.
 
     Returns the model URI for ``mlflow.pyfunc.load_model``.

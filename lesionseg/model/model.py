@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesionseg.decoder import UNetDecoder
-from lesionseg.encoder import IMAGENET_WEIGHTS, MobileNetV2Encoder, build_encoder
+from lesionseg.model.decoder import UNetDecoder
+from lesionseg.model.encoder import IMAGENET_WEIGHTS, MobileNetV2Encoder, build_encoder
 
 NUM_STAGES = 4
 UNFREEZE_LEVELS = ("0", "1", "2", "3", "4", "all")

@@ -3,7 +3,7 @@
 A side is a mapping model name -> per-image table (``id`` plus score columns,
 as the evaluate stage writes them to ``reports/per_image/<model>.csv``).
 Models present on both sides are compared image by image
-(:func:`lesionseg.stats.paired_difference`); the image sets must be the same.
+(:func:`lesionseg.evaluation.stats.paired_difference`); the image sets must be the same.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from lesionseg.errors import DataError
-from lesionseg.stats import paired_difference
+from lesionseg.evaluation.stats import paired_difference
 
 DEFAULT_METRIC = "orig_jaccard"
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from lesionseg.cache import Split
-from lesionseg.checkpoint import load_model
-from lesionseg.inference import predict_uint8, upsample_logits
-from lesionseg.losses import DiceBCELoss
-from lesionseg.metrics import confusion_counts, per_image_scores, summarize
-from lesionseg.model import count_parameters
-from lesionseg.postprocess import PostprocessConfig, clean_mask, clean_masks
+from lesionseg.data.cache import Split
+from lesionseg.evaluation.metrics import confusion_counts, per_image_scores, summarize
+from lesionseg.evaluation.postprocess import PostprocessConfig, clean_mask, clean_masks
+from lesionseg.model.checkpoint import load_model
+from lesionseg.model.inference import predict_uint8, upsample_logits
+from lesionseg.model.model import count_parameters
+from lesionseg.training.losses import DiceBCELoss
 
 ORIGINAL_PREFIX = "orig_"
 VALIDATION_PREFIX = "val_"

@@ -8,7 +8,7 @@ trains the same phases as the pipeline (frozen, then every unfreeze level
 from the frozen model) and scores them on its held-out fold at original
 resolution; the out-of-fold per-image scores of all folds together cover
 every training pair once, which is what paired comparisons between recipes
-use (:mod:`lesionseg.stats`).
+use (:mod:`lesionseg.evaluation.stats`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lesionseg.cache import Split
-from lesionseg.checkpoint import load_model
-from lesionseg.evaluate import ORIGINAL_PREFIX, evaluate_model
-from lesionseg.metrics import THRESHOLDED_JACCARD_CUTOFF
-from lesionseg.model import LesionSegModel, ModelConfig, build_model, level_name
-from lesionseg.postprocess import PostprocessConfig
-from lesionseg.prepare import train_val_indices
-from lesionseg.train import TrainConfig, TrainResult, train_model
+from lesionseg.data.cache import Split
+from lesionseg.data.prepare import train_val_indices
+from lesionseg.evaluation.evaluate import ORIGINAL_PREFIX, evaluate_model
+from lesionseg.evaluation.metrics import THRESHOLDED_JACCARD_CUTOFF
+from lesionseg.evaluation.postprocess import PostprocessConfig
+from lesionseg.model.checkpoint import load_model
+from lesionseg.model.model import LesionSegModel, ModelConfig, build_model, level_name
+from lesionseg.training.train import TrainConfig, TrainResult, train_model
 
 # Metrics aggregated over folds (original resolution, the official definitions).
 CV_METRICS = ("jaccard", "dice", "jaccard_thresholded")
@@ -104,7 +104,7 @@ def make_folds(pairs: Split, config: CrossValConfig) -> list[Fold]:
 
 
 # (name, model, model_config, train split, validation split, config, checkpoint path, history path) -> result;
-# :func:`lesionseg.train.train_model` without its optional arguments, or a wrapper that also logs the phase.
+# :func:`lesionseg.training.train.train_model` without its optional arguments, or a wrapper that also logs the phase.
 PhaseRunner = Callable[[str, LesionSegModel, ModelConfig, Split, Split, TrainConfig, Path, Path], TrainResult]
 
 
@@ -167,7 +167,7 @@ def summarize_folds(table: pd.DataFrame) -> dict:
     means (``fold<k>``), their ``mean`` and standard error ``se``
     (sample SD of the fold means / sqrt(folds)), and ``n`` pairs in all.
     Thresholded Jaccard is computed from per-image Jaccard as in
-    :func:`lesionseg.metrics.summarize`.
+    :func:`lesionseg.evaluation.metrics.summarize`.
     """
     jaccard = table[ORIGINAL_PREFIX + "jaccard"]
     columns = {

@@ -23,11 +23,11 @@ from pathlib import Path
 import pandas as pd
 
 from lesionseg import atomic, tracking
-from lesionseg.cache import Split
-from lesionseg.checkpoint import read_checkpoint, save_checkpoint
-from lesionseg.distributed import Distributed
-from lesionseg.model import LesionSegModel, ModelConfig, count_parameters, level_name
-from lesionseg.train import TrainConfig, TrainResult, train_model
+from lesionseg.data.cache import Split
+from lesionseg.model.checkpoint import read_checkpoint, save_checkpoint
+from lesionseg.model.model import LesionSegModel, ModelConfig, count_parameters, level_name
+from lesionseg.training.distributed import Distributed
+from lesionseg.training.train import TrainConfig, TrainResult, train_model
 
 log = logging.getLogger(__name__)
 

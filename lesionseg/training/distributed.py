@@ -1,7 +1,7 @@
 """Data-parallel training with PyTorch's own engine (``torchrun`` + DistributedDataParallel).
 
 The stages start the ranks (``runtime.nproc_per_node``; see ``stages/common.py``)
-and hand the library a :class:`Distributed`; :func:`lesionseg.train.train_model`
+and hand the library a :class:`Distributed`; :func:`lesionseg.training.train.train_model`
 then
 
 - shards every epoch: each optimizer step takes one *global* batch of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lesionseg.checkpoint import read_checkpoint
+from lesionseg.model.checkpoint import read_checkpoint
 
 BEST_FINETUNED = "best"
 

@@ -17,15 +17,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from lesionseg import atomic
-from lesionseg import distributed as ddp
-from lesionseg.batch_augment import DeviceBatches
-from lesionseg.cache import Split
-from lesionseg.checkpoint import make_checkpoint, save_checkpoint
-from lesionseg.dataset import AugmentConfig, SegmentationDataset, train_transform
-from lesionseg.inference import autocast, predict_uint8, select_device
-from lesionseg.losses import DiceBCELoss
-from lesionseg.metrics import confusion_counts, summarize
-from lesionseg.model import LesionSegModel, ModelConfig
+from lesionseg.data.batch_augment import DeviceBatches
+from lesionseg.data.cache import Split
+from lesionseg.data.dataset import AugmentConfig, SegmentationDataset, train_transform
+from lesionseg.evaluation.metrics import confusion_counts, summarize
+from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
+from lesionseg.model.inference import autocast, predict_uint8, select_device
+from lesionseg.model.model import LesionSegModel, ModelConfig
+from lesionseg.training import distributed as ddp
+from lesionseg.training.losses import DiceBCELoss
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class TrainConfig:
     average of the weights (updated every step) instead of the raw weights.
     ``augment_on``: ``loader`` (albumentations in a CPU DataLoader),
     ``device`` (the same augmentation as batched tensor ops on the training
-    device, data held there; see :mod:`lesionseg.batch_augment`) or ``auto``
+    device, data held there; see :mod:`lesionseg.data.batch_augment`) or ``auto``
     (``device`` on CUDA, else ``loader``). ``channels_last``: NHWC memory
     layout for model and inputs (faster convolutions on some GPUs).
     """
@@ -110,7 +110,7 @@ class TrainResult:
     history: pd.DataFrame
     best_epoch: int
     best_metrics: dict
-    logging_error: str | None = None  # set by lesionseg.phases when the tracking store stopped answering
+    logging_error: str | None = None  # set by lesionseg.training.phases when the tracking store stopped answering
 
 
 def seed_everything(seed: int) -> None:
@@ -137,7 +137,7 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
 
 
 def evaluate_split(model: torch.nn.Module, split: Split, loss_fn, batch_size: int, device, amp: bool = True) -> dict:
-    """Loss and metrics (see :mod:`lesionseg.metrics`) at model resolution."""
+    """Loss and metrics (see :mod:`lesionseg.evaluation.metrics`) at model resolution."""
     logits = predict_uint8(model, split.images, batch_size, device, amp=amp)
     target = split.masks[:, None].float()
     counts = confusion_counts(logits > 0, target > 0)
@@ -151,7 +151,7 @@ def training_batches(
     per iteration, shuffled with ``config.seed``; where the augmentation runs follows ``config.augment_on``.
 
     With ``distributed``, this rank's share of every global batch of ``config.batch_size`` (see
-    :mod:`lesionseg.distributed`)."""
+    :mod:`lesionseg.training.distributed`)."""
     rank, world = (distributed.rank, distributed.world_size) if distributed else (0, 1)
     on_device = config.augment_on == "device" or (config.augment_on == "auto" and device.type == "cuda")
     if on_device:
@@ -223,7 +223,7 @@ def train_model(
     ``distributed``: this process is one rank of a ``torchrun`` job (process
     group already initialised): DistributedDataParallel over global batches
     of ``config.batch_size``; only rank 0 validates, calls ``on_epoch`` and
-    writes (see :mod:`lesionseg.distributed`). At the end every rank's
+    writes (see :mod:`lesionseg.training.distributed`). At the end every rank's
     weights are compared; the checkpoint's ``extra.distributed`` records them.
     """
     seed_everything(config.seed)

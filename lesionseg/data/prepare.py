@@ -1,7 +1,7 @@
 """Decode, validate and resize image/mask pairs once; cache them as tensors.
 
 Output folder (written atomically as a whole): ``train.pt``, ``val.pt``,
-``test.pt`` (see :mod:`lesionseg.cache`) and ``summary.json`` with counts of
+``test.pt`` (see :mod:`lesionseg.data.cache`) and ``summary.json`` with counts of
 images, pairs, ignored files and repairs.
 """
 
@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from lesionseg import atomic
-from lesionseg.cache import Split, encode_mask
+from lesionseg.data.cache import Split, encode_mask
+from lesionseg.data.images import DEFAULT_MAX_PIXELS, image_size, load_image, load_mask
+from lesionseg.data.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS, Pairing, pair_images_and_masks
 from lesionseg.errors import DataError
-from lesionseg.images import DEFAULT_MAX_PIXELS, image_size, load_image, load_mask
-from lesionseg.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS, Pairing, pair_images_and_masks
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The training augmentation as batched tensor ops, for data kept on the training device.
 
-:func:`lesionseg.dataset.train_transform` augments one image at a time with
+:func:`lesionseg.data.dataset.train_transform` augments one image at a time with
 albumentations on the CPU. On a GPU the model eats batches faster than a CPU
 loader can decode, augment and copy them, so :class:`DeviceBatches` keeps the
 cached uint8 tensors on the device and :func:`augment_batch` applies the same
@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lesionseg.dataset import AugmentConfig, normalize_float
+from lesionseg.data.dataset import AugmentConfig, normalize_float
 
 SCALE_RANGE = (0.85, 1.15)
 SHIFT_LIMIT = 0.06

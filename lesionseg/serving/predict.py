@@ -12,12 +12,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from lesionseg import atomic
+from lesionseg.data.images import image_size, load_image
+from lesionseg.data.prepare import model_input
 from lesionseg.errors import DataError
-from lesionseg.images import image_size, load_image
-from lesionseg.inference import predict_uint8, upsample_logits
-from lesionseg.postprocess import PostprocessConfig, clean_mask
-from lesionseg.prepare import model_input
-from lesionseg.report import overlay
+from lesionseg.evaluation.postprocess import PostprocessConfig, clean_mask
+from lesionseg.evaluation.report import overlay
+from lesionseg.model.inference import predict_uint8, upsample_logits
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Reading the ISIC archives, decoding and caching image/mask pairs, augmentation."""

@@ -1,0 +1,1 @@
+"""Metrics, evaluation, mask clean-up, paired statistics, comparisons and the report."""

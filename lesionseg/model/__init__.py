@@ -1,0 +1,1 @@
+"""The MobileNetV2 U-Net, its checkpoints, ensembles and batched inference."""

@@ -1,0 +1,1 @@
+"""Training phases, distributed training and cross-validation."""
