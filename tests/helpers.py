@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -12,6 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 MINI = SHARED / "data" / "isic2016-mini"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
+
+# What a test project (a temporary git repository running the real pipeline) needs from this one.
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "lesionseg", ".dvc/config", ".dvcignore", ".gitignore")
 
 TRAIN_IMAGES = "ISBI2016_ISIC_Part1_Training_Data"
 TRAIN_MASKS = "ISBI2016_ISIC_Part1_Training_GroundTruth"
@@ -68,3 +79,63 @@ def make_archives(root: Path, n_train: int = 12, n_test: int = 4) -> Path:
     for name in (TRAIN_IMAGES, TRAIN_MASKS, TEST_IMAGES, TEST_MASKS):
         zip_folder(tree / name / name, out / f"{name}.zip")
     return out
+
+
+def copy_project(project: Path) -> Path:
+    """Copy :data:`PROJECT_FILES` of this repository into ``project`` (created)."""
+    project.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src, dst = REPO / name, project / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    return project
+
+
+class MlflowRest:
+    """The tracking server's REST API (what the MLflow UI reads), for checks from tests."""
+
+    def __init__(self, uri: str, timeout: float = 30):
+        self.uri, self.timeout = uri.rstrip("/"), timeout
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(f"{self.uri}/api/2.0/mlflow/{path}", timeout=self.timeout) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, payload: dict) -> dict:
+        request = urllib.request.Request(
+            f"{self.uri}/api/2.0/mlflow/{path}", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return json.loads(response.read())
+
+
+class MlflowServer(MlflowRest):
+    """A real ``mlflow server`` on a SQLite store, started in its own session and stopped by PID."""
+
+    def __init__(self, store: Path, port: int, timeout: float = 10):
+        super().__init__(f"http://127.0.0.1:{port}", timeout)
+        self.store, self.port, self.proc = store, port, None
+
+    def start(self) -> MlflowServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.store}",
+             "--default-artifact-root", (self.store.parent / "mlartifacts").as_uri(),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
+                return self
+            except OSError:
+                assert self.proc.poll() is None, "mlflow server exited during start-up"
+                time.sleep(0.5)
+        raise AssertionError("mlflow server did not answer within 120 s")
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=60)

@@ -8,21 +8,19 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import requires_shared
-from tests.helpers import MINI, REPO, SHARED_WEIGHTS
+from tests.helpers import MINI, SHARED_WEIGHTS, MlflowServer, copy_project
 
 pytestmark = [requires_shared, pytest.mark.e2e]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "lesionseg", ".dvc/config", ".dvcignore", ".gitignore")
 MODELS = ["frozen", "finetune_1", "finetune_2", "finetune_all"]
 
 
@@ -34,15 +32,7 @@ def sh(cmd, cwd, env, timeout=900):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    project = tmp_path_factory.mktemp("e2e") / "project"
-    project.mkdir()
-    for name in PROJECT_FILES:
-        src, dst = REPO / name, project / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst)
+    project = copy_project(tmp_path_factory.mktemp("e2e") / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["download"]["source"] = str(MINI)
     params["data"].update(expected_train=40, expected_test=16)
@@ -142,52 +132,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url):
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def _post(url, payload):
-    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
 def test_mlflow_server_groups_each_execution_under_one_parent_run(pipeline):
     project, env, _ = pipeline
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{project / 'mlflow.db'}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    server = MlflowServer(project / "mlflow.db", _free_port(), timeout=30).start()
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name=lesionseg", timeout=30) as r:
-            experiment_id = json.loads(r.read())["experiment"]["experiment_id"]
-        runs = _post(f"{base}/runs/search", {"experiment_ids": [experiment_id], "max_results": 1000})["runs"]
+        experiment_id = server.get("experiments/get-by-name?experiment_name=lesionseg")["experiment"]["experiment_id"]
+        runs = server.post("runs/search", {"experiment_ids": [experiment_id], "max_results": 1000})["runs"]
         parents = {}
         for run in runs:
             tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
@@ -221,7 +171,7 @@ def test_mlflow_server_groups_each_execution_under_one_parent_run(pipeline):
         assert "lesionseg.trained_in_run" not in exp_runs["finetune_all"][1]
         assert exp_runs["finetune_all"][1]["lesionseg.init_from_run"] == repro_runs["frozen"][0]
         # Metrics are never written into another execution's runs: one value per test metric.
-        history = _get(f"{base}/metrics/get-history?run_id={repro_runs['frozen'][0]}&metric_key=test_orig_jaccard")
+        history = server.get(f"metrics/get-history?run_id={repro_runs['frozen'][0]}&metric_key=test_orig_jaccard")
         assert len(history["metrics"]) == 1
         # The cross-validation execution: its cv run holds one run per fold and phase.
         cv_runs = children(parents["cv2"])
@@ -232,9 +182,8 @@ def test_mlflow_server_groups_each_execution_under_one_parent_run(pipeline):
             "fold1/finetune_all",
             "fold1/frozen",
         ]
-        experiment = _get(f"{base}/experiments/get?experiment_id={experiment_id}")["experiment"]
+        experiment = server.get(f"experiments/get?experiment_id={experiment_id}")["experiment"]
         kind = {t["key"]: t["value"] for t in experiment.get("tags", [])}["mlflow.experimentKind"]
         assert kind == "custom_model_development"
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        server.kill(signal.SIGTERM)

@@ -8,10 +8,7 @@ Everything is real: torchrun and DistributedDataParallel (gloo on CPU), an
 from __future__ import annotations
 
 import copy
-import json
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,10 +26,10 @@ from lesionseg.data.batch_augment import DeviceBatches
 from lesionseg.data.dataset import AugmentConfig
 from lesionseg.model.checkpoint import load_model, read_checkpoint
 from lesionseg.model.inference import predict_uint8
-from tests.helpers import REPO, make_archives, make_raw_tree
+from tests import helpers
+from tests.helpers import REPO, copy_project, make_archives, make_raw_tree
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "lesionseg", ".dvc/config", ".dvcignore", ".gitignore")
 
 
 def write_params(project: Path, **overrides) -> None:
@@ -194,44 +191,8 @@ def test_nproc_must_be_a_positive_integer(tmp_path, prepared):
     assert result.returncode == 1 and "runtime.nproc_per_node must be a positive integer" in result.stderr
 
 
-class MlflowServer:
-    """A real ``mlflow server`` on a SQLite store, started in its own session and stopped by PID."""
-
-    def __init__(self, store: Path, port: int):
-        self.store, self.port, self.proc = store, port, None
-        self.uri = f"http://127.0.0.1:{port}"
-
-    def start(self) -> MlflowServer:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.store}",
-             "--default-artifact-root", (self.store.parent / "mlartifacts").as_uri(),
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
-                return self
-            except OSError:
-                assert self.proc.poll() is None, "mlflow server exited during start-up"
-                time.sleep(0.5)
-        raise AssertionError("mlflow server did not answer within 120 s")
-
-    def kill(self, sig=signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=60)
-
-    def get(self, path: str) -> dict:
-        with urllib.request.urlopen(f"{self.uri}/api/2.0/mlflow/{path}", timeout=10) as response:
-            return json.loads(response.read())
-
-    def post(self, path: str, payload: dict) -> dict:
-        request = urllib.request.Request(
-            f"{self.uri}/api/2.0/mlflow/{path}", json.dumps(payload).encode(), {"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+class MlflowServer(helpers.MlflowServer):
+    """:class:`tests.helpers.MlflowServer` that also lists an experiment's runs."""
 
     def runs(self, experiment: str = "lesionseg") -> list[dict]:
         try:
@@ -247,15 +208,7 @@ class MlflowServer:
 def git_project(root: Path, **overrides) -> tuple[Path, dict]:
     """A git repository holding the project (dvc.yaml, stages, library), with synthetic archives."""
     archives = make_archives(root, n_train=24, n_test=4)
-    project = root / "project"
-    project.mkdir()
-    for name in PROJECT_FILES:
-        src, dst = REPO / name, project / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst)
+    project = copy_project(root / "project")
     base = dict(
         download__source=str(archives),
         data__size=64,

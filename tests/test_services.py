@@ -7,7 +7,6 @@ extra and the Debian ``postgresql`` package; skipped when ../shared is absent.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,12 +22,11 @@ import yaml
 
 from lesionseg.model.checkpoint import read_checkpoint
 from tests.conftest import requires_shared
-from tests.helpers import MINI, REPO, SHARED_WEIGHTS
+from tests.helpers import MINI, REPO, SHARED_WEIGHTS, MlflowRest, copy_project
 from tests.test_scale import run_queue
 
 pytestmark = [requires_shared, pytest.mark.services]
 SCRIPT = REPO / "scripts" / "services.sh"
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "lesionseg", ".dvc/config", ".dvcignore", ".gitignore")
 
 
 def busy(port: int) -> bool:
@@ -112,21 +109,7 @@ def test_services_script_is_idempotent_and_explains_errors(services):
         assert missing.returncode == 1 and "PostgreSQL binaries not found in /nonexistent" in missing.stderr
 
 
-class Rest:
-    def __init__(self, uri: str):
-        self.base = f"{uri}/api/2.0/mlflow"
-
-    def get(self, path: str) -> dict:
-        with urllib.request.urlopen(f"{self.base}/{path}", timeout=30) as response:
-            return json.loads(response.read())
-
-    def post(self, path: str, payload: dict) -> dict:
-        request = urllib.request.Request(
-            f"{self.base}/{path}", json.dumps(payload).encode(), {"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
+class Rest(MlflowRest):
     def files(self, run_id: str, path: str = "") -> list[str]:
         return [Path(f["path"]).name for f in self.get(f"artifacts/list?run_id={run_id}&path={path}").get("files", [])]
 
@@ -135,15 +118,7 @@ def test_pipeline_logs_to_the_server_and_shares_data_through_the_remote(services
     import boto3
 
     env, settings = services
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in PROJECT_FILES:
-        src, dst = REPO / name, project / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst)
+    project = copy_project(tmp_path / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["download"]["source"] = str(MINI)
     params["data"].update(expected_train=40, expected_test=16)
