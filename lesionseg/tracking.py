@@ -37,7 +37,6 @@ from lesionseg.errors import TrackingError  # noqa: F401 (raised here; importabl
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXECUTION_TAG = "lesionseg.execution"
 TRAINED_IN_TAG = "lesionseg.trained_in_run"
 INIT_FROM_TAG = "lesionseg.init_from_run"  # a fine-tuning run's starting point: the frozen phase's run

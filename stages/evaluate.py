@@ -25,9 +25,9 @@ from lesionseg.evaluation.selection import pipeline_checkpoints
 from lesionseg.model.checkpoint import load_models
 from lesionseg.model.inference import select_device
 from lesionseg.model.model import count_parameters
+from lesionseg.training.crossval import ENSEMBLE_NAME
 from stages.common import build, get, load_params, main, mlflow_setup, run_tags
 
-ENSEMBLE = "cv_ensemble"
 HEADLINE = ("orig_jaccard", "orig_dice")  # also logged on the parent run, to compare executions
 MODEL_INFO = ("lr", "epochs", "best_epoch", "members")  # in metrics.json for the report; not scores
 
@@ -72,8 +72,8 @@ def run() -> None:
             metrics, table = evaluate_model(model, test, batch_size, device, tta, postprocess)
             metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
             metrics.update({"members": len(ensemble["checkpoints"]), "member_model": ensemble["model"]})
-            all_metrics[ENSEMBLE], trained_in[ENSEMBLE] = metrics, ensemble.get("mlflow_run_id")
-            atomic.write_text(per_image_dir / f"{ENSEMBLE}.csv", table.to_csv(index=False, float_format="%.6f"))
+            all_metrics[ENSEMBLE_NAME], trained_in[ENSEMBLE_NAME] = metrics, ensemble.get("mlflow_run_id")
+            atomic.write_text(per_image_dir / f"{ENSEMBLE_NAME}.csv", table.to_csv(index=False, float_format="%.6f"))
         atomic.write_json(args.metrics, all_metrics)
 
         for name, metrics in all_metrics.items():

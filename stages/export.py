@@ -15,9 +15,8 @@ from lesionseg.evaluation.postprocess import InferenceConfig
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import package_model
 from lesionseg.serving.export import export_onnx, log_pyfunc_model
+from lesionseg.training.crossval import ENSEMBLE_NAME
 from stages.common import ParamError, get, load_params, main, mlflow_setup
-
-ENSEMBLE = "cv_ensemble"
 
 
 def run() -> None:
@@ -30,11 +29,11 @@ def run() -> None:
     args = parser.parse_args()
     params = load_params()
     which = get(params, "export.model")
-    if which == ENSEMBLE:
+    if which == ENSEMBLE_NAME:
         ensemble = json.loads((args.cv_models / "ensemble.json").read_text())
         if not ensemble["checkpoints"]:
             raise ParamError("params.yaml: export.model is cv_ensemble but cross-validation is off (cv.folds: 0)")
-        chosen, paths = ENSEMBLE, [args.cv_models / p for p in ensemble["checkpoints"]]
+        chosen, paths = ENSEMBLE_NAME, [args.cv_models / p for p in ensemble["checkpoints"]]
     else:
         checkpoints = pipeline_checkpoints(args.frozen, args.finetuned)
         chosen = choose_model(checkpoints, which)
