@@ -8,14 +8,19 @@ process so that its peak resident memory is its own. Run with
   random tensors already in memory;
 - ``pipeline_train_ips``: images/s of :func:`lesionseg.training.train.train_model` for
   one full epoch over cached uint8 tensors (real augmentation, per-epoch
-  validation on a 5% split, checkpointing, history);
+  validation on a split of `--val-fraction` (default 5%), checkpointing, history);
 - ``ratio`` = pipeline / bare, for the frozen encoder (level 0) and all layers:
   both measured in one process, interleaved round by round after a warm-up
   round, median of 3 rounds;
 - ``infer_ips`` at batch 1 and at the training batch size;
 - ``prepare_ips``: decode + resize + cache of generated JPEG/PNG pairs at
   1024x768 and 4288x2848 with the real prepare code (worker processes), and
-  whether its output equals the in-process path.
+  whether its output equals the in-process path;
+- ``e2e`` (not in the default parts): a real ``dvc repro`` in a scratch copy of
+  the project on ``--source`` archives (else generated ones), timed per stage
+  (start-up, work, shut-down) with the end-to-end efficiency; see
+  ``benchmarks/e2e.py``. E.g. ``--parts e2e --source ../shared/data/isic2016-dev
+  --weights ../shared/weights/mobilenet_v2_imagenet.pth``.
 """
 
 from __future__ import annotations
@@ -63,30 +68,23 @@ def _random_split(n: int, size: int, seed: int):
     return Split.from_arrays(pixels, masks, ids, [(size, size)] * n, [encode_mask(m) for m in masks])
 
 
-def train_ratio(level, device_name, size, batch, steps, images, augment_on="auto", channels_last=False):
-    """Bare steps and the real loop in one process, interleaved round by round.
-
-    Each round times ``steps`` bare steps, then one full epoch of
-    :func:`train_model` (with its validation, checkpoint and history); the
-    result is the median over rounds, after one warm-up round. Interleaving
-    makes both rates see the same machine conditions.
-    """
+def bare_steps(model, device, size, batch, steps, memory_format=torch.contiguous_format):
+    """A function timing ``steps`` bare training steps of ``model``: forward + DiceBCE + backward + Adam
+    (the pipeline's optimizer, :func:`~lesionseg.training.train.make_optimizer`) on distinct random
+    batches already on ``device``; it returns images/s."""
     from lesionseg.model.inference import autocast
-    from lesionseg.model.model import ModelConfig
     from lesionseg.training.losses import DiceBCELoss
-    from lesionseg.training.train import TrainConfig, train_model
+    from lesionseg.training.train import TrainConfig, make_optimizer
 
-    device = torch.device(device_name)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = _model(level).to(device, memory_format=memory_format).train()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-4), device)
     # Distinct batches, like an epoch's: one reused batch would sit in cache and flatter the bare rate.
-    xs = [torch.randn(batch, 3, size, size, device=device) for _ in range(steps)]
-    xs = [x.contiguous(memory_format=memory_format) for x in xs]
+    xs = [
+        torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format) for _ in range(steps)
+    ]
     ys = [(torch.rand(batch, 1, size, size, device=device) > 0.5).float() for _ in range(steps)]
     loss_fn = DiceBCELoss()
 
-    def bare_rate():
+    def rate():
         _sync(device)
         start = time.perf_counter()
         for x, y in zip(xs, ys):
@@ -99,7 +97,38 @@ def train_ratio(level, device_name, size, batch, steps, images, augment_on="auto
         _sync(device)
         return steps * batch / (time.perf_counter() - start)
 
-    train, val = _random_split(images, size, 0), _random_split(max(1, images // 20), size, 1)
+    return rate
+
+
+def bare_train_ips(level, device_name, size, batch, steps):
+    """Bare training images/s at unfreeze ``level``: median of 3 timed rounds after a warm-up round."""
+    from lesionseg.model.model import parse_unfreeze_level
+
+    device = torch.device(device_name)
+    rate = bare_steps(_model(parse_unfreeze_level(level)).to(device).train(), device, size, batch, steps)
+    rate()
+    return statistics.median(rate() for _ in range(REPEATS))
+
+
+def train_ratio(
+    level, device_name, size, batch, steps, images, augment_on="auto", channels_last=False, num_workers=0, val=0.05
+):
+    """Bare steps and the real loop in one process, interleaved round by round.
+
+    Each round times ``steps`` bare steps, then one full epoch of
+    :func:`train_model` (with its validation, checkpoint and history); the
+    result is the median over rounds, after one warm-up round. Interleaving
+    makes both rates see the same machine conditions.
+    """
+    from lesionseg.model.model import ModelConfig
+    from lesionseg.training.train import TrainConfig, train_model
+
+    device = torch.device(device_name)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = _model(level).to(device, memory_format=memory_format).train()
+    bare_rate = bare_steps(model, device, size, batch, steps, memory_format)
+
+    train, val = _random_split(images, size, 0), _random_split(max(1, round(images * val)), size, 1)
     config = TrainConfig(
         epochs=1,
         batch_size=batch,
@@ -108,6 +137,7 @@ def train_ratio(level, device_name, size, batch, steps, images, augment_on="auto
         lr=1e-4,
         augment_on=augment_on,
         channels_last=channels_last,
+        num_workers=num_workers,
     )
     pipeline_model = _model(level)
 
@@ -201,12 +231,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="prepare decoding processes")
     parser.add_argument("--augment-on", default="auto", choices=("auto", "loader", "device"), help="TrainConfig")
     parser.add_argument("--channels-last", action="store_true", help="NHWC model and inputs, in both loops")
-    parser.add_argument("--parts", default="train,infer,prepare", help="comma-separated subset to run")
+    parser.add_argument("--num-workers", type=int, default=0, help="TrainConfig: DataLoader worker processes")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="validation images per training image")
+    parser.add_argument("--parts", default="train,infer,prepare", help="comma-separated subset, or e2e")
+    e2e_args = parser.add_argument_group("e2e (a real dvc repro in a scratch copy of the project)")
+    e2e_args.add_argument("--source", type=Path, help="folder with the four official archives (default: generated)")
+    e2e_args.add_argument("--generate", default="64,16", help="generated training,test pairs (without --source)")
+    e2e_args.add_argument("--weights", default="imagenet", help="train.encoder_weights (e.g. a local state dict)")
+    e2e_args.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params.yaml override")
+    e2e_args.add_argument("--bare-steps", type=int, default=20, help="bare training steps per timed round")
+    e2e_args.add_argument("--keep", type=Path, help="keep the scratch project, logs and timing files here")
+    e2e_args.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
     result = {"device": args.device, "size": args.size, "batch_size": args.batch_size, "torch": torch.__version__}
     result.update({"augment_on": args.augment_on, "channels_last": args.channels_last})
+    result.update({"num_workers": args.num_workers, "val_fraction": args.val_fraction})
     for name, level in (("frozen", 0), ("all", "all")) if "train" in parts else ():
         steps = max(1, args.images // args.batch_size)  # a bare "epoch" of the same size
         result[name] = _isolated(
@@ -219,6 +260,8 @@ def main() -> None:
             args.images,
             args.augment_on,
             args.channels_last,
+            args.num_workers,
+            args.val_fraction,
         )
     for batch in (1, args.batch_size) if "infer" in parts else ():
         infer = _isolated(inference, args.device, args.size, batch, max(4, 64 // batch))
@@ -231,12 +274,32 @@ def main() -> None:
         result[f"prepare_peak_rss_mb_{width}x{height}"] = prep["peak_rss_mb"]
         result[f"prepare_identical_{width}x{height}"] = prep["identical_to_plain_path"]
 
+    if "e2e" in parts:
+        import e2e
+
+        def bare_rate(level, size, batch):
+            return _isolated(bare_train_ips, level, args.device, size, batch, args.bare_steps)
+
+        weights = args.weights if args.weights in ("imagenet", "none") else str(Path(args.weights).resolve())
+        result["e2e"] = e2e.run_e2e(
+            args.source,
+            weights,
+            e2e.parse_overrides(args.set),
+            args.device,
+            bare_rate,
+            keep=args.keep,
+            generated=tuple(int(n) for n in args.generate.split(",")),
+        )
     if args.device.startswith("cuda"):  # only now: CUDA must not be initialised before the parts are forked
         result["gpu"] = torch.cuda.get_device_name(0)
     print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{'part':<34}{'value':>12}", file=sys.stderr)
     for key, value in result.items():
-        if isinstance(value, dict):
+        if key == "e2e":
+            e2e.print_table(value)
+        elif isinstance(value, dict):
             for sub, v in value.items():
                 print(f"{key + '.' + sub:<34}{str(v):>12}", file=sys.stderr)
         else:

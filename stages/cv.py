@@ -17,16 +17,7 @@ import contextlib
 import functools
 from pathlib import Path
 
-import mlflow
-import pandas as pd
-
-from lesionseg import atomic, tracking
-from lesionseg.data.cache import Split
-from lesionseg.evaluation.postprocess import PostprocessConfig
-from lesionseg.model.inference import select_device
-from lesionseg.model.model import level_name
-from lesionseg.training.crossval import CrossValConfig, make_folds, score_heldout, summarize_folds, train_fold
-from lesionseg.training.phases import train_phase
+from lesionseg import atomic
 from stages.common import (
     build,
     get,
@@ -37,6 +28,7 @@ from stages.common import (
     run_tags,
     train_config,
     unfreeze_levels,
+    work,
 )
 
 
@@ -48,20 +40,38 @@ def run() -> None:
     parser.add_argument("--per-image", type=Path, required=True)
     args = parser.parse_args()
     params = load_params()
-    config = build(CrossValConfig, params, "cv", val_fraction=get(params, "data.val_fraction"))
+    # Off (the default): empty outputs at once, without importing torch, MLflow or the training stack.
+    off = type(get(params, "cv.folds")) is int and get(params, "cv.folds") == 0
+    if not off:
+        from lesionseg.training.crossval import CrossValConfig
+
+        config = build(CrossValConfig, params, "cv", val_fraction=get(params, "data.val_fraction"))
     with contextlib.ExitStack() as stack:
         models_dir = stack.enter_context(atomic.atomic_dir(args.models))
         per_image_dir = stack.enter_context(atomic.atomic_dir(args.per_image))
         # Written either way, so no output folder is ever empty (DVC warns about empty outputs).
-        atomic.write_json(per_image_dir / "folds.json", {"folds": config.folds, "seed": config.seed})
-        if not config.enabled:
+        atomic.write_json(
+            per_image_dir / "folds.json", {"folds": get(params, "cv.folds"), "seed": get(params, "cv.seed")}
+        )
+        if off:
             atomic.write_json(models_dir / "ensemble.json", {"folds": 0, "model": None, "checkpoints": []})
             atomic.write_json(args.metrics, {})
             return
         cross_validate(params, config, args.data, models_dir, per_image_dir, args.metrics)
 
 
-def cross_validate(params, config: CrossValConfig, data: Path, models_dir: Path, per_image_dir: Path, metrics_path):
+def cross_validate(params, config, data: Path, models_dir: Path, per_image_dir: Path, metrics_path):
+    """Train and score every fold (``config``: a :class:`~lesionseg.training.crossval.CrossValConfig`)."""
+    import mlflow
+    import pandas as pd
+
+    from lesionseg import tracking
+    from lesionseg.data.cache import Split
+    from lesionseg.evaluation.postprocess import PostprocessConfig
+    from lesionseg.model.inference import select_device
+    from lesionseg.model.model import level_name
+    from lesionseg.training.crossval import make_folds, score_heldout, summarize_folds, train_fold
+
     arch = model_config(params)
     frozen_config, finetune_config = train_config(params, "train"), train_config(params, "finetune")
     levels = unfreeze_levels(get(params, "finetune.unfreeze"))
@@ -77,9 +87,10 @@ def cross_validate(params, config: CrossValConfig, data: Path, models_dir: Path,
     tables: dict[str, list[pd.DataFrame]] = {}
     for fold in folds:
         runner = functools.partial(_logged_phase, fold.index, cv_run)
-        checkpoints = train_fold(fold, arch, frozen_config, finetune_config, levels, models_dir, runner)
-        for name, table in score_heldout(checkpoints, fold, batch_size, device, tta, postprocess).items():
-            tables.setdefault(name, []).append(table)
+        with work(fold=fold.index):
+            checkpoints = train_fold(fold, arch, frozen_config, finetune_config, levels, models_dir, runner)
+            for name, table in score_heldout(checkpoints, fold, batch_size, device, tta, postprocess).items():
+                tables.setdefault(name, []).append(table)
 
     summary = {}
     for name, parts in tables.items():
@@ -105,6 +116,8 @@ def cross_validate(params, config: CrossValConfig, data: Path, models_dir: Path,
 
 
 def _logged_phase(fold: int, cv_run: str, name, model, arch, train, val, config, checkpoint, history):
+    from lesionseg.training.phases import train_phase
+
     tags = {**run_tags(name), "lesionseg.fold": fold}
     return train_phase(f"fold{fold}/{name}", model, arch, train, val, config, checkpoint, history, tags, cv_run)
 

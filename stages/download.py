@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from lesionseg.data.download import DownloadConfig, download_and_extract
-from stages.common import ParamError, get, load_params, local_path, main
+from stages.common import ParamError, get, load_params, local_path, main, work
 
 
 def run() -> None:
@@ -33,7 +33,8 @@ def run() -> None:
     cache = get(params, "download.cache")
     if not isinstance(cache, str) or not cache:
         raise ParamError(f"params.yaml: download.cache must be a folder, got {cache!r}")
-    download_and_extract(config, args.raw, Path(local_path(cache)))
+    with work():
+        download_and_extract(config, args.raw, Path(local_path(cache)))
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ from lesionseg.evaluation.evaluate import VALIDATION_PREFIX, evaluate_checkpoint
 from lesionseg.evaluation.postprocess import PostprocessConfig
 from lesionseg.evaluation.selection import pipeline_checkpoints
 from lesionseg.model.checkpoint import load_models
+from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.inference import select_device
 from lesionseg.model.model import count_parameters
-from lesionseg.training.crossval import ENSEMBLE_NAME
-from stages.common import build, get, load_params, main, mlflow_setup, run_tags
+from stages.common import build, get, load_params, main, mlflow_setup, run_tags, work
 
 HEADLINE = ("orig_jaccard", "orig_dice")  # also logged on the parent run, to compare executions
 MODEL_INFO = ("lr", "epochs", "best_epoch", "members")  # in metrics.json for the report; not scores
@@ -60,20 +60,23 @@ def run() -> None:
 
     all_metrics, trained_in = {}, {}
     with atomic.atomic_dir(args.per_image) as per_image_dir:
-        for name, path in pipeline_checkpoints(args.frozen, args.finetuned).items():
-            metrics, table, checkpoint = evaluate_checkpoint(
-                path, test, batch_size, device, tta, postprocess, val_split=val
-            )
-            all_metrics[name], trained_in[name] = metrics, checkpoint["extra"].get("mlflow_run_id")
-            atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
-        if ensemble["checkpoints"]:
-            model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
-            model.to(device)
-            metrics, table = evaluate_model(model, test, batch_size, device, tta, postprocess)
-            metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
-            metrics.update({"members": len(ensemble["checkpoints"]), "member_model": ensemble["model"]})
-            all_metrics[ENSEMBLE_NAME], trained_in[ENSEMBLE_NAME] = metrics, ensemble.get("mlflow_run_id")
-            atomic.write_text(per_image_dir / f"{ENSEMBLE_NAME}.csv", table.to_csv(index=False, float_format="%.6f"))
+        with work():  # scoring; the MLflow logging below is not the stage's work
+            for name, path in pipeline_checkpoints(args.frozen, args.finetuned).items():
+                metrics, table, checkpoint = evaluate_checkpoint(
+                    path, test, batch_size, device, tta, postprocess, val_split=val
+                )
+                all_metrics[name], trained_in[name] = metrics, checkpoint["extra"].get("mlflow_run_id")
+                atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
+            if ensemble["checkpoints"]:
+                model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
+                model.to(device)
+                metrics, table = evaluate_model(model, test, batch_size, device, tta, postprocess)
+                metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
+                metrics.update({"members": len(ensemble["checkpoints"]), "member_model": ensemble["model"]})
+                all_metrics[ENSEMBLE_NAME], trained_in[ENSEMBLE_NAME] = metrics, ensemble.get("mlflow_run_id")
+                atomic.write_text(
+                    per_image_dir / f"{ENSEMBLE_NAME}.csv", table.to_csv(index=False, float_format="%.6f")
+                )
         atomic.write_json(args.metrics, all_metrics)
 
         for name, metrics in all_metrics.items():

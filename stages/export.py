@@ -14,9 +14,9 @@ from lesionseg import atomic, tracking
 from lesionseg.evaluation.postprocess import InferenceConfig
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import package_model
+from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.serving.export import export_onnx, log_pyfunc_model
-from lesionseg.training.crossval import ENSEMBLE_NAME
-from stages.common import ParamError, get, load_params, main, mlflow_setup
+from stages.common import ParamError, get, load_params, main, mlflow_setup, work
 
 
 def run() -> None:
@@ -43,8 +43,9 @@ def run() -> None:
         keep_largest=get(params, "evaluate.keep_largest"),
         fill_holes=get(params, "evaluate.fill_holes"),
     )
-    atomic.torch_save(package_model(paths, settings), args.model)
-    export_onnx(args.model, args.onnx)
+    with work():
+        atomic.torch_save(package_model(paths, settings), args.model)
+        export_onnx(args.model, args.onnx)
 
     parent = mlflow_setup(params)
     with tracking.start_run("", {"lesionseg.exported_model": chosen}, run_id=parent):  # the execution's model

@@ -60,8 +60,9 @@ def run() -> None:
                     args.frozen, f"expected the frozen-encoder (level 0) checkpoint, got level {frozen['unfreeze']}"
                 )
             model_config = ModelConfig(**frozen["model_config"])
-            results.append(
-                train_phase(
+            images = len(train_split) * config.epochs
+            with common.work(phase=name, unfreeze=level_name(level), images=images):
+                result = train_phase(
                     name,
                     model,
                     model_config,
@@ -75,7 +76,7 @@ def run() -> None:
                     deferred=deferred,
                     distributed=rank,
                 )
-            )
+            results.append(result)
     raise_logging_errors(results)  # after the outputs are in place
 
 

@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
-from stages.common import build, load_params, main
+from stages.common import build, load_params, main, work
 
 
 def run() -> None:
@@ -13,7 +13,8 @@ def run() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     config = build(PrepareConfig, load_params(), "data", skip=("max_pixels",))
-    prepare_dataset(args.raw, args.out, config)
+    with work():
+        prepare_dataset(args.raw, args.out, config)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from lesionseg.evaluation import report
 from lesionseg.evaluation.compare import read_tables
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import load_model
-from stages.common import get, load_params, main, mlflow_setup
+from stages.common import get, load_params, main, mlflow_setup, work
 
 
 def run() -> None:
@@ -30,17 +30,18 @@ def run() -> None:
     checkpoints = pipeline_checkpoints(args.frozen, args.finetuned)
     chosen = choose_model(checkpoints, get(params, "report.model"))
     model, _ = load_model(checkpoints[chosen])
-    report.write_report(
-        model,
-        chosen,
-        Split.load(args.data / "test.pt"),
-        json.loads(args.metrics.read_text()),
-        report.load_histories(args.histories),
-        args.figures,
-        args.table,
-        samples=get(params, "report.samples"),
-        per_image=read_tables(args.per_image),
-    )
+    with work():
+        report.write_report(
+            model,
+            chosen,
+            Split.load(args.data / "test.pt"),
+            json.loads(args.metrics.read_text()),
+            report.load_histories(args.histories),
+            args.figures,
+            args.table,
+            samples=get(params, "report.samples"),
+            per_image=read_tables(args.per_image),
+        )
 
     parent = mlflow_setup(params)
     with tracking.start_run("", {}, run_id=parent):  # the figures belong to the whole pipeline execution

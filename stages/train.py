@@ -30,20 +30,21 @@ def run() -> None:
 
     main_rank = rank is None or rank.is_main
     parent = mlflow_setup(params) if main_rank else None
-    result = train_phase(
-        "frozen",
-        model,
-        model_config,
-        train_split,
-        val_split,
-        config,
-        args.checkpoint,
-        args.history,
-        run_tags("frozen"),
-        parent_run_id=parent,
-        deferred=common.deferred(params, inputs) if main_rank else None,
-        distributed=rank,
-    )
+    with common.work(phase="frozen", unfreeze="0", images=len(train_split) * config.epochs):
+        result = train_phase(
+            "frozen",
+            model,
+            model_config,
+            train_split,
+            val_split,
+            config,
+            args.checkpoint,
+            args.history,
+            run_tags("frozen"),
+            parent_run_id=parent,
+            deferred=common.deferred(params, inputs) if main_rank else None,
+            distributed=rank,
+        )
     raise_logging_errors([result])
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +20,9 @@ SHARED = REPO.parent / "shared"
 MINI = SHARED / "data" / "isic2016-mini"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
 
-# What a test project (a temporary git repository running the real pipeline) needs from this one.
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "lesionseg", ".dvc/config", ".dvcignore", ".gitignore")
+# A test project (a temporary git repository running the real pipeline) holds what the benchmark's does.
+sys.path.insert(0, str(REPO / "benchmarks"))
+from e2e import PROJECT_FILES, copy_project  # noqa: E402, F401
 
 TRAIN_IMAGES = "ISBI2016_ISIC_Part1_Training_Data"
 TRAIN_MASKS = "ISBI2016_ISIC_Part1_Training_GroundTruth"
@@ -79,19 +79,6 @@ def make_archives(root: Path, n_train: int = 12, n_test: int = 4) -> Path:
     for name in (TRAIN_IMAGES, TRAIN_MASKS, TEST_IMAGES, TEST_MASKS):
         zip_folder(tree / name / name, out / f"{name}.zip")
     return out
-
-
-def copy_project(project: Path) -> Path:
-    """Copy :data:`PROJECT_FILES` of this repository into ``project`` (created)."""
-    project.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src, dst = REPO / name, project / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst)
-    return project
 
 
 class MlflowRest:

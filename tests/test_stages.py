@@ -323,7 +323,8 @@ def test_killed_prepare_leaves_previous_output_and_reruns_cleanly(tmp_path):
 
 
 def test_light_stages_do_not_import_the_training_stack():
-    """The download stage needs neither torch, torchvision nor MLflow; prepare needs torch only."""
+    """The download stage and the cv stage with folds off need neither torch, torchvision nor MLflow;
+    prepare needs torch only."""
     code = (
         "import sys, stages.download, stages.prepare\n"
         "heavy = {'torchvision', 'mlflow', 'albumentations', 'lesionseg.training.train'} & set(sys.modules)\n"
@@ -331,6 +332,6 @@ def test_light_stages_do_not_import_the_training_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    code = "import sys, stages.download\nprint('torch' in sys.modules)"
+    code = "import sys, stages.download, stages.cv\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

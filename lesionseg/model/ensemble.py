@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# The cross-validation fold models' ensemble, as the evaluate and export stages name it.
+ENSEMBLE_NAME = "cv_ensemble"
+
 # Probabilities are clamped to [EPS, 1 - EPS] before the logit, so a unanimous ensemble stays finite.
 EPS = 1e-6
 

@@ -30,9 +30,6 @@ from lesionseg.model.checkpoint import load_model
 from lesionseg.model.model import LesionSegModel, ModelConfig, build_model, level_name
 from lesionseg.training.train import TrainConfig, TrainResult, train_model
 
-# The fold models' ensemble, as the evaluate and export stages name it.
-ENSEMBLE_NAME = "cv_ensemble"
-
 # Metrics aggregated over folds (original resolution, the official definitions).
 CV_METRICS = ("jaccard", "dice", "jaccard_thresholded")
 

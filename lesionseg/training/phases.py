@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 LOGGED_TRAIN_FIELDS = (
     "epochs", "lr", "batch_size", "optimizer", "weight_decay", "scheduler", "warmup_epochs",
     "bce_weight", "dice_weight", "ema_decay", "seed", "device", "amp", "augment_on", "channels_last",
+    "compile", "fused_optimizer",
 )  # fmt: skip
 
 

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "cosine")
 AUGMENT_ON = ("auto", "loader", "device")
+# torch.compile modes for the training step; "eager" = not compiled. "reduce-overhead" adds CUDA graphs on CUDA.
+COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
+FUSED_OPTIMIZER = ("auto", "on", "off")
+FUSED_DEVICES = ("cuda", "cpu")  # where fused Adam/AdamW exist in every supported torch (>= 2.5)
 HISTORY_COLUMNS = (
     "epoch",
     "train_loss",
@@ -60,6 +64,11 @@ class TrainConfig:
     device, data held there; see :mod:`lesionseg.data.batch_augment`) or ``auto``
     (``device`` on CUDA, else ``loader``). ``channels_last``: NHWC memory
     layout for model and inputs (faster convolutions on some GPUs).
+    ``compile``: ``eager`` (default) or a ``torch.compile`` mode for the
+    training step's forward and backward (``reduce-overhead``: CUDA graphs,
+    for small batches whose GPU time is kernel launches); validation stays
+    eager. ``fused_optimizer``: the optimizer step as one fused kernel
+    (``auto``: on CUDA and the CPU; same update up to float rounding).
     """
 
     epochs: int = 25
@@ -76,6 +85,8 @@ class TrainConfig:
     num_workers: int = 0
     augment_on: str = "auto"
     channels_last: bool = False
+    compile: str = "eager"
+    fused_optimizer: str = "auto"
     device: str = "auto"
     amp: bool = True
     progress: bool = True
@@ -101,6 +112,10 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
         if self.augment_on not in AUGMENT_ON:
             raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.fused_optimizer not in FUSED_OPTIMIZER:
+            raise ValueError(f"fused_optimizer must be one of {FUSED_OPTIMIZER}, got {self.fused_optimizer!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
 
@@ -118,11 +133,14 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    # One fused kernel for the whole update: on a 2-core CPU the Adam step of all layers takes 4.3 ms instead
+    # of 13.6 ms (+4.7% training images/s; README: "Benchmarks"). None = PyTorch's default implementation.
+    auto = True if device.type in FUSED_DEVICES else None
+    fused = {"on": True, "off": None, "auto": auto}[config.fused_optimizer]
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
@@ -240,7 +258,10 @@ def train_model(
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         trained = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     loss_fn = DiceBCELoss(config.bce_weight, config.dice_weight)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, device)
+    # Only the training step is compiled; validation and checkpoints use the eager module (same weights).
+    step_model = trained if config.compile == "eager" else torch.compile(trained, mode=config.compile)
+    cuda_graphs = config.compile == "reduce-overhead" and device.type == "cuda"
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, len(batches), config))
     # The average starts from the phase's initial weights; use_buffers also averages BatchNorm statistics.
     ema = None
@@ -259,8 +280,10 @@ def train_model(
             batches, desc=f"epoch {epoch}/{config.epochs}", disable=None if config.progress else True, leave=False
         ):
             images = images.contiguous(memory_format=memory_format)
+            if cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast(device, config.amp):
-                logits = trained(images)
+                logits = step_model(images)
             loss = loss_fn(logits, masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
