@@ -8,7 +8,7 @@ from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
 from lesionseg.model.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.training.train import HISTORY_COLUMNS, TrainConfig, lr_factor, train_model
+from lesionseg.training.train import HISTORY_COLUMNS, TrainConfig, lr_factor, make_optimizer, train_model
 from tests.helpers import make_raw_tree
 
 FAST = dict(epochs=2, batch_size=4, progress=False, device="cpu", seed=5)
@@ -178,3 +178,10 @@ def test_compiled_training_step_matches_eager(splits, tmp_path):
     # What is saved is the plain module's state: it loads into an eager model.
     model, _ = load_model(tmp_path / "compiled" / "ckpt.pt")
     assert not any(key.startswith("_orig_mod") for key in model.state_dict())
+
+
+@pytest.mark.parametrize(("setting", "fused"), [("auto", True), ("on", True), ("off", None)])
+def test_fused_optimizer_setting_on_the_cpu(setting, fused):
+    model = build_model(ModelConfig(encoder_weights="none"), unfreeze=0)
+    optimizer = make_optimizer(model, TrainConfig(fused_optimizer=setting), torch.device("cpu"))
+    assert optimizer.defaults["fused"] is fused
