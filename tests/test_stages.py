@@ -335,3 +335,17 @@ def test_light_stages_do_not_import_the_training_stack():
     code = "import sys, stages.download, stages.cv\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_stage_exit_skips_the_collector_but_runs_exit_handlers(tmp_path):
+    """main() freezes the garbage collector for a fast exit; atexit handlers (MLflow's, logging's) still run."""
+    marker = tmp_path / "exit"
+    code = (
+        "import atexit, gc\n"
+        "from stages.common import main\n"
+        "state = lambda: f'{gc.isenabled()} {gc.get_freeze_count() > 0}'\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').write(state()))\n"
+        "main(lambda: None)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    assert marker.read_text() == "False True"
