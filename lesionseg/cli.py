@@ -1,4 +1,4 @@
-"""The ``lesionseg`` command: summary, predict, export, compare."""
+"""The ``lesionseg`` command: summary, predict, evaluate, export, compare."""
 
 from __future__ import annotations
 
@@ -37,16 +37,24 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def _load_for_inference(args):
+    """The model of ``--checkpoint`` on ``--device``, its checkpoint dict, and its stored inference
+    settings with the command line's overrides."""
     from lesionseg.model.checkpoint import inference_settings, load_models
     from lesionseg.model.inference import select_device
-    from lesionseg.serving.predict import collect_inputs, predict_files
 
     device = select_device(args.device)
     model, checkpoint = load_models(args.checkpoint)
     model.to(device)
     chosen = {k: getattr(args, k) for k in ("tta", "threshold", "keep_largest", "fill_holes")}
     settings = dataclasses.replace(inference_settings(checkpoint), **{k: v for k, v in chosen.items() if v is not None})
+    return model, checkpoint, settings, device
+
+
+def cmd_predict(args) -> int:
+    from lesionseg.serving.predict import collect_inputs, predict_files
+
+    model, checkpoint, settings, device = _load_for_inference(args)
     paths = collect_inputs(args.inputs)
     if not paths:
         print("lesionseg predict: no input images found", file=sys.stderr)
@@ -81,6 +89,33 @@ def _describe(settings) -> str:
     )
 
 
+def cmd_evaluate(args) -> int:
+    from lesionseg import atomic
+    from lesionseg.data.external import ExternalSet, prepare_external
+    from lesionseg.evaluation.evaluate import evaluate_model
+
+    model, checkpoint, settings, device = _load_for_inference(args)
+    spec = ExternalSet(args.name, args.images, args.masks, args.mask_suffix)
+    split, pairing = prepare_external(spec, checkpoint["preprocessing"]["size"], args.workers)
+    metrics, table = evaluate_model(
+        model, split, args.batch_size, device, settings.tta, settings.postprocess, settings.threshold
+    )
+    if args.per_image:
+        atomic.write_text(args.per_image, table.to_csv(index=False, float_format="%.6f"))
+    if args.json:
+        print(json.dumps({"n": len(split), **metrics, "settings": dataclasses.asdict(settings)}))
+    else:
+        print(
+            f"{len(split)} image(s) of {args.images} ({_describe(settings)}): "
+            f"IoU {metrics['orig_jaccard']:.4f}, Dice {metrics['orig_dice']:.4f}, "
+            f"thresholded IoU {metrics['orig_jaccard_thresholded']:.4f} "
+            "(per-image means at original resolution, the ISIC definition)"
+        )
+    for line in pairing.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args) -> int:
     from lesionseg.serving.export import export_onnx
 
@@ -94,7 +129,11 @@ def cmd_compare(args) -> int:
 
     def side(source: str):
         path = Path(source)
-        return read_tables(path) if path.exists() else read_revision(source, args.per_image_dir)
+        if path.is_dir() and args.set:
+            path = path / args.set
+        if path.exists():
+            return read_tables(path)
+        return read_revision(source, f"{args.per_image_dir}/{args.set}" if args.set else args.per_image_dir)
 
     results = compare_models(side(args.a), side(args.b), args.metric, args.model or None)
     if args.json:
@@ -107,6 +146,18 @@ def cmd_compare(args) -> int:
             better = "B" if r["delta"] > 0 else "A"
             print(f"{r['model']}: {better} is better; the 95% interval of the change excludes 0")
     return 0
+
+
+def _inference_options(p: argparse.ArgumentParser, batch_size: int) -> None:
+    # Defaults (None) come from the model: the settings it was evaluated with, else lesionseg's recipe.
+    p.add_argument("--threshold", type=float, help="probability threshold (model's setting, else 0.5)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="average predictions over flips")
+    p.add_argument(
+        "--keep-largest", action=argparse.BooleanOptionalAction, help="keep only the largest connected component"
+    )
+    p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, help="fill holes inside the predicted lesion")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,17 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", type=Path, default=Path("predictions"))
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
-    # Defaults (None) come from the model: the settings it was evaluated with, else lesionseg's recipe.
-    p.add_argument("--threshold", type=float, help="probability threshold (model's setting, else 0.5)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="average predictions over flips")
-    p.add_argument(
-        "--keep-largest", action=argparse.BooleanOptionalAction, help="keep only the largest connected component"
-    )
-    p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, help="fill holes inside the predicted lesion")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    _inference_options(p, batch_size=8)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a model on a labelled folder (IoU/Dice per image, original resolution)",
+        description="Score a model on any labelled folder, exactly as the pipeline scores the test split: "
+        "images/ + masks/ inside DIR, masks beside the images, or --masks DIR; a mask is "
+        "<image stem>{_segmentation,_Segmentation,_mask,_lesion,}.<ext>.",
+    )
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True, help="as for predict; several: an ensemble")
+    p.add_argument("--images", type=Path, required=True, metavar="DIR", help="the labelled folder, or its images")
+    p.add_argument("--masks", type=Path, metavar="DIR", help="the masks' folder, if not inside or beside --images")
+    p.add_argument("--mask-suffix", help="suffix after the image stem in mask names, where several fit ('' = none)")
+    p.add_argument("--name", default="external", help="the set's name in messages (letters, digits, _)")
+    p.add_argument("--json", action="store_true", help="print n, the metrics and the settings used as one JSON object")
+    p.add_argument("--per-image", type=Path, metavar="CSV", help="write the per-image scores here")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (0 = this one)")
+    _inference_options(p, batch_size=32)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
         "compare",
@@ -153,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-image-dir",
         default="reports/per_image",
         help="folder read at a revision (reports/cv/per_image for the out-of-fold CV scores)",
+    )
+    p.add_argument(
+        "--set", help="compare on this external set's per-image tables (evaluate.external) instead of the test split"
     )
     p.add_argument("--json", action="store_true", help="one JSON list: model, n, mean_a, mean_b, delta, ci95, p_value")
     p.set_defaults(func=cmd_compare)

@@ -15,6 +15,10 @@ class DataError(ValueError):
         return (type(self), (self.path, self.problem))
 
 
+class SizeMismatchError(DataError):
+    """A mask whose size differs from its image's: the pair cannot be scored at original resolution."""
+
+
 class EncoderWeightsError(RuntimeError):
     """The encoder's pretrained weights could not be obtained or do not fit."""
 

@@ -16,9 +16,18 @@ tables at once, so a run cut short keeps what it finished.
     python scripts/cv_ablation.py --source ../shared/data/isic2016-dev \\
         --weights ../shared/weights/mobilenet_v2_imagenet.pth --out cv-ablation --jobs 1
 
+Screening for other clinics' images (single split, each row's model also
+scored on an external labelled folder; rows as in ``ROWS``):
+
+    python scripts/cv_ablation.py --source ../shared/data/isic2016-dev \\
+        --weights ../shared/weights/mobilenet_v2_imagenet.pth --out screen --single-split \\
+        --external ../shared/data/isic2018-extra --rows reference,sog,camera,sog_camera
+
 Outputs in ``--out``: ``oof/<row>__<variant>.csv`` (out-of-fold per-image
 scores, every training pair once), ``test/<row>__<model>__<variant>.csv``
 (test per-image scores of the single-split model and of the fold ensemble),
+``external/<row>__single__<variant>.csv`` (with ``--external``: the
+single-split model on that labelled folder),
 ``jobs.jsonl`` (one line per finished job: timings) and, with
 ``scripts/cv_table.py``, the summary tables.
 """
@@ -41,6 +50,7 @@ import torch  # noqa: E402
 from lesionseg.data.cache import Split  # noqa: E402
 from lesionseg.data.dataset import AugmentConfig  # noqa: E402
 from lesionseg.data.download import DownloadConfig, download_and_extract  # noqa: E402
+from lesionseg.data.external import ExternalSet, prepare_external  # noqa: E402
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset  # noqa: E402
 from lesionseg.evaluation.evaluate import evaluate_model  # noqa: E402
 from lesionseg.evaluation.postprocess import PostprocessConfig  # noqa: E402
@@ -55,19 +65,38 @@ FINETUNE = {**FROZEN, "lr": 1e-4}
 AFFINE_HSV = {"scale_rotate": 0.5, "hue_saturation": 0.3}
 ADAMW_COSINE = {"optimizer": "adamw", "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 1}
 
-# row -> (what it changes, image size, augmentation overrides, overrides of both phases)
+# What differs between cameras (issue: other clinics' images): colour, tone, focus, noise, compression.
+CAMERA = {"hue_saturation": 0.3, "gamma": 0.3, "blur": 0.2, "noise": 0.2, "jpeg": 0.3}
+GEOMETRIC = {"scale_rotate": 0.5, "scale_limit": 0.3}  # wider zoom: the later collections' lesions are smaller
+SOG = {"colour_constancy": "shades_of_gray", "minkowski_p": 6.0}
+
+# row -> (what it changes, image size, augmentation overrides, overrides of both phases, model overrides)
 ROWS = {
-    "reference": ("reference recipe", 128, {}, {}),
-    "epochs50": ("50 epochs a phase", 128, {}, {"epochs": 50}),
-    "augment": ("+ shift/scale/rotate (p 0.5) and hue/saturation/value (p 0.3)", 128, AFFINE_HSV, {}),
-    "adamw_cosine": ("AdamW (wd 1e-4), cosine LR, 1 warm-up epoch", 128, {}, ADAMW_COSINE),
-    "ema": ("EMA of weights (decay 0.99)", 128, {}, {"ema_decay": 0.99}),
-    "size256": ("256 px input", 256, {}, {}),
+    "reference": ("reference recipe", 128, {}, {}, {}),
+    "epochs50": ("50 epochs a phase", 128, {}, {"epochs": 50}, {}),
+    "augment": ("+ shift/scale/rotate (p 0.5) and hue/saturation/value (p 0.3)", 128, AFFINE_HSV, {}, {}),
+    "adamw_cosine": ("AdamW (wd 1e-4), cosine LR, 1 warm-up epoch", 128, {}, ADAMW_COSINE, {}),
+    "ema": ("EMA of weights (decay 0.99)", 128, {}, {"ema_decay": 0.99}, {}),
+    "size256": ("256 px input", 256, {}, {}, {}),
     "combined": (
         "augment + AdamW/cosine + EMA + 50 epochs",
         128,
         AFFINE_HSV,
         {**ADAMW_COSINE, "ema_decay": 0.99, "epochs": 50},
+        {},
+    ),
+    "sog": ("Shades of Gray colour constancy (p 6)", 128, {}, {}, SOG),
+    "grayworld": ("gray world colour constancy", 128, {}, {}, {"colour_constancy": "gray_world"}),
+    "camera": ("+ camera augmentation (HSV, gamma, blur, noise, JPEG)", 128, CAMERA, {}, {}),
+    "geometric": ("+ shift/scale 0.7-1.3/rotate (p 0.5)", 128, GEOMETRIC, {}, {}),
+    "sog_camera": ("Shades of Gray + camera augmentation", 128, CAMERA, {}, SOG),
+    "sog_camera_geo": ("Shades of Gray + camera + geometric augmentation", 128, {**CAMERA, **GEOMETRIC}, {}, SOG),
+    "sog_camera_geo160": (
+        "Shades of Gray + camera + geometric augmentation, 160 px",
+        160,
+        {**CAMERA, **GEOMETRIC},
+        {},
+        SOG,
     ),
 }
 VARIANTS = {
@@ -79,7 +108,7 @@ LEVELS = [4]  # frozen, then all layers
 
 def phase_configs(row: str, device: str, epochs: int | None = None) -> tuple[TrainConfig, TrainConfig]:
     """The row's frozen and fine-tuning configs; ``epochs`` overrides both phases' epochs (smoke runs)."""
-    _, _, augment, both = ROWS[row]
+    _, _, augment, both, _ = ROWS[row]
     if epochs:
         both = {**both, "epochs": epochs, "warmup_epochs": min(both.get("warmup_epochs", 0), epochs)}
     runtime = {"device": device, "progress": False, "augment": AugmentConfig(**augment)}
@@ -110,7 +139,7 @@ def run_job(job: dict) -> dict:
     start = time.perf_counter()
     row, fold_index, out, work = job["row"], job["fold"], Path(job["out"]), Path(job["work"])
     prepared = Path(job["prepared"])
-    model_config = ModelConfig(encoder_weights=job["weights"])
+    model_config = ModelConfig(encoder_weights=job["weights"], **ROWS[row][4])
     frozen_config, finetune_config = phase_configs(row, job["device"], job["epochs"])
     device = torch.device(job["device"])
     models = work / "models" / row
@@ -129,11 +158,7 @@ def run_job(job: dict) -> dict:
         )
         model, _ = load_model(frozen_path, unfreeze=4)
         train_model(model, model_config, train, val, finetune_config, all_path, models / "single" / "all.csv")
-        model, _ = load_model(all_path)
-        model.to(device)
-        for variant, (tta, post) in VARIANTS.items():
-            _, table = evaluate_model(model, test, 32, device, tta, post)
-            write_tables(out / "test", f"{row}__single", {variant: table})
+        score_single(row, models / "single", test, out, device, job.get("external"))
     else:
         folds = make_folds(Split.concat([train, val]), CrossValConfig(folds=job["folds"], seed=job["seed"]))
         fold = folds[fold_index]
@@ -148,6 +173,22 @@ def run_job(job: dict) -> dict:
         f.write(json.dumps(record) + "\n")
     print(json.dumps(record), flush=True)
     return record
+
+
+def score_single(row: str, folder: Path, test: Split, out: Path, device, external: str | None) -> None:
+    """The single-split all-layers model of ``row`` on test and, with ``external``, on that labelled folder:
+    per-image tables ``test/<row>__single__<variant>.csv`` and ``external/<row>__single__<variant>.csv``."""
+    model, checkpoint = load_model(folder / "finetune_all.pt")
+    model.to(device)
+    sets = {"test": test}
+    if external:
+        sets["external"], _ = prepare_external(
+            ExternalSet("external", Path(external)), checkpoint["preprocessing"]["size"]
+        )
+    for name, split in sets.items():
+        for variant, (tta, post) in VARIANTS.items():
+            _, table = evaluate_model(model, split, 32, device, tta, post)
+            write_tables(out / name, f"{row}__single", {variant: table})
 
 
 def finish_row(row: str, folds: int, out: Path, work: Path, prepared: Path, device: str) -> None:
@@ -191,6 +232,20 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--epochs", type=int, help="override every phase's epochs (smoke runs)")
     parser.add_argument("--deadline", type=float, help="seconds after which unfinished jobs are stopped")
+    parser.add_argument(
+        "--single-split",
+        action="store_true",
+        help="screening: only each row's single-split model (train/val from prepare, scored on test), no folds",
+    )
+    parser.add_argument(
+        "--external",
+        type=Path,
+        help="a labelled folder (e.g. ../shared/data/isic2018-extra) on which the single-split models are also "
+        "scored; evaluation only, never trained or selected on",
+    )
+    parser.add_argument(
+        "--score-only", action="store_true", help="score the single-split models already trained in --work again"
+    )
     args = parser.parse_args()
     rows = args.rows.split(",")
     if unknown := set(rows) - set(ROWS):
@@ -200,15 +255,27 @@ def main() -> None:
     prepared = prepare(args.source.resolve(), work, {ROWS[r][1] for r in rows}, max(1, os.cpu_count() - 1))
     weights = args.weights if args.weights in ("imagenet", "none") else str(Path(args.weights).resolve())
     base = {"out": str(args.out), "work": str(work), "weights": weights, "device": args.device}
+    base["external"] = str(args.external.resolve()) if args.external else None
+    if args.score_only:
+        for row in rows:
+            test = Split.load(prepared[ROWS[row][1]] / "test.pt")
+            score_single(
+                row, work / "models" / row / "single", test, args.out, torch.device(args.device), base["external"]
+            )
+            print(f"{row}: scored", flush=True)
+        return
     base.update(
         folds=args.folds, seed=args.seed, epochs=args.epochs, threads=max(1, (os.cpu_count() or 1) // args.jobs)
     )
-    jobs = [{**base, "row": "reference", "fold": "single", "prepared": str(prepared[128])}]
-    jobs += [
-        {**base, "row": row, "fold": k, "prepared": str(prepared[ROWS[row][1]])}
-        for row in rows
-        for k in range(args.folds)
-    ]
+    if args.single_split:
+        jobs = [{**base, "row": row, "fold": "single", "prepared": str(prepared[ROWS[row][1]])} for row in rows]
+    else:
+        jobs = [{**base, "row": "reference", "fold": "single", "prepared": str(prepared[128])}]
+        jobs += [
+            {**base, "row": row, "fold": k, "prepared": str(prepared[ROWS[row][1]])}
+            for row in rows
+            for k in range(args.folds)
+        ]
     recipes = {}
     for row in rows:
         frozen, finetune = phase_configs(row, args.device, args.epochs)
@@ -217,6 +284,7 @@ def main() -> None:
             "size": ROWS[row][1],
             "frozen": asdict(frozen),
             "finetune": asdict(finetune),
+            "model": ROWS[row][4],
         }
     (args.out / "rows.json").write_text(json.dumps(recipes, indent=1))
     start = time.perf_counter()
@@ -234,7 +302,7 @@ def main() -> None:
                 break
             except Exception as exc:  # one failed job must not lose the others
                 print(f"job failed: {type(exc).__name__}: {exc}", flush=True)
-    for row in rows:
+    for row in [] if args.single_split else rows:
         finish_row(row, args.folds, args.out, work, prepared[ROWS[row][1]], args.device)
     print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
 

@@ -4,11 +4,15 @@ Each model's metrics also hold its validation-split scores (``val_`` prefix,
 same definitions, TTA and post-processing): the split to choose a recipe on.
 With cross-validation on (``cv.folds``), the fold models' ensemble is scored
 too, as the row ``cv_ensemble`` (test only: its members were trained on the
-validation pairs).
+validation pairs). Every external set (``evaluate.external``, prepared by the
+``external`` stage) is scored for every model exactly like the test split:
+its scores under the model's ``external.<set>`` key, per-image tables in
+``<per-image>/<set>/``.
 
 MLflow: each model's test scores go to its run under this execution's parent
-run as ``test_<metric>`` (validation-split scores as ``evaluate_val_<metric>``);
-the metrics file and per-image tables go to the parent run.
+run as ``test_<metric>`` (validation-split scores as ``evaluate_val_<metric>``,
+an external set's as ``<set>_<metric>``); the metrics file and per-image
+tables go to the parent run.
 """
 
 import argparse
@@ -19,7 +23,14 @@ import mlflow
 
 from lesionseg import atomic, tracking
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.evaluate import VALIDATION_PREFIX, evaluate_checkpoint, evaluate_model
+from lesionseg.evaluation.evaluate import (
+    EXTERNAL_KEY,
+    TEST_TABLE,
+    VALIDATION_PREFIX,
+    evaluate_checkpoint,
+    evaluate_external,
+    evaluate_model,
+)
 from lesionseg.evaluation.postprocess import PostprocessConfig
 from lesionseg.evaluation.selection import pipeline_checkpoints
 from lesionseg.model.checkpoint import load_models
@@ -27,9 +38,10 @@ from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.inference import select_device
 from lesionseg.model.model import count_parameters
 from stages.common import build, get, load_params, main, mlflow_setup, run_tags, work
+from stages.external import load_external_sets
 
 HEADLINE = ("orig_jaccard", "orig_dice")  # also logged on the parent run, to compare executions
-MODEL_INFO = ("lr", "epochs", "best_epoch", "members")  # in metrics.json for the report; not scores
+MODEL_INFO = ("lr", "epochs", "best_epoch", "members", EXTERNAL_KEY)  # in metrics.json for the report; not scores
 
 
 def scores(metrics: dict, prefix: str = "") -> dict:
@@ -41,6 +53,14 @@ def scores(metrics: dict, prefix: str = "") -> dict:
     }
 
 
+def write_tables(per_image_dir: Path, model: str, tables: dict) -> None:
+    """``<model>.csv`` for the test split; ``<set>/<model>.csv`` for each external set."""
+    for split_name, table in tables.items():
+        path = per_image_dir / (f"{model}.csv" if split_name == TEST_TABLE else f"{split_name}/{model}.csv")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, table.to_csv(index=False, float_format="%.6f"))
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
@@ -49,6 +69,7 @@ def run() -> None:
     parser.add_argument("--cv-models", type=Path, required=True, help="output folder of the cv stage")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--per-image", type=Path, required=True)
+    parser.add_argument("--external", type=Path, required=True, help="output folder of the external stage")
     args = parser.parse_args()
     params = load_params()
     batch_size, tta = get(params, "evaluate.batch_size"), get(params, "evaluate.tta")
@@ -56,27 +77,32 @@ def run() -> None:
     device = select_device(get(params, "runtime.device"))
     test, val = Split.load(args.data / "test.pt"), Split.load(args.data / "val.pt")
     ensemble = json.loads((args.cv_models / "ensemble.json").read_text())
+    external = load_external_sets(args.external)
     parent = mlflow_setup(params)
 
     all_metrics, trained_in = {}, {}
     with atomic.atomic_dir(args.per_image) as per_image_dir:
         with work():  # scoring; the MLflow logging below is not the stage's work
             for name, path in pipeline_checkpoints(args.frozen, args.finetuned).items():
-                metrics, table, checkpoint = evaluate_checkpoint(
-                    path, test, batch_size, device, tta, postprocess, val_split=val
+                metrics, tables, checkpoint = evaluate_checkpoint(
+                    path, test, batch_size, device, tta, postprocess, val_split=val, external=external
                 )
                 all_metrics[name], trained_in[name] = metrics, checkpoint["extra"].get("mlflow_run_id")
-                atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
+                write_tables(per_image_dir, name, tables)
             if ensemble["checkpoints"]:
                 model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
                 model.to(device)
                 metrics, table = evaluate_model(model, test, batch_size, device, tta, postprocess)
+                tables = {TEST_TABLE: table}
+                if external:
+                    metrics[EXTERNAL_KEY], external_tables = evaluate_external(
+                        model, external, batch_size, device, tta, postprocess
+                    )
+                    tables.update(external_tables)
                 metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
                 metrics.update({"members": len(ensemble["checkpoints"]), "member_model": ensemble["model"]})
                 all_metrics[ENSEMBLE_NAME], trained_in[ENSEMBLE_NAME] = metrics, ensemble.get("mlflow_run_id")
-                atomic.write_text(
-                    per_image_dir / f"{ENSEMBLE_NAME}.csv", table.to_csv(index=False, float_format="%.6f")
-                )
+                write_tables(per_image_dir, ENSEMBLE_NAME, tables)
         atomic.write_json(args.metrics, all_metrics)
 
         for name, metrics in all_metrics.items():
@@ -84,10 +110,15 @@ def run() -> None:
             with tracking.model_run(name, trained_in[name], parent, run_tags(name)):
                 tracking.log_flat("test_", test_scores)
                 tracking.log_flat("evaluate_val_", scores(metrics, VALIDATION_PREFIX))
+                for set_name, set_scores in metrics.get(EXTERNAL_KEY, {}).items():
+                    tracking.log_flat(f"{set_name}_", set_scores)
         with tracking.start_run("", {}, run_id=parent):
             mlflow.log_params({"evaluate.test_images": len(test), "evaluate.val_images": len(val)})
+            mlflow.log_params({f"evaluate.{set_name}_images": len(split) for set_name, split in external.items()})
             for name, metrics in all_metrics.items():
                 tracking.log_flat(f"{name}.test_", {k: metrics[k] for k in HEADLINE})
+                for set_name, set_scores in metrics.get(EXTERNAL_KEY, {}).items():
+                    tracking.log_flat(f"{name}.{set_name}_", {k: set_scores[k] for k in HEADLINE})
             mlflow.log_artifact(str(args.metrics))
             mlflow.log_artifacts(str(per_image_dir), "per_image")
 

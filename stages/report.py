@@ -13,6 +13,7 @@ from lesionseg.evaluation.compare import read_tables
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import load_model
 from stages.common import get, load_params, main, mlflow_setup, work
+from stages.external import load_external_sets
 
 
 def run() -> None:
@@ -25,11 +26,13 @@ def run() -> None:
     parser.add_argument("--per-image", type=Path, required=True, help="per-image test scores of the evaluate stage")
     parser.add_argument("--figures", type=Path, required=True)
     parser.add_argument("--table", type=Path, required=True, help="comparison table stem (.md and .csv written)")
+    parser.add_argument("--external", type=Path, required=True, help="output folder of the external stage")
     args = parser.parse_args()
     params = load_params()
     checkpoints = pipeline_checkpoints(args.frozen, args.finetuned)
     chosen = choose_model(checkpoints, get(params, "report.model"))
     model, _ = load_model(checkpoints[chosen])
+    external = load_external_sets(args.external)
     with work():
         report.write_report(
             model,
@@ -41,6 +44,8 @@ def run() -> None:
             args.table,
             samples=get(params, "report.samples"),
             per_image=read_tables(args.per_image),
+            external=external,
+            external_per_image={name: read_tables(args.per_image / name) for name in external},
         )
 
     parent = mlflow_setup(params)

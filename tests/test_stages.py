@@ -120,8 +120,23 @@ def test_missing_encoder_weights_fail_at_start_with_a_clear_message(tmp_path):
     assert sorted(os.listdir(project)) == ["params.yaml"]
 
 
+def make_external_set(folder: Path, n: int = 5) -> Path:
+    """A clinic's labelled folder as users have them: PNG images with ``<stem>_mask.png`` beside them."""
+    from PIL import Image
+
+    from tests.helpers import lesion_pair
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        image, mask = lesion_pair(500 + i, 80, 60)
+        Image.fromarray(image).save(folder / f"case{i}.png")
+        Image.fromarray(mask.astype("uint8") * 255).save(folder / f"case{i}_mask.png")
+    return folder
+
+
 def test_stages_on_synthetic_data(tmp_path):
     archives = make_archives(tmp_path, n_train=10, n_test=4)
+    clinic = make_external_set(tmp_path / "clinic_a")
     project = make_project(
         tmp_path,
         download__source=str(archives),
@@ -137,6 +152,7 @@ def test_stages_on_synthetic_data(tmp_path):
         finetune__unfreeze="all",
         report__samples=3,
         cv__folds=2,
+        evaluate__external={"clinic": str(clinic)},
     )
     run_stage(project, "download", "--raw", "data/raw")
     run_stage(project, "prepare", "--raw", "data/raw", "--out", "data/prepared")
@@ -157,9 +173,14 @@ def test_stages_on_synthetic_data(tmp_path):
     )
     cv_args = ("--models", "models/cv", "--metrics", "cv/metrics.json", "--per-image", "cv/per_image")
     run_stage(project, "cv", "--data", "data/prepared", *cv_args)
+    run_stage(project, "external", "--out", "data/external")
+    manifest = json.loads((project / "data" / "external" / "manifest.json").read_text())
+    assert manifest["clinic"]["n"] == 5 and manifest["clinic"]["skipped"] == []
     run_stage(
         project,
         "evaluate",
+        "--external",
+        "data/external",
         "--data",
         "data/prepared",
         "--frozen",
@@ -193,6 +214,8 @@ def test_stages_on_synthetic_data(tmp_path):
         "fig",
         "--table",
         "cmp",
+        "--external",
+        "data/external",
     )
     metrics = json.loads((project / "m.json").read_text())
     assert list(metrics) == ["frozen", "finetune_all", "cv_ensemble"]
@@ -217,16 +240,42 @@ def test_stages_on_synthetic_data(tmp_path):
     ]
     check_mlflow_grouping(project, json.loads((project / "m.json").read_text()))
     assert sorted(os.listdir(project / "fig")) == [
+        "clinic_error_maps.png",
+        "clinic_overlays.png",
+        "clinic_samples.png",
+        "clinic_worst.png",
         "comparison.png",
         "curves.png",
         "error_maps.png",
         "overlays.png",
         "samples.png",
+        "worst.png",
     ]
     table = (project / "cmp.md").read_text()
     assert "| finetune_all |" in table and "| IoU change vs frozen [95% CI] |" in table
     assert "| frozen | 0.001 |" in table and "+0.0000 [+0.0000, +0.0000]" in table  # frozen against itself
-    assert sorted(os.listdir(project / "per_image")) == ["cv_ensemble.csv", "finetune_all.csv", "frozen.csv"]
+    assert "| clinic IoU | clinic IoU change vs test [95% CI] |" in table
+    per_image_files = ["clinic", "cv_ensemble.csv", "finetune_all.csv", "frozen.csv"]
+    assert sorted(os.listdir(project / "per_image")) == per_image_files
+    assert sorted(os.listdir(project / "per_image" / "clinic")) == per_image_files[1:]
+
+    # The external set is scored like the test split, for every model, and logged on each model's run.
+    for name, values in metrics.items():
+        clinic_scores = values["external"]["clinic"]
+        clinic_table = pd.read_csv(project / "per_image" / "clinic" / f"{name}.csv")
+        assert clinic_scores["n"] == 5 and list(clinic_table["id"]) == [f"case{i}" for i in range(5)]
+        assert clinic_scores["orig_jaccard"] == pytest.approx(clinic_table["orig_jaccard"].mean(), abs=1e-5)
+        assert clinic_table["height"].tolist() == [60] * 5  # original resolution
+    check_external_in_mlflow(project, metrics)
+
+    # Unchanged folder: the external stage leaves its output as it was; a changed one is prepared again.
+    before = _digests(project / "data" / "external")
+    run_stage(project, "external", "--out", "data/external")
+    assert _digests(project / "data" / "external") == before
+    (clinic / "case4.png").unlink()
+    run_stage(project, "external", "--out", "data/external")
+    manifest = json.loads((project / "data" / "external" / "manifest.json").read_text())
+    assert manifest["clinic"]["n"] == 4 and manifest["clinic"]["skipped"] == ["case4_mask.png: no image"]
 
     # Fine-tuning must start from the frozen (level 0) checkpoint.
     result = run_stage(
@@ -270,6 +319,37 @@ def check_mlflow_grouping(project: Path, metrics: dict) -> None:
     folds = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == children["cv"].info.run_id}
     assert folds == {"fold0/frozen", "fold0/finetune_all", "fold1/frozen", "fold1/finetune_all"}
     assert children["cv_ensemble"].data.tags["lesionseg.trained_in_run"] == children["cv"].info.run_id
+
+
+def check_external_in_mlflow(project: Path, metrics: dict) -> None:
+    """Each model's run holds the external set's scores, named after the set."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lesionseg")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    for name, values in metrics.items():
+        logged = runs[name].data.metrics
+        assert logged["clinic_orig_jaccard"] == pytest.approx(values["external"]["clinic"]["orig_jaccard"])
+        assert logged["clinic_n"] == 5
+
+
+def test_external_stage_errors_name_the_set_and_keep_earlier_output(tmp_path):
+    clinic = make_external_set(tmp_path / "clinic_a", n=2)
+    project = make_project(tmp_path, evaluate__external={"clinic": str(clinic)})
+    run_stage(project, "external", "--out", "data/external")
+    before = _digests(project / "data" / "external")
+    from PIL import Image
+
+    Image.new("L", (7, 7)).save(clinic / "case1_mask.png")  # a mask of another size than its image
+    result = run_stage(project, "external", "--out", "data/external", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "case1_mask.png: external set 'clinic': mask is 7x7 but its image case1.png is 80x60" in result.stderr
+    assert _digests(project / "data" / "external") == before
+
+    project2 = make_project(tmp_path / "p2", evaluate__external={"bad name": str(clinic)})
+    result = run_stage(project2, "external", "--out", "data/external", check=False)
+    assert result.returncode == 1 and "evaluate.external.bad name: external set name" in result.stderr
 
 
 def test_tracking_uri_and_local_paths_resolve_against_the_repository(monkeypatch, tmp_path):
@@ -335,6 +415,24 @@ def test_light_stages_do_not_import_the_training_stack():
     code = "import sys, stages.download, stages.cv\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_external_stage_without_sets_stays_light(tmp_path):
+    """With no external set configured (the default), the external stage writes an empty manifest without torch."""
+    project = make_project(tmp_path)
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['external', '--out', 'data/external']\n"
+        "runpy.run_module('stages.external', run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    probe = code.replace(
+        "runpy.run_module", "import atexit; atexit.register(lambda: print('torch' in sys.modules))\nrunpy.run_module"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=project, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("False")
+    assert json.loads((project / "data" / "external" / "manifest.json").read_text()) == {}
 
 
 def test_stage_exit_skips_the_collector_but_runs_exit_handlers(tmp_path):

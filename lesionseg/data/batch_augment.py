@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 from lesionseg.data.dataset import AugmentConfig, normalize_float
 
-SCALE_RANGE = (0.85, 1.15)
 SHIFT_LIMIT = 0.06
 BRIGHTNESS_LIMIT = 0.2
 CONTRAST_LIMIT = 0.2
@@ -57,7 +56,7 @@ def _flip(x: torch.Tensor, m: torch.Tensor, p: float, dim: int, generator) -> tu
     return torch.where(chosen, x.flip(dim), x), torch.where(chosen, m.flip(dim), m)
 
 
-def _affine(x, m, p: float, rotate_limit: float, generator):
+def _affine(x, m, p: float, rotate_limit: float, scale_limit: float, generator):
     """Random scale/shift/rotation about the centre of the chosen images (square images).
 
     Images not chosen get the identity transform, which samples exactly at the
@@ -66,7 +65,8 @@ def _affine(x, m, p: float, rotate_limit: float, generator):
     """
     n, device = len(x), x.device
     chosen = _chosen(n, p, generator, device).view(n, 1, 1)
-    scale = _uniform(2 * n, *SCALE_RANGE, generator, device).view(n, 2)  # x and y drawn apart, as albumentations
+    # x and y scales drawn apart, as albumentations does
+    scale = _uniform(2 * n, 1 - scale_limit, 1 + scale_limit, generator, device).view(n, 2)
     shift = _uniform(2 * n, -SHIFT_LIMIT, SHIFT_LIMIT, generator, device).view(n, 2)
     angle = _uniform(n, -rotate_limit, rotate_limit, generator, device) * (math.pi / 180)
     # affine_grid maps output to input coordinates (normalised to [-1, 1]): invert
@@ -140,13 +140,16 @@ def augment_batch(
     ``images``: uint8 ``(N, S, S, 3)``; ``masks``: uint8 ``(N, S, S)`` with 0/1.
     Returns normalised float images ``(N, 3, S, S)`` and float 0/1 masks
     ``(N, 1, S, S)``. ``generator`` (on the same device) makes it reproducible.
+    The loader-only transforms (:meth:`AugmentConfig.loader_only`) are refused.
     """
+    if config.loader_only():
+        raise ValueError(f"augment.{', augment.'.join(config.loader_only())} run only in the CPU loader")
     x = images.permute(0, 3, 1, 2).float()
     m = masks.unsqueeze(1).float()
     x, m = _flip(x, m, config.hflip, -1, generator)
     x, m = _flip(x, m, config.vflip, -2, generator)
     if config.scale_rotate > 0:
-        x, m = _affine(x, m, config.scale_rotate, config.rotate_limit, generator)
+        x, m = _affine(x, m, config.scale_rotate, config.rotate_limit, config.scale_limit, generator)
     if config.brightness_contrast > 0:
         x = _brightness_contrast(x, config.brightness_contrast, generator)
     if config.hue_saturation > 0:

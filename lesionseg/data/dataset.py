@@ -22,8 +22,15 @@ class AugmentConfig:
     """Training augmentation; the defaults are the reference recipe.
 
     ``scale_rotate``: probability of a random affine (shift up to 6%, scale
-    0.85-1.15, rotation up to ``rotate_limit`` degrees); ``hue_saturation``:
-    probability of a hue/saturation/value jitter. Both 0 in the reference.
+    ``1 +- scale_limit``, rotation up to ``rotate_limit`` degrees);
+    ``hue_saturation``: probability of a hue/saturation/value jitter. Both 0
+    in the reference.
+
+    What spans cameras (each a probability, 0 = off; all 0 in the reference):
+    ``gamma`` (gamma 0.7-1.5), ``blur`` (Gaussian blur, sigma up to 1.2 px
+    at 128 px), ``noise`` (Gaussian sensor noise, std up to 5% of the range),
+    ``jpeg`` (JPEG re-compression at quality 40-95). These run only in the
+    CPU loader (albumentations); see :data:`LOADER_ONLY`.
     """
 
     hflip: float = 0.5
@@ -31,12 +38,39 @@ class AugmentConfig:
     brightness_contrast: float = 0.5
     scale_rotate: float = 0.0
     rotate_limit: int = 45
+    scale_limit: float = 0.15
     hue_saturation: float = 0.0
+    gamma: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
+    jpeg: float = 0.0
 
     def __post_init__(self):
-        for name in ("hflip", "vflip", "brightness_contrast", "scale_rotate", "hue_saturation"):
+        for name in PROBABILITIES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
+        if not 0.0 <= self.scale_limit < 1.0:
+            raise ValueError(f"scale_limit must be in [0, 1), got {self.scale_limit!r}")
+
+    def loader_only(self) -> list[str]:
+        """The transforms switched on here that only the CPU loader implements."""
+        return [name for name in LOADER_ONLY if getattr(self, name) > 0]
+
+
+PROBABILITIES = (
+    "hflip",
+    "vflip",
+    "brightness_contrast",
+    "scale_rotate",
+    "hue_saturation",
+    "gamma",
+    "blur",
+    "noise",
+    "jpeg",
+)
+# Not re-expressed as batched tensor ops in lesionseg.data.batch_augment: with any of them on,
+# training augments in the CPU loader (augment_on auto) or refuses augment_on=device.
+LOADER_ONLY = ("gamma", "blur", "noise", "jpeg")
 
 
 def train_transform(config: AugmentConfig = AugmentConfig(), seed: int | None = None) -> A.Compose:
@@ -49,7 +83,7 @@ def train_transform(config: AugmentConfig = AugmentConfig(), seed: int | None = 
     if config.scale_rotate > 0:
         transforms.append(
             A.Affine(
-                scale=(0.85, 1.15),
+                scale=(1 - config.scale_limit, 1 + config.scale_limit),
                 translate_percent=(-0.06, 0.06),
                 rotate=(-config.rotate_limit, config.rotate_limit),
                 border_mode=0,
@@ -60,6 +94,14 @@ def train_transform(config: AugmentConfig = AugmentConfig(), seed: int | None = 
     transforms.append(A.RandomBrightnessContrast(p=config.brightness_contrast))
     if config.hue_saturation > 0:
         transforms.append(A.HueSaturationValue(p=config.hue_saturation))
+    if config.gamma > 0:
+        transforms.append(A.RandomGamma(gamma_limit=(70, 150), p=config.gamma))
+    if config.blur > 0:
+        transforms.append(A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.2, 1.2), p=config.blur))
+    if config.noise > 0:
+        transforms.append(A.GaussNoise(std_range=(0.01, 0.05), p=config.noise))
+    if config.jpeg > 0:
+        transforms.append(A.ImageCompression(quality_range=(40, 95), p=config.jpeg))
     transforms.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
     return A.Compose(transforms, seed=seed)
 

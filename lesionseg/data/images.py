@@ -8,10 +8,12 @@ prepare summary report repairs):
 - EXIF orientation is applied, so images look as viewers show them;
 - grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images become
   8-bit RGB;
-- masks: RGB or 16-bit masks are reduced to 8-bit gray; a 0/1 mask counts 1 as
-  lesion (repair ``zero_one``); otherwise pixels > 127 are lesion, as the ISIC
-  scorer thresholds at 128, and anything but 0/255 is reported
-  (repair ``thresholded``). An all-empty mask is valid.
+- masks: RGB and palette masks are reduced to their brightest channel, 16-bit
+  masks to 8-bit gray; a 0/1 mask counts 1 as lesion (repair ``zero_one``); a
+  mask of 0 and one other level counts that level as lesion (``two_level``);
+  otherwise pixels > 127 are lesion, as the ISIC scorer thresholds at 128, and
+  anything but 0/255 is reported (repair ``thresholded``). An all-empty mask is
+  valid.
 """
 
 from __future__ import annotations
@@ -107,7 +109,11 @@ def load_mask(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedMask:
         notes = []
         if img.mode not in ("L", "1"):
             notes.append(f"converted_{img.mode}")
-        if img.mode != "L":
+        if img.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+            # The brightest channel, not luminance: a pure red or blue lesion (a palette mask's
+            # colour) would otherwise fall below the threshold.
+            img = Image.fromarray(np.asarray(img.convert("RGB")).max(axis=2), mode="L")
+        elif img.mode != "L":
             img = img.convert("L")
         histogram = img.histogram()  # computed in C: far cheaper than numpy on a 12 Mpx mask
         values = np.asarray(img)
@@ -115,6 +121,10 @@ def load_mask(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedMask:
     if present and present[-1] == 1:
         notes.append("zero_one")
         return LoadedMask(values == 1, histogram[1], notes)
+    if len(present) == 2 and present[0] == 0 and present[1] != 255:
+        # Two levels, one of them 0 (e.g. a dark palette colour): the other level is the lesion.
+        notes.append("two_level")
+        return LoadedMask(values == present[1], histogram[present[1]], notes)
     if any(value not in (0, 255) for value in present):
         notes.append("thresholded")
     return LoadedMask(values >= 128, sum(histogram[128:]), notes)

@@ -22,7 +22,7 @@ from lesionseg import atomic
 from lesionseg.data.cache import Split, encode_mask
 from lesionseg.data.images import DEFAULT_MAX_PIXELS, image_size, load_image, load_mask
 from lesionseg.data.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS, Pairing, pair_images_and_masks
-from lesionseg.errors import DataError
+from lesionseg.errors import DataError, SizeMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ def decode_pair(image_path: Path, mask_path: Path, size: int, max_pixels: int = 
     loaded = load_mask(mask_path, max_pixels)
     if loaded.mask.shape != (height, width):
         mh, mw = loaded.mask.shape
-        raise DataError(mask_path, f"mask is {mw}x{mh} but its image {Path(image_path).name} is {width}x{height}")
+        raise SizeMismatchError(
+            mask_path, f"mask is {mw}x{mh} but its image {Path(image_path).name} is {width}x{height}"
+        )
     image = model_input(image_path, size, max_pixels)
     small = Image.fromarray(loaded.mask.view(np.uint8)).resize((size, size), Image.NEAREST)
     return DecodedPair(

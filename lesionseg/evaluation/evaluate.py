@@ -7,6 +7,8 @@ probability 0.5, and compared with the original mask.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import torch
 
@@ -20,14 +22,24 @@ from lesionseg.training.losses import DiceBCELoss
 
 ORIGINAL_PREFIX = "orig_"
 VALIDATION_PREFIX = "val_"
+EXTERNAL_KEY = "external"  # a model's metrics.json entry: external set name -> its scores
+TEST_TABLE = "test"
 
 
-def fullres_counts(logits: torch.Tensor, split: Split, postprocess: PostprocessConfig = PostprocessConfig()):
+def logit(probability: float) -> float:
+    """The logit at which a probability ``threshold`` cuts: 0 for 0.5."""
+    return math.log(probability / (1 - probability))
+
+
+def fullres_counts(
+    logits: torch.Tensor, split: Split, postprocess: PostprocessConfig = PostprocessConfig(), threshold: float = 0.5
+):
     """Per-image ``(N, 4)`` confusion counts at each image's original resolution."""
     rows = []
+    cut = logit(threshold)
     for i in range(len(split)):
         height, width = (int(v) for v in split.orig_sizes[i])
-        pred = upsample_logits(logits[i : i + 1], height, width)[0, 0] > 0
+        pred = upsample_logits(logits[i : i + 1], height, width)[0, 0] > cut
         if postprocess.active:
             pred = torch.from_numpy(clean_mask(pred.numpy(), postprocess))
         truth = torch.from_numpy(split.fullres_mask(i))
@@ -42,13 +54,15 @@ def evaluate_model(
     device=None,
     tta: bool = False,
     postprocess: PostprocessConfig = PostprocessConfig(),
+    threshold: float = 0.5,
 ) -> tuple[dict, pd.DataFrame]:
     """:func:`score_logits` of ``model``'s logits on ``split`` (flip-averaged with ``tta``)."""
-    return score_logits(predict_uint8(model, split.images, batch_size, device, tta=tta), split, postprocess)
+    logits = predict_uint8(model, split.images, batch_size, device, tta=tta)
+    return score_logits(logits, split, postprocess, threshold)
 
 
 def score_logits(
-    logits: torch.Tensor, split: Split, postprocess: PostprocessConfig = PostprocessConfig()
+    logits: torch.Tensor, split: Split, postprocess: PostprocessConfig = PostprocessConfig(), threshold: float = 0.5
 ) -> tuple[dict, pd.DataFrame]:
     """Metrics dict and a per-image table for logits ``(N, 1, S, S)`` of ``split``'s images.
 
@@ -58,11 +72,12 @@ def score_logits(
     ``orig_`` prefix at original resolution (the official definition).
     The table has one row per image (``id``, ``height``, ``width`` and the
     per-image scores at both resolutions). ``postprocess`` applies to the
-    thresholded masks at both resolutions (the loss uses the raw logits).
+    thresholded masks at both resolutions (the loss uses the raw logits);
+    ``threshold`` is the probability above which a pixel is lesion.
     """
     target = split.masks[:, None].float()
-    small = confusion_counts(clean_masks(logits > 0, postprocess), target > 0)
-    full = fullres_counts(logits, split, postprocess)
+    small = confusion_counts(clean_masks(logits > logit(threshold), postprocess), target > 0)
+    full = fullres_counts(logits, split, postprocess, threshold)
     metrics = {"loss": float(DiceBCELoss()(logits, target)), **summarize(small)}
     metrics.update({ORIGINAL_PREFIX + k: v for k, v in summarize(full).items()})
     table = pd.DataFrame(
@@ -83,13 +98,17 @@ def evaluate_checkpoint(
     tta: bool = False,
     postprocess: PostprocessConfig = PostprocessConfig(),
     val_split: Split | None = None,
-) -> tuple[dict, pd.DataFrame, dict]:
+    external: dict[str, Split] | None = None,
+) -> tuple[dict, dict[str, pd.DataFrame], dict]:
     """:func:`evaluate_model` on a checkpoint's model, with the report's extra keys.
 
     The metrics also hold ``params_total``/``params_trainable``/``params_frozen``
     (at the checkpoint's unfreeze level), the phase's ``lr`` and ``epochs``, and
-    ``best_epoch``; with ``val_split``, its scores too, prefixed ``val_``. The
-    per-image table is ``split``'s. Returns ``(metrics, per-image table, checkpoint dict)``.
+    ``best_epoch``; with ``val_split``, its scores too, prefixed ``val_``; with
+    ``external`` (set name -> split), each set's scores and image count under
+    ``metrics[EXTERNAL_KEY][name]``, scored exactly like ``split``.
+    Returns ``(metrics, per-image tables, checkpoint dict)``: the tables are
+    keyed ``"test"`` (``split``'s) and by external set name.
     """
     model, checkpoint = load_model(path)
     model = model.to(device) if device else model
@@ -97,7 +116,30 @@ def evaluate_checkpoint(
     if val_split is not None:
         val_metrics, _ = evaluate_model(model, val_split, batch_size, device, tta, postprocess)
         metrics.update({VALIDATION_PREFIX + k: v for k, v in val_metrics.items()})
+    tables = {TEST_TABLE: table}
+    if external:
+        metrics[EXTERNAL_KEY], external_tables = evaluate_external(
+            model, external, batch_size, device, tta, postprocess
+        )
+        tables.update(external_tables)
     trained = checkpoint.get("train_config", {})
     metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
     metrics.update({"lr": trained.get("lr"), "epochs": trained.get("epochs"), "best_epoch": checkpoint["epoch"]})
-    return metrics, table, checkpoint
+    return metrics, tables, checkpoint
+
+
+def evaluate_external(
+    model: torch.nn.Module,
+    sets: dict[str, Split],
+    batch_size: int = 32,
+    device=None,
+    tta: bool = False,
+    postprocess: PostprocessConfig = PostprocessConfig(),
+    threshold: float = 0.5,
+) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
+    """Every external set scored like the test split: ``({name: metrics + "n"}, {name: per-image table})``."""
+    metrics, tables = {}, {}
+    for name, split in sets.items():
+        scores, tables[name] = evaluate_model(model, split, batch_size, device, tta, postprocess, threshold)
+        metrics[name] = {"n": len(split), **scores}
+    return metrics, tables

@@ -15,8 +15,15 @@ from scipy import ndimage  # noqa: E402
 
 from lesionseg import atomic  # noqa: E402
 from lesionseg.data.cache import Split  # noqa: E402
+from lesionseg.evaluation.evaluate import EXTERNAL_KEY  # noqa: E402
 from lesionseg.evaluation.metrics import confusion_counts, per_image_scores  # noqa: E402
-from lesionseg.evaluation.stats import PairedComparison, format_change, paired_difference  # noqa: E402
+from lesionseg.evaluation.stats import (  # noqa: E402
+    IndependentComparison,
+    PairedComparison,
+    format_change,
+    independent_difference,
+    paired_difference,
+)
 from lesionseg.model.inference import predict_uint8  # noqa: E402
 
 COMPARISON_COLUMNS = {
@@ -35,15 +42,24 @@ ERROR_COLOURS = {"tp": (0.1, 0.75, 0.2), "fp": (0.95, 0.2, 0.15), "fn": (0.15, 0
 
 
 CHANGE_COLUMN = "IoU change vs frozen [95% CI]"
+DROP_COLUMN = "IoU change vs test [95% CI]"
+WORST_CASES = 8
 BASELINE_MODEL = "frozen"
 
 
-def comparison_table(metrics: dict[str, dict], per_image: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+def comparison_table(
+    metrics: dict[str, dict],
+    per_image: dict[str, pd.DataFrame] | None = None,
+    external_per_image: dict[str, dict[str, pd.DataFrame]] | None = None,
+) -> pd.DataFrame:
     """One row per model from ``reports/metrics.json``-style metrics (official, original-resolution IoU/Dice).
 
     With ``per_image`` tables (model -> the evaluate stage's per-image CSV),
     the column ``IoU change vs frozen [95% CI]`` holds each model's paired
     change of per-image IoU against the frozen model (see :mod:`lesionseg.evaluation.stats`).
+    Every external set in a model's metrics adds a column of its IoU and,
+    with ``external_per_image`` (set -> model -> table), one of the drop from
+    the test split's IoU with its 95% interval (independent samples).
     """
     rows = [{"model": name, **values} for name, values in metrics.items()]
     table = pd.DataFrame(rows).reindex(columns=list(COMPARISON_COLUMNS)).rename(columns=COMPARISON_COLUMNS)
@@ -52,7 +68,22 @@ def comparison_table(metrics: dict[str, dict], per_image: dict[str, pd.DataFrame
             format_change(paired_change(per_image, BASELINE_MODEL, name)) if name in per_image else ""
             for name in table["Model"]
         ]
+    set_names = dict.fromkeys(n for values in metrics.values() for n in values.get(EXTERNAL_KEY, {}))
+    for set_name in set_names:
+        table[f"{set_name} IoU"] = [
+            metrics[m].get(EXTERNAL_KEY, {}).get(set_name, {}).get("orig_jaccard", float("nan")) for m in metrics
+        ]
+        tables = (external_per_image or {}).get(set_name, {})
+        if per_image and tables:
+            table[f"{set_name} {DROP_COLUMN}"] = [
+                format_change(drop(per_image[m], tables[m])) if m in per_image and m in tables else "" for m in metrics
+            ]
     return table
+
+
+def drop(test_table: pd.DataFrame, external_table: pd.DataFrame) -> IndependentComparison:
+    """A model's per-image IoU on an external set against the test split (negative: a drop)."""
+    return independent_difference(test_table["orig_jaccard"], external_table["orig_jaccard"])
 
 
 def paired_change(per_image: dict[str, pd.DataFrame], base: str, name: str) -> PairedComparison:
@@ -191,13 +222,15 @@ def plot_comparison(table: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
-def sample_predictions(model: torch.nn.Module, split: Split, count: int):
-    """Predictions for ``count`` images spread evenly over ``split``.
+def sample_predictions(model: torch.nn.Module, split: Split, count: int, pick=None):
+    """Predictions for ``count`` images spread evenly over ``split`` (or for the indices ``pick``).
 
     Returns ``images`` uint8 ``(K, S, S, 3)``, ``truths`` and ``preds`` bool
     ``(K, S, S)``, their ``ids`` and per-image Jaccard ``scores`` (model resolution).
     """
-    pick = np.linspace(0, len(split) - 1, min(count, len(split))).round().astype(int)
+    if pick is None:
+        pick = np.linspace(0, len(split) - 1, min(count, len(split))).round().astype(int)
+    pick = np.asarray(pick, dtype=int)
     truths = split.masks[pick].bool()
     preds = (predict_uint8(model, split.images[pick]) > 0)[:, 0]
     scores = per_image_scores(confusion_counts(preds, truths))["jaccard"].tolist()
@@ -213,6 +246,42 @@ def load_histories(paths: list[Path]) -> dict[str, pd.DataFrame]:
     return histories
 
 
+def worst_indices(split: Split, table: pd.DataFrame, count: int = WORST_CASES) -> list[int]:
+    """Indices into ``split`` of the ``count`` images with the lowest scored IoU in ``table`` (per-image CSV)."""
+    scores = table.set_index("id")["orig_jaccard"]
+    worst = scores[scores.index.isin(split.ids)].nsmallest(count).index
+    position = {image_id: i for i, image_id in enumerate(split.ids)}
+    return [position[image_id] for image_id in worst]
+
+
+def plot_split(
+    model: torch.nn.Module,
+    split: Split,
+    title: str,
+    figures: Path,
+    prefix: str = "",
+    samples: int = 8,
+    table: pd.DataFrame | None = None,
+) -> None:
+    """``<prefix>samples.png``, ``overlays.png`` and ``error_maps.png`` on ``samples`` images spread over
+    ``split``; with ``table`` (the model's per-image scores there), ``<prefix>worst.png``: overlays of the
+    lowest-scoring images, captioned with their scored IoU (original resolution, evaluation settings)."""
+    images, truths, preds, ids, scores = sample_predictions(model, split, samples)
+    plot_samples(images, truths, preds, ids, scores, title, figures / f"{prefix}samples.png")
+    overlays = [overlay(i, p, t) for i, p, t in zip(images, preds, truths)]
+    legend = "prediction yellow, ground truth cyan"
+    plot_grid(overlays, ids, scores, f"{title}: {legend}", figures / f"{prefix}overlays.png")
+    errors = [error_map(p, t) for p, t in zip(preds, truths)]
+    colours = "true positive green, false positive red, false negative blue"
+    plot_grid(errors, ids, scores, f"{title}: {colours}", figures / f"{prefix}error_maps.png")
+    if table is not None:
+        pick = worst_indices(split, table)
+        images, truths, preds, ids, _ = sample_predictions(model, split, len(pick), pick)
+        scored = table.set_index("id").loc[ids, "orig_jaccard"].tolist()
+        overlays = [overlay(i, p, t) for i, p, t in zip(images, preds, truths)]
+        plot_grid(overlays, ids, scored, f"{title}: the {len(pick)} worst ({legend})", figures / f"{prefix}worst.png")
+
+
 def write_report(
     model: torch.nn.Module,
     model_name: str,
@@ -223,26 +292,29 @@ def write_report(
     table_stem: Path,
     samples: int = 8,
     per_image: dict[str, pd.DataFrame] | None = None,
+    external: dict[str, Split] | None = None,
+    external_per_image: dict[str, dict[str, pd.DataFrame]] | None = None,
 ) -> None:
     """All report outputs: ``figures_dir`` (curves, samples, overlays, error maps,
-    comparison chart; replaced as a whole) and ``table_stem`` ``.md``/``.csv``.
+    worst cases, comparison chart; replaced as a whole) and ``table_stem`` ``.md``/``.csv``.
 
     ``model`` (named ``model_name``) is the one shown on ``samples`` test images.
     ``per_image`` (model -> per-image test scores) adds the paired IoU change
     against the frozen model and a verdict line for each change whose 95%
-    interval excludes 0.
+    interval excludes 0. ``external`` (set name -> prepared split) and
+    ``external_per_image`` (set -> model -> per-image scores) add each set's
+    columns to the table and its figures (``<set>_samples.png`` and so on).
     """
-    table = comparison_table(metrics, per_image)
-    images, truths, preds, ids, scores = sample_predictions(model, test, samples)
-    title = f"{model_name} on test images (model resolution {test.size}px)"
+    external, external_per_image = external or {}, external_per_image or {}
+    table = comparison_table(metrics, per_image, external_per_image)
     with atomic.atomic_dir(figures_dir) as figures:
         plot_curves(histories, figures / "curves.png")
-        plot_samples(images, truths, preds, ids, scores, title, figures / "samples.png")
-        overlays = [overlay(i, p, t) for i, p, t in zip(images, preds, truths)]
-        plot_grid(overlays, ids, scores, f"{title}: prediction yellow, ground truth cyan", figures / "overlays.png")
-        errors = [error_map(p, t) for p, t in zip(preds, truths)]
-        colours = "true positive green, false positive red, false negative blue"
-        plot_grid(errors, ids, scores, f"{title}: {colours}", figures / "error_maps.png")
+        title = f"{model_name} on test images (model resolution {test.size}px)"
+        plot_split(model, test, title, figures, "", samples, (per_image or {}).get(model_name))
+        for set_name, split in external.items():
+            title = f"{model_name} on {set_name} (model resolution {split.size}px)"
+            scored = external_per_image.get(set_name, {}).get(model_name)
+            plot_split(model, split, title, figures, f"{set_name}_", samples, scored)
         plot_comparison(table, figures / "comparison.png")
     notes = verdicts(per_image) if per_image else []
     write_table(table, Path(table_stem).with_suffix(".csv"), Path(table_stem).with_suffix(".md"), notes)

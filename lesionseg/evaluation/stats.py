@@ -1,10 +1,15 @@
-"""Paired comparison of two models scored on the same images.
+"""Paired comparison of two models scored on the same images; and one model on two image sets.
 
 The per-image scores of two models on one set of images are paired: image
 difficulty varies far more than the models do, so the difference is judged
 image by image. The mean difference gets a 95% bootstrap confidence interval
 (BCa, resampling images; ``scipy.stats.bootstrap`` with ``paired=True``) and
 a two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``).
+
+One model's scores on two different sets of images (the test split and an
+external set) are independent samples: :func:`independent_difference`
+resamples each set on its own (``paired=False``) and tests with
+Mann-Whitney U (``scipy.stats.mannwhitneyu``).
 """
 
 from __future__ import annotations
@@ -76,7 +81,57 @@ def paired_difference(a, b, confidence: float = CONFIDENCE, resamples: int = RES
     return PairedComparison(len(a), float(a.mean()), float(b.mean()), delta, ci, p_value)
 
 
-def format_change(comparison: PairedComparison, digits: int = 4) -> str:
+def format_change(comparison: PairedComparison | IndependentComparison, digits: int = 4) -> str:
     """``+0.0123 [+0.0050, +0.0190]``: the mean change and its interval, for tables."""
     low, high = comparison.ci95
     return f"{comparison.delta:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+@dataclass(frozen=True)
+class IndependentComparison:
+    """``delta`` = mean(b) - mean(a) of two independent samples; ``ci95`` its interval; Mann-Whitney ``p_value``."""
+
+    n_a: int
+    n_b: int
+    mean_a: float
+    mean_b: float
+    delta: float
+    ci95: tuple[float, float]
+    p_value: float
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["ci95"] = list(self.ci95)
+        return out
+
+
+def _difference_of_means(a, b, axis=-1):
+    return np.mean(b, axis=axis) - np.mean(a, axis=axis)
+
+
+def independent_difference(a, b, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0):
+    """Compare per-image scores ``a`` and ``b`` of two different image sets (1-D, any lengths >= 2).
+
+    E.g. a model's test-split scores (``a``) and its scores on another
+    clinic's images (``b``): ``delta`` < 0 is the drop.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or b.ndim != 1 or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"two 1-D samples of at least 2 scores each are needed, got {a.shape} and {b.shape}")
+    delta = float(b.mean() - a.mean())
+    if np.ptp(np.concatenate([a, b])) <= 1e-12:
+        ci, p_value = (delta, delta), 1.0
+    else:
+        result = stats.bootstrap(
+            (a, b),
+            _difference_of_means,
+            paired=False,
+            vectorized=True,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method="BCa",
+            rng=np.random.default_rng(seed),
+        )
+        ci = (float(result.confidence_interval.low), float(result.confidence_interval.high))
+        p_value = float(stats.mannwhitneyu(a, b).pvalue)
+    return IndependentComparison(len(a), len(b), float(a.mean()), float(b.mean()), delta, ci, p_value)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lesionseg.model.colour import METHODS as COLOUR_METHODS
+from lesionseg.model.colour import build_colour_constancy
 from lesionseg.model.decoder import UNetDecoder
 from lesionseg.model.encoder import IMAGENET_WEIGHTS, MobileNetV2Encoder, build_encoder
 
@@ -48,27 +50,40 @@ class ModelConfig:
     ``encoder_weights``: ``"imagenet"``, ``"none"`` or a path to a local
     torchvision ``mobilenet_v2`` state dict. ``decoder_dilation``: dilation of
     the decoder's 3x3 convs (1 = plain convs, as in the reference report).
+    ``colour_constancy``: ``none``, ``shades_of_gray`` (Minkowski norm
+    ``minkowski_p``) or ``gray_world``, applied to every input image as the
+    model's first step (see :mod:`lesionseg.model.colour`).
     """
 
     encoder_weights: str = IMAGENET_WEIGHTS
     decoder_dilation: int = 1
+    colour_constancy: str = "none"
+    minkowski_p: float = 6.0
 
     def __post_init__(self):
         if not isinstance(self.decoder_dilation, int) or self.decoder_dilation < 1:
             raise ValueError(f"decoder_dilation must be a positive integer, got {self.decoder_dilation!r}")
+        if self.colour_constancy not in COLOUR_METHODS:
+            raise ValueError(f"colour_constancy must be one of {COLOUR_METHODS}, got {self.colour_constancy!r}")
+        if not self.minkowski_p >= 1:
+            raise ValueError(f"minkowski_p must be >= 1, got {self.minkowski_p!r}")
 
 
 class LesionSegModel(nn.Module):
-    """``forward(x: (N, 3, H, W) normalised float) -> logits (N, 1, H, W)``."""
+    """``forward(x: (N, 3, H, W) normalised float) -> logits (N, 1, H, W)``.
 
-    def __init__(self, encoder: MobileNetV2Encoder, decoder: UNetDecoder):
+    ``colour``: the input's colour constancy step (identity by default).
+    """
+
+    def __init__(self, encoder: MobileNetV2Encoder, decoder: UNetDecoder, colour: nn.Module | None = None):
         super().__init__()
+        self.colour = colour if colour is not None else nn.Identity()
         self.encoder = encoder
         self.decoder = decoder
         self.unfreeze_level = NUM_STAGES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.decoder(self.encoder(x))
+        logits = self.decoder(self.encoder(self.colour(x)))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def frozen_stages(self) -> list[nn.Module]:
@@ -96,7 +111,11 @@ class LesionSegModel(nn.Module):
 
 def build_model(config: ModelConfig = ModelConfig(), unfreeze: int | str = 0) -> LesionSegModel:
     """The reference model (6,995,457 parameters) at ``unfreeze`` level."""
-    model = LesionSegModel(build_encoder(config.encoder_weights), UNetDecoder(dilation=config.decoder_dilation))
+    model = LesionSegModel(
+        build_encoder(config.encoder_weights),
+        UNetDecoder(dilation=config.decoder_dilation),
+        build_colour_constancy(config.colour_constancy, config.minkowski_p),
+    )
     return model.set_unfreeze_level(unfreeze)
 
 

@@ -59,6 +59,8 @@ def phase_params(model: LesionSegModel, model_config: ModelConfig, config: Train
         "unfreeze": level_name(model.unfreeze_level),
         "encoder_weights": model_config.encoder_weights,
         "decoder_dilation": model_config.decoder_dilation,
+        "colour_constancy": model_config.colour_constancy,
+        "minkowski_p": model_config.minkowski_p,
         "image_size": image_size,
     }
     params.update({name: getattr(config, name) for name in LOGGED_TRAIN_FIELDS})
