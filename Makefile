@@ -66,6 +66,7 @@ mlflow-ui: setup
 # Pipeline outputs and DVC's experiment state (not the DVC cache, the downloads or the MLflow store).
 clean:
 	rm -rf data/raw data/prepared models reports/history reports/per_image reports/figures reports/cv
+	rm -f data/external/*.pt data/external/*.json
 	rm -f reports/metrics.json reports/comparison.md reports/comparison.csv
 	rm -rf .dvc/tmp
 

@@ -69,7 +69,9 @@ def run() -> None:
     parser.add_argument("--cv-models", type=Path, required=True, help="output folder of the cv stage")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--per-image", type=Path, required=True)
-    parser.add_argument("--external", type=Path, required=True, help="output folder of the external stage")
+    parser.add_argument(
+        "--external", type=Path, required=True, help="folder of the external@<set> stages' outputs (<set>.pt)"
+    )
     args = parser.parse_args()
     params = load_params()
     batch_size, tta = get(params, "evaluate.batch_size"), get(params, "evaluate.tta")
@@ -77,7 +79,7 @@ def run() -> None:
     device = select_device(get(params, "runtime.device"))
     test, val = Split.load(args.data / "test.pt"), Split.load(args.data / "val.pt")
     ensemble = json.loads((args.cv_models / "ensemble.json").read_text())
-    external = load_external_sets(args.external)
+    external = load_external_sets(params, args.external)
     parent = mlflow_setup(params)
 
     all_metrics, trained_in = {}, {}

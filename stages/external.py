@@ -1,106 +1,81 @@
-"""Stage external: decode and resize each labelled folder of ``evaluate.external`` once.
+"""Stage external@<name>: decode and resize one labelled folder of ``evaluate.external`` once.
 
-``evaluate.external`` maps a set's name to a folder (``images/`` + ``masks/``
-inside, or masks beside the images), or to ``{images: DIR, masks: DIR,
-mask_suffix: S}`` (see :mod:`lesionseg.data.external`). Each set becomes
-``<out>/<name>.pt``, a prepared split like ``test.pt``, listed in
-``<out>/manifest.json`` with its folder digest, image count and what was
-skipped.
+``evaluate.external`` maps a set's name to a folder: ``images/`` + ``masks/``
+inside, or the masks beside the images (see :mod:`lesionseg.data.external`);
+``evaluate.mask_suffix`` says which mask name to take where several fit.
+DVC makes one stage per set (``foreach``) that depends on the folder itself,
+so a set is decoded again only when its files (or ``data.size``) change, and
+the ``evaluate`` stage then re-scores every model without retraining. With no
+set configured there is no such stage, and a pipeline run costs what it did.
 
-DVC runs this stage every time (``always_changed``): it only lists the folders
-(names, sizes, modification times), re-prepares a set whose listing or
-``data.size`` changed, and leaves unchanged files as they are, so the
-``evaluate`` stage re-scores only when a set changed. With no set configured
-it writes an empty manifest without importing torch.
+Outputs: ``<out>.pt`` (a prepared split like ``test.pt``) and ``<out>.json``
+(the set's folder, image count and what was skipped, by name).
 """
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from lesionseg import atomic
 from stages.common import ParamError, get, load_params, local_path, main, work
 
-MANIFEST = "manifest.json"
 log = logging.getLogger("lesionseg")
 
 
-def external_sets(params: dict) -> list:
-    """``evaluate.external`` as :class:`~lesionseg.data.external.ExternalSet` objects (paths made absolute)."""
-    from lesionseg.data.external import ExternalSet
-
+def external_folders(params: dict) -> dict[str, str]:
+    """``evaluate.external`` checked: set name -> folder (a string)."""
     value = get(params, "evaluate.external") or {}
     if not isinstance(value, dict):
         raise ParamError("params.yaml: evaluate.external must map a set's name to a folder")
-    sets = []
-    for name, entry in value.items():
-        key = f"evaluate.external.{name}"
-        if isinstance(entry, str):
-            entry = {"images": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("images"), str):
-            raise ParamError(f"params.yaml: {key} must be a folder or a mapping with images (and masks, mask_suffix)")
-        if unknown := set(entry) - {"images", "masks", "mask_suffix"}:
-            raise ParamError(f"params.yaml: {key}: unknown keys {sorted(unknown)} (images, masks, mask_suffix)")
-        masks, suffix = entry.get("masks"), entry.get("mask_suffix")
-        if suffix is not None and not isinstance(suffix, str):
-            raise ParamError(f"params.yaml: {key}.mask_suffix must be a string, got {suffix!r}")
-        try:
-            sets.append(
-                ExternalSet(
-                    str(name), Path(local_path(entry["images"])), Path(local_path(masks)) if masks else None, suffix
-                )
-            )
-        except ValueError as exc:
-            raise ParamError(f"params.yaml: {key}: {exc}") from exc
-    return sets
+    for name, folder in value.items():
+        if not isinstance(folder, str) or not folder:
+            raise ParamError(f"params.yaml: evaluate.external.{name} must be a folder, got {folder!r}")
+    return {str(name): folder for name, folder in value.items()}
 
 
-def load_external_sets(folder: Path) -> dict:
-    """The prepared sets in ``folder`` (name -> :class:`~lesionseg.data.cache.Split`), in manifest order."""
+def external_set(params: dict, name: str):
+    """The :class:`~lesionseg.data.external.ExternalSet` of ``evaluate.external.<name>``."""
+    from lesionseg.data.external import ExternalSet
+
+    folders = external_folders(params)
+    if name not in folders:
+        raise ParamError(f"params.yaml: evaluate.external has no set {name!r}")
+    suffix = get(params, "evaluate.mask_suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise ParamError(f"params.yaml: evaluate.mask_suffix must be a string or null, got {suffix!r}")
+    try:
+        return ExternalSet(name, Path(local_path(folders[name])), mask_suffix=suffix)
+    except ValueError as exc:
+        raise ParamError(f"params.yaml: evaluate.external.{name}: {exc}") from exc
+
+
+def load_external_sets(params: dict, folder: Path) -> dict:
+    """The prepared sets of ``evaluate.external`` (name -> :class:`~lesionseg.data.cache.Split`), in its order."""
+    names = list(external_folders(params))
+    if not names:
+        return {}
     from lesionseg.data.cache import Split
 
-    manifest = json.loads((folder / MANIFEST).read_text())
-    return {name: Split.load(folder / entry["file"]) for name, entry in manifest.items()}
+    return {name: Split.load(folder / f"{name}.pt") for name in names}
 
 
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--name", required=True, help="the set's name in evaluate.external")
+    parser.add_argument("--out", type=Path, required=True, help="output stem: <out>.pt and <out>.json are written")
     args = parser.parse_args()
     params = load_params()
-    sets, size, workers = external_sets(params), get(params, "data.size"), get(params, "data.workers")
-    manifest_path = args.out / MANIFEST
-    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    manifest = {}
-    args.out.mkdir(parents=True, exist_ok=True)
-    with work():
-        for spec in sets:
-            from lesionseg.data.external import folder_digest, prepare_external
+    spec = external_set(params, args.name)
+    from lesionseg.data.external import prepare_external
 
-            digest, file = folder_digest(spec, size), f"{spec.name}.pt"
-            entry = previous.get(spec.name, {})
-            if entry.get("digest") == digest and (args.out / file).is_file():
-                manifest[spec.name] = entry
-                continue
-            split, pairing = prepare_external(spec, size, workers)
-            split.save(args.out / file)
-            manifest[spec.name] = {
-                "file": file,
-                "digest": digest,
-                "images": str(spec.images),
-                "masks": str(spec.masks) if spec.masks else None,
-                "n": len(split),
-                "skipped": pairing.skipped,
-            }
-            log.info("external set %s: %d pairs from %s", spec.name, len(split), spec.images)
-            for line in pairing.skipped:
-                log.warning("external set %s: skipped %s", spec.name, line)
-    for stale in set(previous) - set(manifest):  # a set no longer configured
-        (args.out / previous[stale].get("file", f"{stale}.pt")).unlink(missing_ok=True)
-    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-    if not manifest_path.is_file() or manifest_path.read_text() != text:
-        atomic.write_text(manifest_path, text)
+    with work():
+        split, pairing = prepare_external(spec, get(params, "data.size"), get(params, "data.workers"))
+    for line in pairing.skipped:
+        log.warning("external set %s: skipped %s", spec.name, line)
+    split.save(args.out.with_suffix(".pt"))
+    summary = {"images": str(spec.images), "n": len(split), "skipped": pairing.skipped}
+    atomic.write_json(args.out.with_suffix(".json"), summary)
+    log.info("external set %s: %d pairs from %s", spec.name, len(split), spec.images)
 
 
 if __name__ == "__main__":

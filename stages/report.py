@@ -26,13 +26,15 @@ def run() -> None:
     parser.add_argument("--per-image", type=Path, required=True, help="per-image test scores of the evaluate stage")
     parser.add_argument("--figures", type=Path, required=True)
     parser.add_argument("--table", type=Path, required=True, help="comparison table stem (.md and .csv written)")
-    parser.add_argument("--external", type=Path, required=True, help="output folder of the external stage")
+    parser.add_argument(
+        "--external", type=Path, required=True, help="folder of the external@<set> stages' outputs (<set>.pt)"
+    )
     args = parser.parse_args()
     params = load_params()
     checkpoints = pipeline_checkpoints(args.frozen, args.finetuned)
     chosen = choose_model(checkpoints, get(params, "report.model"))
     model, _ = load_model(checkpoints[chosen])
-    external = load_external_sets(args.external)
+    external = load_external_sets(params, args.external)
     with work():
         report.write_report(
             model,

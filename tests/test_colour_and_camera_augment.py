@@ -107,3 +107,21 @@ def test_loader_only_augmentations_refuse_the_device_path():
 def test_camera_probabilities_are_checked(field):
     with pytest.raises(ValueError, match=f"{field} must be a probability"):
         AugmentConfig(**{field: 1.5})
+
+
+def test_onnx_graph_applies_the_colour_constancy(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import json
+
+    from lesionseg.serving.export import export_onnx
+
+    config = ModelConfig(encoder_weights="none", colour_constancy="shades_of_gray")
+    model = build_model(config, unfreeze=0).eval()
+    save_checkpoint(make_checkpoint(model, config, 64, 1, {}), tmp_path / "m.pt")
+    export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    x = normalize_batch(torch.from_numpy(np.stack([lesion_pair(s, 64, 64)[0] for s in range(2)])))
+    (logits,) = session.run(None, {"image": x.numpy()})
+    assert np.abs(logits - model(x).detach().numpy()).max() < 1e-4
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["lesionseg.colour_constancy"])
+    assert meta == {"colour_constancy": "shades_of_gray", "minkowski_p": 6.0}

@@ -173,9 +173,9 @@ def test_stages_on_synthetic_data(tmp_path):
     )
     cv_args = ("--models", "models/cv", "--metrics", "cv/metrics.json", "--per-image", "cv/per_image")
     run_stage(project, "cv", "--data", "data/prepared", *cv_args)
-    run_stage(project, "external", "--out", "data/external")
-    manifest = json.loads((project / "data" / "external" / "manifest.json").read_text())
-    assert manifest["clinic"]["n"] == 5 and manifest["clinic"]["skipped"] == []
+    run_stage(project, "external", "--name", "clinic", "--out", "data/external/clinic")
+    summary = json.loads((project / "data" / "external" / "clinic.json").read_text())
+    assert summary["n"] == 5 and summary["skipped"] == []
     run_stage(
         project,
         "evaluate",
@@ -268,14 +268,11 @@ def test_stages_on_synthetic_data(tmp_path):
         assert clinic_table["height"].tolist() == [60] * 5  # original resolution
     check_external_in_mlflow(project, metrics)
 
-    # Unchanged folder: the external stage leaves its output as it was; a changed one is prepared again.
-    before = _digests(project / "data" / "external")
-    run_stage(project, "external", "--out", "data/external")
-    assert _digests(project / "data" / "external") == before
+    # A mask without its image is listed by name; the set is scored without it.
     (clinic / "case4.png").unlink()
-    run_stage(project, "external", "--out", "data/external")
-    manifest = json.loads((project / "data" / "external" / "manifest.json").read_text())
-    assert manifest["clinic"]["n"] == 4 and manifest["clinic"]["skipped"] == ["case4_mask.png: no image"]
+    run_stage(project, "external", "--name", "clinic", "--out", "data/external/clinic")
+    summary = json.loads((project / "data" / "external" / "clinic.json").read_text())
+    assert summary["n"] == 4 and summary["skipped"] == ["case4_mask.png: no image"]
 
     # Fine-tuning must start from the frozen (level 0) checkpoint.
     result = run_stage(
@@ -337,19 +334,24 @@ def check_external_in_mlflow(project: Path, metrics: dict) -> None:
 def test_external_stage_errors_name_the_set_and_keep_earlier_output(tmp_path):
     clinic = make_external_set(tmp_path / "clinic_a", n=2)
     project = make_project(tmp_path, evaluate__external={"clinic": str(clinic)})
-    run_stage(project, "external", "--out", "data/external")
+    args = ("--name", "clinic", "--out", "data/external/clinic")
+    run_stage(project, "external", *args)
     before = _digests(project / "data" / "external")
     from PIL import Image
 
     Image.new("L", (7, 7)).save(clinic / "case1_mask.png")  # a mask of another size than its image
-    result = run_stage(project, "external", "--out", "data/external", check=False)
+    result = run_stage(project, "external", *args, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "case1_mask.png: external set 'clinic': mask is 7x7 but its image case1.png is 80x60" in result.stderr
     assert _digests(project / "data" / "external") == before
 
+    (tmp_path / "p2").mkdir(), (tmp_path / "p3").mkdir()
     project2 = make_project(tmp_path / "p2", evaluate__external={"bad name": str(clinic)})
-    result = run_stage(project2, "external", "--out", "data/external", check=False)
+    result = run_stage(project2, "external", "--name", "bad name", "--out", "x", check=False)
     assert result.returncode == 1 and "evaluate.external.bad name: external set name" in result.stderr
+    project3 = make_project(tmp_path / "p3", evaluate__external={"clinic": {"images": str(clinic)}})
+    result = run_stage(project3, "external", *args, check=False)
+    assert result.returncode == 1 and "evaluate.external.clinic must be a folder" in result.stderr
 
 
 def test_tracking_uri_and_local_paths_resolve_against_the_repository(monkeypatch, tmp_path):
@@ -415,24 +417,6 @@ def test_light_stages_do_not_import_the_training_stack():
     code = "import sys, stages.download, stages.cv\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_external_stage_without_sets_stays_light(tmp_path):
-    """With no external set configured (the default), the external stage writes an empty manifest without torch."""
-    project = make_project(tmp_path)
-    code = (
-        "import runpy, sys\n"
-        "sys.argv = ['external', '--out', 'data/external']\n"
-        "runpy.run_module('stages.external', run_name='__main__')\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    probe = code.replace(
-        "runpy.run_module", "import atexit; atexit.register(lambda: print('torch' in sys.modules))\nrunpy.run_module"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], cwd=project, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("False")
-    assert json.loads((project / "data" / "external" / "manifest.json").read_text()) == {}
 
 
 def test_stage_exit_skips_the_collector_but_runs_exit_handlers(tmp_path):

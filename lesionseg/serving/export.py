@@ -26,7 +26,8 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path) -> dict:
     exported ensemble) become one graph whose logits are those of the mean probability.
     The model's metadata holds the preprocessing (``lesionseg.preprocessing``) and the
     inference settings to apply around it (``lesionseg.inference``: flip TTA, threshold,
-    clean-up; see :class:`~lesionseg.evaluation.postprocess.InferenceConfig`). Returns the preprocessing dict."""
+    clean-up; see :class:`~lesionseg.evaluation.postprocess.InferenceConfig`); the colour constancy
+    step (``lesionseg.colour_constancy``) is inside the graph. Returns the preprocessing dict."""
     paths = checkpoint_paths if isinstance(checkpoint_paths, (list, tuple)) else [checkpoint_paths]
     model, checkpoint = load_models(paths)
     model.eval()
@@ -46,11 +47,19 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path) -> dict:
             dynamo=False,
         )
         settings = asdict(inference_settings(checkpoint))
+        model_config = (checkpoint["members"][0] if "members" in checkpoint else checkpoint)["model_config"]
         _add_metadata(
             tmp,
             {
                 "lesionseg.preprocessing": json.dumps(checkpoint["preprocessing"]),
                 "lesionseg.inference": json.dumps(settings),
+                # Informational: the colour constancy step is part of the graph, not for the caller to apply.
+                "lesionseg.colour_constancy": json.dumps(
+                    {
+                        k: model_config.get(k, default)
+                        for k, default in (("colour_constancy", "none"), ("minkowski_p", 6.0))
+                    }
+                ),
             },
         )
     return checkpoint["preprocessing"]
