@@ -26,7 +26,7 @@ TAG_PREFIX = "mlflow.sharedViewState."
 
 # The runs table's headline columns, in this order: what the evaluate stage logs on each model's run
 # (test_ + metric), the parameter counts and unfreeze level of the training phase, its learning rate.
-HEADLINE_METRICS = ("test_orig_jaccard", "test_orig_dice", "test_jaccard_thresholded")
+HEADLINE_METRICS = ("test_orig_jaccard", "test_orig_dice", "test_orig_jaccard_thresholded")
 HEADLINE_PARAMETER_COUNTS = ("params_trainable", "params_frozen")
 HEADLINE_PARAMS = ("unfreeze", "lr")
 

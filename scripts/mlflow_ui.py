@@ -61,8 +61,11 @@ def main() -> None:
         print(f"lesionseg runs on {tracking.server()}: {mlflow_view.runs_page_url(uri, experiment_id)}", flush=True)
         return
     base_url = f"http://{args.host}:{args.port}"
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host]
-    process = subprocess.Popen([*cmd, "--port", str(args.port)])
+    # One worker: enough for one person, quicker to start, and no worker supervisor to kill a worker that is
+    # slow to answer its health check on a busy machine (uvicorn restarts it, and the UI never comes up).
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--workers", "1"]
+    # The server's own output goes to stderr: stdout carries the link only (for scripts and the UI test).
+    process = subprocess.Popen([*cmd, "--port", str(args.port)], stdout=sys.stderr)
     try:
         wait_until_up(base_url, process)
         print(f"\nlesionseg runs: {mlflow_view.runs_page_url(base_url, experiment_id)}\n", flush=True)

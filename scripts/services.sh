@@ -178,9 +178,15 @@ up_mlflow() {
       "database_uri = postgresql+psycopg2://mlflow:$PG_PASS@$HOST:$PG_PORT/mlflow_auth" "admin_username = admin" \
       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" >"$DIR/basic_auth.ini"
   )
+  # uvicorn kills and restarts a worker that does not answer its health check within 5 s: on a busy machine
+  # a worker importing MLflow and its login app takes longer, and the server never comes up.
+  local uvicorn_opts=""
+  if "$(dirname "$mlflow")/python" -m uvicorn --help 2>/dev/null | grep -q -- --timeout-worker-healthcheck; then
+    uvicorn_opts="--timeout-worker-healthcheck 120"
+  fi
   MLFLOW_S3_ENDPOINT_URL="http://$HOST:$S3_PORT" MLFLOW_AUTH_CONFIG_PATH="$DIR/basic_auth.ini" \
     MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_ADMIN_PASS" MLFLOW_FLASK_SERVER_SECRET_KEY="$MLFLOW_SECRET_KEY" \
-    setsid "$mlflow" server --app-name basic-auth \
+    setsid "$mlflow" server --app-name basic-auth ${uvicorn_opts:+--uvicorn-opts "$uvicorn_opts"} \
     --backend-store-uri "postgresql+psycopg2://mlflow:$PG_PASS@$HOST:$PG_PORT/mlflow" \
     --artifacts-destination "s3://$BUCKET/mlflow" \
     --host "$HOST" --port "$MLFLOW_PORT" --workers "$MLFLOW_WORKERS" \
