@@ -192,7 +192,7 @@ up_mlflow() {
     --host "$HOST" --port "$MLFLOW_PORT" --workers "$MLFLOW_WORKERS" \
     </dev/null >"$log" 2>&1 &
   echo $! >"$DIR/mlflow.pid"
-  wait_for "MLflow server" 180 mlflow_answers "$DIR/mlflow.pid" mlflow "$log"
+  wait_for "MLflow server" 300 mlflow_answers "$DIR/mlflow.pid" mlflow "$log"
   say "mlflow server up on http://$HOST:$MLFLOW_PORT in $(took "$t0") s (login: admin, password in $DIR/secrets.env)"
 }
 

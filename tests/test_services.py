@@ -123,24 +123,28 @@ def status_of(call) -> int:
 def test_the_server_asks_for_a_login_and_keeps_experiments_to_their_owners(services):
     env, settings = services
     uri = settings["MLFLOW_TRACKING_URI"]
-    admin = MlflowRest(uri, auth=(settings["MLFLOW_TRACKING_USERNAME"], settings["MLFLOW_TRACKING_PASSWORD"]))
+
+    def rest(auth=None) -> MlflowRest:  # a long timeout: each login hashes the password (PBKDF2) on a busy machine
+        return MlflowRest(uri, timeout=180, auth=auth)
+
+    admin = rest((settings["MLFLOW_TRACKING_USERNAME"], settings["MLFLOW_TRACKING_PASSWORD"]))
     assert settings["MLFLOW_TRACKING_USERNAME"] == "admin" and len(settings["MLFLOW_TRACKING_PASSWORD"]) >= 16
     assert (
         f"MLFLOW_ADMIN_PASS={settings['MLFLOW_TRACKING_PASSWORD']}"
         in (Path(env["LESIONSEG_SERVICES_DIR"]) / "secrets.env").read_text()
     )
     # Without credentials, or with a wrong password: refused, for the API and the UI alike.
-    assert status_of(lambda: MlflowRest(uri).get("experiments/search?max_results=10")) == 401
-    assert status_of(lambda: MlflowRest(uri, auth=("admin", "wrong")).get("experiments/search?max_results=10")) == 401
+    assert status_of(lambda: rest().get("experiments/search?max_results=10")) == 401
+    assert status_of(lambda: rest(("admin", "wrong")).get("experiments/search?max_results=10")) == 401
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(f"{uri}/", timeout=30)
+        urllib.request.urlopen(f"{uri}/", timeout=180)
     assert refused.value.code == 401
 
     # The admin's experiment and run; a second user may read them (default_permission READ), not change them.
     experiment_id = admin.post("experiments/create", {"name": f"auth-check-{random.randrange(10**6)}"})["experiment_id"]
     run_id = admin.post("runs/create", {"experiment_id": experiment_id})["run"]["info"]["run_id"]
     admin.post("users/create", {"username": "reader", "password": "reader-password-1234"})
-    reader = MlflowRest(uri, auth=("reader", "reader-password-1234"))
+    reader = rest(("reader", "reader-password-1234"))
     assert reader.get(f"runs/get?run_id={run_id}")["run"]["info"]["run_id"] == run_id
     change = {"run_id": run_id, "key": "changed_by", "value": "reader"}
     assert status_of(lambda: reader.post("runs/set-tag", change)) == 403
