@@ -156,7 +156,8 @@ def test_mlflow_ui_opens_on_the_models_with_their_test_scores(pipeline):
         assert "/runs?workflowType=machine_learning&viewStateShareKey=" in url
         with chromium() as browser:
             page = browser.new_page(viewport={"width": 1920, "height": 1000})
-            page.set_default_timeout(120_000)
+            page.set_default_timeout(120_000)  # a busy 2-core machine: the UI takes its time
+            expect.set_options(timeout=120_000)
             page.goto(url)
             # The grid draws each row twice: run name and start time pinned on the left, the other columns
             # beside them; both carry the run id (row-id) and the row's position (row-index).
