@@ -48,7 +48,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
 
 format: setup
@@ -60,8 +60,19 @@ BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
+# Debian's Chromium for the browser test of the MLflow UI (tests/browser.py; Playwright comes with .[dev] and
+# drives it, never downloading a browser of its own). Without it that test is skipped.
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	  else echo "chromium is missing, the browser test will be skipped: sudo apt-get install -y chromium"; fi; }
+
+# Starts the UI on the pipeline's store and prints the link to the runs table with the headline columns
+# (docs/mlflow-ui.md); with MLFLOW_TRACKING_URI set to a server, prints that server's link only.
+MLFLOW_UI_PORT ?= 5000
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/python scripts/mlflow_ui.py --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
 
 # Pipeline outputs and DVC's experiment state (not the DVC cache, the downloads or the MLflow store).
 clean:

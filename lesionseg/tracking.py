@@ -33,6 +33,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from lesionseg import mlflow_view
 from lesionseg.errors import TrackingError  # noqa: F401 (raised here; importable from here too)
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,12 @@ EXECUTION_TAG = "lesionseg.execution"
 TRAINED_IN_TAG = "lesionseg.trained_in_run"
 INIT_FROM_TAG = "lesionseg.init_from_run"  # a fine-tuning run's starting point: the frozen phase's run
 PARENT_TAG = "mlflow.parentRunId"
-# MLflow 3 opens an experiment of this kind on its runs table ("Model training"), not the GenAI overview.
+# The experiment's kind in MLflow 3 ("Model training"); the UI still opens on its GenAI overview unless the
+# URL says otherwise (lesionseg.mlflow_view).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# MLflow's marker of a run holding an evaluation: the MLflow 3 runs table opens the parent of such runs
+# expanded, so an execution's models are listed under it without a click (a view cannot store expanded rows).
+EVALUATION_RUN_TAG = ("mlflow.runType", "evaluation")
 _PARAMS_PER_BATCH = 100  # the tracking API's limit per log_batch call
 
 
@@ -130,15 +135,17 @@ def _short(exc: BaseException) -> str:
 
 def _setup_experiment(experiment: str, tracking_uri: str) -> str:
     client = MlflowClient()
+    view_key, view_value = mlflow_view.view_tag(int(time.time() * 1000))
     found = client.get_experiment_by_name(experiment)
     if found:
         experiment_id = found.experiment_id
         if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
             client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+        if not mlflow_view.view_is_current(found.tags.get(view_key)):
+            client.set_experiment_tag(experiment_id, view_key, view_value)
     else:
-        experiment_id = client.create_experiment(
-            experiment, artifact_root_for(tracking_uri), tags=dict([EXPERIMENT_KIND])
-        )
+        tags = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], view_key: view_value}
+        experiment_id = client.create_experiment(experiment, artifact_root_for(tracking_uri), tags=tags)
     return experiment_id
 
 
@@ -181,6 +188,9 @@ def start_run(run_name: str, tags: dict, parent_run_id: str | None = None, run_i
 def model_run(name: str, trained_in: str | None, parent_run_id: str, tags: dict):
     """The run of model ``name`` among ``parent_run_id``'s children, to log evaluation results into.
 
+    The run is tagged as holding an evaluation (:data:`EVALUATION_RUN_TAG`) and keeps the end time
+    of its own work (training, for a training run).
+
     ``trained_in`` is the run id stored in the model's checkpoint. If that run
     is this parent's child named ``name``, it is used; otherwise (a re-used
     checkpoint, a model trained elsewhere such as a fold ensemble, or no run
@@ -190,22 +200,36 @@ def model_run(name: str, trained_in: str | None, parent_run_id: str, tags: dict)
     client = MlflowClient()
     trained = _get_run(client, trained_in)
     if trained is not None and trained.data.tags.get(PARENT_TAG) == parent_run_id and trained.info.run_name == name:
-        with start_run(name, {}, run_id=trained_in) as run:
+        with start_run(name, dict([EVALUATION_RUN_TAG]), run_id=trained_in) as run:
             yield run
+        _restore_end(client, trained)
         return
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     links = _find_runs(
         experiment_id, {PARENT_TAG: parent_run_id, "mlflow.runName": name, TRAINED_IN_TAG: str(trained_in)}
     )
     if links:
-        with start_run(name, {}, run_id=links[0].info.run_id) as run:
+        with start_run(name, dict([EVALUATION_RUN_TAG]), run_id=links[0].info.run_id) as run:
             yield run
+        _restore_end(client, links[0])
         return
-    with start_run(name, {**tags, TRAINED_IN_TAG: trained_in}, parent_run_id=parent_run_id) as run:
+    link_tags = {**tags, TRAINED_IN_TAG: trained_in, EVALUATION_RUN_TAG[0]: EVALUATION_RUN_TAG[1]}
+    with start_run(name, link_tags, parent_run_id=parent_run_id) as run:
         if trained is not None:
             mlflow.log_params(trained.data.params)
             mlflow.log_metrics({k: v for k, v in trained.data.metrics.items() if k.startswith("params_")})
         yield run
+
+
+def _restore_end(client: MlflowClient, before) -> None:
+    """Give a re-opened run back the status and end time it had before (``before``: the run as it was then).
+
+    Re-opening a run to add results ends it again at that moment: without this every model's run of
+    an execution would end when the evaluate stage logged its scores, and the UI's Duration column
+    would show the evaluation's time, not the training's.
+    """
+    if before.info.end_time is not None:
+        client.set_terminated(before.info.run_id, before.info.status, end_time=before.info.end_time)
 
 
 def _get_run(client: MlflowClient, run_id: str | None):

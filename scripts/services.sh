@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The team set-up in miniature: PostgreSQL (MLflow's backend store), SeaweedFS (an
-# S3 bucket for MLflow artifacts and the DVC remote) and an MLflow tracking server,
+# S3 bucket for MLflow artifacts and the DVC remote) and an MLflow tracking server
+# with its built-in login (admin password generated into secrets.env, like the others),
 # all on 127.0.0.1, all under one folder (default .services/, git- and dvc-ignored).
 #
 #   scripts/services.sh up       start what is not running, wait until each answers, print the settings
@@ -47,11 +48,11 @@ as_pg() {  # run a PostgreSQL binary as the cluster's owner (initdb and postgres
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+rand() { head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20; }
+
 secrets() {  # generated once, kept in $DIR/secrets.env (mode 600)
   mkdir -p "$DIR"
   if [ ! -f "$DIR/secrets.env" ]; then
-    local rand
-    rand() { head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20; }
     umask 077
     {
       echo "PG_SUPERPASS=$(rand)"
@@ -60,6 +61,11 @@ secrets() {  # generated once, kept in $DIR/secrets.env (mode 600)
       echo "AWS_SECRET_ACCESS_KEY=$(rand)"
     } >"$DIR/secrets.env"
     umask 022
+  fi
+  # The MLflow login (added later: a set-up made before gets them on its next `up`).
+  if ! grep -q '^MLFLOW_ADMIN_PASS=' "$DIR/secrets.env"; then
+    echo "MLFLOW_ADMIN_PASS=$(rand)" >>"$DIR/secrets.env"
+    echo "MLFLOW_SECRET_KEY=$(rand)$(rand)" >>"$DIR/secrets.env"  # signs the sign-up form (CSRF); one for all workers
   fi
   # shellcheck disable=SC1091
   . "$DIR/secrets.env"
@@ -124,6 +130,10 @@ up_postgres() {
     "$PG_BIN/psql" -q -h "$HOST" -p "$PG_PORT" -U postgres -c "CREATE ROLE mlflow LOGIN PASSWORD '$PG_PASS'"
     "$PG_BIN/psql" -q -h "$HOST" -p "$PG_PORT" -U postgres -c "CREATE DATABASE mlflow OWNER mlflow"
   fi
+  # MLflow's users and permissions (its login), beside its runs.
+  if ! "$PG_BIN/psql" -h "$HOST" -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='mlflow_auth'" | grep -q 1; then
+    "$PG_BIN/psql" -q -h "$HOST" -p "$PG_PORT" -U postgres -c "CREATE DATABASE mlflow_auth OWNER mlflow"
+  fi
   unset PGPASSWORD
   say "postgres up on $HOST:$PG_PORT in $(took "$t0") s"
 }
@@ -160,14 +170,30 @@ up_mlflow() {
   if alive "$DIR/mlflow.pid" "mlflow" && mlflow_answers; then say "mlflow already running (pid $(cat "$DIR/mlflow.pid"))"; return; fi
   check_port "$MLFLOW_PORT" "MLflow server" LESIONSEG_MLFLOW_PORT
   t0=$(now)
-  MLFLOW_S3_ENDPOINT_URL="http://$HOST:$S3_PORT" setsid "$mlflow" server \
+  # MLflow's built-in login (basic-auth): users and permissions in PostgreSQL; every signed-in user may read
+  # every experiment, only its creator (and the admin) may change it. The admin is created at the first start.
+  (
+    umask 077
+    printf '%s\n' "[mlflow]" "default_permission = READ" \
+      "database_uri = postgresql+psycopg2://mlflow:$PG_PASS@$HOST:$PG_PORT/mlflow_auth" "admin_username = admin" \
+      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" >"$DIR/basic_auth.ini"
+  )
+  # uvicorn kills and restarts a worker that does not answer its health check within 5 s: on a busy machine
+  # a worker importing MLflow and its login app takes longer, and the server never comes up.
+  local uvicorn_opts=""
+  if "$(dirname "$mlflow")/python" -m uvicorn --help 2>/dev/null | grep -q -- --timeout-worker-healthcheck; then
+    uvicorn_opts="--timeout-worker-healthcheck 120"
+  fi
+  MLFLOW_S3_ENDPOINT_URL="http://$HOST:$S3_PORT" MLFLOW_AUTH_CONFIG_PATH="$DIR/basic_auth.ini" \
+    MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_ADMIN_PASS" MLFLOW_FLASK_SERVER_SECRET_KEY="$MLFLOW_SECRET_KEY" \
+    setsid "$mlflow" server --app-name basic-auth ${uvicorn_opts:+--uvicorn-opts "$uvicorn_opts"} \
     --backend-store-uri "postgresql+psycopg2://mlflow:$PG_PASS@$HOST:$PG_PORT/mlflow" \
     --artifacts-destination "s3://$BUCKET/mlflow" \
     --host "$HOST" --port "$MLFLOW_PORT" --workers "$MLFLOW_WORKERS" \
     </dev/null >"$log" 2>&1 &
   echo $! >"$DIR/mlflow.pid"
-  wait_for "MLflow server" 180 mlflow_answers "$DIR/mlflow.pid" mlflow "$log"
-  say "mlflow server up on http://$HOST:$MLFLOW_PORT in $(took "$t0") s"
+  wait_for "MLflow server" 300 mlflow_answers "$DIR/mlflow.pid" mlflow "$log"
+  say "mlflow server up on http://$HOST:$MLFLOW_PORT in $(took "$t0") s (login: admin, password in $DIR/secrets.env)"
 }
 
 stop() {  # stop NAME PATTERN: TERM the process group we started, KILL after 30 s
@@ -194,6 +220,10 @@ stop_postgres() {
 print_env() {
   cat <<EOF
 export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
+# The server asks for a login, in the browser too. Better, one user per person (by the admin):
+#   python -c "from mlflow.server import get_app_client as c; c('basic-auth', 'http://$HOST:$MLFLOW_PORT').create_user('NAME', 'PASSWORD')"
+export MLFLOW_TRACKING_USERNAME=admin
+export MLFLOW_TRACKING_PASSWORD=$MLFLOW_ADMIN_PASS
 # DVC remote (keys go to .dvc/config.local, never to git):
 #   dvc remote add -d -f team s3://$BUCKET/dvc
 #   dvc remote modify team endpointurl http://$HOST:$S3_PORT

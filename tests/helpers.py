@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -82,18 +83,25 @@ def make_archives(root: Path, n_train: int = 12, n_test: int = 4) -> Path:
 
 
 class MlflowRest:
-    """The tracking server's REST API (what the MLflow UI reads), for checks from tests."""
+    """The tracking server's REST API (what the MLflow UI reads), for checks from tests.
 
-    def __init__(self, uri: str, timeout: float = 30):
+    ``auth``: (user, password) for a server with MLflow's login (basic-auth).
+    """
+
+    def __init__(self, uri: str, timeout: float = 30, auth: tuple[str, str] | None = None):
         self.uri, self.timeout = uri.rstrip("/"), timeout
+        self.headers = {"Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode()} if auth else {}
 
     def get(self, path: str) -> dict:
-        with urllib.request.urlopen(f"{self.uri}/api/2.0/mlflow/{path}", timeout=self.timeout) as response:
+        request = urllib.request.Request(f"{self.uri}/api/2.0/mlflow/{path}", headers=self.headers)
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
             return json.loads(response.read())
 
     def post(self, path: str, payload: dict) -> dict:
         request = urllib.request.Request(
-            f"{self.uri}/api/2.0/mlflow/{path}", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+            f"{self.uri}/api/2.0/mlflow/{path}",
+            json.dumps(payload).encode(),
+            {"Content-Type": "application/json", **self.headers},
         )
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
             return json.loads(response.read())

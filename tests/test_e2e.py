@@ -1,7 +1,8 @@
-"""The real pipeline on ../shared/data/isic2016-mini: dvc repro, dvc exp run, and the MLflow server.
+"""The real pipeline on ../shared/data/isic2016-mini: dvc repro, dvc exp run, the MLflow server and its UI.
 
 Runs in a temporary git repository holding a copy of the project, with 1 epoch a
-phase. Skipped when ../shared is absent.
+phase. Skipped when ../shared is absent; the browser test also without Chromium
+and Playwright (``make browser``).
 """
 
 import json
@@ -12,13 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.browser import chromium, requires_browser
 from tests.conftest import requires_shared
-from tests.helpers import MINI, SHARED_WEIGHTS, MlflowServer, copy_project
+from tests.helpers import MINI, REPO, SHARED_WEIGHTS, MlflowServer, copy_project
 
 pytestmark = [requires_shared, pytest.mark.e2e]
 MODELS = ["frozen", "finetune_1", "finetune_2", "finetune_all"]
@@ -105,6 +108,84 @@ def test_exp_run_reruns_only_what_it_must(pipeline):
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], project, env, timeout=300))
     names = [e.get("name") for rev in shown for e in (rev.get("experiments") or [])]
     assert "only-all" in names, names
+
+
+def _ui_url(process: subprocess.Popen) -> str:
+    """The link that scripts/mlflow_ui.py (make mlflow-ui) prints once the UI answers."""
+    for line in process.stdout:
+        if line.startswith("lesionseg runs: "):
+            return line.split(": ", 1)[1].strip()
+    raise AssertionError(f"scripts/mlflow_ui.py exited ({process.wait()}) without printing the link")
+
+
+def _repro_models(project: Path) -> tuple[str, dict]:
+    """The first execution's (dvc repro) parent run id and its model runs by name, from the store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("lesionseg").experiment_id])
+    parent = next(r for r in runs if r.info.run_name.startswith("repro-") and "mlflow.parentRunId" not in r.data.tags)
+    models = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    return parent.info.run_id, models
+
+
+@requires_browser
+def test_mlflow_ui_opens_on_the_models_with_their_test_scores(pipeline):
+    """What `make mlflow-ui` prints, in a real Chromium: the runs table in the model-training view, the first
+    execution (dvc repro) expanded with its four models and their test IoU, the headline columns shown.
+    Screenshots for docs/mlflow-ui.md go to docs/img/."""
+    from playwright.sync_api import expect
+
+    project, env, _ = pipeline
+    repro_metrics = json.loads((project.parent / "repro_metrics.json").read_text())
+    parent_id, models = _repro_models(project)
+    assert sorted(models) == sorted(MODELS)
+    # True durations: each phase's run ends when its training ends, before the next phase starts.
+    phases = sorted(models.values(), key=lambda r: r.info.start_time)
+    for run, following in zip(phases, phases[1:]):
+        assert run.info.end_time <= following.info.start_time, (run.info.run_name, following.info.run_name)
+
+    t0 = time.perf_counter()
+    ui = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "mlflow_ui.py"), "--host", "127.0.0.1", "--port", str(_free_port())],
+        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = _ui_url(ui)
+        print(f"\nmlflow ui answered in {time.perf_counter() - t0:.1f} s: {url}")
+        assert "/runs?workflowType=machine_learning&viewStateShareKey=" in url
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1920, "height": 1000})
+            page.set_default_timeout(120_000)  # a busy 2-core machine: the UI takes its time
+            expect.set_options(timeout=120_000)
+            page.goto(url)
+            # The grid draws each row twice: run name and start time pinned on the left, the other columns
+            # beside them; both carry the run id (row-id) and the row's position (row-index).
+            names = page.locator(".ag-pinned-left-cols-container")
+            values = page.locator(".ag-center-cols-container")
+            expect(names.locator(f'[row-id="{parent_id}"]')).to_be_visible()
+            for name, run in models.items():
+                expect(names.locator(f'[row-id="{run.info.run_id}"]')).to_contain_text(name)
+            for column in ("test_orig_jaccard", "test_orig_dice", "test_orig_jaccard_thresholded", "params_trainable",
+                           "params_frozen", "unfreeze", "lr"):  # fmt: skip
+                expect(page.locator(".ag-header-cell", has_text=column).first).to_be_visible()
+            first = int(names.locator(f'[row-id="{parent_id}"]').get_attribute("row-index"))
+            for name, run in models.items():  # listed right under their parent, with their test IoU
+                row = names.locator(f'[row-id="{run.info.run_id}"]')
+                assert first < int(row.get_attribute("row-index")) <= first + len(MODELS), name
+                cell = values.locator(f'[row-id="{run.info.run_id}"] [col-id="metrics.`test_orig_jaccard`"]')
+                expect(cell).not_to_have_text("-")
+                assert float(cell.inner_text()) == pytest.approx(repro_metrics[name]["orig_jaccard"], abs=1e-6), name
+            (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=REPO / "docs" / "img" / "mlflow-runs.png")
+            names.locator(f'[row-id="{models["finetune_all"].info.run_id}"]').get_by_role("link").first.click()
+            expect(page.get_by_text("test_orig_jaccard").first).to_be_visible()
+            page.wait_for_timeout(2000)  # the run page's panels load one after another
+            page.screenshot(path=REPO / "docs" / "img" / "mlflow-run.png")
+        print(f"mlflow ui and browser: {time.perf_counter() - t0:.1f} s")
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=60)
 
 
 def test_cross_validation_experiment_and_compare(pipeline):

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,48 @@ def test_services_script_is_idempotent_and_explains_errors(services):
         assert missing.returncode == 1 and "PostgreSQL binaries not found in /nonexistent" in missing.stderr
 
 
+def status_of(call) -> int:
+    """The HTTP status of a REST call: 200, or the error's."""
+    try:
+        call()
+        return 200
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_server_asks_for_a_login_and_keeps_experiments_to_their_owners(services):
+    env, settings = services
+    uri = settings["MLFLOW_TRACKING_URI"]
+
+    def rest(auth=None) -> MlflowRest:  # a long timeout: each login hashes the password (PBKDF2) on a busy machine
+        return MlflowRest(uri, timeout=180, auth=auth)
+
+    admin = rest((settings["MLFLOW_TRACKING_USERNAME"], settings["MLFLOW_TRACKING_PASSWORD"]))
+    assert settings["MLFLOW_TRACKING_USERNAME"] == "admin" and len(settings["MLFLOW_TRACKING_PASSWORD"]) >= 16
+    assert (
+        f"MLFLOW_ADMIN_PASS={settings['MLFLOW_TRACKING_PASSWORD']}"
+        in (Path(env["LESIONSEG_SERVICES_DIR"]) / "secrets.env").read_text()
+    )
+    # Without credentials, or with a wrong password: refused, for the API and the UI alike.
+    assert status_of(lambda: rest().get("experiments/search?max_results=10")) == 401
+    assert status_of(lambda: rest(("admin", "wrong")).get("experiments/search?max_results=10")) == 401
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{uri}/", timeout=180)
+    assert refused.value.code == 401
+
+    # The admin's experiment and run; a second user may read them (default_permission READ), not change them.
+    experiment_id = admin.post("experiments/create", {"name": f"auth-check-{random.randrange(10**6)}"})["experiment_id"]
+    run_id = admin.post("runs/create", {"experiment_id": experiment_id})["run"]["info"]["run_id"]
+    admin.post("users/create", {"username": "reader", "password": "reader-password-1234"})
+    reader = rest(("reader", "reader-password-1234"))
+    assert reader.get(f"runs/get?run_id={run_id}")["run"]["info"]["run_id"] == run_id
+    change = {"run_id": run_id, "key": "changed_by", "value": "reader"}
+    assert status_of(lambda: reader.post("runs/set-tag", change)) == 403
+    assert status_of(lambda: reader.post("runs/delete", {"run_id": run_id})) == 403
+    assert status_of(lambda: admin.post("runs/set-tag", {**change, "value": "admin"})) == 200
+    assert {"key": "changed_by", "value": "admin"} in admin.get(f"runs/get?run_id={run_id}")["run"]["data"]["tags"]
+
+
 class Rest(MlflowRest):
     def files(self, run_id: str, path: str = "") -> list[str]:
         return [Path(f["path"]).name for f in self.get(f"artifacts/list?run_id={run_id}&path={path}").get("files", [])]
@@ -131,7 +175,8 @@ def test_pipeline_logs_to_the_server_and_shares_data_through_the_remote(services
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@e.com",
     }
-    env = {**env, **git_env, "MLFLOW_TRACKING_URI": settings["MLFLOW_TRACKING_URI"], "PYTHONPATH": str(project)}
+    login = {k: settings[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    env = {**env, **git_env, **login, "PYTHONPATH": str(project)}
     endpoint, bucket = settings["LESIONSEG_S3_ENDPOINT"], settings["LESIONSEG_S3_BUCKET"]
 
     def remote(cwd: Path, *, add: bool) -> None:  # what services.sh prints
@@ -158,7 +203,8 @@ def test_pipeline_logs_to_the_server_and_shares_data_through_the_remote(services
         assert f"Running stage '{stage}'" in log
 
     # Runs, metrics, parameter counts, figures and the model on the server (REST API).
-    rest = Rest(settings["MLFLOW_TRACKING_URI"])
+    user, password = login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"]
+    rest = Rest(login["MLFLOW_TRACKING_URI"], auth=(user, password))
     experiment = rest.get("experiments/get-by-name?experiment_name=lesionseg")["experiment"]
     tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
     assert tags["mlflow.experimentKind"] == "custom_model_development"

@@ -176,6 +176,7 @@ def test_stages_on_synthetic_data(tmp_path):
     run_stage(project, "external", "--name", "clinic", "--out", "data/external/clinic")
     summary = json.loads((project / "data" / "external" / "clinic.json").read_text())
     assert summary["n"] == 5 and summary["skipped"] == []
+    evaluated_from = int(time.time() * 1000)
     run_stage(
         project,
         "evaluate",
@@ -238,7 +239,12 @@ def test_stages_on_synthetic_data(tmp_path):
         "fold0/finetune_all.pt",
         "fold1/finetune_all.pt",
     ]
-    check_mlflow_grouping(project, json.loads((project / "m.json").read_text()))
+    children = check_mlflow_grouping(project, json.loads((project / "m.json").read_text()))
+    # True durations: the models' runs end with their training, not when the evaluate stage logged their scores.
+    frozen, finetuned = children["frozen"].info, children["finetune_all"].info
+    assert frozen.end_time <= finetuned.start_time < finetuned.end_time < evaluated_from
+    # The first metric (what MLflow's compare page plots by default) tells the models apart.
+    assert [next(iter(children[name].data.metrics)) for name in ("frozen", "finetune_all")] == ["params_trainable"] * 2
     assert sorted(os.listdir(project / "fig")) == [
         "clinic_error_maps.png",
         "clinic_overlays.png",
@@ -294,8 +300,10 @@ def test_stages_on_synthetic_data(tmp_path):
     assert not (project / "models" / "ft2").exists()
 
 
-def check_mlflow_grouping(project: Path, metrics: dict) -> None:
-    """One parent run for the execution; its children are the models, with the metrics.json numbers."""
+def check_mlflow_grouping(project: Path, metrics: dict) -> dict:
+    """One parent run for the execution; its children are the models, with the metrics.json numbers.
+
+    Returns the children by name."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -316,6 +324,7 @@ def check_mlflow_grouping(project: Path, metrics: dict) -> None:
     folds = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == children["cv"].info.run_id}
     assert folds == {"fold0/frozen", "fold0/finetune_all", "fold1/frozen", "fold1/finetune_all"}
     assert children["cv_ensemble"].data.tags["lesionseg.trained_in_run"] == children["cv"].info.run_id
+    return children
 
 
 def check_external_in_mlflow(project: Path, metrics: dict) -> None:

@@ -38,6 +38,16 @@ LOGGED_TRAIN_FIELDS = (
 )  # fmt: skip
 
 
+# MLflow lists a run's metrics in the order they were first logged, and its compare page plots the first
+# one shared by the runs (parallel coordinates) until the user picks another: the trainable count, which
+# tells the phases apart, not the total, which is the same for all.
+COUNTS_LOGGING_ORDER = ("trainable", "frozen", "total")
+
+
+def counts_in_logging_order(counts: dict[str, int]) -> dict[str, int]:
+    return {key: counts[key] for key in COUNTS_LOGGING_ORDER}
+
+
 @dataclass(frozen=True)
 class Deferred:
     """Where phases keep what they could not log: ``directory/<phase>-<key>``.
@@ -112,7 +122,7 @@ def train_phase(
     counts = count_parameters(model)
     run = tracking.PhaseRun.start(name, tags, parent_run_id)
     run.log_params(params)
-    run.log_metrics("params_", counts)
+    run.log_metrics("params_", counts_in_logging_order(counts))
     result = train_model(
         model,
         model_config,
@@ -174,7 +184,7 @@ def _complete_deferred(
     atomic.write_text(history_path, (entry / "history.csv").read_text())
     history = pd.read_csv(history_path)
     run.log_params(state["params"])
-    run.log_metrics("params_", state["param_counts"], skip_logged=True)
+    run.log_metrics("params_", counts_in_logging_order(state["param_counts"]), skip_logged=True)
     for row in history.to_dict("records"):
         run.log_metrics("", row, step=int(row["epoch"]), skip_logged=True)
     run.log_metrics("best_val_", state["best_metrics"], skip_logged=True)
