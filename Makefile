@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The team set-up (README: "Scaling out"): the .[scale] extra in one resolver run with everything else
+# The team set-up (docs/scaling-out.md): the .[scale] extra in one resolver run with everything else
 # (botocore must suit both boto3 and dvc-s3), and the Debian postgresql package if it is missing.
 setup-scale: $(SCALE_STAMP) postgresql
 
@@ -47,6 +47,7 @@ repro: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict   # not --quiet: it hides the warnings --strict fails on
 
 test: lint browser
 	$(BIN)/pytest
@@ -54,6 +55,18 @@ test: lint browser
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The documentation site (mkdocs.yml): built into site/, served at http://127.0.0.1:8000 with live reload;
+# docs-figures copies the last run's report figures (reports/figures) into docs/img, downscaled.
+.PHONY: docs docs-serve docs-figures
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+docs-figures: setup
+	$(BIN)/python scripts/docs_figures.py --figures reports/figures --out docs/img
 
 # e.g. make bench BENCH_ARGS="--device cuda --batch-size 64 --parts train,infer"
 BENCH_ARGS ?=

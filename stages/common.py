@@ -291,7 +291,7 @@ def main(fn) -> None:
 
             distributed.shutdown()
         # The interpreter's teardown would garbage-collect every object of torch, torchvision and MLflow
-        # one by one: 1.8 s of a stage's exit on a 2-core VM, 0.25 s without (README: "Benchmarks").
+        # one by one: 1.8 s of a stage's exit on a 2-core VM, 0.25 s without (docs/benchmarks.md).
         # atexit handlers and the normal exit still run; only the collector is off.
         gc.disable()
         gc.freeze()

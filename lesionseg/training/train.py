@@ -141,7 +141,7 @@ def seed_everything(seed: int) -> None:
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     # One fused kernel for the whole update: on a 2-core CPU the Adam step of all layers takes 4.3 ms instead
-    # of 13.6 ms (+4.7% training images/s; README: "Benchmarks"). None = PyTorch's default implementation.
+    # of 13.6 ms (+4.7% training images/s; docs/benchmarks.md). None = PyTorch's default implementation.
     auto = True if device.type in FUSED_DEVICES else None
     fused = {"on": True, "off": None, "auto": auto}[config.fused_optimizer]
     kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
