@@ -93,7 +93,6 @@ def cmd_compare(args) -> int:
     from lesionseg.evaluation.compare import (
         compare_models,
         format_markdown,
-        format_results,
         read_revision,
         read_tables,
         verdict,
@@ -110,8 +109,8 @@ def cmd_compare(args) -> int:
     if args.md:
         print(format_markdown(results))
         return 0
-    print(f"A = {args.a}, B = {args.b}; paired per image, 95% bootstrap CI of the mean change, Wilcoxon p")
-    print(format_results(results, args.metric))
+    print(f"A = {args.a}, B = {args.b}; per-image {args.metric}, paired: 95% bootstrap CI of the mean change B - A")
+    print(format_markdown(results, labels=("A", "B")))
     for r in results:
         if verdict(r) != "no detectable change":
             better = "B" if verdict(r) == "better" else "A"

@@ -76,23 +76,8 @@ def compare_models(
     return results
 
 
-def format_results(results: list[dict], metric: str = DEFAULT_METRIC) -> str:
-    """A Markdown table of :func:`compare_models` results."""
-    lines = [
-        f"| model | n | A {metric} | B {metric} | change B - A [95% CI] | p (Wilcoxon) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        low, high = r["ci95"]
-        lines.append(
-            f"| {r['model']} | {r['n']} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | "
-            f"{r['delta']:+.4f} [{low:+.4f}, {high:+.4f}] | {r['p_value']:.3g} |"
-        )
-    return "\n".join(lines)
-
-
 def verdict(result: dict) -> str:
-    """ "better", "worse" or "no detectable change": whether the 95% interval of the change (B - A) excludes 0."""
+    """Whether the 95% interval of the change (B - A) excludes 0: "better", "worse" or "no detectable change"."""
     low, high = result["ci95"]
     if low > 0:
         return "better"
@@ -102,10 +87,8 @@ def verdict(result: dict) -> str:
 
 
 def format_markdown(results: list[dict], labels: tuple[str, str] = ("base", "head")) -> str:
-    """One Markdown table of :func:`compare_models` results, a row per model, with a verdict column.
-
-    ``labels`` name the two sides (A, B) in the column headers; the change is B - A.
-    """
+    """One Markdown table of :func:`compare_models` results, a row per model: n, the two means, the change
+    (B - A), its 95% interval, the Wilcoxon p-value and the :func:`verdict`. ``labels`` name sides A and B."""
     base, head = labels
     lines = [
         f"| model | n | mean {base} | mean {head} | change | 95% CI | p | verdict |",
