@@ -69,8 +69,9 @@ CI_BUILD ?= build/ci
 CI_TRAIN_PAIRS ?= 32
 CI_TEST_PAIRS ?= 16
 CI_SOURCE ?= $(CURDIR)/$(CI_BUILD)/fixture
-# none: no download, the same run here and on GitHub; imagenet (torchvision) or a state dict's path
-CI_WEIGHTS ?= none
+# imagenet: torchvision downloads them (from the host of the CPU torch wheels); a random encoder (none)
+# barely learns in two epochs. Offline: the path of a copy, e.g. ../shared/weights/mobilenet_v2_imagenet.pth
+CI_WEIGHTS ?= imagenet
 CI_SET ?= -S data.size=64 -S train.epochs=2 -S finetune.epochs=1
 CI_CHECK ?=
 CI_DIR ?= .
