@@ -40,7 +40,7 @@ def write_run(folder, tables: dict[str, np.ndarray], extra_metrics=None):
     metrics = {}
     for name, scores in tables.items():
         per_image(scores).to_csv(folder / "per_image" / f"{name}.csv", index=False, float_format="%.6f")
-        metrics[name] = {"loss": 0.3, "orig_jaccard": float(np.mean(scores)), "lr": 0.001, "epochs": 2}
+        metrics[name] = {"loss": 0.3, "orig_jaccard": float(np.mean(scores)), "lr": 0.001, "params_total": 6995457}
         metrics[name].update((extra_metrics or {}).get(name, {}))
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
@@ -110,6 +110,8 @@ def test_ci_report_markdown_chart_and_metrics_diff(two_runs, tmp_path, capsys):
     tuned_row = chart[2][len("finetune_all  ") :]
     assert tuned_row.index("]") < tuned_row.index("|")  # the whole interval left of no change: worse
     assert "<summary>cv_ensemble: 0 of 5 metrics changed</summary>" in markdown  # members, not member_model
+    assert "<summary>finetune_all: 1 of 4 metrics changed</summary>" in markdown
+    assert "| params_total | 6995457 | 6995457 | +0 |" in markdown
     assert "| orig_jaccard | - | 0.7" in markdown  # added on the head side only
 
 

@@ -8,6 +8,7 @@ and a change to the pipeline shows up in the scores.
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -23,13 +24,14 @@ _CONTENTS = {
     TEST_IMAGES: ("test", False),
     TEST_MASKS: ("test", True),
 }
-_TEST_ID_OFFSET = 100000  # test IDs never collide with training IDs, as in the official sets
+_TEST_ID_OFFSET = 100000
+_ZIP_TIME = (2016, 1, 1, 0, 0, 0)  # test IDs never collide with training IDs, as in the official sets
 
 
 def write_archives(out: Path, n_train: int, n_test: int, width: int = 600, height: int = 450) -> Path:
     """The four official archives with ``n_train`` + ``n_test`` image/mask pairs, in ``out`` (created).
 
-    Deterministic: the same arguments give the same images, so two runs of the pipeline see the same data.
+    Deterministic: the same arguments give the same archives, so two runs of the pipeline see the same data.
     """
     if n_train < 1 or n_test < 1 or width < 16 or height < 16:
         raise ValueError(f"need at least 1 pair a split and 16x16 pixels, got {n_train}/{n_test}, {width}x{height}")
@@ -53,8 +55,8 @@ def write_archives(out: Path, n_train: int, n_test: int, width: int = 600, heigh
                     photo = np.asarray(Image.fromarray(base).resize((width, height), Image.BICUBIC)).copy()
                     photo[lesion] //= 2
                     image, member = Image.fromarray(photo), f"{isic_id}.jpg"
-                path = out / member
-                image.save(path, quality=90)
-                archive.write(path, f"{name}/{member}")
-                path.unlink()
+                data = io.BytesIO()
+                image.save(data, format="JPEG" if member.endswith(".jpg") else "PNG", quality=90)
+                # A fixed timestamp: the same arguments give byte-identical archives.
+                archive.writestr(zipfile.ZipInfo(f"{name}/{member}", date_time=_ZIP_TIME), data.getvalue())
     return out

@@ -29,7 +29,7 @@ from lesionseg.evaluation.compare import DEFAULT_METRIC, compare_models, format_
 REPORT_MARKER = "<!-- lesionseg-ci-report -->"
 METRICS_FILE = "metrics.json"
 PER_IMAGE_DIR = "per_image"
-CHART_WIDTH = 41  # characters of the text chart's axis; odd, so 0 can sit in the middle
+CHART_WIDTH = 61  # characters of the text chart's axis; odd, so 0 can sit in the middle
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def change_chart(results: list[dict], width: int = CHART_WIDTH) -> str:
             cells[i] = "-"
         cells[half] = "|"
         cells[low], cells[high] = "[", "]"
-        cells[column(r["delta"])] = "o"
+        cells[column(r["delta"])] = "o"  # over a bracket when the interval is narrower than a character
         lines.append(f"{r['model']:{name_width}}  {''.join(cells)}")
     return "\n".join(lines)
 
@@ -134,6 +134,8 @@ def _value(value: float | None, signed: bool = False) -> str:
         return "-"
     if not math.isfinite(value):
         return str(value)
+    if value.is_integer():  # counts (parameters, epochs) in full, not as 6.9955e+06
+        return f"{value:+.0f}" if signed else f"{value:.0f}"
     return f"{value:+.5g}" if signed else f"{value:.5g}"
 
 
