@@ -36,22 +36,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import yaml
+
+from lesionseg.data.synthetic import write_archives
 
 REPO = Path(__file__).resolve().parents[1]
 # What the pipeline needs from the repository (the tests' project copies use the same list).
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "lesionseg", ".dvc/config", ".dvcignore", ".gitignore")
 TIMING_LOG_ENV = "LESIONSEG_TIMING_LOG"  # stages.common.TIMING_LOG_ENV; not imported: that would import yaml only
-ARCHIVES = {
-    "ISBI2016_ISIC_Part1_Training_Data": "train",
-    "ISBI2016_ISIC_Part1_Training_GroundTruth": "train_masks",
-    "ISBI2016_ISIC_Part1_Test_Data": "test",
-    "ISBI2016_ISIC_Part1_Test_GroundTruth": "test_masks",
-}
 # The shim: start and end wall clock (GNU date, ns) and the arguments, one tab-separated line per process.
 SHIM = """#!/bin/sh
 start=$(date +%s.%N)
@@ -60,36 +54,6 @@ status=$?
 printf '%s\\t%s\\t%s\\t%s\\n' "$start" "$(date +%s.%N)" "$status" "$*" >> {log}
 exit $status
 """
-
-
-def generate_archives(out: Path, n_train: int, n_test: int, width: int = 600, height: int = 450) -> Path:
-    """The four official archives with photo-like JPEGs and elliptic lesion masks, in ``out``."""
-    from PIL import Image
-
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:height, :width]
-    counts = {"train": n_train, "test": n_test}
-    for name, kind in ARCHIVES.items():
-        split = kind.split("_")[0]
-        with zipfile.ZipFile(out / f"{name}.zip", "w", zipfile.ZIP_STORED) as archive:
-            for i in range(counts[split]):
-                isic_id = f"ISIC_{i + (0 if split == 'train' else 100000):07d}"
-                seed = np.random.default_rng(i + (0 if split == "train" else 100000))
-                cy, cx, ry, rx = seed.uniform(0.35, 0.65, 2).tolist() + seed.uniform(0.15, 0.3, 2).tolist()
-                lesion = ((yy / height - cy) / ry) ** 2 + ((xx / width - cx) / rx) ** 2 <= 1
-                if kind.endswith("masks"):
-                    image, member = Image.fromarray(lesion.astype(np.uint8) * 255), f"{isic_id}_Segmentation.png"
-                else:
-                    base = rng.integers(120, 230, (height // 16, width // 16, 3), dtype=np.uint8)
-                    photo = np.asarray(Image.fromarray(base).resize((width, height), Image.BICUBIC)).copy()
-                    photo[lesion] //= 2
-                    image, member = Image.fromarray(photo), f"{isic_id}.jpg"
-                path = out / member
-                image.save(path, quality=90)
-                archive.write(path, f"{name}/{member}")
-                path.unlink()
-    return out
 
 
 def copy_project(project: Path) -> Path:
@@ -210,7 +174,7 @@ def run_e2e(
     scratch = Path(tempfile.mkdtemp(prefix="lesionseg-e2e-"))
     try:
         if source is None:
-            source = generate_archives(scratch / "archives", *generated)
+            source = write_archives(scratch / "archives", *generated)
         params = {
             "download.source": str(Path(source).resolve()),
             "download.cache": str(scratch / "downloads"),

@@ -1,4 +1,4 @@
-"""The ``lesionseg`` command: summary, predict, evaluate, export, compare."""
+"""The ``lesionseg`` command: summary, predict, evaluate, export, compare, ci-report."""
 
 from __future__ import annotations
 
@@ -125,7 +125,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from lesionseg.evaluation.compare import compare_models, format_results, read_revision, read_tables
+    from lesionseg.evaluation.compare import (
+        compare_models,
+        format_markdown,
+        read_revision,
+        read_tables,
+        verdict,
+    )
 
     def side(source: str):
         path = Path(source)
@@ -139,12 +145,28 @@ def cmd_compare(args) -> int:
     if args.json:
         print(json.dumps(results))
         return 0
-    print(f"A = {args.a}, B = {args.b}; paired per image, 95% bootstrap CI of the mean change, Wilcoxon p")
-    print(format_results(results, args.metric))
+    if args.md:
+        print(format_markdown(results))
+        return 0
+    print(f"A = {args.a}, B = {args.b}; per-image {args.metric}, paired: 95% bootstrap CI of the mean change B - A")
+    print(format_markdown(results, labels=("A", "B")))
     for r in results:
-        if r["ci95"][0] > 0 or r["ci95"][1] < 0:
-            better = "B" if r["delta"] > 0 else "A"
+        if verdict(r) != "no detectable change":
+            better = "B" if verdict(r) == "better" else "A"
             print(f"{r['model']}: {better} is better; the 95% interval of the change excludes 0")
+    return 0
+
+
+def cmd_ci_report(args) -> int:
+    from lesionseg.evaluation.ci_report import read_run, write_report
+
+    base = read_run(args.base, args.base_label, args.reports_dir)
+    head = read_run(args.head, args.head_label, args.reports_dir)
+    markdown = write_report(base, head, args.out, args.metric, args.note or [])
+    if args.append_to:  # e.g. $GITHUB_STEP_SUMMARY, which other steps write to as well
+        with open(args.append_to, "a", encoding="utf-8") as summary:
+            summary.write(markdown)
+    print(markdown, end="")
     return 0
 
 
@@ -218,8 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", help="compare on this external set's per-image tables (evaluate.external) instead of the test split"
     )
-    p.add_argument("--json", action="store_true", help="one JSON list: model, n, mean_a, mean_b, delta, ci95, p_value")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json", action="store_true", help="one JSON list: model, n, mean_a, mean_b, delta, ci95, p_value"
+    )
+    output.add_argument(
+        "--md",
+        action="store_true",
+        help="one Markdown table: n, mean base (A), mean head (B), change, 95%% CI, p, verdict",
+    )
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "ci-report",
+        help="Markdown report of what a change did: paired change per model, chart, metrics diff",
+        description="Compare the pipeline's test results of BASE and HEAD, each a reports folder (holding "
+        "metrics.json and per_image/) or a git revision or DVC experiment (read through DVC); write "
+        "OUT/report.md and OUT/change.png and print the report.",
+    )
+    p.add_argument("base", metavar="BASE")
+    p.add_argument("head", metavar="HEAD")
+    p.add_argument("--out", type=Path, default=Path("reports/ci"), help="folder for report.md and change.png")
+    p.add_argument("--metric", default="orig_jaccard", help="per-image column compared (default orig_jaccard)")
+    p.add_argument("--base-label", help="name shown for BASE (default: BASE as given)")
+    p.add_argument("--head-label", help="name shown for HEAD (default: HEAD as given)")
+    p.add_argument("--note", action="append", help="a line of text under the report's heading (repeatable)")
+    p.add_argument("--reports-dir", default="reports", help="the reports folder read at a revision")
+    p.add_argument("--append-to", type=Path, help="also append the report to this file (a job summary)")
+    p.set_defaults(func=cmd_ci_report)
 
     p = sub.add_parser("export", help="export a model (several checkpoints: their ensemble) to ONNX")
     p.add_argument("--checkpoint", type=Path, nargs="+", required=True)

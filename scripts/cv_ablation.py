@@ -89,6 +89,7 @@ ROWS = {
     "grayworld": ("gray world colour constancy", 128, {}, {}, {"colour_constancy": "gray_world"}),
     "camera": ("+ camera augmentation (HSV, gamma, blur, noise, JPEG)", 128, CAMERA, {}, {}),
     "geometric": ("+ shift/scale 0.7-1.3/rotate (p 0.5)", 128, GEOMETRIC, {}, {}),
+    "camera_geo": ("camera + geometric augmentation", 128, {**CAMERA, **GEOMETRIC}, {}, {}),
     "sog_camera": ("Shades of Gray + camera augmentation", 128, CAMERA, {}, SOG),
     "sog_camera_geo": ("Shades of Gray + camera + geometric augmentation", 128, {**CAMERA, **GEOMETRIC}, {}, SOG),
     "sog_camera_geo160": (

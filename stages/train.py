@@ -10,6 +10,7 @@ from pathlib import Path
 from lesionseg.data.cache import Split
 from lesionseg.model.model import build_model
 from lesionseg.training.phases import train_phase
+from lesionseg.training.train import seed_everything
 from stages import common
 from stages.common import load_params, main, mlflow_setup, raise_logging_errors, run_tags, train_config
 
@@ -23,6 +24,9 @@ def run() -> None:
     params = load_params()
     model_config = common.model_config(params)
     config = train_config(params, "train")
+    # The decoder's initial weights come from the global generator: seeded, two runs of one commit train the
+    # same model, so a pull request's CI report (base against head) shows the change, not the draw.
+    seed_everything(config.seed)
     model = build_model(model_config, unfreeze=0)  # before the data: bad weights fail at the start
     inputs = [args.data / "train.pt", args.data / "val.pt"]
     train_split, val_split = Split.load(inputs[0]), Split.load(inputs[1])

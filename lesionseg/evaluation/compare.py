@@ -4,6 +4,8 @@ A side is a mapping model name -> per-image table (``id`` plus score columns,
 as the evaluate stage writes them to ``reports/per_image/<model>.csv``).
 Models present on both sides are compared image by image
 (:func:`lesionseg.evaluation.stats.paired_difference`); the image sets must be the same.
+Two sides of one table each (two CSV files) are compared whatever their model names, so two models
+of one run can be compared from their tables.
 """
 
 from __future__ import annotations
@@ -41,9 +43,16 @@ def compare_models(
     """One result per model on both sides (or the given ``models``): ``model``, ``n``, ``mean_a``,
     ``mean_b``, ``delta`` (b - a), ``ci95`` ([low, high]) and ``p_value``.
 
+    When each side holds a single table under different names (``frozen.csv`` against
+    ``finetune_all.csv``), those two are compared as the model ``"frozen vs finetune_all"``.
+
     Raises ``ValueError`` naming the model and the differing images when the
     two sides scored different images, or when no model is on both sides.
     """
+    if not models and len(a) == len(b) == 1 and a.keys() != b.keys():
+        (name_a, table_a), (name_b, table_b) = *a.items(), *b.items()
+        label = f"{name_a} vs {name_b}"
+        a, b = {label: table_a}, {label: table_b}
     names = list(models) if models else [name for name in a if name in b]
     if not names:
         raise ValueError(f"no model on both sides: {sorted(a)} vs {sorted(b)}")
@@ -67,17 +76,29 @@ def compare_models(
     return results
 
 
-def format_results(results: list[dict], metric: str = DEFAULT_METRIC) -> str:
-    """A Markdown table of :func:`compare_models` results."""
+def verdict(result: dict) -> str:
+    """Whether the 95% interval of the change (B - A) excludes 0: "better", "worse" or "no detectable change"."""
+    low, high = result["ci95"]
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "no detectable change"
+
+
+def format_markdown(results: list[dict], labels: tuple[str, str] = ("base", "head")) -> str:
+    """One Markdown table of :func:`compare_models` results, a row per model: n, the two means, the change
+    (B - A), its 95% interval, the Wilcoxon p-value and the :func:`verdict`. ``labels`` name sides A and B."""
+    base, head = labels
     lines = [
-        f"| model | n | A {metric} | B {metric} | change B - A [95% CI] | p (Wilcoxon) |",
-        "|---|---|---|---|---|---|",
+        f"| model | n | mean {base} | mean {head} | change | 95% CI | p | verdict |",
+        "|---|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in results:
         low, high = r["ci95"]
         lines.append(
-            f"| {r['model']} | {r['n']} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | "
-            f"{r['delta']:+.4f} [{low:+.4f}, {high:+.4f}] | {r['p_value']:.3g} |"
+            f"| {r['model']} | {r['n']} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | {r['delta']:+.4f} | "
+            f"[{low:+.4f}, {high:+.4f}] | {r['p_value']:.3g} | {verdict(r)} |"
         )
     return "\n".join(lines)
 

@@ -132,7 +132,7 @@ def write_table(table: pd.DataFrame, csv_path: Path, md_path: Path, notes: list[
     atomic.write_text(md_path, "\n".join([header, rule, *body, *extra]) + "\n")
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip("."))
     plt.close(fig)
@@ -155,7 +155,7 @@ def plot_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
     ax_loss.set(title="DiceBCE loss", xlabel="epoch (fine-tuning continues after the frozen phase)", ylabel="loss")
     ax_jac.set(title="Per-image Jaccard (model resolution)", xlabel="epoch", ylabel="Jaccard")
     ax_jac.legend(fontsize=7, ncol=2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def error_map(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -192,7 +192,7 @@ def plot_samples(images, truths, preds, ids, scores, title: str, path: Path) -> 
             ax.set_title(f"{isic_id}: {label}" if label == "image" else label, fontsize=8)
             ax.axis("off")
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_grid(panels, ids, scores, title: str, path: Path, columns: int = 4) -> None:
@@ -205,7 +205,7 @@ def plot_grid(panels, ids, scores, title: str, path: Path, columns: int = 4) -> 
         ax.imshow(panel)
         ax.set_title(f"{isic_id}  J={score:.3f}", fontsize=8)
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_comparison(table: pd.DataFrame, path: Path) -> None:
@@ -219,7 +219,7 @@ def plot_comparison(table: pd.DataFrame, path: Path) -> None:
     ax.set(xticks=x, xticklabels=table["Model"], ylim=(max(0.0, low - 0.1), 1.0), ylabel="per-image mean (test)")
     ax.set_title("Test IoU and Dice by model (original resolution, ISIC definition)")
     ax.legend(loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def sample_predictions(model: torch.nn.Module, split: Split, count: int, pick=None):

@@ -28,7 +28,7 @@ from lesionseg.evaluation.metrics import THRESHOLDED_JACCARD_CUTOFF
 from lesionseg.evaluation.postprocess import PostprocessConfig
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.model import LesionSegModel, ModelConfig, build_model, level_name
-from lesionseg.training.train import TrainConfig, TrainResult, train_model
+from lesionseg.training.train import TrainConfig, TrainResult, seed_everything, train_model
 
 # Metrics aggregated over folds (original resolution, the official definitions).
 CV_METRICS = ("jaccard", "dice", "jaccard_thresholded")
@@ -126,6 +126,7 @@ def train_fold(
     Returns model name -> checkpoint path."""
     folder = Path(out_dir) / f"fold{fold.index}"
     checkpoints = {"frozen": folder / "frozen.pt"}
+    seed_everything(frozen_config.seed)  # the decoder's initial weights: the same fold model on every run
     model = build_model(model_config, unfreeze=0)
     runner(
         "frozen", model, model_config, fold.train, fold.val, frozen_config, checkpoints["frozen"], folder / "frozen.csv"

@@ -1,0 +1,216 @@
+"""The report a reviewer reads on a pull request: what the change did to every model's test scores.
+
+Each side (base, head) is one pipeline run's reports: ``metrics.json`` and ``per_image/<model>.csv``,
+as the evaluate stage writes them under ``reports/``, read from a folder or through DVC at a git
+revision or DVC experiment. The report (Markdown, for the job summary and the pull-request comment) has:
+
+1. the paired change of each model on both sides (:func:`lesionseg.evaluation.compare.compare_models`):
+   means, change (head - base), its 95% bootstrap interval, Wilcoxon p and a verdict;
+2. a chart of those changes and intervals, as text (a pull-request comment cannot show a local image)
+   and as ``change.png`` beside the report (in the workflow's artifact);
+3. per model, every number in ``metrics.json`` on both sides and the change, as ``dvc metrics diff --md``
+   shows them, folded away (the verdicts above are the part to read first).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lesionseg import atomic
+from lesionseg.errors import DataError
+from lesionseg.evaluation.compare import DEFAULT_METRIC, compare_models, format_markdown, read_revision, read_tables
+
+# First line of the report: the workflow finds its earlier comment by it and edits that one.
+REPORT_MARKER = "<!-- lesionseg-ci-report -->"
+METRICS_FILE = "metrics.json"
+PER_IMAGE_DIR = "per_image"
+CHART_WIDTH = 61  # characters of the text chart's axis; odd, so 0 can sit in the middle
+
+
+@dataclass(frozen=True)
+class RunReports:
+    """One pipeline run's test results: ``metrics`` as in ``metrics.json``, ``per_image`` model -> table."""
+
+    label: str
+    metrics: dict[str, dict]
+    per_image: dict[str, pd.DataFrame]
+
+
+def read_run(source: str, label: str | None = None, reports_dir: str = "reports", repo: str = ".") -> RunReports:
+    """A run's reports from a folder holding ``metrics.json`` and ``per_image/`` (e.g. ``reports``),
+    else from ``reports_dir`` at the git revision or DVC experiment ``source``."""
+    path = Path(source)
+    if path.is_dir():
+        metrics_path = path / METRICS_FILE
+        if not metrics_path.is_file():
+            raise DataError(path, f"no {METRICS_FILE} here: not a pipeline run's reports folder")
+        metrics = _parse_metrics(metrics_path.read_text(), metrics_path)
+        per_image = read_tables(path / PER_IMAGE_DIR)
+    else:
+        metrics = _metrics_at(source, f"{reports_dir}/{METRICS_FILE}", repo)
+        per_image = read_revision(source, f"{reports_dir}/{PER_IMAGE_DIR}", repo)
+    # The pipeline's model order (frozen, then each fine-tuning level), not the files' alphabetical one.
+    ordered = {name: per_image[name] for name in metrics if name in per_image}
+    ordered.update((name, table) for name, table in per_image.items() if name not in ordered)
+    return RunReports(label or source, metrics, ordered)
+
+
+def _metrics_at(rev: str, path: str, repo: str) -> dict:
+    from dvc.api import DVCFileSystem
+
+    try:
+        text = DVCFileSystem(repo, rev=rev).read_text(path)
+    except Exception as exc:  # DVC raises several types for an unknown revision or a missing file
+        raise ValueError(f"cannot read {path} at revision or experiment {rev!r}: {exc}") from exc
+    return _parse_metrics(text, f"{rev}:{path}")
+
+
+def _parse_metrics(text: str, source) -> dict[str, dict]:
+    try:
+        metrics = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(source, f"not valid JSON ({exc})") from exc
+    if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+        raise DataError(source, "not a metrics file: expected an object of models, each an object of metrics")
+    return metrics
+
+
+def metrics_diff(base: dict[str, dict], head: dict[str, dict]) -> dict[str, list[tuple]]:
+    """Model -> ``(metric, base value, head value, change)`` for every number of either side.
+
+    Models and metrics keep the base's order, then the head's new ones; a value missing on one side
+    is ``None`` and so is its change (what ``dvc metrics diff`` reports for an added or removed metric).
+    """
+    table = {}
+    for model in [*base, *(m for m in head if m not in base)]:
+        old, new = base.get(model, {}), head.get(model, {})
+        rows = []
+        for key in [*old, *(k for k in new if k not in old)]:
+            a, b = _number(old.get(key)), _number(new.get(key))
+            if a is None and b is None:
+                continue  # not a number on either side (e.g. the ensemble's member_model)
+            rows.append((key, a, b, b - a if a is not None and b is not None else None))
+        table[model] = rows
+    return table
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def change_chart(results: list[dict], width: int = CHART_WIDTH) -> str:
+    """Each model's change and 95% interval on one axis centred on 0, as text.
+
+    ``[`` and ``]`` end the interval, ``o`` is the mean change, ``|`` is no change; the axis spans
+    the largest interval end of all models either way.
+    """
+    scale = max([abs(v) for r in results for v in (*r["ci95"], r["delta"])] + [1e-12])
+    half = width // 2
+
+    def column(value: float) -> int:
+        return half + round(value / scale * half)
+
+    name_width = max(len(r["model"]) for r in results)
+    lines = [f"{'':{name_width}}  {f'-{scale:.3f}':<{half}}0{f'+{scale:.3f}':>{half}}"]
+    for r in results:
+        low, high = (column(v) for v in r["ci95"])
+        cells = [" "] * width
+        for i in range(low, high + 1):
+            cells[i] = "-"
+        cells[half] = "|"
+        cells[low], cells[high] = "[", "]"
+        cells[column(r["delta"])] = "o"  # over a bracket when the interval is narrower than a character
+        lines.append(f"{r['model']:{name_width}}  {''.join(cells)}")
+    return "\n".join(lines)
+
+
+def _value(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return str(value)
+    if value.is_integer():  # counts (parameters, epochs) in full, not as 6.9955e+06
+        return f"{value:+.0f}" if signed else f"{value:.0f}"
+    return f"{value:+.5g}" if signed else f"{value:.5g}"
+
+
+def format_report(
+    base: RunReports, head: RunReports, metric: str = DEFAULT_METRIC, notes: list[str] = ()
+) -> tuple[str, list[dict]]:
+    """The report's Markdown and the paired results it shows (one per model on both sides)."""
+    results = compare_models(base.per_image, head.per_image, metric)
+    only = {
+        "base": [m for m in base.per_image if m not in head.per_image],
+        "head": [m for m in head.per_image if m not in base.per_image],
+    }
+    lines = [
+        REPORT_MARKER,
+        "## lesionseg: what this change does to the test scores",
+        "",
+        f"Base: `{base.label}`, head: `{head.label}`. Each model is compared image by image on the test "
+        f"set: mean per-image `{metric}`, change = head - base, its 95% bootstrap interval (BCa, resampling "
+        "images), Wilcoxon signed-rank p. **better** / **worse**: the interval excludes 0; "
+        "**no detectable change**: it holds 0 (the test set cannot tell the two apart).",
+        *(["", *notes] if notes else []),
+        "",
+        "### Change per model",
+        "",
+        format_markdown(results),
+        *[f"\n{', '.join(names)}: only in the {side} run, not compared." for side, names in only.items() if names],
+        "",
+        f"### Chart: change of mean `{metric}` and its 95% interval",
+        "",
+        "```text",
+        change_chart(results),
+        "```",
+        "",
+        "`o` mean change, `[ ]` 95% interval, `|` no change; left of `|` is worse, right is better.",
+        "",
+        "### Metrics per model (`dvc metrics diff --md`)",
+    ]
+    for model, rows in metrics_diff(base.metrics, head.metrics).items():
+        changed = sum(1 for *_, change in rows if change)
+        lines += [
+            "",
+            f"<details><summary>{model}: {changed} of {len(rows)} metrics changed</summary>",
+            "",
+            "| Metric | base | head | Change |",
+            "|---|--:|--:|--:|",
+            *(f"| {key} | {_value(a)} | {_value(b)} | {_value(c, signed=True)} |" for key, a, b, c in rows),
+            "",
+            "</details>",
+        ]
+    return "\n".join(lines) + "\n", results
+
+
+def plot_change(results: list[dict], path: Path, metric: str = DEFAULT_METRIC) -> None:
+    """The chart of :func:`change_chart` as an image: change and 95% interval per model."""
+    from lesionseg.evaluation.report import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(results) + 1.5))
+    y = range(len(results))
+    deltas = [r["delta"] for r in results]
+    errors = [[r["delta"] - r["ci95"][0] for r in results], [r["ci95"][1] - r["delta"] for r in results]]
+    ax.errorbar(deltas, y, xerr=errors, fmt="o", capsize=4)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set(yticks=list(y), yticklabels=[r["model"] for r in results], xlabel=f"change of mean {metric} (head - base)")
+    ax.invert_yaxis()
+    ax.set_title("Paired change per model, 95% bootstrap interval")
+    save_figure(fig, path)
+
+
+def write_report(
+    base: RunReports, head: RunReports, out_dir: Path, metric: str = DEFAULT_METRIC, notes: list[str] = ()
+) -> str:
+    """Write ``report.md`` and ``change.png`` into ``out_dir`` (created); returns the Markdown."""
+    markdown, results = format_report(base, head, metric, notes)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_change(results, out_dir / "change.png", metric)
+    atomic.write_text(out_dir / "report.md", markdown)
+    return markdown
