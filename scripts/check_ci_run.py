@@ -5,9 +5,12 @@
   experiment, with a child run per model whose test IoU is the one in ``reports/metrics.json``;
   with cross-validation off, no other children;
 - with ``--cv-pairs N``: ``reports/cv/metrics.json`` has every trained model (not the ensemble),
-  each scored out of fold on N pairs in ``cv.folds`` folds.
+  each scored out of fold on N pairs in ``cv.folds`` folds;
+- with ``--external SET N``: every model has the external set's scores on N images in
+  ``reports/metrics.json``, per-image tables in ``reports/per_image/SET/``, and the same IoU on its
+  MLflow run (``SET_orig_jaccard``).
 
-Usage: python scripts/check_ci_run.py NAME [--models M ...] [--cv-pairs N]
+Usage: python scripts/check_ci_run.py NAME [--models M ...] [--cv-pairs N] [--external SET N]
 """
 
 import argparse
@@ -22,7 +25,7 @@ import yaml
 ENSEMBLE = "cv_ensemble"  # lesionseg.model.ensemble.ENSEMBLE_NAME; not imported: that would import torch
 
 
-def check(name: str, models: list[str] | None, cv_pairs: int | None) -> list[str]:
+def check(name: str, models: list[str] | None, cv_pairs: int | None, external=None) -> list[str]:
     problems = []
     params = yaml.safe_load(Path("params.yaml").read_text())
     metrics = json.loads(Path("reports/metrics.json").read_text())
@@ -57,6 +60,16 @@ def check(name: str, models: list[str] | None, cv_pairs: int | None) -> list[str
         for model, values in cv.items():
             if values.get("n") != cv_pairs or values.get("folds") != folds:
                 problems.append(f"reports/cv/metrics.json: {model} n={values.get('n')} folds={values.get('folds')}")
+    if external:
+        set_name, n = external[0], int(external[1])
+        logged_set = dict(zip(children["tags.mlflow.runName"], children.get(f"metrics.{set_name}_orig_jaccard", [])))
+        for model, values in metrics.items():
+            scores = values.get("external", {}).get(set_name, {})
+            table = Path("reports/per_image") / set_name / f"{model}.csv"
+            if scores.get("n") != n or not table.is_file():
+                problems.append(f"{model}: external set {set_name!r} n={scores.get('n')} (expected {n}), {table}")
+            elif abs(logged_set.get(model, float("nan")) - scores["orig_jaccard"]) > 1e-9:
+                problems.append(f"MLflow: {model} {set_name}_orig_jaccard {logged_set.get(model)} != metrics.json")
     print(f"MLflow runs of {name}: {sorted(logged)}")
     return problems
 
@@ -66,8 +79,9 @@ def main() -> int:
     parser.add_argument("name", help="the DVC experiment (and MLflow parent run) name")
     parser.add_argument("--models", nargs="+", help="expected models of reports/metrics.json, in order")
     parser.add_argument("--cv-pairs", type=int, help="expected out-of-fold pairs per model (cv.folds > 0)")
+    parser.add_argument("--external", nargs=2, metavar=("SET", "N"), help="an external set and its image count")
     args = parser.parse_args()
-    problems = check(args.name, args.models, args.cv_pairs)
+    problems = check(args.name, args.models, args.cv_pairs, args.external)
     for problem in problems:
         print(f"check_ci_run: {problem}", file=sys.stderr)
     if not problems:
