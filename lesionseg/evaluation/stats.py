@@ -49,6 +49,21 @@ def _mean_difference(a, b, axis=-1):
     return np.mean(b - a, axis=axis)
 
 
+def _bootstrap_ci(a, b, statistic, paired: bool, confidence: float, resamples: int, seed: int) -> tuple[float, float]:
+    """BCa bootstrap interval of ``statistic(a, b)``, resampling images (pairs together when ``paired``)."""
+    result = stats.bootstrap(
+        (a, b),
+        statistic,
+        paired=paired,
+        vectorized=True,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="BCa",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def paired_difference(a, b, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0):
     """Compare per-image scores ``a`` and ``b`` (same images, same order; 1-D, equal length).
 
@@ -65,17 +80,7 @@ def paired_difference(a, b, confidence: float = CONFIDENCE, resamples: int = RES
     if np.ptp(diff) <= 1e-12:  # no spread: nothing to resample, the interval is the point
         ci = (delta, delta)
     else:
-        result = stats.bootstrap(
-            (a, b),
-            _mean_difference,
-            paired=True,
-            vectorized=True,
-            confidence_level=confidence,
-            n_resamples=resamples,
-            method="BCa",
-            rng=np.random.default_rng(seed),
-        )
-        ci = (float(result.confidence_interval.low), float(result.confidence_interval.high))
+        ci = _bootstrap_ci(a, b, _mean_difference, True, confidence, resamples, seed)
     # The signed-rank test drops zero differences; with nothing left there is no evidence of a change.
     p_value = float(stats.wilcoxon(b, a).pvalue) if np.any(diff != 0) else 1.0
     return PairedComparison(len(a), float(a.mean()), float(b.mean()), delta, ci, p_value)
@@ -122,16 +127,6 @@ def independent_difference(a, b, confidence: float = CONFIDENCE, resamples: int 
     if np.ptp(np.concatenate([a, b])) <= 1e-12:
         ci, p_value = (delta, delta), 1.0
     else:
-        result = stats.bootstrap(
-            (a, b),
-            _difference_of_means,
-            paired=False,
-            vectorized=True,
-            confidence_level=confidence,
-            n_resamples=resamples,
-            method="BCa",
-            rng=np.random.default_rng(seed),
-        )
-        ci = (float(result.confidence_interval.low), float(result.confidence_interval.high))
+        ci = _bootstrap_ci(a, b, _difference_of_means, False, confidence, resamples, seed)
         p_value = float(stats.mannwhitneyu(a, b).pvalue)
     return IndependentComparison(len(a), len(b), float(a.mean()), float(b.mean()), delta, ci, p_value)
