@@ -44,7 +44,17 @@ from lesionseg.data.synthetic import write_archives
 
 REPO = Path(__file__).resolve().parents[1]
 # What the pipeline needs from the repository (the tests' project copies use the same list).
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "lesionseg", ".dvc/config", ".dvcignore", ".gitignore")
+# data/external/.gitkeep: the folder the evaluate stage depends on, which holds the external sets' outputs.
+PROJECT_FILES = (
+    "dvc.yaml",
+    "params.yaml",
+    "stages",
+    "lesionseg",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+    "data/external/.gitkeep",
+)
 TIMING_LOG_ENV = "LESIONSEG_TIMING_LOG"  # stages.common.TIMING_LOG_ENV; not imported: that would import yaml only
 # The shim: start and end wall clock (GNU date, ns) and the arguments, one tab-separated line per process.
 SHIM = """#!/bin/sh
