@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lesionseg.cli import main as cli_main
-from lesionseg.data.external import ExternalSet, folder_digest, pair_external, prepare_external
+from lesionseg.data.external import ExternalSet, pair_external, prepare_external
 from lesionseg.data.images import load_mask
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
@@ -125,15 +125,6 @@ def test_mask_formats(tmp_path, kind):
         rgb[truth] = (255, 0, 0)
         Image.fromarray(rgb).save(path)
     assert np.array_equal(load_mask(path).mask, truth)
-
-
-def test_folder_digest_follows_the_files(tmp_path):
-    write_set(tmp_path, ["a", "b"])
-    spec = ExternalSet("clinic", tmp_path)
-    before = folder_digest(spec, 128)
-    assert folder_digest(spec, 128) == before and folder_digest(spec, 160) != before
-    write_set(tmp_path, ["c"])
-    assert folder_digest(spec, 128) != before
 
 
 @pytest.fixture()

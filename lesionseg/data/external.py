@@ -22,8 +22,6 @@ differs from its image's.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,20 +149,6 @@ def pair_external(spec: ExternalSet) -> ExternalPairing:
             f"candidate masks; masks are <image stem>{{{', '.join(s or '(none)' for s in suffixes)}}}.png and so on)",
         )
     return ExternalPairing(sorted(pairs), [], skipped)
-
-
-def folder_digest(spec: ExternalSet, size: int) -> str:
-    """A digest of what the prepared set depends on: the files' names, sizes and mtimes, and ``size``.
-
-    Cheap (no file is read), so a pipeline can check every run whether a set changed.
-    """
-    image_dir, mask_dir = _layout(spec)
-    digest = hashlib.sha256(json.dumps([spec.mask_suffix, size]).encode())
-    for folder in sorted({image_dir, mask_dir}):
-        for path in _files(folder, IMAGE_EXTENSIONS + MASK_EXTENSIONS):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
 
 
 def prepare_external(
