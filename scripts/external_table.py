@@ -22,7 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from lesionseg.evaluation.stats import format_change, independent_difference, paired_difference  # noqa: E402
+from lesionseg.evaluation.stats import (  # noqa: E402
+    IndependentComparison,
+    PairedComparison,
+    format_change,
+    independent_difference,
+    paired_difference,
+)
 
 METRIC = "orig_jaccard"
 BASELINE = "reference"
@@ -61,15 +67,11 @@ def summarize(out: Path) -> list[dict]:
 def _change(entry: dict | None) -> str:
     if not entry:
         return "(baseline)"
-    from lesionseg.evaluation.stats import PairedComparison
-
     comparison = PairedComparison(**{**entry, "ci95": tuple(entry["ci95"])})
     return f"{format_change(comparison)} (p {comparison.p_value:.2g})"
 
 
 def markdown(results: list[dict]) -> str:
-    from lesionseg.evaluation.stats import IndependentComparison
-
     lines = [
         "| row | what | test IoU | external IoU | drop test -> external [95% CI] "
         "| change vs reference, external [95% CI] | change vs reference, test [95% CI] |",

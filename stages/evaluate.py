@@ -28,8 +28,7 @@ from lesionseg.evaluation.evaluate import (
     TEST_TABLE,
     VALIDATION_PREFIX,
     evaluate_checkpoint,
-    evaluate_external,
-    evaluate_model,
+    evaluate_with_external,
 )
 from lesionseg.evaluation.postprocess import PostprocessConfig
 from lesionseg.evaluation.selection import pipeline_checkpoints
@@ -94,13 +93,7 @@ def run() -> None:
             if ensemble["checkpoints"]:
                 model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
                 model.to(device)
-                metrics, table = evaluate_model(model, test, batch_size, device, tta, postprocess)
-                tables = {TEST_TABLE: table}
-                if external:
-                    metrics[EXTERNAL_KEY], external_tables = evaluate_external(
-                        model, external, batch_size, device, tta, postprocess
-                    )
-                    tables.update(external_tables)
+                metrics, tables = evaluate_with_external(model, test, external, batch_size, device, tta, postprocess)
                 metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
                 metrics.update({"members": len(ensemble["checkpoints"]), "member_model": ensemble["model"]})
                 all_metrics[ENSEMBLE_NAME], trained_in[ENSEMBLE_NAME] = metrics, ensemble.get("mlflow_run_id")

@@ -112,20 +112,35 @@ def evaluate_checkpoint(
     """
     model, checkpoint = load_model(path)
     model = model.to(device) if device else model
-    metrics, table = evaluate_model(model, split, batch_size, device, tta, postprocess)
+    metrics, tables = evaluate_with_external(model, split, external, batch_size, device, tta, postprocess)
     if val_split is not None:
         val_metrics, _ = evaluate_model(model, val_split, batch_size, device, tta, postprocess)
         metrics.update({VALIDATION_PREFIX + k: v for k, v in val_metrics.items()})
+    trained = checkpoint.get("train_config", {})
+    metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
+    metrics.update({"lr": trained.get("lr"), "epochs": trained.get("epochs"), "best_epoch": checkpoint["epoch"]})
+    return metrics, tables, checkpoint
+
+
+def evaluate_with_external(
+    model: torch.nn.Module,
+    split: Split,
+    external: dict[str, Split] | None = None,
+    batch_size: int = 32,
+    device=None,
+    tta: bool = False,
+    postprocess: PostprocessConfig = PostprocessConfig(),
+) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """:func:`evaluate_model` on ``split`` plus every external set (under ``metrics[EXTERNAL_KEY]``);
+    the per-image tables keyed ``"test"`` and by set name."""
+    metrics, table = evaluate_model(model, split, batch_size, device, tta, postprocess)
     tables = {TEST_TABLE: table}
     if external:
         metrics[EXTERNAL_KEY], external_tables = evaluate_external(
             model, external, batch_size, device, tta, postprocess
         )
         tables.update(external_tables)
-    trained = checkpoint.get("train_config", {})
-    metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
-    metrics.update({"lr": trained.get("lr"), "epochs": trained.get("epochs"), "best_epoch": checkpoint["epoch"]})
-    return metrics, tables, checkpoint
+    return metrics, tables
 
 
 def evaluate_external(
