@@ -5,8 +5,19 @@ training pairs (:mod:`lesionseg.training.crossval`, the same code as the pipelin
 ``cv`` stage) and scores the held-out fold at original resolution twice:
 plain (threshold 0.5) and with flip TTA + largest component + holes filled.
 After all folds of a row, the fold models' ensemble is scored on the test
-split, and the reference row also trains the single-split model of the
-pipeline (train/val from ``prepare``) as the baseline of the test comparison.
+split (and on ``--external``), and the reference row also trains the
+single-split model of the pipeline (train/val from ``prepare``) as the
+baseline of the test comparison (reused, only scored, when ``--work`` already
+has it, e.g. from a ``--single-split`` screening). Jobs run fold by fold
+(every row's fold 0, then fold 1, ...), so a run cut short still compares the
+rows on the same folds.
+
+With ``--external``, ``--score-only`` (without ``--single-split``) scores each
+fold's all-layers model on the external folder after the run:
+
+    python scripts/cv_ablation.py ... --out cv-ext --work screen/work --folds 5 \\
+        --rows reference,camera_geo --external ../shared/data/isic2018-extra --score-only
+    python scripts/external_table.py screen --cv cv-ext
 
 Jobs (one row's fold) run in ``--jobs`` worker processes: at batch 16 on a
 GPU a training step is bound by kernel launches, so several processes share
@@ -27,7 +38,8 @@ Outputs in ``--out``: ``oof/<row>__<variant>.csv`` (out-of-fold per-image
 scores, every training pair once), ``test/<row>__<model>__<variant>.csv``
 (test per-image scores of the single-split model and of the fold ensemble),
 ``external/<row>__single__<variant>.csv`` (with ``--external``: the
-single-split model on that labelled folder),
+single-split model on that labelled folder; ``<row>__ensemble__`` the fold
+ensemble; ``<row>__fold<k>__`` each fold model, from ``--score-only``),
 ``jobs.jsonl`` (one line per finished job: timings) and, with
 ``scripts/cv_table.py``, the summary tables.
 """
@@ -148,6 +160,10 @@ def run_job(job: dict) -> dict:
     if fold_index == "single":  # the single-split pipeline: frozen then all layers, scored on test
         test = Split.load(prepared / "test.pt")
         frozen_path, all_path = models / "single" / "frozen.pt", models / "single" / "finetune_all.pt"
+        if job["reuse"] and all_path.is_file():  # trained by an earlier run in this --work: score it only
+            print(f"{row}: reusing {all_path}", flush=True)
+            score_single(row, models / "single", test, out, device, job.get("external"))
+            return {"row": row, "fold": fold_index, "seconds": 0.0, "reused": True}
         train_model(
             build_model(model_config, 0),
             model_config,
@@ -192,8 +208,29 @@ def score_single(row: str, folder: Path, test: Split, out: Path, device, externa
             write_tables(out / name, f"{row}__single", {variant: table})
 
 
-def finish_row(row: str, folds: int, out: Path, work: Path, prepared: Path, device: str) -> None:
-    """Join a row's out-of-fold tables, and score its fold ensemble (all-layers models) on test."""
+def score_folds_external(row: str, folds: int, work: Path, out: Path, device, external: str) -> None:
+    """Each fold's all-layers model of ``row`` on the external folder, one model at a time:
+    ``external/<row>__fold<k>__<variant>.csv``. Five models trained on different 80% of the
+    training pairs: their mean per-image score varies less with training noise than one model's."""
+    split, _ = prepare_external(ExternalSet("external", Path(external)), ROWS[row][1])
+    for k in range(folds):
+        path = work / "models" / row / f"fold{k}" / "finetune_all.pt"
+        if not path.is_file():
+            print(f"{row}: fold {k} not trained, skipped", flush=True)
+            continue
+        model, _ = load_model(path)
+        model.to(device)
+        for variant, (tta, post) in VARIANTS.items():
+            _, table = evaluate_model(model, split, 32, device, tta, post)
+            write_tables(out / "external", f"{row}__fold{k}", {variant: table})
+        print(f"{row}: fold {k} scored on the external folder", flush=True)
+
+
+def finish_row(
+    row: str, folds: int, out: Path, work: Path, prepared: Path, device: str, external: str | None = None
+) -> None:
+    """Join a row's out-of-fold tables, and score its fold ensemble (all-layers models) on test and,
+    with ``external``, on that labelled folder."""
     import pandas as pd
 
     parts = sorted((out / "oof_parts").glob(f"{row}__fold*__*.csv"))
@@ -215,9 +252,13 @@ def finish_row(row: str, folds: int, out: Path, work: Path, prepared: Path, devi
     test = Split.load(prepared / "test.pt")
     model, _ = load_models(checkpoints)
     model.to(device)
-    for variant, (tta, post) in VARIANTS.items():
-        _, table = evaluate_model(model, test, 32, torch.device(device), tta, post)
-        write_tables(out / "test", f"{row}__ensemble", {variant: table})
+    sets = {"test": test}
+    if external:
+        sets["external"], _ = prepare_external(ExternalSet("external", Path(external)), ROWS[row][1])
+    for name, split in sets.items():
+        for variant, (tta, post) in VARIANTS.items():
+            _, table = evaluate_model(model, split, 32, torch.device(device), tta, post)
+            write_tables(out / name, f"{row}__ensemble", {variant: table})
 
 
 def main() -> None:
@@ -245,7 +286,10 @@ def main() -> None:
         "scored; evaluation only, never trained or selected on",
     )
     parser.add_argument(
-        "--score-only", action="store_true", help="score the single-split models already trained in --work again"
+        "--score-only",
+        action="store_true",
+        help="train nothing: score the models already in --work again (with --single-split the single-split "
+        "models on test and --external; else every fold's all-layers model on --external)",
     )
     args = parser.parse_args()
     rows = args.rows.split(",")
@@ -257,6 +301,12 @@ def main() -> None:
     weights = args.weights if args.weights in ("imagenet", "none") else str(Path(args.weights).resolve())
     base = {"out": str(args.out), "work": str(work), "weights": weights, "device": args.device}
     base["external"] = str(args.external.resolve()) if args.external else None
+    if args.score_only and not args.single_split:
+        if not args.external:
+            parser.error("--score-only without --single-split scores the fold models on --external: give one")
+        for row in rows:
+            score_folds_external(row, args.folds, work, args.out, torch.device(args.device), base["external"])
+        return
     if args.score_only:
         for row in rows:
             test = Split.load(prepared[ROWS[row][1]] / "test.pt")
@@ -266,16 +316,21 @@ def main() -> None:
             print(f"{row}: scored", flush=True)
         return
     base.update(
-        folds=args.folds, seed=args.seed, epochs=args.epochs, threads=max(1, (os.cpu_count() or 1) // args.jobs)
+        reuse=not args.single_split,
+        folds=args.folds,
+        seed=args.seed,
+        epochs=args.epochs,
+        threads=max(1, (os.cpu_count() or 1) // args.jobs),
     )
     if args.single_split:
         jobs = [{**base, "row": row, "fold": "single", "prepared": str(prepared[ROWS[row][1]])} for row in rows]
     else:
         jobs = [{**base, "row": "reference", "fold": "single", "prepared": str(prepared[128])}]
+        # Fold-major order: a run cut short still has every row on the same folds (paired comparisons).
         jobs += [
             {**base, "row": row, "fold": k, "prepared": str(prepared[ROWS[row][1]])}
-            for row in rows
             for k in range(args.folds)
+            for row in rows
         ]
     recipes = {}
     for row in rows:
@@ -304,7 +359,7 @@ def main() -> None:
             except Exception as exc:  # one failed job must not lose the others
                 print(f"job failed: {type(exc).__name__}: {exc}", flush=True)
     for row in [] if args.single_split else rows:
-        finish_row(row, args.folds, args.out, work, prepared[ROWS[row][1]], args.device)
+        finish_row(row, args.folds, args.out, work, prepared[ROWS[row][1]], args.device, base["external"])
     print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
 
 

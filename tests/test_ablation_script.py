@@ -85,3 +85,48 @@ def test_cv_table_pairs_rows_on_the_same_images(tmp_path):
     assert rows[("reference", "tta_clean")]["vs_reference_plain"]["delta"] == pytest.approx(0.01)
     text = cv_table.markdown(cv_table.cv_rows(tmp_path), cv_table.test_rows(tmp_path), [])
     assert "| augment | plain | " in text and "+0.0200 [+0.0200, +0.0200]" in text
+
+
+def test_external_table_pairs_each_row_with_the_reference_on_test_external_and_cv(tmp_path):
+    external_table = _load("external_table")
+    rng = np.random.default_rng(1)
+    screen, cv = tmp_path / "screen", tmp_path / "cv"
+    (screen / "rows.json").parent.mkdir()
+    (screen / "rows.json").write_text('{"reference": {"what": "ref"}, "camera_geo": {"what": "cam"}}')
+    for where, n, shift in (("test", 30, 0.01), ("external", 50, 0.03)):
+        base = rng.uniform(0.5, 0.9, n)
+        ids = [f"ISIC_{i:07d}" for i in range(n)]
+        for row, delta in (("reference", 0.0), ("camera_geo", shift)):
+            (screen / where).mkdir(exist_ok=True)
+            pd.DataFrame({"id": ids, "orig_jaccard": base + delta}).to_csv(
+                screen / where / f"{row}__single__tta_clean.csv", index=False
+            )
+    base = rng.uniform(0.6, 0.9, 40)
+    (cv / "oof").mkdir(parents=True)
+    for row, delta in (("reference", 0.0), ("camera_geo", -0.005)):
+        table = pd.DataFrame(
+            {"id": [f"ISIC_{i:07d}" for i in range(40)], "fold": np.arange(40) % 5, "orig_jaccard": base + delta}
+        )
+        table["orig_dice"] = table["orig_jaccard"]
+        table.sample(frac=1, random_state=0).to_csv(cv / "oof" / f"{row}__finetune_all__tta_clean.csv", index=False)
+    (cv / "external").mkdir()
+    ext_ids = [f"ISIC_{i:07d}" for i in range(20)]
+    ext_base = rng.uniform(0.5, 0.9, 20)
+    for row, delta in (("reference", 0.0), ("camera_geo", 0.02)):
+        for k, noise in enumerate((-0.01, 0.01)):  # two fold models whose mean is base + delta
+            pd.DataFrame({"id": ext_ids[::-1], "orig_jaccard": (ext_base + delta + noise)[::-1]}).to_csv(
+                cv / "external" / f"{row}__fold{k}__tta_clean.csv", index=False
+            )
+    results = {r["row"]: r for r in external_table.summarize(screen, cv)}
+    assert results["camera_geo"]["fold_models"] == 2
+    assert results["reference"]["external_fold_models"] == pytest.approx(ext_base.mean())
+    assert results["camera_geo"]["change_external_fold_models"]["delta"] == pytest.approx(0.02)
+    assert results["camera_geo"]["change_external"]["delta"] == pytest.approx(0.03)
+    assert results["camera_geo"]["change_test"]["delta"] == pytest.approx(0.01)
+    assert results["camera_geo"]["change_cv"]["delta"] == pytest.approx(-0.005)
+    assert results["reference"]["cv"]["mean"] == pytest.approx(base.mean(), abs=0.01)
+    assert "change_cv" not in results["reference"]
+    text = external_table.markdown(list(results.values()))
+    assert "-0.0050 [-0.0050, -0.0050]" in text and "40] out-of-fold training pairs" in text
+    assert "+0.0200 [+0.0200, +0.0200]" in text and "mean of [2] models" in text
+    assert "out-of-fold" not in external_table.markdown(external_table.summarize(screen))  # without --cv
