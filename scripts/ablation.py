@@ -43,6 +43,11 @@ REFERENCE = {
     "augment.brightness_contrast": 0.5,
     "augment.scale_rotate": 0.0,
     "augment.hue_saturation": 0.0,
+    "augment.scale_limit": 0.15,
+    "augment.gamma": 0.0,
+    "augment.blur": 0.0,
+    "augment.noise": 0.0,
+    "augment.jpeg": 0.0,
     "train.epochs": 25,
     "train.lr": 0.001,
     "train.batch_size": 16,
@@ -64,6 +69,9 @@ REFERENCE = {
     "evaluate.fill_holes": False,
 }
 
+# The row whose keys are params.yaml's defaults (tests/test_ablation_script.py checks it).
+CHOSEN = "camera-geo-eval"
+
 # (slug, what the row adds, overrides added on top of the rows above, kept for the rows below)
 CHANGES = [
     ("reference", "reference recipe", {}, True),
@@ -71,6 +79,23 @@ CHANGES = [
         "reference-eval",
         "(side) reference training + flip TTA + largest component + holes filled",
         {"evaluate.tta": True, "evaluate.keep_largest": True, "evaluate.fill_holes": True},
+        False,
+    ),
+    (
+        "camera-geo-eval",
+        "(side) + camera and geometric augmentation (the default: docs/other-clinics.md)",
+        {
+            "evaluate.tta": True,
+            "evaluate.keep_largest": True,
+            "evaluate.fill_holes": True,
+            "augment.hue_saturation": 0.3,
+            "augment.gamma": 0.3,
+            "augment.blur": 0.2,
+            "augment.noise": 0.2,
+            "augment.jpeg": 0.3,
+            "augment.scale_rotate": 0.5,
+            "augment.scale_limit": 0.3,
+        },
         False,
     ),
     ("affine", "+ shift/scale/rotate augmentation (p 0.5)", {"augment.scale_rotate": 0.5}, True),

@@ -32,7 +32,7 @@ def test_reference_keys_exist_in_params_and_defaults_are_the_chosen_row():
         return params[section][leaf]
 
     assert all(key.split(".")[1] in params[key.split(".")[0]] for key in ablation.REFERENCE)
-    assert {key: get(key) for key in ablation.REFERENCE} == ablation.cumulative_rows()["reference-eval"][1]
+    assert {key: get(key) for key in ablation.REFERENCE} == ablation.cumulative_rows()[ablation.CHOSEN][1]
 
 
 def test_overrides_use_dvc_syntax_and_params_writer_sets_dotted_keys(tmp_path):
