@@ -93,14 +93,13 @@ def test_scale_limit_widens_the_affine():
     assert ratio.min() < 0.6 and ratio.max() > 1.5  # scales 0.5-1.5 in each axis
 
 
-def test_loader_only_augmentations_refuse_the_device_path():
-    config = AugmentConfig(gamma=0.3, jpeg=0.2)
-    assert config.loader_only() == ["gamma", "jpeg"]
-    with pytest.raises(ValueError, match="augment.gamma, augment.jpeg run only in the CPU loader"):
-        TrainConfig(augment_on="device", augment=config)
-    with pytest.raises(ValueError, match="CPU loader"):
-        augment_batch(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), torch.zeros(1, 8, 8, dtype=torch.uint8), config)
-    assert TrainConfig(augment_on="auto", augment=config).augment_on == "auto"
+def test_camera_augmentations_run_on_the_device_path_too():
+    config = AugmentConfig(gamma=1, blur=1, noise=1, jpeg=1)
+    images = torch.full((2, 16, 16, 3), 128, dtype=torch.uint8)
+    out, masks = augment_batch(images, torch.zeros(2, 16, 16, dtype=torch.uint8), config)
+    assert out.shape == (2, 3, 16, 16) and masks.shape == (2, 1, 16, 16)
+    assert not torch.equal(out[0], out[1])  # each image draws its own gamma, noise and quality
+    assert TrainConfig(augment_on="device", augment=config).augment_on == "device"
 
 
 @pytest.mark.parametrize("field", ["gamma", "blur", "noise", "jpeg"])

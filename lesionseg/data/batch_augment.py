@@ -17,6 +17,11 @@ Affine                      scale U(0.85, 1.15) and shift U(-6%, 6%) per axis, r
 RandomBrightnessContrast    ``x * (1 + U(-0.2, 0.2)) + 255 * U(-0.2, 0.2)``, clipped
 HueSaturationValue          OpenCV HSV convention (hue 0-180): hue +U(-20, 20) mod 180,
                             saturation +U(-30, 30) (grey stays grey), value +U(-20, 20)
+RandomGamma                 ``255 * (x / 255) ** U(0.7, 1.5)``, truncated as its lookup table
+GaussianBlur                separable Gaussian, sigma U(0.2, 1.2), 3 taps (p 1/3) or 5,
+                            reflected border (``conv2d`` grouped per image)
+GaussNoise                  per pixel and channel, std U(1%, 5%) of 255, clipped
+ImageCompression            JPEG at quality U{40..95} (``torchvision.io``, on the host)
 Normalize                   ImageNet mean/std
 ==========================  ===========================================================
 
@@ -33,7 +38,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lesionseg.data.dataset import AugmentConfig, normalize_float
+from lesionseg.data.dataset import (
+    BLUR_SIGMA_LIMIT,
+    GAMMA_LIMIT,
+    JPEG_QUALITY_LIMIT,
+    NOISE_STD_LIMIT,
+    AugmentConfig,
+    normalize_float,
+)
 
 SHIFT_LIMIT = 0.06
 BRIGHTNESS_LIMIT = 0.2
@@ -132,6 +144,58 @@ def _hue_saturation(x: torch.Tensor, p: float, generator) -> torch.Tensor:
     return torch.where(chosen, shifted, x)
 
 
+def _gamma(x: torch.Tensor, p: float, generator) -> torch.Tensor:
+    n, device = len(x), x.device
+    chosen = _chosen(n, p, generator, device).view(-1, 1, 1, 1)
+    gamma = _uniform(n, GAMMA_LIMIT[0], GAMMA_LIMIT[1], generator, device).view(-1, 1, 1, 1)
+    return torch.where(chosen, (255 * (x / 255) ** gamma).floor(), x)
+
+
+def _blur(x: torch.Tensor, p: float, generator) -> torch.Tensor:
+    """Each chosen image blurred with its own kernel: one grouped convolution per axis for the batch."""
+    n, channels, device = len(x), x.shape[1], x.device
+    chosen = _chosen(n, p, generator, device).view(-1, 1)
+    sigma = _uniform(n, BLUR_SIGMA_LIMIT[0], BLUR_SIGMA_LIMIT[1], generator, device).view(-1, 1)
+    # albumentations draws the size from {3, 4, 5} and makes it odd: 3 taps one time in three, else 5
+    three_taps = _chosen(n, 1 / 3, generator, device).view(-1, 1)
+    offsets = torch.arange(-2, 3, device=device, dtype=x.dtype).view(1, -1)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = torch.where(three_taps & (offsets.abs() == 2), torch.zeros_like(kernel), kernel)
+    kernel = kernel / kernel.sum(1, keepdim=True)
+    identity = (offsets == 0).to(x.dtype).expand(n, -1)
+    kernel = torch.where(chosen, kernel, identity).repeat_interleave(channels, 0)  # (N * C, 5)
+    flat = x.reshape(1, n * channels, *x.shape[2:])
+    flat = F.conv2d(F.pad(flat, (2, 2, 0, 0), mode="reflect"), kernel.view(-1, 1, 1, 5), groups=n * channels)
+    flat = F.conv2d(F.pad(flat, (0, 0, 2, 2), mode="reflect"), kernel.view(-1, 1, 5, 1), groups=n * channels)
+    return flat.view_as(x).round().clamp(0, 255)
+
+
+def _noise(x: torch.Tensor, p: float, generator) -> torch.Tensor:
+    n, device = len(x), x.device
+    chosen = _chosen(n, p, generator, device).view(-1, 1, 1, 1)
+    std = 255 * _uniform(n, NOISE_STD_LIMIT[0], NOISE_STD_LIMIT[1], generator, device).view(-1, 1, 1, 1)
+    noise = torch.randn(x.shape, generator=generator, device=device) * std
+    return torch.where(chosen, (x + noise).clamp(0, 255).round(), x)
+
+
+def _jpeg(x: torch.Tensor, p: float, generator) -> torch.Tensor:
+    """JPEG round trip of the chosen images, each at its own quality: libjpeg on the host, as the CPU
+    loader's codec (a GPU codec's IDCT rounds differently), one 128 px image at a time (a few per batch)."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    n, device = len(x), x.device
+    chosen = _chosen(n, p, generator, device)
+    quality = torch.randint(JPEG_QUALITY_LIMIT[0], JPEG_QUALITY_LIMIT[1] + 1, (n,), generator=generator, device=device)
+    indices = chosen.nonzero().flatten().tolist()
+    if not indices:
+        return x
+    x = x.clone()
+    for i, q in zip(indices, quality[indices].tolist()):
+        data = encode_jpeg(x[i].to(device="cpu", dtype=torch.uint8), quality=q)
+        x[i] = decode_jpeg(data).to(device=device, dtype=x.dtype)
+    return x
+
+
 def augment_batch(
     images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,10 +204,7 @@ def augment_batch(
     ``images``: uint8 ``(N, S, S, 3)``; ``masks``: uint8 ``(N, S, S)`` with 0/1.
     Returns normalised float images ``(N, 3, S, S)`` and float 0/1 masks
     ``(N, 1, S, S)``. ``generator`` (on the same device) makes it reproducible.
-    The loader-only transforms (:meth:`AugmentConfig.loader_only`) are refused.
     """
-    if config.loader_only():
-        raise ValueError(f"augment.{', augment.'.join(config.loader_only())} run only in the CPU loader")
     x = images.permute(0, 3, 1, 2).float()
     m = masks.unsqueeze(1).float()
     x, m = _flip(x, m, config.hflip, -1, generator)
@@ -154,6 +215,14 @@ def augment_batch(
         x = _brightness_contrast(x, config.brightness_contrast, generator)
     if config.hue_saturation > 0:
         x = _hue_saturation(x, config.hue_saturation, generator)
+    if config.gamma > 0:
+        x = _gamma(x, config.gamma, generator)
+    if config.blur > 0:
+        x = _blur(x, config.blur, generator)
+    if config.noise > 0:
+        x = _noise(x, config.noise, generator)
+    if config.jpeg > 0:
+        x = _jpeg(x, config.jpeg, generator)
     return normalize_float(x), m
 
 

@@ -29,8 +29,9 @@ class AugmentConfig:
     What spans cameras (each a probability, 0 = off; all 0 in the reference):
     ``gamma`` (gamma 0.7-1.5), ``blur`` (Gaussian blur, sigma up to 1.2 px
     at 128 px), ``noise`` (Gaussian sensor noise, std up to 5% of the range),
-    ``jpeg`` (JPEG re-compression at quality 40-95). These run only in the
-    CPU loader (albumentations); see :data:`LOADER_ONLY`.
+    ``jpeg`` (JPEG re-compression at quality 40-95). The ranges are the
+    module's ``*_LIMIT`` constants, shared with the batched GPU version
+    (:mod:`lesionseg.data.batch_augment`).
     """
 
     hflip: float = 0.5
@@ -52,10 +53,6 @@ class AugmentConfig:
         if not 0.0 <= self.scale_limit < 1.0:
             raise ValueError(f"scale_limit must be in [0, 1), got {self.scale_limit!r}")
 
-    def loader_only(self) -> list[str]:
-        """The transforms switched on here that only the CPU loader implements."""
-        return [name for name in LOADER_ONLY if getattr(self, name) > 0]
-
 
 PROBABILITIES = (
     "hflip",
@@ -68,9 +65,11 @@ PROBABILITIES = (
     "noise",
     "jpeg",
 )
-# Not re-expressed as batched tensor ops in lesionseg.data.batch_augment: with any of them on,
-# training augments in the CPU loader (augment_on auto) or refuses augment_on=device.
-LOADER_ONLY = ("gamma", "blur", "noise", "jpeg")
+# The camera transforms' ranges (both augmentation paths use these).
+GAMMA_LIMIT = (0.7, 1.5)
+BLUR_SIGMA_LIMIT = (0.2, 1.2)  # pixels; 3 or 5 taps
+NOISE_STD_LIMIT = (0.01, 0.05)  # of the value range
+JPEG_QUALITY_LIMIT = (40, 95)
 
 
 def train_transform(config: AugmentConfig = AugmentConfig(), seed: int | None = None) -> A.Compose:
@@ -95,13 +94,13 @@ def train_transform(config: AugmentConfig = AugmentConfig(), seed: int | None = 
     if config.hue_saturation > 0:
         transforms.append(A.HueSaturationValue(p=config.hue_saturation))
     if config.gamma > 0:
-        transforms.append(A.RandomGamma(gamma_limit=(70, 150), p=config.gamma))
+        transforms.append(A.RandomGamma(gamma_limit=tuple(round(100 * g) for g in GAMMA_LIMIT), p=config.gamma))
     if config.blur > 0:
-        transforms.append(A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.2, 1.2), p=config.blur))
+        transforms.append(A.GaussianBlur(blur_limit=(3, 5), sigma_limit=BLUR_SIGMA_LIMIT, p=config.blur))
     if config.noise > 0:
-        transforms.append(A.GaussNoise(std_range=(0.01, 0.05), p=config.noise))
+        transforms.append(A.GaussNoise(std_range=NOISE_STD_LIMIT, p=config.noise))
     if config.jpeg > 0:
-        transforms.append(A.ImageCompression(quality_range=(40, 95), p=config.jpeg))
+        transforms.append(A.ImageCompression(quality_range=JPEG_QUALITY_LIMIT, p=config.jpeg))
     transforms.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
     return A.Compose(transforms, seed=seed)
 

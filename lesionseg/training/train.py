@@ -112,11 +112,6 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
         if self.augment_on not in AUGMENT_ON:
             raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
-        if self.augment_on == "device" and self.augment.loader_only():
-            raise ValueError(
-                f"augment_on is device, but augment.{', augment.'.join(self.augment.loader_only())} run only in "
-                "the CPU loader: set augment_on to loader or auto, or those probabilities to 0"
-            )
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if self.fused_optimizer not in FUSED_OPTIMIZER:
@@ -176,9 +171,7 @@ def training_batches(
     With ``distributed``, this rank's share of every global batch of ``config.batch_size`` (see
     :mod:`lesionseg.training.distributed`)."""
     rank, world = (distributed.rank, distributed.world_size) if distributed else (0, 1)
-    on_device = config.augment_on == "device" or (
-        config.augment_on == "auto" and device.type == "cuda" and not config.augment.loader_only()
-    )
+    on_device = config.augment_on == "device" or (config.augment_on == "auto" and device.type == "cuda")
     if on_device:
         return DeviceBatches(
             split.images, split.masks, config.batch_size, config.augment, config.seed, device, shard=(rank, world)
