@@ -211,13 +211,18 @@ def score_single(row: str, folder: Path, test: Split, out: Path, device, externa
 def score_folds_external(row: str, folds: int, work: Path, out: Path, device, external: str) -> None:
     """Each fold's all-layers model of ``row`` on the external folder, one model at a time:
     ``external/<row>__fold<k>__<variant>.csv``. Five models trained on different 80% of the
-    training pairs: their mean per-image score varies less with training noise than one model's."""
-    split, _ = prepare_external(ExternalSet("external", Path(external)), ROWS[row][1])
+    training pairs: their mean per-image score varies less with training noise than one model's.
+    Folds already scored (all variants' tables present) are skipped, so it can follow a run fold by fold."""
+    split = None
     for k in range(folds):
         path = work / "models" / row / f"fold{k}" / "finetune_all.pt"
         if not path.is_file():
             print(f"{row}: fold {k} not trained, skipped", flush=True)
             continue
+        if all((out / "external" / f"{row}__fold{k}__{variant}.csv").is_file() for variant in VARIANTS):
+            continue
+        if split is None:
+            split, _ = prepare_external(ExternalSet("external", Path(external)), ROWS[row][1])
         model, _ = load_model(path)
         model.to(device)
         for variant, (tta, post) in VARIANTS.items():
