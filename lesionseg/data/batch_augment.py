@@ -196,6 +196,17 @@ def _jpeg(x: torch.Tensor, p: float, generator) -> torch.Tensor:
     return x
 
 
+# Probability field -> transform of the image only, in train_transform's order.
+PIXEL_TRANSFORMS = (
+    ("brightness_contrast", _brightness_contrast),
+    ("hue_saturation", _hue_saturation),
+    ("gamma", _gamma),
+    ("blur", _blur),
+    ("noise", _noise),
+    ("jpeg", _jpeg),
+)
+
+
 def augment_batch(
     images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,18 +222,9 @@ def augment_batch(
     x, m = _flip(x, m, config.vflip, -2, generator)
     if config.scale_rotate > 0:
         x, m = _affine(x, m, config.scale_rotate, config.rotate_limit, config.scale_limit, generator)
-    if config.brightness_contrast > 0:
-        x = _brightness_contrast(x, config.brightness_contrast, generator)
-    if config.hue_saturation > 0:
-        x = _hue_saturation(x, config.hue_saturation, generator)
-    if config.gamma > 0:
-        x = _gamma(x, config.gamma, generator)
-    if config.blur > 0:
-        x = _blur(x, config.blur, generator)
-    if config.noise > 0:
-        x = _noise(x, config.noise, generator)
-    if config.jpeg > 0:
-        x = _jpeg(x, config.jpeg, generator)
+    for name, transform in PIXEL_TRANSFORMS:
+        if getattr(config, name) > 0:
+            x = transform(x, getattr(config, name), generator)
     return normalize_float(x), m
 
 
