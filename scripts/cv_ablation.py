@@ -192,6 +192,12 @@ def run_job(job: dict) -> dict:
     return record
 
 
+def external_split(folder: str, size: int) -> Split:
+    """The labelled folder of ``--external``, decoded and resized to ``size`` (evaluation only)."""
+    split, _ = prepare_external(ExternalSet("external", Path(folder)), size)
+    return split
+
+
 def score_single(row: str, folder: Path, test: Split, out: Path, device, external: str | None) -> None:
     """The single-split all-layers model of ``row`` on test and, with ``external``, on that labelled folder:
     per-image tables ``test/<row>__single__<variant>.csv`` and ``external/<row>__single__<variant>.csv``."""
@@ -199,9 +205,7 @@ def score_single(row: str, folder: Path, test: Split, out: Path, device, externa
     model.to(device)
     sets = {"test": test}
     if external:
-        sets["external"], _ = prepare_external(
-            ExternalSet("external", Path(external)), checkpoint["preprocessing"]["size"]
-        )
+        sets["external"] = external_split(external, checkpoint["preprocessing"]["size"])
     for name, split in sets.items():
         for variant, (tta, post) in VARIANTS.items():
             _, table = evaluate_model(model, split, 32, device, tta, post)
@@ -222,7 +226,7 @@ def score_folds_external(row: str, folds: int, work: Path, out: Path, device, ex
         if all((out / "external" / f"{row}__fold{k}__{variant}.csv").is_file() for variant in VARIANTS):
             continue
         if split is None:
-            split, _ = prepare_external(ExternalSet("external", Path(external)), ROWS[row][1])
+            split = external_split(external, ROWS[row][1])
         model, _ = load_model(path)
         model.to(device)
         for variant, (tta, post) in VARIANTS.items():
@@ -259,7 +263,7 @@ def finish_row(
     model.to(device)
     sets = {"test": test}
     if external:
-        sets["external"], _ = prepare_external(ExternalSet("external", Path(external)), ROWS[row][1])
+        sets["external"] = external_split(external, ROWS[row][1])
     for name, split in sets.items():
         for variant, (tta, post) in VARIANTS.items():
             _, table = evaluate_model(model, split, 32, torch.device(device), tta, post)

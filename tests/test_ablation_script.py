@@ -130,3 +130,28 @@ def test_external_table_pairs_each_row_with_the_reference_on_test_external_and_c
     assert "-0.0050 [-0.0050, -0.0050]" in text and "40] out-of-fold training pairs" in text
     assert "+0.0200 [+0.0200, +0.0200]" in text and "mean of [2] models" in text
     assert "out-of-fold" not in external_table.markdown(external_table.summarize(screen))  # without --cv
+
+
+def test_fold_models_are_scored_on_the_external_folder_once(tmp_path, capsys):
+    import torch
+
+    from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
+    from lesionseg.model.model import ModelConfig, build_model
+    from tests.helpers import write_pair
+
+    cv_ablation = _load("cv_ablation")
+    for k in range(3):
+        write_pair(tmp_path / "ext" / "images", tmp_path / "ext" / "masks", f"ISIC_{k:07d}", seed=k)
+    config = ModelConfig(encoder_weights="none")
+    for k in (0, 2):  # fold 1 not trained
+        path = tmp_path / "work" / "models" / "reference" / f"fold{k}" / "finetune_all.pt"
+        path.parent.mkdir(parents=True)
+        save_checkpoint(make_checkpoint(build_model(config, 0), config, 64, 1, {}), path)
+    args = ("reference", 3, tmp_path / "work", tmp_path / "out", torch.device("cpu"), str(tmp_path / "ext"))
+    cv_ablation.score_folds_external(*args)
+    tables = sorted(p.name for p in (tmp_path / "out" / "external").iterdir())
+    assert tables == [f"reference__fold{k}__{v}.csv" for k in (0, 2) for v in ("plain", "tta_clean")]
+    assert len(pd.read_csv(tmp_path / "out" / "external" / tables[0])) == 3
+    assert "fold 1 not trained" in capsys.readouterr().out
+    cv_ablation.score_folds_external(*args)  # again: nothing left to score
+    assert "scored on the external folder" not in capsys.readouterr().out
