@@ -54,6 +54,7 @@ PROJECT_FILES = (
     ".dvcignore",
     ".gitignore",
     "data/external/.gitkeep",
+    "recipes",
 )
 TIMING_LOG_ENV = "LESIONSEG_TIMING_LOG"  # stages.common.TIMING_LOG_ENV; not imported: that would import yaml only
 # The shim: start and end wall clock (GNU date, ns) and the arguments, one tab-separated line per process.

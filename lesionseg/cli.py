@@ -1,4 +1,4 @@
-"""The ``lesionseg`` command: summary, predict, evaluate, export, compare, ci-report."""
+"""The ``lesionseg`` command: summary, predict, evaluate, export, compare, ci-report, recipe."""
 
 from __future__ import annotations
 
@@ -40,12 +40,18 @@ def cmd_summary(args) -> int:
 def _load_for_inference(args):
     """The model of ``--checkpoint`` on ``--device``, its checkpoint dict, and its stored inference
     settings with the command line's overrides."""
-    from lesionseg.model.checkpoint import inference_settings, load_models
+    from lesionseg.model.checkpoint import has_inference_settings, inference_settings, load_models
     from lesionseg.model.inference import select_device
 
     device = select_device(args.device)
     model, checkpoint = load_models(args.checkpoint)
     model.to(device)
+    if not has_inference_settings(checkpoint):
+        print(
+            f"note: {args.checkpoint[0]} stores no inference settings (a training checkpoint, not an exported model):"
+            " the plain model unless flags say otherwise; lesionseg's recipe is --tta --keep-largest --fill-holes",
+            file=sys.stderr,
+        )
     chosen = {k: getattr(args, k) for k in ("tta", "threshold", "keep_largest", "fill_holes")}
     settings = dataclasses.replace(inference_settings(checkpoint), **{k: v for k, v in chosen.items() if v is not None})
     return model, checkpoint, settings, device
@@ -157,6 +163,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_recipe(args) -> int:
+    from lesionseg.recipes import dvc_options, load_recipe, recipe_path
+
+    recipe = load_recipe(recipe_path(args.name, args.recipes))
+    kept = {k: v for k, v in recipe.items() if not k.startswith(tuple(f"{s}." for s in args.except_ or ()))}
+    print(" ".join(dvc_options(kept)))
+    return 0
+
+
 def cmd_ci_report(args) -> int:
     from lesionseg.evaluation.ci_report import read_run, write_report
 
@@ -171,7 +186,7 @@ def cmd_ci_report(args) -> int:
 
 
 def _inference_options(p: argparse.ArgumentParser, batch_size: int) -> None:
-    # Defaults (None) come from the model: the settings it was evaluated with, else lesionseg's recipe.
+    # Defaults (None) come from the model: the settings it was evaluated with, else the plain model's.
     p.add_argument("--threshold", type=float, help="probability threshold (model's setting, else 0.5)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, help="average predictions over flips")
     p.add_argument(
@@ -273,6 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, nargs="+", required=True)
     p.add_argument("--onnx", type=Path, required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "recipe",
+        help="a recipe of recipes/ as `dvc exp run` options",
+        description="Print a recipe (recipes/NAME.yaml, or a YAML file) as `-S key=value` options for dvc exp run, "
+        "e.g. dvc exp run -n reference $(lesionseg recipe reference). params.yaml is the default recipe.",
+    )
+    p.add_argument("name", help="recipe name (reference) or a YAML file")
+    p.add_argument("--recipes", type=Path, default=Path("recipes"), help="folder of recipes (default recipes/)")
+    p.add_argument(
+        "--except",
+        dest="except_",
+        action="append",
+        metavar="SECTION",
+        help="leave this params.yaml section (e.g. evaluate) at its default (repeatable): "
+        "`--except evaluate` is the recipe's training with the default inference",
+    )
+    p.set_defaults(func=cmd_recipe)
     return parser
 
 

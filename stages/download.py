@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from lesionseg.data.download import DownloadConfig, download_and_extract
-from stages.common import ParamError, get, load_params, local_path, main, work
+from stages.launch import main, work
+from stages.params import ParamError, get, load_params, local_path
 
 
 def run() -> None:

@@ -36,8 +36,10 @@ from lesionseg.model.checkpoint import load_models
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.inference import select_device
 from lesionseg.model.model import count_parameters
-from stages.common import build, get, load_params, main, mlflow_setup, run_tags, work
-from stages.external import load_external_sets
+from stages.external_sets import load_external_sets
+from stages.launch import main, work
+from stages.params import build, get, load_params
+from stages.runlog import mlflow_setup, run_tags
 
 HEADLINE = ("orig_jaccard", "orig_dice")  # also logged on the parent run, to compare executions
 MODEL_INFO = ("lr", "epochs", "best_epoch", "members", EXTERNAL_KEY)  # in metrics.json for the report; not scores
@@ -65,7 +67,8 @@ def run() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--frozen", type=Path, required=True)
     parser.add_argument("--finetuned", type=Path, required=True)
-    parser.add_argument("--cv-models", type=Path, required=True, help="output folder of the cv stage")
+    parser.add_argument("--cv-models", type=Path, required=True, help="the cv_train stage's fold checkpoints")
+    parser.add_argument("--cv-ensemble", type=Path, required=True, help="the cv_score stage's ensemble.json")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--per-image", type=Path, required=True)
     parser.add_argument(
@@ -77,7 +80,7 @@ def run() -> None:
     postprocess = build(PostprocessConfig, params, "evaluate")
     device = select_device(get(params, "runtime.device"))
     test, val = Split.load(args.data / "test.pt"), Split.load(args.data / "val.pt")
-    ensemble = json.loads((args.cv_models / "ensemble.json").read_text())
+    ensemble = json.loads(args.cv_ensemble.read_text())
     external = load_external_sets(params, args.external)
     parent = mlflow_setup(params)
 

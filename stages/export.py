@@ -16,21 +16,24 @@ from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import package_model
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.serving.export import export_onnx, log_pyfunc_model
-from stages.common import ParamError, get, load_params, main, mlflow_setup, work
+from stages.launch import main, work
+from stages.params import ParamError, get, load_params
+from stages.runlog import mlflow_setup
 
 
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frozen", type=Path, required=True)
     parser.add_argument("--finetuned", type=Path, required=True)
-    parser.add_argument("--cv-models", type=Path, required=True, help="output folder of the cv stage")
+    parser.add_argument("--cv-models", type=Path, required=True, help="the cv_train stage's fold checkpoints")
+    parser.add_argument("--cv-ensemble", type=Path, required=True, help="the cv_score stage's ensemble.json")
     parser.add_argument("--model", type=Path, required=True, help="exported model file (models/model.pt)")
     parser.add_argument("--onnx", type=Path, required=True)
     args = parser.parse_args()
     params = load_params()
     which = get(params, "export.model")
     if which == ENSEMBLE_NAME:
-        ensemble = json.loads((args.cv_models / "ensemble.json").read_text())
+        ensemble = json.loads(args.cv_ensemble.read_text())
         if not ensemble["checkpoints"]:
             raise ParamError("params.yaml: export.model is cv_ensemble but cross-validation is off (cv.folds: 0)")
         chosen, paths = ENSEMBLE_NAME, [args.cv_models / p for p in ensemble["checkpoints"]]

@@ -17,20 +17,11 @@ import logging
 from pathlib import Path
 
 from lesionseg import atomic
-from stages.common import ParamError, get, load_params, local_path, main, work
+from stages.external_sets import external_folders
+from stages.launch import main, work
+from stages.params import ParamError, get, load_params, local_path
 
 log = logging.getLogger("lesionseg")
-
-
-def external_folders(params: dict) -> dict[str, str]:
-    """``evaluate.external`` checked: set name -> folder (a string)."""
-    value = get(params, "evaluate.external") or {}
-    if not isinstance(value, dict):
-        raise ParamError("params.yaml: evaluate.external must map a set's name to a folder")
-    for name, folder in value.items():
-        if not isinstance(folder, str) or not folder:
-            raise ParamError(f"params.yaml: evaluate.external.{name} must be a folder, got {folder!r}")
-    return {str(name): folder for name, folder in value.items()}
 
 
 def external_set(params: dict, name: str):
@@ -47,16 +38,6 @@ def external_set(params: dict, name: str):
         return ExternalSet(name, Path(local_path(folders[name])), mask_suffix=suffix)
     except ValueError as exc:
         raise ParamError(f"params.yaml: evaluate.external.{name}: {exc}") from exc
-
-
-def load_external_sets(params: dict, folder: Path) -> dict:
-    """The prepared sets of ``evaluate.external`` (name -> :class:`~lesionseg.data.cache.Split`), in its order."""
-    names = list(external_folders(params))
-    if not names:
-        return {}
-    from lesionseg.data.cache import Split
-
-    return {name: Split.load(folder / f"{name}.pt") for name in names}
 
 
 def run() -> None:

@@ -15,17 +15,12 @@ from lesionseg.model.checkpoint import load_model
 from lesionseg.model.model import ModelConfig, level_name
 from lesionseg.tracking import INIT_FROM_TAG
 from lesionseg.training.phases import train_phase
-from stages import common
-from stages.common import (
-    get,
-    load_params,
-    main,
-    mlflow_setup,
-    raise_logging_errors,
-    run_tags,
-    train_config,
-    unfreeze_levels,
-)
+from stages import runlog
+from stages.configs import train_config, unfreeze_levels
+from stages.distributed import distributed_rank
+from stages.launch import main, work
+from stages.params import get, load_params
+from stages.runlog import mlflow_setup, raise_logging_errors, run_tags
 
 
 def run() -> None:
@@ -40,10 +35,10 @@ def run() -> None:
     config = train_config(params, "finetune")
     inputs = [args.data / "train.pt", args.data / "val.pt", args.frozen]
     train_split, val_split = Split.load(inputs[0]), Split.load(inputs[1])
-    rank = common.distributed_rank(params, "stages.finetune")  # exits here when it re-launched under torchrun
+    rank = distributed_rank(params, "stages.finetune")  # exits here when it re-launched under torchrun
     main_rank = rank is None or rank.is_main
     parent = mlflow_setup(params) if main_rank else None
-    deferred = common.deferred(params, inputs) if main_rank else None
+    deferred = runlog.deferred(params, inputs, "stages.finetune") if main_rank else None
 
     results = []
     with contextlib.ExitStack() as stack:
@@ -61,7 +56,7 @@ def run() -> None:
                 )
             model_config = ModelConfig(**frozen["model_config"])
             images = len(train_split) * config.epochs
-            with common.work(phase=name, unfreeze=level_name(level), images=images):
+            with work(phase=name, unfreeze=level_name(level), images=images):
                 result = train_phase(
                     name,
                     model,

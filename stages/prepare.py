@@ -4,7 +4,8 @@ import argparse
 from pathlib import Path
 
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
-from stages.common import build, load_params, main, work
+from stages.launch import main, work
+from stages.params import build, load_params
 
 
 def run() -> None:

@@ -12,8 +12,10 @@ from lesionseg.evaluation import report
 from lesionseg.evaluation.compare import read_tables
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import load_model
-from stages.common import get, load_params, main, mlflow_setup, work
-from stages.external import load_external_sets
+from stages.external_sets import load_external_sets
+from stages.launch import main, work
+from stages.params import get, load_params
+from stages.runlog import mlflow_setup
 
 
 def run() -> None:

@@ -11,8 +11,11 @@ from lesionseg.data.cache import Split
 from lesionseg.model.model import build_model
 from lesionseg.training.phases import train_phase
 from lesionseg.training.train import seed_everything
-from stages import common
-from stages.common import load_params, main, mlflow_setup, raise_logging_errors, run_tags, train_config
+from stages import configs, runlog
+from stages.distributed import distributed_rank
+from stages.launch import main, work
+from stages.params import load_params
+from stages.runlog import mlflow_setup, raise_logging_errors, run_tags
 
 
 def run() -> None:
@@ -22,19 +25,19 @@ def run() -> None:
     parser.add_argument("--history", type=Path, required=True)
     args = parser.parse_args()
     params = load_params()
-    model_config = common.model_config(params)
-    config = train_config(params, "train")
+    model_config = configs.model_config(params)
+    config = configs.train_config(params, "train")
     # The decoder's initial weights come from the global generator: seeded, two runs of one commit train the
     # same model, so a pull request's CI report (base against head) shows the change, not the draw.
     seed_everything(config.seed)
     model = build_model(model_config, unfreeze=0)  # before the data: bad weights fail at the start
     inputs = [args.data / "train.pt", args.data / "val.pt"]
     train_split, val_split = Split.load(inputs[0]), Split.load(inputs[1])
-    rank = common.distributed_rank(params, "stages.train")  # exits here when it re-launched under torchrun
+    rank = distributed_rank(params, "stages.train")  # exits here when it re-launched under torchrun
 
     main_rank = rank is None or rank.is_main
     parent = mlflow_setup(params) if main_rank else None
-    with common.work(phase="frozen", unfreeze="0", images=len(train_split) * config.epochs):
+    with work(phase="frozen", unfreeze="0", images=len(train_split) * config.epochs):
         result = train_phase(
             "frozen",
             model,
@@ -46,7 +49,7 @@ def run() -> None:
             args.history,
             run_tags("frozen"),
             parent_run_id=parent,
-            deferred=common.deferred(params, inputs) if main_rank else None,
+            deferred=runlog.deferred(params, inputs, "stages.train") if main_rank else None,
             distributed=rank,
         )
     raise_logging_errors([result])

@@ -47,7 +47,7 @@ def statistics(images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Ten
 @pytest.mark.parametrize(
     "config",
     [
-        AugmentConfig(),
+        AugmentConfig(hflip=0.5, vflip=0.5, brightness_contrast=0.5),  # the reference recipe's
         AugmentConfig(scale_rotate=0.5, hue_saturation=0.3),
         *(AugmentConfig(hflip=0, vflip=0, brightness_contrast=0, **{name: 1.0}) for name in CAMERA),
         AugmentConfig(scale_rotate=0.5, scale_limit=0.3, hue_saturation=0.3, gamma=0.3, blur=0.2, noise=0.2, jpeg=0.3),

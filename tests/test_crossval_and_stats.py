@@ -10,8 +10,9 @@ import torch
 from lesionseg.cli import main
 from lesionseg.data.cache import Split, encode_mask
 from lesionseg.evaluation.compare import compare_models, read_tables
+from lesionseg.evaluation.crossval import summarize_folds
 from lesionseg.evaluation.stats import format_change, paired_difference
-from lesionseg.training.crossval import CrossValConfig, fold_assignment, make_folds, summarize_folds
+from lesionseg.training.folds import CrossValConfig, fold_assignment, make_folds
 
 
 def synthetic_split(n: int, size: int = 8, seed: int = 0) -> Split:

@@ -39,20 +39,24 @@ import torch
 import torch.nn.functional as F
 
 from lesionseg.data.dataset import (
+    BLUR_KERNEL_LIMIT,
     BLUR_SIGMA_LIMIT,
+    BRIGHTNESS_LIMIT,
+    CONTRAST_LIMIT,
     GAMMA_LIMIT,
+    HUE_SHIFT_LIMIT,
     JPEG_QUALITY_LIMIT,
     NOISE_STD_LIMIT,
+    SAT_SHIFT_LIMIT,
+    SHIFT_LIMIT,
+    VAL_SHIFT_LIMIT,
     AugmentConfig,
     normalize_float,
 )
 
-SHIFT_LIMIT = 0.06
-BRIGHTNESS_LIMIT = 0.2
-CONTRAST_LIMIT = 0.2
-HUE_SHIFT_LIMIT = 20.0  # OpenCV hue units (degrees / 2)
-SAT_SHIFT_LIMIT = 30.0
-VAL_SHIFT_LIMIT = 20.0
+# The batched blur builds the 3- and 5-tap kernels that albumentations draws from BLUR_KERNEL_LIMIT.
+if BLUR_KERNEL_LIMIT != (3, 5):
+    raise ImportError(f"batch_augment's blur implements kernel sizes (3, 5), not {BLUR_KERNEL_LIMIT}")
 
 
 def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
@@ -156,7 +160,8 @@ def _blur(x: torch.Tensor, p: float, generator) -> torch.Tensor:
     n, channels, device = len(x), x.shape[1], x.device
     chosen = _chosen(n, p, generator, device).view(-1, 1)
     sigma = _uniform(n, BLUR_SIGMA_LIMIT[0], BLUR_SIGMA_LIMIT[1], generator, device).view(-1, 1)
-    # albumentations draws the size from {3, 4, 5} and makes it odd: 3 taps one time in three, else 5
+    # albumentations draws the size from BLUR_KERNEL_LIMIT = {3, 4, 5} and makes it odd: 3 taps one time in three,
+    # else 5
     three_taps = _chosen(n, 1 / 3, generator, device).view(-1, 1)
     offsets = torch.arange(-2, 3, device=device, dtype=x.dtype).view(1, -1)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)

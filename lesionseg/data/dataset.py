@@ -19,14 +19,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation; the defaults are the reference recipe.
+    """Training augmentation: each field a probability (0 = off) or a range's size.
+
+    The defaults augment nothing: a recipe (params.yaml's ``augment`` section,
+    ``recipes/reference.yaml``) says what to apply; the library does not.
 
     ``scale_rotate``: probability of a random affine (shift up to 6%, scale
     ``1 +- scale_limit``, rotation up to ``rotate_limit`` degrees);
-    ``hue_saturation``: probability of a hue/saturation/value jitter. Both 0
-    in the reference.
+    ``hue_saturation``: probability of a hue/saturation/value jitter.
 
-    What spans cameras (each a probability, 0 = off; all 0 in the reference):
+    What spans cameras (each a probability, 0 = off):
     ``gamma`` (gamma 0.7-1.5), ``blur`` (Gaussian blur, sigma up to 1.2 px
     at 128 px), ``noise`` (Gaussian sensor noise, std up to 5% of the range),
     ``jpeg`` (JPEG re-compression at quality 40-95). The ranges are the
@@ -34,9 +36,9 @@ class AugmentConfig:
     (:mod:`lesionseg.data.batch_augment`).
     """
 
-    hflip: float = 0.5
-    vflip: float = 0.5
-    brightness_contrast: float = 0.5
+    hflip: float = 0.0
+    vflip: float = 0.0
+    brightness_contrast: float = 0.0
     scale_rotate: float = 0.0
     rotate_limit: int = 45
     scale_limit: float = 0.15
@@ -65,14 +67,23 @@ PROBABILITIES = (
     "noise",
     "jpeg",
 )
-# The camera transforms' ranges (both augmentation paths use these).
+# Every transform's range, used by both augmentation paths (albumentations here, batched tensor ops in
+# lesionseg.data.batch_augment), so the two draw from the same distributions. The probabilities are the recipe's
+# (params.yaml ``augment``); these ranges are not params: changing one changes the augmentation's definition.
+SHIFT_LIMIT = 0.06  # the affine's shift, fraction of the side, per axis
+BRIGHTNESS_LIMIT = 0.2  # x * (1 + U(-c, c)) + 255 * U(-b, b)
+CONTRAST_LIMIT = 0.2
+HUE_SHIFT_LIMIT = 20  # OpenCV HSV units: hue 0-180 (degrees / 2), saturation and value 0-255
+SAT_SHIFT_LIMIT = 30
+VAL_SHIFT_LIMIT = 20
 GAMMA_LIMIT = (0.7, 1.5)
-BLUR_SIGMA_LIMIT = (0.2, 1.2)  # pixels; 3 or 5 taps
+BLUR_SIGMA_LIMIT = (0.2, 1.2)  # pixels
+BLUR_KERNEL_LIMIT = (3, 5)  # taps: albumentations draws 3-5 and makes it odd (3 one time in three, else 5)
 NOISE_STD_LIMIT = (0.01, 0.05)  # of the value range
 JPEG_QUALITY_LIMIT = (40, 95)
 
 
-def train_transform(config: AugmentConfig = AugmentConfig(), seed: int | None = None) -> A.Compose:
+def train_transform(config: AugmentConfig, seed: int | None = None) -> A.Compose:
     """Augmentation + ImageNet normalisation. Masks are only moved, never interpolated
     (nearest neighbour), so they stay binary. ``seed`` makes the random stream reproducible:
     albumentations keeps its own generator that global seeds do not reach."""
@@ -83,20 +94,31 @@ def train_transform(config: AugmentConfig = AugmentConfig(), seed: int | None = 
         transforms.append(
             A.Affine(
                 scale=(1 - config.scale_limit, 1 + config.scale_limit),
-                translate_percent=(-0.06, 0.06),
+                translate_percent=(-SHIFT_LIMIT, SHIFT_LIMIT),
                 rotate=(-config.rotate_limit, config.rotate_limit),
                 border_mode=0,
                 mask_interpolation=0,
                 p=config.scale_rotate,
             )
         )
-    transforms.append(A.RandomBrightnessContrast(p=config.brightness_contrast))
+    transforms.append(
+        A.RandomBrightnessContrast(
+            brightness_limit=BRIGHTNESS_LIMIT, contrast_limit=CONTRAST_LIMIT, p=config.brightness_contrast
+        )
+    )
     if config.hue_saturation > 0:
-        transforms.append(A.HueSaturationValue(p=config.hue_saturation))
+        transforms.append(
+            A.HueSaturationValue(
+                hue_shift_limit=HUE_SHIFT_LIMIT,
+                sat_shift_limit=SAT_SHIFT_LIMIT,
+                val_shift_limit=VAL_SHIFT_LIMIT,
+                p=config.hue_saturation,
+            )
+        )
     if config.gamma > 0:
         transforms.append(A.RandomGamma(gamma_limit=tuple(round(100 * g) for g in GAMMA_LIMIT), p=config.gamma))
     if config.blur > 0:
-        transforms.append(A.GaussianBlur(blur_limit=(3, 5), sigma_limit=BLUR_SIGMA_LIMIT, p=config.blur))
+        transforms.append(A.GaussianBlur(blur_limit=BLUR_KERNEL_LIMIT, sigma_limit=BLUR_SIGMA_LIMIT, p=config.blur))
     if config.noise > 0:
         transforms.append(A.GaussNoise(std_range=NOISE_STD_LIMIT, p=config.noise))
     if config.jpeg > 0:

@@ -34,16 +34,17 @@ class PostprocessConfig:
 class InferenceConfig:
     """How a trained model's logits become a mask: flip TTA, probability ``threshold``, clean-up.
 
-    The defaults are lesionseg's recipe (``params.yaml`` ``evaluate`` section),
-    chosen by cross-validation; the export stage stores the settings the model
-    was evaluated with in the exported model, and ``lesionseg predict`` and the
-    MLflow pyfunc use them unless told otherwise.
+    The defaults are the plain model (no TTA, threshold 0.5, no clean-up): the
+    recipe (params.yaml's ``evaluate`` section) says what to apply, and the
+    export stage stores the settings the model was evaluated with in the
+    exported model, which ``lesionseg predict`` and the MLflow pyfunc use
+    unless told otherwise.
     """
 
-    tta: bool = True
+    tta: bool = False
     threshold: float = 0.5
-    keep_largest: bool = True
-    fill_holes: bool = True
+    keep_largest: bool = False
+    fill_holes: bool = False
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:

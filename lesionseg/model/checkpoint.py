@@ -125,5 +125,11 @@ def package_model(paths: list[Path], inference: InferenceConfig) -> dict:
 
 
 def inference_settings(checkpoint: dict) -> InferenceConfig:
-    """The settings stored with an exported model; lesionseg's defaults for a plain training checkpoint."""
+    """The settings stored with an exported model; the plain model's (:class:`InferenceConfig` defaults) for a
+    training checkpoint, which stores none (:func:`has_inference_settings`)."""
     return InferenceConfig(**checkpoint.get("inference", {}))
+
+
+def has_inference_settings(checkpoint: dict) -> bool:
+    """Whether ``checkpoint`` stores the inference settings it was evaluated with (an exported model)."""
+    return "inference" in checkpoint

@@ -1,0 +1,95 @@
+"""Scoring k-fold cross-validation's fold models: out of fold, and on external sets.
+
+The out-of-fold per-image scores of all folds together cover every training
+pair once, each scored by the fold model that never saw it: what paired
+comparisons between recipes use (:mod:`lesionseg.evaluation.compare`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from lesionseg.data.cache import Split
+from lesionseg.evaluation.evaluate import ORIGINAL_PREFIX, evaluate_model
+from lesionseg.evaluation.metrics import THRESHOLDED_JACCARD_CUTOFF
+from lesionseg.evaluation.postprocess import PostprocessConfig
+from lesionseg.model.checkpoint import load_model
+from lesionseg.training.folds import Fold
+
+# Metrics aggregated over folds (original resolution, the official definitions).
+CV_METRICS = ("jaccard", "dice", "jaccard_thresholded")
+
+
+def score_heldout(
+    checkpoints: dict[str, Path],
+    fold: Fold,
+    batch_size: int = 32,
+    device=None,
+    tta: bool = False,
+    postprocess: PostprocessConfig = PostprocessConfig(),
+) -> dict[str, pd.DataFrame]:
+    """Model name -> per-image table of that fold model on its held-out pairs (with a ``fold`` column)."""
+    tables = {}
+    for name, path in checkpoints.items():
+        model, _ = load_model(path)
+        _, table = evaluate_model(
+            model.to(device) if device else model, fold.heldout, batch_size, device, tta, postprocess
+        )
+        table.insert(1, "fold", fold.index)
+        tables[name] = table
+    return tables
+
+
+def score_fold_external(
+    checkpoints: dict[str, Path],
+    sets: dict[str, Split],
+    batch_size: int = 32,
+    device=None,
+    tta: bool = False,
+    postprocess: PostprocessConfig = PostprocessConfig(),
+) -> dict[str, dict[str, pd.DataFrame]]:
+    """Set name -> model name -> per-image table of one fold's models on each external set."""
+    tables: dict[str, dict[str, pd.DataFrame]] = {name: {} for name in sets}
+    for model_name, path in checkpoints.items():
+        model, _ = load_model(path)
+        model = model.to(device) if device else model
+        for set_name, split in sets.items():
+            _, tables[set_name][model_name] = evaluate_model(model, split, batch_size, device, tta, postprocess)
+    return tables
+
+
+def mean_over_folds(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per image, the mean of every score column over the fold models' tables of one set (same images);
+    ``folds``: how many fold models were averaged. What one model trained by this recipe scores, on average."""
+    stacked = pd.concat(tables)
+    mean = stacked.groupby("id", sort=False).mean(numeric_only=True).reset_index()
+    mean.insert(1, "folds", len(tables))
+    return mean
+
+
+def summarize_folds(table: pd.DataFrame) -> dict:
+    """CV summary of one model's out-of-fold per-image table (``fold`` and ``orig_*`` columns).
+
+    For each metric in :data:`CV_METRICS` at original resolution: the per-fold
+    means (``fold<k>``), their ``mean`` and standard error ``se``
+    (sample SD of the fold means / sqrt(folds)), and ``n`` pairs in all.
+    Thresholded Jaccard is computed from per-image Jaccard as in
+    :func:`lesionseg.evaluation.metrics.summarize`.
+    """
+    jaccard = table[ORIGINAL_PREFIX + "jaccard"]
+    columns = {
+        "jaccard": jaccard,
+        "dice": table[ORIGINAL_PREFIX + "dice"],
+        "jaccard_thresholded": jaccard.where(jaccard >= THRESHOLDED_JACCARD_CUTOFF, 0.0),
+    }
+    summary = {"n": int(len(table)), "folds": int(table["fold"].nunique())}
+    for metric in CV_METRICS:
+        per_fold = columns[metric].groupby(table["fold"]).mean()
+        entry = {f"fold{int(k)}": float(v) for k, v in per_fold.items()}
+        entry["mean"] = float(per_fold.mean())
+        entry["se"] = float(per_fold.std(ddof=1) / math.sqrt(len(per_fold))) if len(per_fold) > 1 else float("nan")
+        summary[ORIGINAL_PREFIX + metric] = entry
+    return summary

@@ -1,0 +1,129 @@
+"""Stage cv_score: every fold model of ``cv_train`` scored on its held-out pairs and on each external set.
+
+Uses the ``evaluate`` settings (TTA, mask clean-up, batch size), so an
+inference-only change (``-S evaluate.tta=false``) re-runs this stage and not
+the training. Writes, per model (``frozen``, ``finetune_<level>``):
+
+- ``<per-image>/<model>.csv``: out-of-fold per-image scores (every training
+  pair once, scored by the fold model that never saw it; a ``fold`` column);
+- ``<external>/<set>/<model>.csv``: per image of each external set, the mean
+  of the fold models' scores (what one model of this recipe scores, on
+  average; ``folds`` column: how many);
+- ``<metrics>``: per model the per-fold means, their mean and standard error,
+  and per external set the fold-model mean (DVC metrics);
+- ``<ensemble>``: the fold models of the fine-tuned level with the best CV
+  Jaccard, for the evaluate and export stages' ``cv_ensemble``.
+
+With folds off it writes the same outputs, empty. MLflow: the CV summary as
+metrics of the execution's ``cv`` run.
+"""
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+
+from lesionseg import atomic
+from stages.external_sets import load_external_sets
+from stages.launch import main, work
+from stages.params import build, get, load_params
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--models", type=Path, required=True, help="the cv_train stage's folder")
+    parser.add_argument("--external", type=Path, required=True, help="folder of the external@<set> stages' outputs")
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--per-image", type=Path, required=True, help="out-of-fold per-image tables")
+    parser.add_argument("--external-per-image", type=Path, required=True, help="external sets' fold-model means")
+    parser.add_argument("--ensemble", type=Path, required=True, help="the cv_ensemble's members (JSON)")
+    args = parser.parse_args()
+    params = load_params()
+    manifest = json.loads((args.models / "folds.json").read_text())
+    with contextlib.ExitStack() as stack:
+        per_image_dir = stack.enter_context(atomic.atomic_dir(args.per_image))
+        external_dir = stack.enter_context(atomic.atomic_dir(args.external_per_image))
+        # Written either way, so no output folder is ever empty (DVC warns about empty outputs).
+        atomic.write_json(per_image_dir / "folds.json", {"folds": manifest["folds"], "seed": manifest.get("seed")})
+        atomic.write_json(external_dir / "sets.json", {"sets": list(load_external_sets(params, args.external))})
+        if not manifest["folds"]:
+            atomic.write_json(args.ensemble, {"folds": 0, "model": None, "checkpoints": []})
+            atomic.write_json(args.metrics, {})
+            return
+        score_folds(params, manifest, args, per_image_dir, external_dir)
+
+
+def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, external_dir: Path) -> None:
+    import mlflow
+    import pandas as pd
+
+    from lesionseg import tracking
+    from lesionseg.data.cache import Split
+    from lesionseg.evaluation.crossval import mean_over_folds, score_fold_external, score_heldout, summarize_folds
+    from lesionseg.evaluation.postprocess import PostprocessConfig
+    from lesionseg.model.inference import select_device
+    from lesionseg.training.folds import fold_checkpoints, folds_from_manifest
+    from stages.runlog import mlflow_setup, run_tags
+
+    postprocess = build(PostprocessConfig, params, "evaluate")
+    tta, batch_size = get(params, "evaluate.tta"), get(params, "evaluate.batch_size")
+    device = select_device(get(params, "runtime.device"))
+    pairs = Split.concat([Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")])
+    folds = folds_from_manifest(pairs, manifest)
+    sets = load_external_sets(params, args.external)
+
+    heldout: dict[str, list[pd.DataFrame]] = {}
+    external: dict[str, dict[str, list[pd.DataFrame]]] = {name: {} for name in sets}
+    with work(folds=len(folds)):
+        for fold in folds:
+            checkpoints = fold_checkpoints(args.models, fold.index)
+            for name, table in score_heldout(checkpoints, fold, batch_size, device, tta, postprocess).items():
+                heldout.setdefault(name, []).append(table)
+            for set_name, tables in score_fold_external(
+                checkpoints, sets, batch_size, device, tta, postprocess
+            ).items():
+                for name, table in tables.items():
+                    external[set_name].setdefault(name, []).append(table)
+
+    summary = {}
+    for name, parts in heldout.items():
+        table = pd.concat(parts).sort_values("id")
+        atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
+        summary[name] = summarize_folds(table)
+    for set_name, models in external.items():
+        (external_dir / set_name).mkdir()
+        for name, parts in models.items():
+            table = mean_over_folds(parts)
+            atomic.write_text(external_dir / set_name / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
+            summary[name].setdefault("external", {})[set_name] = {
+                "n": len(table),
+                "folds": len(parts),
+                **{c: float(table[c].mean()) for c in ("orig_jaccard", "orig_dice")},
+            }
+    tuned = [name for name in summary if name != "frozen"] or list(summary)
+    best = max(tuned, key=lambda name: summary[name]["orig_jaccard"]["mean"])
+    checkpoints = [f"fold{fold.index}/{best}.pt" for fold in folds]
+    ensemble = {
+        "folds": len(folds),
+        "model": best,
+        "checkpoints": checkpoints,
+        "mlflow_run_id": manifest["mlflow_run_id"],
+    }
+    atomic.write_json(args.ensemble, ensemble)
+    atomic.write_json(args.metrics, summary)
+
+    parent = mlflow_setup(params)
+    with tracking.model_run("cv", manifest.get("mlflow_run_id"), parent, run_tags("cv")):
+        mlflow.set_tag("lesionseg.ensemble_model", best)
+        for name, entry in summary.items():
+            for metric in ("orig_jaccard", "orig_dice"):
+                tracking.log_flat(f"{name}.cv_{metric}_", {k: entry[metric][k] for k in ("mean", "se")})
+            for set_name, scores in entry.get("external", {}).items():
+                tracking.log_flat(f"{name}.cv_{set_name}_", {k: scores[k] for k in ("orig_jaccard", "orig_dice")})
+        mlflow.log_artifact(str(args.metrics))
+        mlflow.log_artifacts(str(per_image_dir), "per_image")
+
+
+if __name__ == "__main__":
+    main(run)
