@@ -314,7 +314,8 @@ def test_compare_errors_exit_1_with_the_reason(two_experiments, tmp_path, capsys
 
 @pytest.mark.skipif(not shutil.which("git"), reason="needs git")
 def test_compare_git_revisions_through_dvc(two_experiments, tmp_path, monkeypatch, capsys):
-    """Two commits of a repository's reports/ read through DVC's file system, as experiments are."""
+    """Two commits of a repository's reports/ (tables tracked by DVC) read through DVC's file system, as
+    experiments are."""
     a, b = two_experiments
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -325,6 +326,9 @@ def test_compare_git_revisions_through_dvc(two_experiments, tmp_path, monkeypatc
         subprocess.run(["git", "rm", "-rq", "--ignore-unmatch", "reports"], check=True)
         shutil.rmtree(repo / "reports", ignore_errors=True)
         shutil.copytree(source, repo / "reports")
+        # The tables as DVC outputs (in DVC's cache, not in git), as the pipeline leaves them.
+        dvc = [sys.executable, "-m", "dvc", "add", "-q", "reports/per_image", "reports/cv"]
+        subprocess.run(dvc, check=True, capture_output=True)
         subprocess.run(["git", "add", "-A"], check=True, capture_output=True)
         subprocess.run(["git", "commit", "-qm", message], check=True, capture_output=True)
 
@@ -334,6 +338,8 @@ def test_compare_git_revisions_through_dvc(two_experiments, tmp_path, monkeypatc
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
     commit(a, "a")
     commit(b, "b")
+    tracked = subprocess.run(["git", "ls-files", "reports"], check=True, capture_output=True, text=True).stdout.split()
+    assert "reports/per_image.dvc" in tracked and not any(name.endswith(".csv") for name in tracked)
     assert main(["compare", "HEAD~1", "HEAD", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
     from_folders = compare_runs(read_run(str(a)), read_run(str(b))).results

@@ -61,12 +61,9 @@ def paired_change(a: pd.DataFrame, b: pd.DataFrame, metric: str = DEFAULT_METRIC
 def verdict(change: PairedComparison) -> str:
     """``better`` / ``worse`` when the 95% interval of the change (B - A) lies above / below 0, else
     ``no detectable change`` (the images cannot tell the two apart)."""
-    low, high = change.ci95
-    if low > 0:
-        return BETTER
-    if high < 0:
-        return WORSE
-    return NO_CHANGE
+    if not change.significant:
+        return NO_CHANGE
+    return BETTER if change.ci95[0] > 0 else WORSE
 
 
 @dataclass(frozen=True)

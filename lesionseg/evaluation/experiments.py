@@ -96,7 +96,10 @@ class RunFiles:
             self.fs = DVCFileSystem(repo, rev=source)
             found = self.fs.isdir(reports_dir)
         except Exception as exc:  # DVC raises several types for an unknown revision or repository
-            raise ValueError(f"cannot read {reports_dir}/ at revision or experiment {source!r}: {exc}") from exc
+            raise ValueError(
+                f"{source!r} is not a folder, and DVC cannot read {reports_dir}/ at it as a git revision or "
+                f"experiment: {exc}"
+            ) from exc
         if not found:
             raise ValueError(f"no {reports_dir}/ at revision or experiment {source!r}")
 
