@@ -131,35 +131,33 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from lesionseg.evaluation.compare import (
-        compare_models,
-        format_markdown,
-        read_revision,
-        read_tables,
-        verdict,
-    )
+    from lesionseg.evaluation.compare import format_markdown, format_text
+    from lesionseg.evaluation.experiments import compare_runs, one_model, read_run
 
-    def side(source: str):
-        path = Path(source)
-        if path.is_dir() and args.set:
-            path = path / args.set
-        if path.exists():
-            return read_tables(path)
-        return read_revision(source, f"{args.per_image_dir}/{args.set}" if args.set else args.per_image_dir)
-
-    results = compare_models(side(args.a), side(args.b), args.metric, args.model or None)
+    a, b = (read_run(source, args.set, args.per_image_dir, args.reports_dir) for source in (args.a, args.b))
+    if Path(args.a).is_file() and Path(args.b).is_file():
+        a, b = one_model(a, b)  # two tables (frozen.csv, finetune_all.csv): compared whatever their names
+    comparison = compare_runs(a, b, args.metric, args.model or None)
+    results, notes = comparison.results, comparison.notes
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps([r.as_dict() for r in results]))
+        for note in notes:  # stdout stays one JSON document
+            print(note, file=sys.stderr)
         return 0
     if args.md:
         print(format_markdown(results))
+        if notes:
+            print("\n" + "\n".join(f"- {note}" for note in notes))
         return 0
-    print(f"A = {args.a}, B = {args.b}; per-image {args.metric}, paired: 95% bootstrap CI of the mean change B - A")
-    print(format_markdown(results, labels=("A", "B")))
-    for r in results:
-        if verdict(r) != "no detectable change":
-            better = "B" if verdict(r) == "better" else "A"
-            print(f"{r['model']}: {better} is better; the 95% interval of the change excludes 0")
+    print(
+        f"A = {args.a}, B = {args.b}: per-image {args.metric}, paired by image; change = B - A, "
+        "its 95% bootstrap interval (BCa) and Wilcoxon p. better / worse: the interval excludes 0."
+    )
+    print()
+    print(format_text(results))
+    if notes:
+        print()
+        print("\n".join(notes))
     return 0
 
 
@@ -239,9 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "compare",
-        help="paired comparison of two experiments, revisions or per-image CSVs",
-        description="Compare A and B image by image: each is a DVC experiment name or git revision "
-        "(its per-image tables are read through DVC), or a per-image CSV file or folder of them.",
+        help="paired comparison of two experiments, revisions, reports folders or per-image CSVs",
+        description="Compare A and B image by image: each is a DVC experiment name or git revision (its "
+        "reports folder read through DVC), a reports folder, or a per-image CSV file or folder of them. "
+        "For each model on both sides, every evaluation both sides have: test, external <set>, "
+        "cv out-of-fold, external <set>, fold-model mean. An evaluation or model on one side only is "
+        "skipped with a note.",
     )
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
@@ -249,20 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", help="compare only this model (repeatable)")
     p.add_argument(
         "--per-image-dir",
-        default="reports/per_image",
-        help="folder read at a revision (reports/cv/per_image for the out-of-fold CV scores)",
+        help="compare only this folder of per-image tables, read at the revisions (e.g. reports/cv/per_image)",
     )
-    p.add_argument(
-        "--set", help="compare on this external set's per-image tables (evaluate.external) instead of the test split"
-    )
+    p.add_argument("--reports-dir", default="reports", help="the reports folder read at a revision")
+    p.add_argument("--set", help="compare only on this external set (evaluate.external)")
     output = p.add_mutually_exclusive_group()
     output.add_argument(
-        "--json", action="store_true", help="one JSON list: model, n, mean_a, mean_b, delta, ci95, p_value"
+        "--json",
+        action="store_true",
+        help="one JSON list: evaluation, model, n, mean_a, mean_b, delta, ci95, p_value, verdict",
     )
     output.add_argument(
         "--md",
         action="store_true",
-        help="one Markdown table: n, mean base (A), mean head (B), change, 95%% CI, p, verdict",
+        help="one Markdown table: (evaluation,) model, n, mean base (A), mean head (B), change, 95%% CI, p, verdict",
     )
     p.set_defaults(func=cmd_compare)
 

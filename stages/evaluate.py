@@ -23,14 +23,9 @@ import mlflow
 
 from lesionseg import atomic, tracking
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.evaluate import (
-    EXTERNAL_KEY,
-    TEST_TABLE,
-    VALIDATION_PREFIX,
-    evaluate_checkpoint,
-    evaluate_with_external,
-)
+from lesionseg.evaluation.evaluate import TEST_TABLE, evaluate_checkpoint, evaluate_with_external
 from lesionseg.evaluation.postprocess import PostprocessConfig
+from lesionseg.evaluation.records import ModelMetrics, metrics_json
 from lesionseg.evaluation.selection import pipeline_checkpoints
 from lesionseg.model.checkpoint import load_models
 from lesionseg.model.ensemble import ENSEMBLE_NAME
@@ -42,16 +37,6 @@ from stages.params import build, get, load_params
 from stages.runlog import mlflow_setup, run_tags
 
 HEADLINE = ("orig_jaccard", "orig_dice")  # also logged on the parent run, to compare executions
-MODEL_INFO = ("lr", "epochs", "best_epoch", "members", EXTERNAL_KEY)  # in metrics.json for the report; not scores
-
-
-def scores(metrics: dict, prefix: str = "") -> dict:
-    """The scores among a model's metrics.json entry: keys starting with ``prefix``, prefix removed."""
-    return {
-        k[len(prefix) :]: v
-        for k, v in metrics.items()
-        if k.startswith(prefix) and not k.startswith("params_") and k not in MODEL_INFO
-    }
 
 
 def write_tables(per_image_dir: Path, model: str, tables: dict) -> None:
@@ -91,7 +76,8 @@ def run() -> None:
                 metrics, tables, checkpoint = evaluate_checkpoint(
                     path, test, batch_size, device, tta, postprocess, val_split=val, external=external
                 )
-                all_metrics[name], trained_in[name] = metrics, checkpoint["extra"].get("mlflow_run_id")
+                all_metrics[name] = ModelMetrics.from_json(metrics, name)
+                trained_in[name] = checkpoint["extra"].get("mlflow_run_id")
                 write_tables(per_image_dir, name, tables)
             if ensemble["checkpoints"]:
                 model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
@@ -99,23 +85,23 @@ def run() -> None:
                 metrics, tables = evaluate_with_external(model, test, external, batch_size, device, tta, postprocess)
                 metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
                 metrics.update({"members": len(ensemble["checkpoints"]), "member_model": ensemble["model"]})
-                all_metrics[ENSEMBLE_NAME], trained_in[ENSEMBLE_NAME] = metrics, ensemble.get("mlflow_run_id")
+                all_metrics[ENSEMBLE_NAME] = ModelMetrics.from_json(metrics, ENSEMBLE_NAME)
+                trained_in[ENSEMBLE_NAME] = ensemble.get("mlflow_run_id")
                 write_tables(per_image_dir, ENSEMBLE_NAME, tables)
-        atomic.write_json(args.metrics, all_metrics)
+        atomic.write_json(args.metrics, metrics_json(all_metrics))
 
-        for name, metrics in all_metrics.items():
-            test_scores = {k: v for k, v in scores(metrics).items() if not k.startswith(VALIDATION_PREFIX)}
+        for name, record in all_metrics.items():
             with tracking.model_run(name, trained_in[name], parent, run_tags(name)):
-                tracking.log_flat("test_", test_scores)
-                tracking.log_flat("evaluate_val_", scores(metrics, VALIDATION_PREFIX))
-                for set_name, set_scores in metrics.get(EXTERNAL_KEY, {}).items():
+                tracking.log_flat("test_", record.test)
+                tracking.log_flat("evaluate_val_", record.val)
+                for set_name, set_scores in record.external.items():
                     tracking.log_flat(f"{set_name}_", set_scores)
         with tracking.start_run("", {}, run_id=parent):
             mlflow.log_params({"evaluate.test_images": len(test), "evaluate.val_images": len(val)})
             mlflow.log_params({f"evaluate.{set_name}_images": len(split) for set_name, split in external.items()})
-            for name, metrics in all_metrics.items():
-                tracking.log_flat(f"{name}.test_", {k: metrics[k] for k in HEADLINE})
-                for set_name, set_scores in metrics.get(EXTERNAL_KEY, {}).items():
+            for name, record in all_metrics.items():
+                tracking.log_flat(f"{name}.test_", {k: record.test[k] for k in HEADLINE})
+                for set_name, set_scores in record.external.items():
                     tracking.log_flat(f"{name}.{set_name}_", {k: set_scores[k] for k in HEADLINE})
             mlflow.log_artifact(str(args.metrics))
             mlflow.log_artifacts(str(per_image_dir), "per_image")

@@ -1,7 +1,6 @@
 """Stage report: curves, sample predictions, overlays, error maps and the comparison table."""
 
 import argparse
-import json
 from pathlib import Path
 
 import mlflow
@@ -9,7 +8,8 @@ import mlflow
 from lesionseg import tracking
 from lesionseg.data.cache import Split
 from lesionseg.evaluation import report
-from lesionseg.evaluation.compare import read_tables
+from lesionseg.evaluation.experiments import read_tables
+from lesionseg.evaluation.records import parse_metrics
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import load_model
 from stages.external_sets import load_external_sets
@@ -42,7 +42,7 @@ def run() -> None:
             model,
             chosen,
             Split.load(args.data / "test.pt"),
-            json.loads(args.metrics.read_text()),
+            parse_metrics(args.metrics.read_text(), args.metrics),
             report.load_histories(args.histories),
             args.figures,
             args.table,

@@ -1,4 +1,4 @@
-"""`lesionseg compare --md`, `lesionseg ci-report` and the synthetic CI archives, on small synthetic tables."""
+"""`lesionseg ci-report` and the synthetic CI archives, on small synthetic tables."""
 
 import json
 
@@ -13,7 +13,9 @@ from lesionseg.data.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MAS
 from lesionseg.data.synthetic import write_archives
 from lesionseg.errors import DataError
 from lesionseg.evaluation.ci_report import REPORT_MARKER, change_chart, metrics_diff, read_run
-from lesionseg.evaluation.compare import compare_models
+from lesionseg.evaluation.compare import ModelComparison
+from lesionseg.evaluation.records import ModelMetrics
+from lesionseg.evaluation.stats import PairedComparison
 
 IDS = [f"ISIC_{i:07d}" for i in range(40)]
 
@@ -64,31 +66,6 @@ def two_runs(tmp_path):
     return base, head
 
 
-def test_compare_md_is_one_table_with_a_verdict_per_model(two_runs, capsys):
-    base, head = two_runs
-    assert main(["compare", str(base / "per_image"), str(head / "per_image"), "--md"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "| model | n | mean base | mean head | change | 95% CI | p | verdict |"
-    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ") for line in lines[2:]}
-    assert sorted(rows) == ["finetune_all", "frozen"] and len(lines) == 4
-    assert rows["finetune_all"][1] == "40" and rows["finetune_all"][-1] == "worse"
-    assert rows["frozen"][-1] == "no detectable change"
-    low, high = (float(v) for v in rows["finetune_all"][5].strip("[]").split(", "))
-    assert low < float(rows["finetune_all"][4]) < high < 0
-
-
-def test_compare_two_files_with_different_model_names(two_runs, capsys):
-    base, _ = two_runs
-    frozen, tuned = base / "per_image" / "frozen.csv", base / "per_image" / "finetune_all.csv"
-    assert main(["compare", str(frozen), str(tuned), "--json"]) == 0
-    (result,) = json.loads(capsys.readouterr().out)
-    expected = pd.read_csv(tuned)["orig_jaccard"].mean() - pd.read_csv(frozen)["orig_jaccard"].mean()
-    assert result["model"] == "frozen vs finetune_all" and result["delta"] == pytest.approx(expected)
-    # Folders with several models still match them by name, and say so when none is on both sides.
-    with pytest.raises(ValueError, match=r"no model on both sides: \['a', 'b'\] vs \['c', 'd'\]"):
-        compare_models(dict.fromkeys("ab", per_image([0.5, 0.6])), dict.fromkeys("cd", per_image([0.5, 0.6])))
-
-
 def test_ci_report_markdown_chart_and_metrics_diff(two_runs, tmp_path, capsys):
     base, head = two_runs
     out, summary = tmp_path / "report", tmp_path / "summary.md"
@@ -117,16 +94,24 @@ def test_ci_report_markdown_chart_and_metrics_diff(two_runs, tmp_path, capsys):
 
 def test_metrics_diff_and_chart_values():
     diff = metrics_diff(
-        {"frozen": {"loss": 0.5, "orig_jaccard": 0.7, "member_model": "x"}},
-        {"frozen": {"loss": 0.5, "orig_jaccard": 0.75, "best_epoch": 3}, "cv_ensemble": {"members": 2}},
+        {"frozen": ModelMetrics({"loss": 0.5, "orig_jaccard": 0.7}, member_model="x")},
+        {
+            "frozen": ModelMetrics(
+                {"loss": 0.5, "orig_jaccard": 0.75}, external={"clinic": {"n": 9, "orig_jaccard": 0.6}}, best_epoch=3
+            ),
+            "cv_ensemble": ModelMetrics({}, members=2),
+        },
     )
     assert diff["frozen"] == [
         ("loss", 0.5, 0.5, 0.0),
         ("orig_jaccard", 0.7, 0.75, pytest.approx(0.05)),
+        ("external.clinic.n", None, 9.0, None),  # external sets' numbers, named as dvc metrics names them
+        ("external.clinic.orig_jaccard", None, 0.6, None),
         ("best_epoch", None, 3.0, None),
     ]
     assert diff["cv_ensemble"] == [("members", None, 2.0, None)]
-    chart = change_chart([{"model": "m", "delta": 0.1, "ci95": [0.05, 0.2]}], width=21).splitlines()
+    change = PairedComparison(n=10, mean_a=0.5, mean_b=0.6, delta=0.1, ci95=(0.05, 0.2), p_value=0.01)
+    chart = change_chart([ModelComparison("test", "m", change)], width=21).splitlines()
     # The axis spans 0.2 each way on 10 characters: the interval starts 2 right of 0, o at 5, ] at 10.
     assert chart[1] == "m  " + " " * 10 + "| [--o----]"
 

@@ -1,15 +1,12 @@
-"""Cross-validation folds and summaries, paired statistics, and `lesionseg compare`, on tiny synthetic data."""
-
-import json
+"""Cross-validation folds and summaries and the paired statistics, on tiny synthetic data (`lesionseg compare`:
+tests/test_compare.py)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from lesionseg.cli import main
 from lesionseg.data.cache import Split, encode_mask
-from lesionseg.evaluation.compare import compare_models, read_tables
 from lesionseg.evaluation.crossval import summarize_folds
 from lesionseg.evaluation.stats import format_change, paired_difference
 from lesionseg.training.folds import CrossValConfig, fold_assignment, make_folds
@@ -110,37 +107,3 @@ def test_paired_difference_finds_a_clearly_worse_model():
     assert noisy.ci95[0] < 0 < noisy.ci95[1]
     with pytest.raises(ValueError, match="equal length"):
         paired_difference(a, b[:-1])
-
-
-def _tables(tmp_path, name, ids, scores):
-    folder = tmp_path / name
-    folder.mkdir()
-    pd.DataFrame({"id": ids, "orig_jaccard": scores}).to_csv(folder / "finetune_all.csv", index=False)
-    return folder
-
-
-def test_compare_cli_on_per_image_csvs(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    ids = [f"ISIC_{i:07d}" for i in range(50)]
-    a_scores = rng.uniform(0.6, 0.95, 50)
-    a = _tables(tmp_path, "a", ids, a_scores)
-    b = _tables(tmp_path, "b", ids[::-1], (a_scores + 0.05)[::-1])  # row order must not matter
-    assert main(["compare", str(a), str(b), "--json"]) == 0
-    (result,) = json.loads(capsys.readouterr().out)
-    assert set(result) == {"model", "n", "mean_a", "mean_b", "delta", "ci95", "p_value"}
-    assert result["model"] == "finetune_all" and result["n"] == 50
-    assert result["delta"] == pytest.approx(0.05) and result["ci95"] == pytest.approx([0.05, 0.05])
-    assert main(["compare", str(a), str(b)]) == 0
-    assert "finetune_all: B is better" in capsys.readouterr().out
-
-
-def test_compare_on_different_image_sets_is_a_clear_error(tmp_path, capsys):
-    ids = [f"ISIC_{i:07d}" for i in range(10)]
-    a = read_tables(_tables(tmp_path, "a", ids, np.linspace(0.5, 0.9, 10)))
-    b = read_tables(_tables(tmp_path, "b", ids[:8] + ["ISIC_0000099", "ISIC_0000098"], np.linspace(0.5, 0.9, 10)))
-    with pytest.raises(ValueError, match=r"finetune_all: the two sides scored different images.*ISIC_0000008"):
-        compare_models(a, b)
-    code = main(["compare", str(tmp_path / "a"), str(tmp_path / "b")])
-    assert code == 1 and "only in B: ['ISIC_0000098', 'ISIC_0000099']" in capsys.readouterr().err
-    assert main(["compare", str(tmp_path / "a"), "no-such-experiment"]) == 1
-    assert "no-such-experiment" in capsys.readouterr().err

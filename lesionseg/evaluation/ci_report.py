@@ -14,7 +14,6 @@ revision or DVC experiment. The report (Markdown, for the job summary and the pu
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,77 +22,54 @@ import pandas as pd
 
 from lesionseg import atomic
 from lesionseg.errors import DataError
-from lesionseg.evaluation.compare import DEFAULT_METRIC, compare_models, format_markdown, read_revision, read_tables
+from lesionseg.evaluation.compare import DEFAULT_METRIC, ModelComparison, compare_models, format_markdown
+from lesionseg.evaluation.experiments import METRICS_FILE, PER_IMAGE, REPORTS_DIR, TEST, RunFiles
+from lesionseg.evaluation.records import ModelMetrics, parse_metrics
 
 # First line of the report: the workflow finds its earlier comment by it and edits that one.
 REPORT_MARKER = "<!-- lesionseg-ci-report -->"
-METRICS_FILE = "metrics.json"
-PER_IMAGE_DIR = "per_image"
 CHART_WIDTH = 61  # characters of the text chart's axis; odd, so 0 can sit in the middle
 
 
 @dataclass(frozen=True)
 class RunReports:
-    """One pipeline run's test results: ``metrics`` as in ``metrics.json``, ``per_image`` model -> table."""
+    """One pipeline run's test results: ``metrics`` model -> record, ``per_image`` model -> table."""
 
     label: str
-    metrics: dict[str, dict]
+    metrics: dict[str, ModelMetrics]
     per_image: dict[str, pd.DataFrame]
 
 
-def read_run(source: str, label: str | None = None, reports_dir: str = "reports", repo: str = ".") -> RunReports:
+def read_run(source: str, label: str | None = None, reports_dir: str = REPORTS_DIR, repo: str = ".") -> RunReports:
     """A run's reports from a folder holding ``metrics.json`` and ``per_image/`` (e.g. ``reports``),
     else from ``reports_dir`` at the git revision or DVC experiment ``source``."""
-    path = Path(source)
-    if path.is_dir():
-        metrics_path = path / METRICS_FILE
-        if not metrics_path.is_file():
-            raise DataError(path, f"no {METRICS_FILE} here: not a pipeline run's reports folder")
-        metrics = _parse_metrics(metrics_path.read_text(), metrics_path)
-        per_image = read_tables(path / PER_IMAGE_DIR)
-    else:
-        metrics = _metrics_at(source, f"{reports_dir}/{METRICS_FILE}", repo)
-        per_image = read_revision(source, f"{reports_dir}/{PER_IMAGE_DIR}", repo)
+    if Path(source).is_dir() and not (Path(source) / METRICS_FILE).is_file():
+        raise DataError(source, f"no {METRICS_FILE} here: not a pipeline run's reports folder")
+    run = RunFiles(source, reports_dir, repo)
+    metrics = parse_metrics(run.read_text(METRICS_FILE), run.where(METRICS_FILE))
+    per_image = run.tables(PER_IMAGE)
+    if not per_image:
+        raise DataError(run.where(PER_IMAGE), "no per-image CSV files here")
     # The pipeline's model order (frozen, then each fine-tuning level), not the files' alphabetical one.
     ordered = {name: per_image[name] for name in metrics if name in per_image}
     ordered.update((name, table) for name, table in per_image.items() if name not in ordered)
     return RunReports(label or source, metrics, ordered)
 
 
-def _metrics_at(rev: str, path: str, repo: str) -> dict:
-    from dvc.api import DVCFileSystem
-
-    try:
-        text = DVCFileSystem(repo, rev=rev).read_text(path)
-    except Exception as exc:  # DVC raises several types for an unknown revision or a missing file
-        raise ValueError(f"cannot read {path} at revision or experiment {rev!r}: {exc}") from exc
-    return _parse_metrics(text, f"{rev}:{path}")
-
-
-def _parse_metrics(text: str, source) -> dict[str, dict]:
-    try:
-        metrics = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(source, f"not valid JSON ({exc})") from exc
-    if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
-        raise DataError(source, "not a metrics file: expected an object of models, each an object of metrics")
-    return metrics
-
-
-def metrics_diff(base: dict[str, dict], head: dict[str, dict]) -> dict[str, list[tuple]]:
-    """Model -> ``(metric, base value, head value, change)`` for every number of either side.
+def metrics_diff(base: dict[str, ModelMetrics], head: dict[str, ModelMetrics]) -> dict[str, list[tuple]]:
+    """Model -> ``(metric, base value, head value, change)`` for every number of either side
+    (:meth:`ModelMetrics.numbers`: external sets' as ``external.<set>.<metric>``).
 
     Models and metrics keep the base's order, then the head's new ones; a value missing on one side
     is ``None`` and so is its change (what ``dvc metrics diff`` reports for an added or removed metric).
     """
     table = {}
     for model in [*base, *(m for m in head if m not in base)]:
-        old, new = base.get(model, {}), head.get(model, {})
+        old = base[model].numbers() if model in base else {}
+        new = head[model].numbers() if model in head else {}
         rows = []
         for key in [*old, *(k for k in new if k not in old)]:
             a, b = _number(old.get(key)), _number(new.get(key))
-            if a is None and b is None:
-                continue  # not a number on either side (e.g. the ensemble's member_model)
             rows.append((key, a, b, b - a if a is not None and b is not None else None))
         table[model] = rows
     return table
@@ -103,29 +79,29 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def change_chart(results: list[dict], width: int = CHART_WIDTH) -> str:
+def change_chart(results: list[ModelComparison], width: int = CHART_WIDTH) -> str:
     """Each model's change and 95% interval on one axis centred on 0, as text.
 
     ``[`` and ``]`` end the interval, ``o`` is the mean change, ``|`` is no change; the axis spans
     the largest interval end of all models either way.
     """
-    scale = max([abs(v) for r in results for v in (*r["ci95"], r["delta"])] + [1e-12])
+    scale = max([abs(v) for r in results for v in (*r.change.ci95, r.change.delta)] + [1e-12])
     half = width // 2
 
     def column(value: float) -> int:
         return half + round(value / scale * half)
 
-    name_width = max(len(r["model"]) for r in results)
+    name_width = max(len(r.model) for r in results)
     lines = [f"{'':{name_width}}  {f'-{scale:.3f}':<{half}}0{f'+{scale:.3f}':>{half}}"]
     for r in results:
-        low, high = (column(v) for v in r["ci95"])
+        low, high = (column(v) for v in r.change.ci95)
         cells = [" "] * width
         for i in range(low, high + 1):
             cells[i] = "-"
         cells[half] = "|"
         cells[low], cells[high] = "[", "]"
-        cells[column(r["delta"])] = "o"  # over a bracket when the interval is narrower than a character
-        lines.append(f"{r['model']:{name_width}}  {''.join(cells)}")
+        cells[column(r.change.delta)] = "o"  # over a bracket when the interval is narrower than a character
+        lines.append(f"{r.model:{name_width}}  {''.join(cells)}")
     return "\n".join(lines)
 
 
@@ -141,9 +117,9 @@ def _value(value: float | None, signed: bool = False) -> str:
 
 def format_report(
     base: RunReports, head: RunReports, metric: str = DEFAULT_METRIC, notes: list[str] = ()
-) -> tuple[str, list[dict]]:
-    """The report's Markdown and the paired results it shows (one per model on both sides)."""
-    results = compare_models(base.per_image, head.per_image, metric)
+) -> tuple[str, list[ModelComparison]]:
+    """The report's Markdown and the paired results it shows (one per model on both sides, on the test split)."""
+    results = compare_models(base.per_image, head.per_image, metric, evaluation=TEST)
     only = {
         "base": [m for m in base.per_image if m not in head.per_image],
         "head": [m for m in head.per_image if m not in base.per_image],
@@ -188,17 +164,18 @@ def format_report(
     return "\n".join(lines) + "\n", results
 
 
-def plot_change(results: list[dict], path: Path, metric: str = DEFAULT_METRIC) -> None:
+def plot_change(results: list[ModelComparison], path: Path, metric: str = DEFAULT_METRIC) -> None:
     """The chart of :func:`change_chart` as an image: change and 95% interval per model."""
     from lesionseg.evaluation.report import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(results) + 1.5))
     y = range(len(results))
-    deltas = [r["delta"] for r in results]
-    errors = [[r["delta"] - r["ci95"][0] for r in results], [r["ci95"][1] - r["delta"] for r in results]]
+    changes = [r.change for r in results]
+    deltas = [c.delta for c in changes]
+    errors = [[c.delta - c.ci95[0] for c in changes], [c.ci95[1] - c.delta for c in changes]]
     ax.errorbar(deltas, y, xerr=errors, fmt="o", capsize=4)
     ax.axvline(0, color="grey", linewidth=1)
-    ax.set(yticks=list(y), yticklabels=[r["model"] for r in results], xlabel=f"change of mean {metric} (head - base)")
+    ax.set(yticks=list(y), yticklabels=[r.model for r in results], xlabel=f"change of mean {metric} (head - base)")
     ax.invert_yaxis()
     ax.set_title("Paired change per model, 95% bootstrap interval")
     save_figure(fig, path)

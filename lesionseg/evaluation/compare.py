@@ -1,122 +1,146 @@
-"""Paired comparison of two sets of per-image scores (two experiments, two runs, two models).
+"""The paired comparison of per-image scores, and its verdict: the one place the report, ``lesionseg compare``
+and ``lesionseg ci-report`` compare two models, two runs or two experiments.
 
-A side is a mapping model name -> per-image table (``id`` plus score columns,
-as the evaluate stage writes them to ``reports/per_image/<model>.csv``).
-Models present on both sides are compared image by image
-(:func:`lesionseg.evaluation.stats.paired_difference`); the image sets must be the same.
-Two sides of one table each (two CSV files) are compared whatever their model names, so two models
-of one run can be compared from their tables.
+A per-image table has an ``id`` column (one row per image) and score columns, as the evaluate and cv
+stages write them (``reports/per_image/<model>.csv`` and so on). Two tables are paired by image id,
+whatever their row order (:func:`paired_change`); the statistics are
+:func:`lesionseg.evaluation.stats.paired_difference`'s. A side of :func:`compare_models` is a mapping
+model name -> table; models on both sides are compared.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import pandas as pd
 
-from lesionseg.errors import DataError
-from lesionseg.evaluation.stats import paired_difference
+from lesionseg.evaluation.stats import PairedComparison, paired_difference
 
 DEFAULT_METRIC = "orig_jaccard"
+BETTER, WORSE, NO_CHANGE = "better", "worse", "no detectable change"
+SHOWN_IDS = 5  # image ids an error message lists per side
 
 
-def read_tables(path: Path) -> dict[str, pd.DataFrame]:
-    """Model name -> table from one per-image CSV file (named by its stem) or a folder of them."""
-    path = Path(path)
-    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
-    if not files or not files[0].is_file():
-        raise DataError(path, "no per-image CSV files here")
-    return {f.stem: _checked(pd.read_csv(f), f) for f in files}
+class ImageMismatchError(ValueError):
+    """The two sides of a paired comparison scored different images; names what was compared and some ids."""
+
+    def __init__(self, what: str, only_a: list, only_b: list, n_a: int, n_b: int):
+        self.what, self.only_a, self.only_b = what, list(only_a), list(only_b)
+        super().__init__(
+            f"{what}: the two sides scored different images ({n_a} vs {n_b}; "
+            f"only in A: {_some(self.only_a)}, only in B: {_some(self.only_b)})"
+        )
 
 
-def _checked(table: pd.DataFrame, source) -> pd.DataFrame:
-    if "id" not in table.columns:
-        raise DataError(Path(str(source)), "not a per-image table: no 'id' column")
-    if not table["id"].is_unique:
-        raise DataError(Path(str(source)), "per-image table lists an image twice")
-    return table
+def _some(ids: list) -> str:
+    return f"{sorted(ids)[:SHOWN_IDS]}{' ...' if len(ids) > SHOWN_IDS else ''}"
+
+
+def paired_change(a: pd.DataFrame, b: pd.DataFrame, metric: str = DEFAULT_METRIC, what: str = "") -> PairedComparison:
+    """Per-image ``metric`` of table ``b`` against table ``a``, image by image.
+
+    ``a``, ``b``: per-image tables (``id`` and ``metric`` columns, one row per image, any row order).
+    Returns :func:`~lesionseg.evaluation.stats.paired_difference` over the N shared images: ``delta`` is
+    the mean over images of ``b - a``, with its 95% bootstrap interval and Wilcoxon p; ``n`` = N.
+    Raises :class:`ImageMismatchError` (naming ``what``, e.g. the model and evaluation) when the tables list
+    different images, ``ValueError`` when an image is listed twice or ``metric`` is not a column.
+    """
+    label = what or "per-image tables"
+    for side, table in (("A", a), ("B", b)):
+        if metric not in table.columns:
+            raise ValueError(f"{label}: side {side} has no column {metric!r} (it has {list(table.columns)})")
+        if not table["id"].is_unique:
+            raise ValueError(f"{label}: side {side} lists an image twice")
+    left, right = a.set_index("id")[metric], b.set_index("id")[metric]
+    only_a, only_b = left.index.difference(right.index), right.index.difference(left.index)
+    if len(only_a) or len(only_b):
+        raise ImageMismatchError(label, only_a, only_b, len(left), len(right))
+    return paired_difference(left, right.loc[left.index])
+
+
+def verdict(change: PairedComparison) -> str:
+    """``better`` / ``worse`` when the 95% interval of the change (B - A) lies above / below 0, else
+    ``no detectable change`` (the images cannot tell the two apart)."""
+    if not change.significant:
+        return NO_CHANGE
+    return BETTER if change.ci95[0] > 0 else WORSE
+
+
+@dataclass(frozen=True)
+class ModelComparison:
+    """One model's paired change (B - A) on one evaluation (``test``, ``external <set>``, ...)."""
+
+    evaluation: str
+    model: str
+    change: PairedComparison
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.change)
+
+    def as_dict(self) -> dict:
+        """``evaluation``, ``model``, ``n``, ``mean_a``, ``mean_b``, ``delta``, ``ci95``, ``p_value``, ``verdict``."""
+        return {"evaluation": self.evaluation, "model": self.model, **self.change.as_dict(), "verdict": self.verdict}
 
 
 def compare_models(
-    a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame], metric: str = DEFAULT_METRIC, models=None
-) -> list[dict]:
-    """One result per model on both sides (or the given ``models``): ``model``, ``n``, ``mean_a``,
-    ``mean_b``, ``delta`` (b - a), ``ci95`` ([low, high]) and ``p_value``.
+    a: dict[str, pd.DataFrame],
+    b: dict[str, pd.DataFrame],
+    metric: str = DEFAULT_METRIC,
+    models=None,
+    evaluation: str = "test",
+) -> list[ModelComparison]:
+    """:func:`paired_change` of each model on both sides (or of the given ``models``, in that order;
+    otherwise A's order), on one ``evaluation``.
 
-    When each side holds a single table under different names (``frozen.csv`` against
-    ``finetune_all.csv``), those two are compared as the model ``"frozen vs finetune_all"``.
-
-    Raises ``ValueError`` naming the model and the differing images when the
-    two sides scored different images, or when no model is on both sides.
+    Raises ``ValueError`` when a given model is missing from a side or no model is on both sides, and
+    :class:`ImageMismatchError` when a model's two tables score different images.
     """
-    if not models and len(a) == len(b) == 1 and a.keys() != b.keys():
-        (name_a, table_a), (name_b, table_b) = *a.items(), *b.items()
-        label = f"{name_a} vs {name_b}"
-        a, b = {label: table_a}, {label: table_b}
     names = list(models) if models else [name for name in a if name in b]
     if not names:
         raise ValueError(f"no model on both sides: {sorted(a)} vs {sorted(b)}")
-    results = []
     for name in names:
         for side, tables in (("A", a), ("B", b)):
             if name not in tables:
                 raise ValueError(f"model {name!r} is not in {side} (it has {sorted(tables)})")
-            if metric not in tables[name].columns:
-                raise ValueError(f"{side}/{name}: no column {metric!r}")
-        left, right = a[name].set_index("id"), b[name].set_index("id")
-        only_a, only_b = left.index.difference(right.index), right.index.difference(left.index)
-        if len(only_a) or len(only_b):
-            raise ValueError(
-                f"{name}: the two sides scored different images ({len(left)} vs {len(right)}; "
-                f"only in A: {list(only_a[:5])}{' ...' if len(only_a) > 5 else ''}, "
-                f"only in B: {list(only_b[:5])}{' ...' if len(only_b) > 5 else ''})"
-            )
-        right = right.loc[left.index]
-        results.append({"model": name, **paired_difference(left[metric], right[metric]).as_dict()})
-    return results
-
-
-def verdict(result: dict) -> str:
-    """Whether the 95% interval of the change (B - A) excludes 0: "better", "worse" or "no detectable change"."""
-    low, high = result["ci95"]
-    if low > 0:
-        return "better"
-    if high < 0:
-        return "worse"
-    return "no detectable change"
-
-
-def format_markdown(results: list[dict], labels: tuple[str, str] = ("base", "head")) -> str:
-    """One Markdown table of :func:`compare_models` results, a row per model: n, the two means, the change
-    (B - A), its 95% interval, the Wilcoxon p-value and the :func:`verdict`. ``labels`` name sides A and B."""
-    base, head = labels
-    lines = [
-        f"| model | n | mean {base} | mean {head} | change | 95% CI | p | verdict |",
-        "|---|--:|--:|--:|--:|--:|--:|---|",
+    return [
+        ModelComparison(evaluation, name, paired_change(a[name], b[name], metric, f"{name} on {evaluation}"))
+        for name in names
     ]
-    for r in results:
-        low, high = r["ci95"]
-        lines.append(
-            f"| {r['model']} | {r['n']} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | {r['delta']:+.4f} | "
-            f"[{low:+.4f}, {high:+.4f}] | {r['p_value']:.3g} | {verdict(r)} |"
-        )
-    return "\n".join(lines)
 
 
-def read_revision(rev: str, folder: str, repo: str = ".") -> dict[str, pd.DataFrame]:
-    """Model name -> table from the per-image CSVs in ``folder`` as DVC tracks them at ``rev``
-    (a git revision or a DVC experiment name), read through DVC's file system (from its cache)."""
-    from dvc.api import DVCFileSystem
+def _header(labels: tuple[str, str]) -> tuple[str, ...]:
+    base, head = labels
+    return ("evaluation", "model", "n", f"mean {base}", f"mean {head}", "change", "95% CI", "p", "verdict")
 
-    try:
-        fs = DVCFileSystem(repo, rev=rev)
-        files = sorted(f for f in fs.ls(folder, detail=False) if f.endswith(".csv"))
-    except Exception as exc:  # DVC raises several types for an unknown revision or a missing folder
-        raise ValueError(f"cannot read {folder}/ at revision or experiment {rev!r}: {exc}") from exc
-    if not files:
-        raise ValueError(f"no per-image CSV files in {folder}/ at {rev!r}")
-    tables = {}
-    for name in files:
-        with fs.open(name) as f:
-            tables[Path(name).stem] = _checked(pd.read_csv(f), f"{rev}:{name}")
-    return tables
+
+def _cells(r: ModelComparison) -> tuple[str, ...]:
+    """A result's row under :func:`_header`, numbers formatted."""
+    c = r.change
+    low, high = c.ci95
+    means = (f"{c.mean_a:.4f}", f"{c.mean_b:.4f}")
+    change = (f"{c.delta:+.4f}", f"[{low:+.4f}, {high:+.4f}]", f"{c.p_value:.3g}")
+    return (r.evaluation, r.model, str(c.n), *means, *change, r.verdict)
+
+
+def format_markdown(results: list[ModelComparison], labels: tuple[str, str] = ("base", "head")) -> str:
+    """One Markdown table, a row per result: n, the two means, the change (B - A), its 95% interval,
+    the Wilcoxon p-value and the :func:`verdict`. ``labels`` name sides A and B. An ``evaluation``
+    column leads when the results span more than one evaluation."""
+    first = 0 if len({r.evaluation for r in results}) > 1 else 1  # else drop the evaluation column
+    rule = "|" + "|".join(("---", "---", *["--:"] * 6, "---")[first:]) + "|"
+    rows = ["| " + " | ".join(row[first:]) + " |" for row in (_header(labels), *(_cells(r) for r in results))]
+    return "\n".join([rows[0], rule, *rows[1:]])
+
+
+def format_text(results: list[ModelComparison], labels: tuple[str, str] = ("A", "B")) -> str:
+    """The rows of :func:`format_markdown` as a plain table with aligned columns, for a terminal."""
+    rows = [_header(labels), *(_cells(r) for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    numeric = {2, 3, 4, 5, 7}  # right-aligned columns
+    return "\n".join(
+        "  ".join(
+            cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+        ).rstrip()
+        for row in rows
+    )

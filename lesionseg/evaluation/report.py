@@ -15,15 +15,10 @@ from scipy import ndimage  # noqa: E402
 
 from lesionseg import atomic  # noqa: E402
 from lesionseg.data.cache import Split  # noqa: E402
-from lesionseg.evaluation.evaluate import EXTERNAL_KEY  # noqa: E402
+from lesionseg.evaluation.compare import NO_CHANGE, paired_change, verdict  # noqa: E402
 from lesionseg.evaluation.metrics import confusion_counts, per_image_scores  # noqa: E402
-from lesionseg.evaluation.stats import (  # noqa: E402
-    IndependentComparison,
-    PairedComparison,
-    format_change,
-    independent_difference,
-    paired_difference,
-)
+from lesionseg.evaluation.records import ModelMetrics  # noqa: E402
+from lesionseg.evaluation.stats import IndependentComparison, format_change, independent_difference  # noqa: E402
 from lesionseg.model.inference import predict_uint8  # noqa: E402
 
 COMPARISON_COLUMNS = {
@@ -48,11 +43,12 @@ BASELINE_MODEL = "frozen"
 
 
 def comparison_table(
-    metrics: dict[str, dict],
+    metrics: dict[str, ModelMetrics],
     per_image: dict[str, pd.DataFrame] | None = None,
     external_per_image: dict[str, dict[str, pd.DataFrame]] | None = None,
 ) -> pd.DataFrame:
-    """One row per model from ``reports/metrics.json``-style metrics (official, original-resolution IoU/Dice).
+    """One row per model of ``metrics`` (``reports/metrics.json``'s records): official, original-resolution
+    IoU/Dice on the test split, learning rate, parameter counts.
 
     With ``per_image`` tables (model -> the evaluate stage's per-image CSV),
     the column ``IoU change vs frozen [95% CI]`` holds each model's paired
@@ -61,17 +57,19 @@ def comparison_table(
     with ``external_per_image`` (set -> model -> table), one of the drop from
     the test split's IoU with its 95% interval (independent samples).
     """
-    rows = [{"model": name, **values} for name, values in metrics.items()]
+    rows = [
+        {"model": name, "lr": _known(m.lr), **m.test, **{f"params_{k}": v for k, v in m.params.items()}}
+        for name, m in metrics.items()
+    ]
     table = pd.DataFrame(rows).reindex(columns=list(COMPARISON_COLUMNS)).rename(columns=COMPARISON_COLUMNS)
     if per_image and BASELINE_MODEL in per_image:
         table[CHANGE_COLUMN] = [
-            format_change(paired_change(per_image, BASELINE_MODEL, name)) if name in per_image else ""
-            for name in table["Model"]
+            format_change(change_from_baseline(per_image, name)) if name in per_image else "" for name in table["Model"]
         ]
-    set_names = dict.fromkeys(n for values in metrics.values() for n in values.get(EXTERNAL_KEY, {}))
+    set_names = dict.fromkeys(n for m in metrics.values() for n in m.external)
     for set_name in set_names:
         table[f"{set_name} IoU"] = [
-            metrics[m].get(EXTERNAL_KEY, {}).get(set_name, {}).get("orig_jaccard", float("nan")) for m in metrics
+            m.external.get(set_name, {}).get("orig_jaccard", float("nan")) for m in metrics.values()
         ]
         tables = (external_per_image or {}).get(set_name, {})
         if per_image and tables:
@@ -81,17 +79,19 @@ def comparison_table(
     return table
 
 
+def _known(value) -> float:
+    return float("nan") if value is None else value  # NaN: an empty cell (e.g. the ensemble's learning rate)
+
+
 def drop(test_table: pd.DataFrame, external_table: pd.DataFrame) -> IndependentComparison:
     """A model's per-image IoU on an external set against the test split (negative: a drop)."""
     return independent_difference(test_table["orig_jaccard"], external_table["orig_jaccard"])
 
 
-def paired_change(per_image: dict[str, pd.DataFrame], base: str, name: str) -> PairedComparison:
-    """Per-image IoU (original resolution) of model ``name`` against model ``base``, on the same images."""
-    a, b = per_image[base].set_index("id"), per_image[name].set_index("id")
-    if not a.index.sort_values().equals(b.index.sort_values()):
-        raise ValueError(f"per-image tables of {base} and {name} score different images")
-    return paired_difference(a["orig_jaccard"], b.loc[a.index, "orig_jaccard"])
+def change_from_baseline(per_image: dict[str, pd.DataFrame], name: str, base: str = BASELINE_MODEL):
+    """Per-image test IoU (original resolution) of model ``name`` against model ``base``, paired by image
+    (:func:`~lesionseg.evaluation.compare.paired_change`)."""
+    return paired_change(per_image[base], per_image[name], "orig_jaccard", f"{name} vs {base} on test")
 
 
 def verdicts(per_image: dict[str, pd.DataFrame], base: str = BASELINE_MODEL) -> list[str]:
@@ -100,11 +100,10 @@ def verdicts(per_image: dict[str, pd.DataFrame], base: str = BASELINE_MODEL) -> 
     for name in per_image:
         if name == base or base not in per_image:
             continue
-        change = paired_change(per_image, base, name)
-        if change.significant:
-            word = "better" if change.delta > 0 else "worse"
+        change = change_from_baseline(per_image, name, base)
+        if verdict(change) != NO_CHANGE:
             lines.append(
-                f"{name} is {word} than {base}: per-image IoU {format_change(change)}, "
+                f"{name} is {verdict(change)} than {base}: per-image IoU {format_change(change)}, "
                 f"n = {change.n}, Wilcoxon p = {change.p_value:.2g}."
             )
     return lines
@@ -286,7 +285,7 @@ def write_report(
     model: torch.nn.Module,
     model_name: str,
     test: Split,
-    metrics: dict[str, dict],
+    metrics: dict[str, ModelMetrics],
     histories: dict[str, pd.DataFrame],
     figures_dir: Path,
     table_stem: Path,

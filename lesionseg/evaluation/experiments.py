@@ -1,0 +1,271 @@
+"""A pipeline run's per-image tables, by evaluation, and the comparison of two runs on every evaluation both have.
+
+A run is a reports folder (``reports``: ``per_image/`` and ``cv/``) on disk, or the reports folder as DVC
+tracks it at a git revision or DVC experiment (read from DVC's cache through ``dvc.api.DVCFileSystem``).
+Its evaluations (model -> per-image table each):
+
+==========================================  ====================================================
+``test``                                    ``per_image/<model>.csv``
+``external <set>``                          ``per_image/<set>/<model>.csv`` (``cv_ensemble``: the
+                                            fold models' ensemble)
+``cv out-of-fold``                          ``cv/per_image/<model>.csv``
+``external <set>, fold-model mean``         ``cv/external/<set>/<model>.csv`` (per image, the mean
+                                            over the fold models)
+==========================================  ====================================================
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lesionseg.errors import DataError
+from lesionseg.evaluation.compare import DEFAULT_METRIC, ModelComparison, compare_models
+
+REPORTS_DIR = "reports"
+PER_IMAGE = "per_image"
+CV_PER_IMAGE = "cv/per_image"
+CV_EXTERNAL = "cv/external"
+METRICS_FILE = "metrics.json"
+CV_METRICS_FILE = "cv/metrics.json"
+TEST = "test"
+CV_OUT_OF_FOLD = "cv out-of-fold"
+
+
+def external_evaluation(set_name: str) -> str:
+    return f"external {set_name}"
+
+
+def fold_mean_evaluation(set_name: str) -> str:
+    return f"external {set_name}, fold-model mean"
+
+
+def evaluation_of(folder: str) -> str:
+    """The evaluation a folder of per-image tables holds, from where it sits in the layout above
+    (``reports/cv/per_image`` -> ``cv out-of-fold``); a folder elsewhere is named by its path."""
+    parts = Path(folder).parts
+    if parts[-2:] == ("cv", "per_image"):
+        return CV_OUT_OF_FOLD
+    if len(parts) >= 3 and parts[-3:-1] == ("cv", "external"):
+        return fold_mean_evaluation(parts[-1])
+    if parts[-1:] == (PER_IMAGE,):
+        return TEST
+    if len(parts) >= 2 and parts[-2] == PER_IMAGE:
+        return external_evaluation(parts[-1])
+    return str(folder)
+
+
+def check_table(table: pd.DataFrame, source) -> pd.DataFrame:
+    """``table`` if it is a per-image table (an ``id`` column, each image once), else ``DataError``
+    naming ``source``."""
+    if "id" not in table.columns:
+        raise DataError(source, "not a per-image table: no 'id' column")
+    if not table["id"].is_unique:
+        raise DataError(source, "per-image table lists an image twice")
+    return table
+
+
+def read_tables(path: Path) -> dict[str, pd.DataFrame]:
+    """Model name -> table from one per-image CSV file (named by its stem) or a folder of them."""
+    path = Path(path)
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    if not files or not files[0].is_file():
+        raise DataError(path, "no per-image CSV files here")
+    return {f.stem: check_table(pd.read_csv(f), f) for f in files}
+
+
+class RunFiles:
+    """A run's reports folder on disk (``source`` an existing folder) or through DVC at revision ``source``;
+    paths are relative to the reports folder."""
+
+    def __init__(self, source: str, reports_dir: str = REPORTS_DIR, repo: str = "."):
+        self.label = source
+        if Path(source).is_dir():
+            from fsspec.implementations.local import LocalFileSystem
+
+            self.fs, self.root, self.rev = LocalFileSystem(), str(Path(source).resolve()), None
+            return
+        from dvc.api import DVCFileSystem
+
+        self.root, self.rev = reports_dir, source
+        try:
+            self.fs = DVCFileSystem(repo, rev=source)
+            found = self.fs.isdir(reports_dir)
+        except Exception as exc:  # DVC raises several types for an unknown revision or repository
+            raise ValueError(
+                f"{source!r} is not a folder, and DVC cannot read {reports_dir}/ at it as a git revision or "
+                f"experiment: {exc}"
+            ) from exc
+        if not found:
+            raise ValueError(f"no {reports_dir}/ at revision or experiment {source!r}")
+
+    def where(self, relative: str) -> str:
+        """``relative`` as a message names it: a path on disk, or ``rev:reports/...``."""
+        path = posixpath.join(self.root, relative) if relative else self.root
+        return f"{self.rev}:{path}" if self.rev else path
+
+    def is_dir(self, relative: str) -> bool:
+        return self.fs.isdir(posixpath.join(self.root, relative))
+
+    def read_text(self, relative: str) -> str:
+        try:
+            return self.fs.read_text(posixpath.join(self.root, relative))
+        except FileNotFoundError as exc:
+            raise DataError(self.where(relative), "no such file") from exc
+
+    def _entries(self, relative: str, kind: str) -> list[str]:
+        entries = self.fs.ls(posixpath.join(self.root, relative), detail=True)
+        return sorted(e["name"] for e in entries if e["type"] == kind)
+
+    def subfolders(self, relative: str) -> list[str]:
+        """Names of the folders directly inside ``relative``."""
+        return [posixpath.basename(p.rstrip("/")) for p in self._entries(relative, "directory")]
+
+    def tables(self, relative: str) -> dict[str, pd.DataFrame]:
+        """Model name (file stem) -> per-image table, from the CSV files directly inside ``relative``."""
+        tables = {}
+        for path in self._entries(relative, "file"):
+            if path.endswith(".csv"):
+                with self.fs.open(path) as f:
+                    name = posixpath.splitext(posixpath.basename(path))[0]
+                    tables[name] = check_table(pd.read_csv(f), self.where(posixpath.relpath(path, self.root)))
+        return tables
+
+
+@dataclass
+class RunEvaluations:
+    """A run's per-image tables: evaluation -> model -> table, in the layout's order."""
+
+    label: str
+    tables: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
+
+
+def read_evaluations(run: RunFiles, set_name: str | None = None) -> RunEvaluations:
+    """Every evaluation of the layout found in ``run`` (with ``set_name``: only that external set's)."""
+    found, order = RunEvaluations(run.label), _pipeline_order(run)
+
+    def add(evaluation: str, relative: str) -> None:
+        tables = run.tables(relative)
+        if tables:
+            ranked = sorted(tables, key=lambda name: order.get(name, len(order)))  # stable: files' order after
+            found.tables[evaluation] = {name: tables[name] for name in ranked}
+
+    sets: dict[str, list[tuple[str, str]]] = {}
+    if run.is_dir(PER_IMAGE):
+        if not set_name:
+            add(TEST, PER_IMAGE)
+        for name in run.subfolders(PER_IMAGE):
+            sets.setdefault(name, []).append((external_evaluation(name), f"{PER_IMAGE}/{name}"))
+    if run.is_dir(CV_PER_IMAGE) and not set_name:
+        add(CV_OUT_OF_FOLD, CV_PER_IMAGE)
+    if run.is_dir(CV_EXTERNAL):
+        for name in run.subfolders(CV_EXTERNAL):
+            sets.setdefault(name, []).append((fold_mean_evaluation(name), f"{CV_EXTERNAL}/{name}"))
+    for name, places in sets.items():
+        if set_name in (None, name):
+            for evaluation, relative in places:
+                add(evaluation, relative)
+    return found
+
+
+def _pipeline_order(run: RunFiles) -> dict[str, int]:
+    """Model name -> rank in the pipeline's order (frozen, each fine-tuning level, cv_ensemble), as the metrics
+    files list the models; empty when there are none."""
+    names = []
+    for relative in (METRICS_FILE, CV_METRICS_FILE):
+        try:
+            names += [name for name in json.loads(run.read_text(relative)) if name not in names]
+        except (DataError, ValueError, AttributeError):  # no such file, or not a metrics file: files' order
+            continue
+    return {name: rank for rank, name in enumerate(names)}
+
+
+def read_run(
+    source: str,
+    set_name: str | None = None,
+    per_image_dir: str | None = None,
+    reports_dir: str = REPORTS_DIR,
+    repo: str = ".",
+) -> RunEvaluations:
+    """One side of ``lesionseg compare``: ``source`` is a reports folder, a git revision or DVC experiment
+    (its ``reports_dir``), a folder of per-image CSVs or one CSV file.
+
+    ``per_image_dir`` (a folder inside the repository, read at the revision) and a folder or file of CSVs
+    give one evaluation, named by :func:`evaluation_of`; ``set_name`` then picks its subfolder. A reports
+    folder or revision gives every evaluation of :func:`read_evaluations` (``set_name``: that set's only).
+    """
+    path = Path(source)
+    if path.is_file():
+        return RunEvaluations(source, {evaluation_of(str(path.resolve().parent)): read_tables(path)})
+    if path.is_dir() and not any((path / sub).is_dir() for sub in (PER_IMAGE, "cv")):
+        folder = path / set_name if set_name else path
+        return RunEvaluations(source, {evaluation_of(str(folder.resolve())): read_tables(folder)})
+    if path.is_dir() or per_image_dir is None:
+        return read_evaluations(RunFiles(source, reports_dir, repo), set_name)
+    folder = posixpath.join(per_image_dir, set_name) if set_name else per_image_dir
+    run = RunFiles(source, folder, repo)
+    tables = run.tables("")
+    if not tables:
+        raise ValueError(f"no per-image CSV files in {folder}/ at {source!r}")
+    return RunEvaluations(source, {evaluation_of(folder): tables})
+
+
+def one_model(a: RunEvaluations, b: RunEvaluations) -> tuple[RunEvaluations, RunEvaluations]:
+    """Two sides of one table each (two CSV files, e.g. two models of one run) as one model
+    ``"<name A> vs <name B>"``, so that they are compared whatever their names."""
+    ((evaluation_a, tables_a),), ((evaluation_b, tables_b),) = a.tables.items(), b.tables.items()
+    ((name_a, table_a),), ((name_b, table_b),) = tables_a.items(), tables_b.items()
+    evaluation = evaluation_a if evaluation_a == evaluation_b else f"{evaluation_a} vs {evaluation_b}"
+    label = f"{name_a} vs {name_b}"
+    return RunEvaluations(a.label, {evaluation: {label: table_a}}), RunEvaluations(
+        b.label, {evaluation: {label: table_b}}
+    )
+
+
+@dataclass
+class RunComparison:
+    """:func:`compare_runs`' results (evaluation by evaluation, models in A's order) and what it skipped."""
+
+    results: list[ModelComparison]
+    notes: list[str]
+
+
+def compare_runs(a: RunEvaluations, b: RunEvaluations, metric: str = DEFAULT_METRIC, models=None) -> RunComparison:
+    """The paired change (B - A) of every model (or of ``models``) on every evaluation both runs have.
+
+    An evaluation or a model on one side only is skipped with a note. Raises ``ValueError`` naming both
+    runs when they have no evaluation in common or no model is compared at all, and
+    :class:`~lesionseg.evaluation.compare.ImageMismatchError` when a model's two tables score different images.
+    """
+    common = [e for e in a.tables if e in b.tables]
+    if not common:
+        raise ValueError(
+            f"{a.label} and {b.label} have no evaluation in common "
+            f"({a.label}: {list(a.tables) or 'none'}; {b.label}: {list(b.tables) or 'none'})"
+        )
+    notes = [
+        f"{e}: only in {run.label}, skipped"
+        for run, other in ((a, b), (b, a))
+        for e in run.tables
+        if e not in other.tables
+    ]
+    results = []
+    for evaluation in common:
+        left, right = a.tables[evaluation], b.tables[evaluation]
+        wanted = list(models) if models else [*left, *(m for m in right if m not in left)]
+        for run, tables in ((a, left), (b, right)):
+            missing = [m for m in wanted if m not in tables]
+            if missing:
+                notes.append(f"{evaluation}: {', '.join(missing)} not in {run.label}, not compared")
+        names = [m for m in wanted if m in left and m in right]
+        if names:
+            results += compare_models(left, right, metric, names, evaluation)
+    if not results:
+        raise ValueError(
+            f"no model of {a.label} is also in {b.label} on any evaluation both have ({', '.join(common)})"
+        )
+    return RunComparison(results, notes)
