@@ -1,11 +1,25 @@
-"""The docs tooling: the README as the site's home page, and the figures copied into docs/img.
+"""The docs: the README as the site's home page, the figures copied into docs/img, and the docs true to the code.
 
-`make lint` builds the site with `mkdocs build --strict`, which checks every link and anchor."""
+`make lint` builds the site with `mkdocs build --strict`, which checks every link and anchor. Here: every
+`dvc`/`lesionseg` command of a fenced block goes through the parser the pipeline uses (DVC's argument parser and
+Hydra overrides on params.yaml, lesionseg.cli.build_parser), the reference experiments of the docs are
+recipes/reference.yaml, docs/reference.md names every params.yaml key, and no page names a deleted script."""
 
+import argparse
+import contextlib
+import dataclasses
 import importlib.util
+import io
+import os
 import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
+import yaml
 from PIL import Image
 
 from tests.helpers import REPO
@@ -59,3 +73,428 @@ def test_figures_are_downscaled_and_kept_small(tmp_path):
 def test_missing_figures_are_an_error(tmp_path, capsys):
     assert docs_figures.main(["--figures", str(tmp_path), "--out", str(tmp_path / "img")]) == 1
     assert "run the pipeline first" in capsys.readouterr().err
+
+
+def test_the_reference_page_names_every_key_of_params_yaml():
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", (REPO / "docs" / "reference.md").read_text(), re.MULTILINE))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(rows) == set(params)
+    missing = [
+        f"{section}.{key}" for section, keys in params.items() for key in keys if f"`{key}`" not in rows[section]
+    ]
+    assert not missing, f"docs/reference.md's params.yaml table does not name {missing}"
+
+
+# --- The commands of the docs, through the parsers the pipeline uses -------------------------------------------
+#
+# Every command line in a fenced block (```bash, ```console, ```sh or a bare ```) of README.md and docs/*.md that
+# runs `dvc ...` or `lesionseg ...` is checked: a `dvc` command through DVC's own argument parser (an unknown flag
+# fails), the `-S` overrides of `dvc exp run` applied to a copy of params.yaml with DVC's own Hydra override code
+# (a key params.yaml lacks fails, unless `+` adds it under an existing parent), a `lesionseg` command through
+# lesionseg.cli.build_parser() (so subcommands added later are checked too). `$(lesionseg recipe NAME)` expands to
+# that command's output, or to recipes/NAME.yaml's keys while the command does not exist yet.
+
+COMMAND_LANGUAGES = {"", "bash", "console", "sh", "shell"}
+FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+-]*)")
+SUBSTITUTION = re.compile(r"\$\(([^()]*)\)")
+COMMENT = re.compile(r"(^|\s)#.*$")
+SHELL_KEYWORDS = {"do", "then", "else", "time"}  # `for ...; do dvc exp run ...; done`
+VARIABLE = re.compile(r"\$\{?(\w+)\}?")
+RECIPES = REPO / "recipes"
+
+
+@dataclasses.dataclass
+class DocCommand:
+    """One command of a docs page: where it is (``file:line``), its words, the ``$(...)`` it held."""
+
+    where: str
+    argv: list[str]
+    substitutions: dict[str, str] = dataclasses.field(default_factory=dict)  # placeholder word -> inner command
+
+
+def fenced_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, logical line) of each fenced shell block; backslash-continued lines joined, `$ ` dropped."""
+    lines, fence, pending, start = [], None, "", 0
+    for number, line in enumerate(text.splitlines(), 1):
+        opening = FENCE.match(line)
+        if fence is None:
+            if opening:
+                fence = (opening.group(1), opening.group(2).lower() in COMMAND_LANGUAGES)
+            continue
+        if opening and opening.group(1).startswith(fence[0]) and not opening.group(2):
+            fence, pending = None, ""
+            continue
+        if not fence[1]:
+            continue
+        stripped = line.strip()
+        if not pending:
+            start = number
+            stripped = stripped[2:] if stripped.startswith("$ ") else stripped
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        lines.append((start, pending + stripped))
+        pending = ""
+    return lines
+
+
+def split_commands(line: str) -> list[tuple[list[str], dict[str, str]]]:
+    """The simple commands of one shell line (split at ;, &&, ||, |), each with its `$(...)` placeholders."""
+    substitutions = {}
+
+    def placeholder(match):
+        key = f"@subst{len(substitutions)}@"
+        substitutions[key] = match.group(1).strip()
+        return key
+
+    line = COMMENT.sub("", SUBSTITUTION.sub(placeholder, line))
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split, lexer.commenters = True, ""
+    commands, words = [], []
+    for word in lexer:
+        if word and set(word) <= set(";&|"):
+            commands.append(words)
+            words = []
+        else:
+            words.append(word)
+    commands.append(words)
+    commands = [words[1:] if words and words[0] in SHELL_KEYWORDS else words for words in commands]
+    return [(c, {k: v for k, v in substitutions.items() if any(k in w for w in c)}) for c in commands if c]
+
+
+def doc_commands(path: Path, programs=("dvc", "lesionseg")) -> list[DocCommand]:
+    """Every fenced command of ``path`` that runs one of ``programs``."""
+    name = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    found = []
+    for number, line in fenced_lines(path.read_text(encoding="utf-8")):
+        for argv, substitutions in split_commands(line):
+            if argv[0] in programs:
+                found.append(DocCommand(f"{name}:{number}", argv, substitutions))
+    return found
+
+
+def docs_pages() -> list[Path]:
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def lesionseg_subcommands() -> set[str]:
+    from lesionseg.cli import build_parser
+
+    parser = build_parser()
+    return {
+        name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices
+    }
+
+
+def _override_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return str(value)
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict:
+    """Nested or dotted keys -> ``{"section.key": value}``."""
+    flat = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def recipe_file(name: str) -> dict | None:
+    """``recipes/<name>.yaml`` as ``{"section.key": value}``, or None while it does not exist."""
+    path = RECIPES / f"{name}.yaml"
+    return flatten(yaml.safe_load(path.read_text()) or {}) if path.is_file() else None
+
+
+def expand(inner: str) -> list[str] | None:
+    """The words `$(inner)` stands for: `lesionseg recipe NAME` through the command when it exists, else through
+    recipes/NAME.yaml; None when neither is there yet (or for any other substitution)."""
+    words = shlex.split(inner)
+    if words[:2] != ["lesionseg", "recipe"] or len(words) != 3:
+        return None
+    if "recipe" in lesionseg_subcommands():
+        from lesionseg.cli import main as lesionseg_main
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert lesionseg_main(words[1:]) == 0, f"`{inner}` failed"
+        return shlex.split(out.getvalue())
+    recipe = recipe_file(words[2])
+    if recipe is None:
+        return None
+    return [word for key, value in recipe.items() for word in ("-S", f"{key}={_override_value(value)}")]
+
+
+def expanded_argv(command: DocCommand) -> tuple[list[str], list[str]]:
+    """The command's words with each `$(...)` expanded, and the substitutions that could not be expanded."""
+    argv, unexpanded = [], []
+    for word in command.argv:
+        if word in command.substitutions:  # a word of its own: the words it prints
+            words = expand(command.substitutions[word])
+            if words is None:
+                unexpanded.append(command.substitutions[word])
+            argv.extend(words or [])
+            continue
+        for key, inner in command.substitutions.items():  # inside a word, e.g. "x=$(realpath y)": a stand-in
+            if key in word:
+                unexpanded.append(inner)
+                word = word.replace(key, "SUBSTITUTED")
+        # $PWD and the like as the shell would expand them; a loop's variable ($level) as a stand-in value
+        argv.append(VARIABLE.sub(lambda m: os.environ.get(m.group(1), m.group(1)), word))
+    return argv, unexpanded
+
+
+def check_dvc(command: DocCommand, params: Path) -> str | None:
+    """A problem with a `dvc ...` doc command (None: fine): DVC's parser, then for `exp run` its -S overrides
+    applied to ``params`` (a copy of params.yaml, which is rewritten) by DVC's own Hydra code."""
+    from dvc.cli import DvcParserError, parse_args
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import apply_overrides
+
+    argv, _ = expanded_argv(command)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args = parse_args(argv[1:])
+    except (DvcParserError, SystemExit):
+        usage_error = stderr.getvalue().strip().splitlines()[-1:] or ["(no message)"]
+        return f"{command.where}: `{shlex.join(argv)}`: dvc refuses it: {usage_error[0]}"
+    overrides = to_path_overrides(getattr(args, "set_param", None) or [])
+    if set(overrides) - {"params.yaml"}:
+        return f"{command.where}: -S names another params file: {sorted(overrides)}"
+    if overrides:
+        try:
+            apply_overrides(params, overrides["params.yaml"])
+        except Exception as exc:  # DVC's InvalidArgumentError, with Hydra's reason as its cause
+            return f"{command.where}: `{shlex.join(argv)}`: {exc}: {exc.__cause__ or ''}".strip()
+    return None
+
+
+def check_lesionseg(command: DocCommand) -> str | None:
+    """A problem with a `lesionseg ...` doc command (None: fine): lesionseg.cli.build_parser() must accept it."""
+    from lesionseg.cli import build_parser
+
+    argv, _ = expanded_argv(command)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            build_parser().parse_args(argv[1:])
+    except SystemExit:
+        usage_error = stderr.getvalue().strip().splitlines()[-1:] or ["(no message)"]
+        return f"{command.where}: `{shlex.join(argv)}`: {usage_error[0]}"
+    return None
+
+
+ALL_COMMANDS = [command for page in docs_pages() for command in doc_commands(page)]
+
+
+def test_the_docs_have_commands_to_check():
+    where = {command.where.split(":")[0] for command in ALL_COMMANDS}
+    assert {"README.md", "docs/recipe.md", "docs/other-clinics.md", "docs/experiments.md"} <= where
+    assert sum(command.argv[:3] == ["dvc", "exp", "run"] for command in ALL_COMMANDS) >= 10
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS, ids=[command.where for command in ALL_COMMANDS])
+def test_doc_command_parses(command, tmp_path):
+    if command.argv[:2] == ["lesionseg", "recipe"] and "recipe" not in lesionseg_subcommands():
+        pytest.skip("`lesionseg recipe` is not in lesionseg.cli yet (issue 25)")
+    if command.argv[0] == "dvc":
+        params = tmp_path / "params.yaml"
+        shutil.copy(REPO / "params.yaml", params)
+        problem = check_dvc(command, params)
+    else:
+        problem = check_lesionseg(command)
+    assert problem is None, problem
+
+
+def final_params(command: DocCommand, tmp_path: Path) -> dict:
+    """params.yaml as the `dvc exp run` command would leave it, flattened."""
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    problem = check_dvc(command, params)
+    assert problem is None, problem
+    return flatten(yaml.safe_load(params.read_text()))
+
+
+def experiment_name(command: DocCommand) -> str | None:
+    """The `-n`/`--name` of a `dvc exp run` command (None for any other command, or without a name)."""
+    if command.argv[:3] != ["dvc", "exp", "run"]:
+        return None
+    from dvc.cli import parse_args
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return parse_args(command.argv[1:]).name
+
+
+def named_experiments(name: str) -> list[DocCommand]:
+    return [command for command in ALL_COMMANDS if experiment_name(command) == name]
+
+
+def test_recipe_and_other_clinics_pages_give_the_experiments_of_their_tables():
+    for page in ("docs/recipe.md", "docs/other-clinics.md"):
+        commands = [command for command in ALL_COMMANDS if command.where.startswith(page + ":")]
+        runs = {experiment_name(command) for command in commands}
+        assert {"reference", "default"} <= runs, page
+        assert any(c.argv[:2] == ["dvc", "queue"] and "start" in c.argv for c in commands), page
+        assert any(c.argv[:4] == ["lesionseg", "compare", "reference", "default"] for c in commands), page
+        for command in commands:
+            assert not any("scripts/" in word for word in command.argv), command.where
+
+
+def test_the_reference_experiments_of_the_docs_are_the_reference_recipe(tmp_path):
+    recipe = recipe_file("reference")
+    if recipe is None:
+        pytest.skip("recipes/reference.yaml does not exist yet (the reference recipe's one place, issue 25)")
+    commands = named_experiments("reference")
+    assert commands
+    for command in commands:
+        assert "$(lesionseg recipe reference)" in " ".join(
+            f"$({command.substitutions[w]})" if w in command.substitutions else w for w in command.argv
+        ), f"{command.where}: the reference experiment should take its settings from `lesionseg recipe reference`"
+        params = final_params(command, tmp_path)
+        differ = {key: (params.get(key), value) for key, value in recipe.items() if params.get(key) != value}
+        assert not differ, f"{command.where}: (command's value, reference recipe's) differ for {differ}"
+
+
+def test_the_default_experiments_of_the_docs_change_no_recipe_key(tmp_path):
+    recipe = recipe_file("reference")
+    if recipe is None:
+        pytest.skip("recipes/reference.yaml (which names the recipe keys) does not exist yet (issue 25)")
+    defaults = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
+    for command in named_experiments("default"):
+        params = final_params(command, tmp_path)
+        changed = {key: params.get(key) for key in recipe if params.get(key) != defaults.get(key)}
+        assert not changed, f"{command.where}: the default experiment changes recipe keys {changed}"
+
+
+def recipe_table() -> dict[str, tuple]:
+    """docs/recipe.md's table of the recipe keys: key -> (reference value, default value), as YAML reads them."""
+    text = (REPO / "docs" / "recipe.md").read_text()
+    text = text[text.index("## The reference recipe") :]
+    rows = re.findall(r"^\| `([\w.]+)` \| ([^|]+) \| ([^|]+) \|$", text, re.MULTILINE)
+    return {key: tuple(yaml.safe_load(cell.strip().strip("*")) for cell in cells) for key, *cells in rows}
+
+
+def test_the_recipe_table_shows_params_yaml_as_the_default():
+    table = recipe_table()
+    assert len(table) >= 30
+    defaults = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
+    differ = {key: (shown, defaults.get(key)) for key, (_, shown) in table.items() if shown != defaults.get(key)}
+    assert not differ, f"docs/recipe.md's default column (shown, params.yaml) differs: {differ}"
+    bold = set(re.findall(r"^\| `([\w.]+)` \|.*\| \*\*", (REPO / "docs" / "recipe.md").read_text(), re.MULTILINE))
+    assert bold == {key for key, (reference, default) in table.items() if reference != default}
+
+
+def test_the_recipe_table_is_the_reference_recipe_file():
+    recipe = recipe_file("reference")
+    if recipe is None:
+        pytest.skip("recipes/reference.yaml does not exist yet (the reference recipe's one place, issue 25)")
+    table = {key: reference for key, (reference, _) in recipe_table().items()}
+    differ = {key: (table.get(key, "(no row)"), recipe.get(key, "(not in it)")) for key in table.keys() | recipe.keys()}
+    differ = {key: values for key, values in differ.items() if values[0] != values[1]}
+    assert not differ, f"docs/recipe.md's recipe table vs recipes/reference.yaml, (table, file): {differ}"
+
+
+DELETED_SCRIPTS = ("cv_ablation.py", "cv_table.py", "external_table.py", "ablation.py", "--print-reference")
+
+
+def test_the_docs_name_no_deleted_script():
+    # docs/development.md is the tiers helper's page in issue 25 (its code map names them until that lands)
+    pages = [page for page in docs_pages() if page.name != "development.md"]
+    named = [f"{page.name}: {name}" for page in pages for name in DELETED_SCRIPTS if name in page.read_text()]
+    assert not named, f"the docs still name scripts that are gone: {named}"
+
+
+def test_a_recipe_substitution_expands_through_the_lesionseg_command(monkeypatch):
+    import lesionseg.cli
+
+    if "recipe" in lesionseg_subcommands():
+        pytest.skip("`lesionseg recipe` exists: the docs' own reference commands expand through it")
+    real = lesionseg.cli.build_parser
+
+    def with_recipe():
+        parser = real()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        p = sub.add_parser("recipe")
+        p.add_argument("name")
+        p.set_defaults(func=lambda args: print(f"-S augment.gamma=0.0 -S train.optimizer={args.name}") or 0)
+        return parser
+
+    monkeypatch.setattr(lesionseg.cli, "build_parser", with_recipe)
+    assert expand("lesionseg recipe adam") == ["-S", "augment.gamma=0.0", "-S", "train.optimizer=adam"]
+
+
+BAD_PAGE = """\
+Some text, `dvc exp run -S nope=1` outside a fence is not a command.
+
+```bash
+dvc exp run --queue -n ok -S train.epochs=3 \\
+    -S '+evaluate.external.clinic_a=/data/a'   # a comment
+dvc exp run -S train.epochz=3
+dvc exp run --bogus-flag
+$ lesionseg compare only-one
+lesionseg summary --json; dvc queue status && make test
+dvc exp run -S +train.epochs=3 $(lesionseg recipe nowhere)
+```
+
+```python
+lesionseg = "not a shell command"
+```
+"""
+
+
+def test_the_extractor_finds_fenced_commands_and_the_checks_fail_bad_ones(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(BAD_PAGE)
+    commands = doc_commands(page)
+    assert [(c.where.rsplit(":", 1)[1], c.argv[:3]) for c in commands] == [
+        ("4", ["dvc", "exp", "run"]),
+        ("6", ["dvc", "exp", "run"]),
+        ("7", ["dvc", "exp", "run"]),
+        ("8", ["lesionseg", "compare", "only-one"]),
+        ("9", ["lesionseg", "summary", "--json"]),
+        ("9", ["dvc", "queue", "status"]),
+        ("10", ["dvc", "exp", "run"]),
+    ]
+    joined = commands[0]
+    assert joined.argv[-2:] == ["-S", "+evaluate.external.clinic_a=/data/a"]  # continued, unquoted, no comment
+    unexpanded = commands[-1]
+    assert list(unexpanded.substitutions.values()) == ["lesionseg recipe nowhere"]
+    assert expanded_argv(unexpanded) == (["dvc", "exp", "run", "-S", "+train.epochs=3"], ["lesionseg recipe nowhere"])
+
+    def problem(command):
+        params = tmp_path / "params.yaml"
+        shutil.copy(REPO / "params.yaml", params)
+        return check_dvc(command, params) if command.argv[0] == "dvc" else check_lesionseg(command)
+
+    problems = [problem(command) for command in commands]
+    assert problems[0] is None and problems[4] is None and problems[5] is None
+    assert "page.md:6" in problems[1] and "train.epochz" in problems[1]
+    assert "page.md:7" in problems[2] and "--bogus-flag" in problems[2]
+    assert "page.md:8" in problems[3] and "required" in problems[3]
+    assert "page.md:10" in problems[6] and "already" in problems[6]  # `+` on a key params.yaml has
+
+
+def test_a_recipe_file_expands_to_its_overrides(tmp_path, monkeypatch):
+    if "recipe" in lesionseg_subcommands():
+        pytest.skip("`lesionseg recipe` exists: $(...) expands through the command, not the file")
+    monkeypatch.setattr(sys.modules[__name__], "RECIPES", tmp_path)
+    (tmp_path / "tiny.yaml").write_text("augment.gamma: 0.0\nevaluate.tta: false\ntrain:\n  optimizer: adam\n")
+    assert expand("lesionseg recipe tiny") == [
+        "-S",
+        "augment.gamma=0.0",
+        "-S",
+        "evaluate.tta=false",
+        "-S",
+        "train.optimizer=adam",
+    ]
+    assert expand("lesionseg recipe missing") is None
+    assert expand("date +%s") is None
