@@ -5,7 +5,6 @@
 Hydra overrides on params.yaml, lesionseg.cli.build_parser), the reference experiments of the docs are
 recipes/reference.yaml, docs/reference.md names every params.yaml key, and no page names a deleted script."""
 
-import argparse
 import contextlib
 import dataclasses
 import importlib.util
@@ -14,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from lesionseg.cli import main as lesionseg_main
+from lesionseg.recipes import flatten, load_recipe, recipe_path
 from tests.helpers import REPO
 
 
@@ -177,60 +177,22 @@ def docs_pages() -> list[Path]:
     return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
-def lesionseg_subcommands() -> set[str]:
-    from lesionseg.cli import build_parser
-
-    parser = build_parser()
-    return {
-        name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices
-    }
-
-
-def _override_value(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    return str(value)
-
-
-def flatten(mapping: dict, prefix: str = "") -> dict:
-    """Nested or dotted keys -> ``{"section.key": value}``."""
-    flat = {}
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
-def recipe_file(name: str) -> dict | None:
-    """``recipes/<name>.yaml`` as ``{"section.key": value}``, or None while it does not exist."""
-    path = RECIPES / f"{name}.yaml"
-    return flatten(yaml.safe_load(path.read_text()) or {}) if path.is_file() else None
+def recipe_file(name: str) -> dict:
+    """``recipes/<name>.yaml`` as ``{"section.key": value}``."""
+    return load_recipe(recipe_path(name, RECIPES))
 
 
 def expand(inner: str) -> list[str] | None:
-    """The words `$(inner)` stands for: `lesionseg recipe NAME` through the command when it exists, else through
-    recipes/NAME.yaml; None when neither is there yet (or for any other substitution)."""
+    """The words `$(inner)` stands for, for `lesionseg recipe ...` (run in-process); None for any other
+    substitution, or a recipe that does not exist (the checks then report it unexpanded)."""
     words = shlex.split(inner)
-    if words[:2] != ["lesionseg", "recipe"] or len(words) != 3:
+    if words[:2] != ["lesionseg", "recipe"]:
         return None
-    if "recipe" in lesionseg_subcommands():
-        from lesionseg.cli import main as lesionseg_main
-
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            assert lesionseg_main(words[1:]) == 0, f"`{inner}` failed"
-        return shlex.split(out.getvalue())
-    recipe = recipe_file(words[2])
-    if recipe is None:
-        return None
-    return [word for key, value in recipe.items() for word in ("-S", f"{key}={_override_value(value)}")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        if lesionseg_main([*words[1:], "--recipes", str(RECIPES)]) != 0:
+            return None
+    return shlex.split(out.getvalue())
 
 
 def expanded_argv(command: DocCommand) -> tuple[list[str], list[str]]:
@@ -304,8 +266,6 @@ def test_the_docs_have_commands_to_check():
 
 @pytest.mark.parametrize("command", ALL_COMMANDS, ids=[command.where for command in ALL_COMMANDS])
 def test_doc_command_parses(command, tmp_path):
-    if command.argv[:2] == ["lesionseg", "recipe"] and "recipe" not in lesionseg_subcommands():
-        pytest.skip("`lesionseg recipe` is not in lesionseg.cli yet (issue 25)")
     if command.argv[0] == "dvc":
         params = tmp_path / "params.yaml"
         shutil.copy(REPO / "params.yaml", params)
@@ -351,8 +311,6 @@ def test_recipe_and_other_clinics_pages_give_the_experiments_of_their_tables():
 
 def test_the_reference_experiments_of_the_docs_are_the_reference_recipe(tmp_path):
     recipe = recipe_file("reference")
-    if recipe is None:
-        pytest.skip("recipes/reference.yaml does not exist yet (the reference recipe's one place, issue 25)")
     commands = named_experiments("reference")
     assert commands
     for command in commands:
@@ -366,8 +324,6 @@ def test_the_reference_experiments_of_the_docs_are_the_reference_recipe(tmp_path
 
 def test_the_default_experiments_of_the_docs_change_no_recipe_key(tmp_path):
     recipe = recipe_file("reference")
-    if recipe is None:
-        pytest.skip("recipes/reference.yaml (which names the recipe keys) does not exist yet (issue 25)")
     defaults = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
     for command in named_experiments("default"):
         params = final_params(command, tmp_path)
@@ -383,24 +339,13 @@ def recipe_table() -> dict[str, tuple]:
     return {key: tuple(yaml.safe_load(cell.strip().strip("*")) for cell in cells) for key, *cells in rows}
 
 
-def test_the_recipe_table_shows_params_yaml_as_the_default():
-    table = recipe_table()
-    assert len(table) >= 30
-    defaults = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
-    differ = {key: (shown, defaults.get(key)) for key, (_, shown) in table.items() if shown != defaults.get(key)}
-    assert not differ, f"docs/recipe.md's default column (shown, params.yaml) differs: {differ}"
-    bold = set(re.findall(r"^\| `([\w.]+)` \|.*\| \*\*", (REPO / "docs" / "recipe.md").read_text(), re.MULTILINE))
-    assert bold == {key for key, (reference, default) in table.items() if reference != default}
-
-
-def test_the_recipe_table_is_the_reference_recipe_file():
+def test_the_recipe_table_is_where_the_recipes_differ():
+    """Each row: the reference value from recipes/reference.yaml and the default from params.yaml; the rows are
+    exactly the recipe keys where the two differ."""
     recipe = recipe_file("reference")
-    if recipe is None:
-        pytest.skip("recipes/reference.yaml does not exist yet (the reference recipe's one place, issue 25)")
-    table = {key: reference for key, (reference, _) in recipe_table().items()}
-    differ = {key: (table.get(key, "(no row)"), recipe.get(key, "(not in it)")) for key in table.keys() | recipe.keys()}
-    differ = {key: values for key, values in differ.items() if values[0] != values[1]}
-    assert not differ, f"docs/recipe.md's recipe table vs recipes/reference.yaml, (table, file): {differ}"
+    defaults = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
+    expected = {key: (value, defaults[key]) for key, value in recipe.items() if value != defaults[key]}
+    assert recipe_table() == expected, f"docs/recipe.md's recipe table (key: reference, default) should be {expected}"
 
 
 DELETED_SCRIPTS = ("cv_ablation.py", "cv_table.py", "external_table.py", "ablation.py", "--print-reference")
@@ -411,25 +356,6 @@ def test_the_docs_name_no_deleted_script():
     pages = [page for page in docs_pages() if page.name != "development.md"]
     named = [f"{page.name}: {name}" for page in pages for name in DELETED_SCRIPTS if name in page.read_text()]
     assert not named, f"the docs still name scripts that are gone: {named}"
-
-
-def test_a_recipe_substitution_expands_through_the_lesionseg_command(monkeypatch):
-    import lesionseg.cli
-
-    if "recipe" in lesionseg_subcommands():
-        pytest.skip("`lesionseg recipe` exists: the docs' own reference commands expand through it")
-    real = lesionseg.cli.build_parser
-
-    def with_recipe():
-        parser = real()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        p = sub.add_parser("recipe")
-        p.add_argument("name")
-        p.set_defaults(func=lambda args: print(f"-S augment.gamma=0.0 -S train.optimizer={args.name}") or 0)
-        return parser
-
-    monkeypatch.setattr(lesionseg.cli, "build_parser", with_recipe)
-    assert expand("lesionseg recipe adam") == ["-S", "augment.gamma=0.0", "-S", "train.optimizer=adam"]
 
 
 BAD_PAGE = """\
@@ -483,18 +409,8 @@ def test_the_extractor_finds_fenced_commands_and_the_checks_fail_bad_ones(tmp_pa
     assert "page.md:10" in problems[6] and "already" in problems[6]  # `+` on a key params.yaml has
 
 
-def test_a_recipe_file_expands_to_its_overrides(tmp_path, monkeypatch):
-    if "recipe" in lesionseg_subcommands():
-        pytest.skip("`lesionseg recipe` exists: $(...) expands through the command, not the file")
-    monkeypatch.setattr(sys.modules[__name__], "RECIPES", tmp_path)
-    (tmp_path / "tiny.yaml").write_text("augment.gamma: 0.0\nevaluate.tta: false\ntrain:\n  optimizer: adam\n")
-    assert expand("lesionseg recipe tiny") == [
-        "-S",
-        "augment.gamma=0.0",
-        "-S",
-        "evaluate.tta=false",
-        "-S",
-        "train.optimizer=adam",
-    ]
+def test_a_recipe_substitution_expands_to_its_options():
+    assert expand("lesionseg recipe reference --except evaluate")[:2] == ["-S", "data.size=128"]
+    assert not any(w.startswith("evaluate.") for w in expand("lesionseg recipe reference --except evaluate"))
     assert expand("lesionseg recipe missing") is None
     assert expand("date +%s") is None
