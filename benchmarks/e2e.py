@@ -7,7 +7,7 @@ How the time is taken apart:
 - every stage process, from start to exit: a ``python`` shim first on ``PATH``
   (DVC runs ``python -m stages.<name>`` through the shell) writes the wall
   clock before it starts the real interpreter and after it exits;
-- inside a stage: ``stages.common.work`` writes the interval of the stage's
+- inside a stage: ``stages.launch.work`` writes the interval of the stage's
   work (the library call, after imports and reading the inputs) to the file
   named by ``LESIONSEG_TIMING_LOG``; a training phase also writes its
   unfreeze level and the images it trained (epochs x training pairs);
@@ -56,7 +56,7 @@ PROJECT_FILES = (
     "data/external/.gitkeep",
     "recipes",
 )
-TIMING_LOG_ENV = "LESIONSEG_TIMING_LOG"  # stages.common.TIMING_LOG_ENV; not imported: that would import yaml only
+TIMING_LOG_ENV = "LESIONSEG_TIMING_LOG"  # stages.launch.TIMING_LOG_ENV; not imported: that would import yaml only
 # The shim: start and end wall clock (GNU date, ns) and the arguments, one tab-separated line per process.
 SHIM = """#!/bin/sh
 start=$(date +%s.%N)

@@ -1,6 +1,6 @@
 """Data-parallel training with PyTorch's own engine (``torchrun`` + DistributedDataParallel).
 
-The stages start the ranks (``runtime.nproc_per_node``; see ``stages/common.py``)
+The stages start the ranks (``runtime.nproc_per_node``; see ``stages/distributed.py``)
 and hand the library a :class:`Distributed`; :func:`lesionseg.training.train.train_model`
 then
 
