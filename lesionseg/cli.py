@@ -52,7 +52,7 @@ def _load_for_inference(args):
             " the plain model unless flags say otherwise; lesionseg's recipe is --tta --keep-largest --fill-holes",
             file=sys.stderr,
         )
-    chosen = {k: getattr(args, k) for k in ("tta", "threshold", "keep_largest", "fill_holes")}
+    chosen = {k: getattr(args, k, None) for k in ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold")}
     settings = dataclasses.replace(inference_settings(checkpoint), **{k: v for k, v in chosen.items() if v is not None})
     return model, checkpoint, settings, device
 
@@ -61,6 +61,19 @@ def cmd_predict(args) -> int:
     from lesionseg.serving.predict import collect_inputs, predict_files
 
     model, checkpoint, settings, device = _load_for_inference(args)
+    if settings.review_threshold is None:
+        if args.review_only:
+            print(
+                f"lesionseg predict: --review-only needs a review threshold: {args.checkpoint[0]} stores none "
+                "(exported before lesionseg chose one, or a training checkpoint); give --review-threshold",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            f"note: {args.checkpoint[0]} stores no review threshold: quality.csv has each mask's quality and an "
+            "empty review column (no mask flagged); --review-threshold sets one",
+            file=sys.stderr,
+        )
     paths = collect_inputs(args.inputs)
     if not paths:
         print("lesionseg predict: no input images found", file=sys.stderr)
@@ -77,10 +90,17 @@ def cmd_predict(args) -> int:
         batch_size=args.batch_size,
         device=device,
         progress=not args.quiet,
+        review_threshold=settings.review_threshold,
+        review_only=args.review_only,
     )
     ok = len(paths) - len(summary.failed)
+    if settings.review_threshold is None:
+        review = "no review threshold, none flagged"
+    else:
+        written = "only their masks written" if args.review_only else "see review in quality.csv"
+        review = f"{summary.flagged} flagged for review (quality < {settings.review_threshold:.4g}; {written})"
     print(
-        f"predicted {ok} of {len(paths)} image(s) into {args.output} ({_describe(settings)})"
+        f"predicted {ok} of {len(paths)} image(s) into {args.output} ({_describe(settings)}); {review}"
         + (f"; {len(summary.failed)} failed:" if summary.failed else "")
     )
     for path, problem in summary.failed.items():
@@ -98,7 +118,7 @@ def _describe(settings) -> str:
 def cmd_evaluate(args) -> int:
     from lesionseg import atomic
     from lesionseg.data.external import ExternalSet, prepare_external
-    from lesionseg.evaluation.evaluate import evaluate_model
+    from lesionseg.evaluation.evaluate import TEST_TABLE, add_review, evaluate_model
 
     model, checkpoint, settings, device = _load_for_inference(args)
     spec = ExternalSet(args.name, args.images, args.masks, args.mask_suffix)
@@ -106,6 +126,7 @@ def cmd_evaluate(args) -> int:
     metrics, table = evaluate_model(
         model, split, args.batch_size, device, settings.tta, settings.postprocess, settings.threshold
     )
+    add_review(metrics, {TEST_TABLE: table}, settings.review_threshold)
     if args.per_image:
         atomic.write_text(args.per_image, table.to_csv(index=False, float_format="%.6f"))
     if args.json:
@@ -117,6 +138,15 @@ def cmd_evaluate(args) -> int:
             f"thresholded IoU {metrics['orig_jaccard_thresholded']:.4f} "
             "(per-image means at original resolution, the ISIC definition)"
         )
+        print(f"mask quality: AUROC {metrics['review_auroc']:.3f} for telling masks with IoU < 0.7 from the rest")
+        if settings.review_threshold is None:
+            print("the model stores no review threshold: no mask flagged (review metrics need one)")
+        else:
+            print(
+                f"review (quality < {settings.review_threshold:.4g}): {metrics['review_flagged']:.1%} flagged, "
+                f"{metrics['review_caught']:.1%} of failures caught, "
+                f"accepted masks' IoU {metrics['review_accepted_jaccard']:.4f}"
+            )
     for line in pairing.skipped:
         print(f"skipped {line}", file=sys.stderr)
     return 0
@@ -213,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", type=Path, default=Path("predictions"))
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    p.add_argument(
+        "--review-only", action="store_true", help="write only the masks flagged for review (quality.csv lists all)"
+    )
+    p.add_argument(
+        "--review-threshold", type=float, help="flag masks whose quality is below this (default: the model's)"
+    )
     _inference_options(p, batch_size=8)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)

@@ -12,7 +12,12 @@ the training. Writes, per model (``frozen``, ``finetune_<level>``):
 - ``<metrics>``: per model the per-fold means, their mean and standard error,
   and per external set the fold-model mean (DVC metrics);
 - ``<ensemble>``: the fold models of the fine-tuned level with the best CV
-  Jaccard, for the evaluate and export stages' ``cv_ensemble``.
+  Jaccard, for the evaluate and export stages' ``cv_ensemble``, and its
+  ``review_threshold``.
+
+Per model, ``review``: the quality threshold that flags ``evaluate.review_fraction``
+of the out-of-fold masks, and the review metrics out of fold and (the mean over
+fold models) on each external set.
 
 With folds off it writes the same outputs, empty. MLflow: the CV summary as
 metrics of the execution's ``cv`` run.
@@ -62,6 +67,7 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
     from lesionseg.data.cache import Split
     from lesionseg.evaluation.crossval import mean_over_folds, score_fold_external, score_heldout, summarize_folds
     from lesionseg.evaluation.postprocess import PostprocessConfig
+    from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, review_metrics, review_threshold
     from lesionseg.model.inference import select_device
     from lesionseg.training.folds import fold_checkpoints, folds_from_manifest
     from stages.runlog import mlflow_setup, run_tags
@@ -86,11 +92,16 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
                 for name, table in tables.items():
                     external[set_name].setdefault(name, []).append(table)
 
-    summary = {}
+    def review(table: pd.DataFrame, threshold: float) -> dict:
+        return review_metrics(table[QUALITY_COLUMN], table[IOU_COLUMN], threshold)
+
+    summary, thresholds = {}, {}
     for name, parts in heldout.items():
         table = pd.concat(parts).sort_values("id")
         atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
         summary[name] = summarize_folds(table)
+        thresholds[name] = review_threshold(table[QUALITY_COLUMN], get(params, "evaluate.review_fraction"))
+        summary[name]["review"] = {"threshold": thresholds[name], **review(table, thresholds[name])}
     for set_name, models in external.items():
         (external_dir / set_name).mkdir()
         for name, parts in models.items():
@@ -100,6 +111,8 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
                 "n": len(table),
                 "folds": len(parts),
                 **{c: float(table[c].mean()) for c in ("orig_jaccard", "orig_dice")},
+                # each fold model's review metrics at the out-of-fold threshold, averaged
+                **pd.DataFrame([review(part, thresholds[name]) for part in parts]).mean().to_dict(),
             }
     tuned = [name for name in summary if name != "frozen"] or list(summary)
     best = max(tuned, key=lambda name: summary[name]["orig_jaccard"]["mean"])
@@ -108,6 +121,7 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
         "folds": len(folds),
         "model": best,
         "checkpoints": checkpoints,
+        "review_threshold": thresholds[best],
         "mlflow_run_id": manifest["mlflow_run_id"],
     }
     atomic.write_json(args.ensemble, ensemble)

@@ -7,7 +7,9 @@ too, as the row ``cv_ensemble`` (test only: its members were trained on the
 validation pairs). Every external set (``evaluate.external``, prepared by the
 ``external`` stage) is scored for every model exactly like the test split:
 its scores under the model's ``external.<set>`` key, per-image tables in
-``<per-image>/<set>/``.
+``<per-image>/<set>/``. Each model's ``review_threshold`` flags ``evaluate.review_fraction`` of its
+validation-split masks (the ensemble's: of its member model's out-of-fold masks, from ``cv_score``); every
+split's review metrics (``review_*``) and the tables' ``review`` column are at that threshold.
 
 MLflow: each model's test scores go to its run under this execution's parent
 run as ``test_<metric>`` (validation-split scores as ``evaluate_val_<metric>``,
@@ -23,7 +25,7 @@ import mlflow
 
 from lesionseg import atomic, tracking
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.evaluate import TEST_TABLE, evaluate_checkpoint, evaluate_with_external
+from lesionseg.evaluation.evaluate import TEST_TABLE, add_review, evaluate_checkpoint, evaluate_with_external
 from lesionseg.evaluation.postprocess import PostprocessConfig
 from lesionseg.evaluation.records import ModelMetrics, metrics_json
 from lesionseg.evaluation.selection import pipeline_checkpoints
@@ -62,6 +64,7 @@ def run() -> None:
     args = parser.parse_args()
     params = load_params()
     batch_size, tta = get(params, "evaluate.batch_size"), get(params, "evaluate.tta")
+    review_fraction = get(params, "evaluate.review_fraction")
     postprocess = build(PostprocessConfig, params, "evaluate")
     device = select_device(get(params, "runtime.device"))
     test, val = Split.load(args.data / "test.pt"), Split.load(args.data / "val.pt")
@@ -74,7 +77,15 @@ def run() -> None:
         with work():  # scoring; the MLflow logging below is not the stage's work
             for name, path in pipeline_checkpoints(args.frozen, args.finetuned).items():
                 metrics, tables, checkpoint = evaluate_checkpoint(
-                    path, test, batch_size, device, tta, postprocess, val_split=val, external=external
+                    path,
+                    test,
+                    batch_size,
+                    device,
+                    tta,
+                    postprocess,
+                    val_split=val,
+                    external=external,
+                    review_fraction=review_fraction,
                 )
                 all_metrics[name] = ModelMetrics.from_json(metrics, name)
                 trained_in[name] = checkpoint["extra"].get("mlflow_run_id")
@@ -83,6 +94,9 @@ def run() -> None:
                 model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
                 model.to(device)
                 metrics, tables = evaluate_with_external(model, test, external, batch_size, device, tta, postprocess)
+                add_review(metrics, tables, ensemble.get("review_threshold"))
+                if ensemble.get("review_threshold") is not None:
+                    metrics["review_threshold"] = ensemble["review_threshold"]
                 metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
                 metrics.update({"members": len(ensemble["checkpoints"]), "member_model": ensemble["model"]})
                 all_metrics[ENSEMBLE_NAME] = ModelMetrics.from_json(metrics, ENSEMBLE_NAME)

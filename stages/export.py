@@ -3,7 +3,8 @@
 
 ``export.model`` is a model name (``frozen``, ``finetune_all``, ...), ``best`` (the
 fine-tuned model with the best validation Jaccard) or ``cv_ensemble`` (the
-cross-validation fold models, averaged; needs ``cv.folds`` > 0).
+cross-validation fold models, averaged; needs ``cv.folds`` > 0). The review threshold stored with
+it is the one the evaluate stage chose for that model (``review_threshold`` in ``reports/metrics.json``).
 """
 
 import argparse
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from lesionseg import atomic, tracking
 from lesionseg.evaluation.postprocess import InferenceConfig
+from lesionseg.evaluation.records import parse_metrics
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import package_model
 from lesionseg.model.ensemble import ENSEMBLE_NAME
@@ -19,6 +21,15 @@ from lesionseg.serving.export import export_onnx, log_pyfunc_model
 from stages.launch import main, work
 from stages.params import ParamError, get, load_params
 from stages.runlog import mlflow_setup
+
+
+def review_threshold(metrics: Path, model: str) -> float | None:
+    """The review threshold the evaluate stage chose for ``model``; None (with a note) if it has none."""
+    record = parse_metrics(metrics.read_text(), metrics).get(model)
+    if record is None or record.review_threshold is None:
+        print(f"note: {metrics} has no review threshold for {model}; the exported model flags no mask for review")
+        return None
+    return record.review_threshold
 
 
 def run() -> None:
@@ -29,6 +40,7 @@ def run() -> None:
     parser.add_argument("--cv-ensemble", type=Path, required=True, help="the cv_score stage's ensemble.json")
     parser.add_argument("--model", type=Path, required=True, help="exported model file (models/model.pt)")
     parser.add_argument("--onnx", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True, help="the evaluate stage's metrics (review threshold)")
     args = parser.parse_args()
     params = load_params()
     which = get(params, "export.model")
@@ -45,6 +57,7 @@ def run() -> None:
         tta=get(params, "evaluate.tta"),
         keep_largest=get(params, "evaluate.keep_largest"),
         fill_holes=get(params, "evaluate.fill_holes"),
+        review_threshold=review_threshold(args.metrics, chosen),
     )
     with work():
         atomic.torch_save(package_model(paths, settings), args.model)

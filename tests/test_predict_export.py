@@ -17,6 +17,7 @@ from lesionseg.evaluation.postprocess import InferenceConfig, PostprocessConfig,
 from lesionseg.model.checkpoint import load_model, load_models, make_checkpoint, package_model, save_checkpoint
 from lesionseg.model.inference import predict_uint8
 from lesionseg.model.model import ModelConfig, build_model
+from lesionseg.model.quality import mask_quality
 from lesionseg.serving.export import log_pyfunc_model
 from lesionseg.training.train import TrainConfig, train_model
 from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree
@@ -158,17 +159,19 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
         assert np.abs(onnx_logits - model(x).detach().numpy()).max() < 1e-4
     meta = session.get_modelmeta().custom_metadata_map
     assert '"size": 64' in meta["lesionseg.preprocessing"]
+    # A training checkpoint stores no settings: the plain model's (InferenceConfig's defaults).
     assert json.loads(meta["lesionseg.inference"]) == {
-        "tta": True,
+        "tta": False,
         "threshold": 0.5,
-        "keep_largest": True,
-        "fill_holes": True,
+        "keep_largest": False,
+        "fill_holes": False,
+        "review_threshold": None,
     }
 
 
 def test_mlflow_pyfunc_roundtrip(trained, tmp_path):
     root, _, splits = trained
-    settings = InferenceConfig(tta=True, keep_largest=True, fill_holes=False, threshold=0.4)
+    settings = InferenceConfig(tta=True, keep_largest=True, fill_holes=False, threshold=0.4, review_threshold=0.9)
     save_checkpoint(package_model([root / "model.pt"], settings), tmp_path / "exported.pt")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
@@ -188,6 +191,13 @@ def test_mlflow_pyfunc_roundtrip(trained, tmp_path):
     probs = loaded.predict(batch, params={"output": "probabilities", "tta": False})
     plain = torch.sigmoid(predict_uint8(model, splits["test"].images[:3]))[:, 0].numpy()
     assert probs.dtype == np.float32 and np.abs(probs - plain).max() < 1e-5
+    # The masks with their quality and review flag (at the stored review threshold, or one passed per call).
+    scored = loaded.predict(batch, params={"output": "mask_quality"})
+    quality = mask_quality(torch.sigmoid(logits), 0.4).numpy()
+    assert np.array_equal(scored["mask"], expected) and scored["quality"] == pytest.approx(quality, abs=1e-5)
+    assert np.array_equal(scored["review"], quality < 0.9)
+    relaxed = loaded.predict(batch, params={"output": "mask_quality", "review_threshold": 0.0})
+    assert not relaxed["review"].any()
 
 
 def test_checkpoint_metadata_is_weights_only_loadable(tmp_path):

@@ -15,9 +15,18 @@ import torch
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.metrics import confusion_counts, per_image_scores, summarize
 from lesionseg.evaluation.postprocess import PostprocessConfig, clean_mask, clean_masks
+from lesionseg.evaluation.review import (
+    IOU_COLUMN,
+    QUALITY_COLUMN,
+    REVIEW_COLUMN,
+    needs_review,
+    review_metrics,
+    review_threshold,
+)
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.inference import predict_uint8, upsample_logits
 from lesionseg.model.model import count_parameters
+from lesionseg.model.quality import mask_quality
 from lesionseg.training.losses import DiceBCELoss
 
 ORIGINAL_PREFIX = "orig_"
@@ -70,8 +79,9 @@ def score_logits(
     ``accuracy``, ``sensitivity``, ``specificity``, ``jaccard_micro``,
     ``jaccard_thresholded`` at model resolution, and the same with the
     ``orig_`` prefix at original resolution (the official definition).
-    The table has one row per image (``id``, ``height``, ``width`` and the
-    per-image scores at both resolutions). ``postprocess`` applies to the
+    The table has one row per image (``id``, ``height``, ``width``, the
+    per-image scores at both resolutions, and the mask's ``quality``, see
+    :func:`~lesionseg.model.quality.mask_quality`). ``postprocess`` applies to the
     thresholded masks at both resolutions (the loss uses the raw logits);
     ``threshold`` is the probability above which a pixel is lesion.
     """
@@ -87,7 +97,20 @@ def score_logits(
         table[name] = values.numpy()
     for name, values in per_image_scores(full).items():
         table[ORIGINAL_PREFIX + name] = values.numpy()
+    table[QUALITY_COLUMN] = mask_quality(torch.sigmoid(logits), threshold).numpy()
     return metrics, table
+
+
+def add_review(metrics: dict, tables: dict[str, pd.DataFrame], threshold: float | None) -> None:
+    """In place: a ``review`` column (flagged: quality below ``threshold``) in each per-image table (keyed
+    ``"test"`` and by external set, as :func:`evaluate_with_external` returns them) and the split's
+    :func:`~lesionseg.evaluation.review.review_metrics` in ``metrics`` (an external set's under
+    ``metrics[EXTERNAL_KEY][name]``). Without a threshold: no column, and only the AUROC."""
+    for name, table in tables.items():
+        if threshold is not None:
+            table[REVIEW_COLUMN] = needs_review(table[QUALITY_COLUMN], threshold)
+        scores = review_metrics(table[QUALITY_COLUMN], table[IOU_COLUMN], threshold)
+        (metrics if name == TEST_TABLE else metrics[EXTERNAL_KEY][name]).update(scores)
 
 
 def evaluate_checkpoint(
@@ -99,6 +122,7 @@ def evaluate_checkpoint(
     postprocess: PostprocessConfig = PostprocessConfig(),
     val_split: Split | None = None,
     external: dict[str, Split] | None = None,
+    review_fraction: float | None = None,
 ) -> tuple[dict, dict[str, pd.DataFrame], dict]:
     """:func:`evaluate_model` on a checkpoint's model, with the report's extra keys.
 
@@ -106,7 +130,9 @@ def evaluate_checkpoint(
     (at the checkpoint's unfreeze level), the phase's ``lr`` and ``epochs``, and
     ``best_epoch``; with ``val_split``, its scores too, prefixed ``val_``; with
     ``external`` (set name -> split), each set's scores and image count under
-    ``metrics[EXTERNAL_KEY][name]``, scored exactly like ``split``.
+    ``metrics[EXTERNAL_KEY][name]``, scored exactly like ``split``. With ``val_split`` and
+    ``review_fraction``, ``review_threshold``: the quality quantile that flags that share of the validation
+    split's masks, and every split's review metrics and ``review`` column (:func:`add_review`).
     Returns ``(metrics, per-image tables, checkpoint dict)``: the tables are
     keyed ``"test"`` (``split``'s) and by external set name.
     """
@@ -114,7 +140,12 @@ def evaluate_checkpoint(
     model = model.to(device) if device else model
     metrics, tables = evaluate_with_external(model, split, external, batch_size, device, tta, postprocess)
     if val_split is not None:
-        val_metrics, _ = evaluate_model(model, val_split, batch_size, device, tta, postprocess)
+        val_metrics, val_table = evaluate_model(model, val_split, batch_size, device, tta, postprocess)
+        if review_fraction is not None:
+            threshold = review_threshold(val_table[QUALITY_COLUMN], review_fraction)
+            add_review(metrics, tables, threshold)
+            add_review(val_metrics, {TEST_TABLE: val_table}, threshold)
+            metrics["review_threshold"] = threshold
         metrics.update({VALIDATION_PREFIX + k: v for k, v in val_metrics.items()})
     trained = checkpoint.get("train_config", {})
     metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})

@@ -39,16 +39,23 @@ class InferenceConfig:
     export stage stores the settings the model was evaluated with in the
     exported model, which ``lesionseg predict`` and the MLflow pyfunc use
     unless told otherwise.
+
+    ``review_threshold``: masks whose quality (:func:`lesionseg.model.quality.mask_quality`) is below it
+    are flagged for review (:mod:`lesionseg.evaluation.review`); ``None`` (a model exported before the
+    threshold existed, or a training checkpoint): none is flagged.
     """
 
     tta: bool = False
     threshold: float = 0.5
     keep_largest: bool = False
     fill_holes: bool = False
+    review_threshold: float | None = None
 
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {self.threshold!r}")
+        if self.review_threshold is not None and not 0.0 <= self.review_threshold <= 1.0:
+            raise ValueError(f"review_threshold must be a quality in [0, 1], got {self.review_threshold!r}")
 
     @property
     def postprocess(self) -> PostprocessConfig:

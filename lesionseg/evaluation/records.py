@@ -4,8 +4,9 @@ The file format stays what ``dvc metrics``, ``dvc exp show`` and MLflow's reader
 object of test scores (``loss``, ``jaccard``, ..., ``orig_jaccard``, ...), the same on the validation
 split with the ``val_`` prefix, parameter counts with the ``params_`` prefix, the external sets under
 ``external`` (set -> scores and ``n``), and a few facts about the model (``lr``, ``epochs``,
-``best_epoch``; an ensemble's ``members`` and ``member_model``). :class:`ModelMetrics` sorts the keys
-into those groups once, so readers ask for ``record.test`` instead of filtering keys out.
+``best_epoch``; an ensemble's ``members`` and ``member_model``; the ``review_threshold``).
+:class:`ModelMetrics` sorts the keys into those groups once, so readers ask for ``record.test`` instead
+of filtering keys out.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class ModelMetrics:
     best_epoch: int | None = None
     members: int | None = None
     member_model: str | None = None
+    # The quality below which a mask is flagged for review (lesionseg.evaluation.review), chosen on the
+    # validation split (the ensemble: on out-of-fold predictions); the test and external scores
+    # review_auroc, review_caught, review_accepted_jaccard, review_flagged are at this threshold.
+    review_threshold: float | None = None
 
     @classmethod
     def info_keys(cls) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from lesionseg.data.cache import Split  # noqa: E402
 from lesionseg.evaluation.compare import NO_CHANGE, paired_change, verdict  # noqa: E402
 from lesionseg.evaluation.metrics import confusion_counts, per_image_scores  # noqa: E402
 from lesionseg.evaluation.records import ModelMetrics  # noqa: E402
+from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, REVIEW_COLUMN, risk_coverage  # noqa: E402
 from lesionseg.evaluation.stats import IndependentComparison, format_change, independent_difference  # noqa: E402
 from lesionseg.model.inference import predict_uint8  # noqa: E402
 
@@ -221,6 +222,31 @@ def plot_comparison(table: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
+def plot_risk_coverage(tables: dict[str, pd.DataFrame], title: str, path: Path) -> bool:
+    """The risk-coverage figure: per split or set (label -> per-image table with ``quality`` and
+    ``orig_jaccard``), the mean IoU of the masks accepted against the share reviewed (least quality first),
+    with a dot where the model's review threshold puts it (the tables' ``review`` column). Tables without
+    a quality column are left out; returns False (and writes nothing) if none has one."""
+    scored = {label: t for label, t in tables.items() if t is not None and QUALITY_COLUMN in t.columns}
+    if not scored:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, table in scored.items():
+        reviewed, accepted = risk_coverage(table[QUALITY_COLUMN], table[IOU_COLUMN])
+        (line,) = ax.plot(reviewed, accepted, label=f"{label} (n={len(table)})")
+        if REVIEW_COLUMN in table.columns:
+            flagged = table[REVIEW_COLUMN].astype(bool)
+            if (~flagged).any():
+                ax.plot(flagged.mean(), table.loc[~flagged, IOU_COLUMN].mean(), "o", color=line.get_color())
+    ax.set(xlabel="share of masks reviewed (lowest quality first)", ylabel="mean IoU of the accepted masks")
+    ax.set_xlim(0, 1)
+    ax.set_title(f"{title}\n(dot: the model's review threshold)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    save_figure(fig, path)
+    return True
+
+
 def sample_predictions(model: torch.nn.Module, split: Split, count: int, pick=None):
     """Predictions for ``count`` images spread evenly over ``split`` (or for the indices ``pick``).
 
@@ -295,7 +321,8 @@ def write_report(
     external_per_image: dict[str, dict[str, pd.DataFrame]] | None = None,
 ) -> None:
     """All report outputs: ``figures_dir`` (curves, samples, overlays, error maps,
-    worst cases, comparison chart; replaced as a whole) and ``table_stem`` ``.md``/``.csv``.
+    worst cases, comparison chart, the risk-coverage figure of ``model_name`` on the test split and every
+    external set; replaced as a whole) and ``table_stem`` ``.md``/``.csv``.
 
     ``model`` (named ``model_name``) is the one shown on ``samples`` test images.
     ``per_image`` (model -> per-image test scores) adds the paired IoU change
@@ -315,5 +342,9 @@ def write_report(
             scored = external_per_image.get(set_name, {}).get(model_name)
             plot_split(model, split, title, figures, f"{set_name}_", samples, scored)
         plot_comparison(table, figures / "comparison.png")
+        splits = {"test": (per_image or {}).get(model_name)}
+        splits.update({name: tables.get(model_name) for name, tables in external_per_image.items()})
+        title = f"{model_name}: accepted-mask IoU against masks reviewed"
+        plot_risk_coverage(splits, title, figures / "risk_coverage.png")
     notes = verdicts(per_image) if per_image else []
     write_table(table, Path(table_stem).with_suffix(".csv"), Path(table_stem).with_suffix(".md"), notes)

@@ -14,8 +14,10 @@ import torch
 from lesionseg import atomic
 from lesionseg.data.dataset import normalize_batch
 from lesionseg.evaluation.postprocess import InferenceConfig, clean_mask
+from lesionseg.evaluation.review import needs_review
 from lesionseg.model.checkpoint import inference_settings, load_model, load_models
 from lesionseg.model.inference import predict_logits
+from lesionseg.model.quality import mask_quality
 
 ONNX_OPSET = 17
 
@@ -84,8 +86,26 @@ def predict_probabilities(model: torch.nn.Module, images: np.ndarray, tta: bool 
 
 def predict_masks(model: torch.nn.Module, images: np.ndarray, settings: InferenceConfig) -> np.ndarray:
     """uint8 ``(N, S, S, 3)`` -> uint8 masks ``(N, S, S)`` (1 = lesion) with all of ``settings`` applied."""
-    probabilities = predict_probabilities(model, images, settings.tta)
+    return _masks(predict_probabilities(model, images, settings.tta), settings)
+
+
+def _masks(probabilities: np.ndarray, settings: InferenceConfig) -> np.ndarray:
     return np.stack([clean_mask(p > settings.threshold, settings.postprocess) for p in probabilities]).astype(np.uint8)
+
+
+def predict_masks_with_quality(
+    model: torch.nn.Module, images: np.ndarray, settings: InferenceConfig
+) -> dict[str, np.ndarray]:
+    """uint8 ``(N, S, S, 3)`` -> ``{"mask": uint8 (N, S, S), "quality": float32 (N,), "review": bool (N,)}``:
+    :func:`predict_masks`, each mask's :func:`~lesionseg.model.quality.mask_quality` and whether it is below
+    ``settings.review_threshold`` (all False without one)."""
+    probabilities = predict_probabilities(model, images, settings.tta)
+    quality = mask_quality(torch.from_numpy(probabilities)[:, None], settings.threshold).numpy()
+    return {
+        "mask": _masks(probabilities, settings),
+        "quality": quality.astype(np.float32),
+        "review": needs_review(quality, settings.review_threshold),
+    }
 
 
 class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
@@ -96,7 +116,9 @@ class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
     settings it was evaluated with). Params override them per call:
     ``tta``, ``threshold``, ``keep_largest``, ``fill_holes``, and
     ``output="probabilities"`` returns float32 probabilities (TTA applied,
-    no threshold or clean-up) instead of masks. The wrapper itself holds no
+    no threshold or clean-up) instead of masks; ``output="mask_quality"`` returns
+    a dict of the masks, each mask's ``quality`` ``(N,)`` and its ``review`` flag
+    (:func:`predict_masks_with_quality`; ``review_threshold`` is a param too). The wrapper itself holds no
     weights: MLflow pickles it, and the model is rebuilt from the checkpoint
     artifact in :meth:`load_context`.
     """
@@ -112,12 +134,14 @@ class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
         settings = replace(self.settings, **{k: v for k, v in params.items() if k in PYFUNC_SETTINGS})
         if output == "probabilities":
             return predict_probabilities(self.model, model_input, settings.tta)
+        if output == "mask_quality":
+            return predict_masks_with_quality(self.model, model_input, settings)
         if output != "mask":
-            raise ValueError(f"output must be 'mask' or 'probabilities', got {output!r}")
+            raise ValueError(f"output must be 'mask', 'mask_quality' or 'probabilities', got {output!r}")
         return predict_masks(self.model, model_input, settings)
 
 
-PYFUNC_SETTINGS = ("tta", "threshold", "keep_largest", "fill_holes")
+PYFUNC_SETTINGS = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold")
 
 
 def log_pyfunc_model(checkpoint_path: Path, name: str = "model") -> str:
@@ -131,7 +155,9 @@ def log_pyfunc_model(checkpoint_path: Path, name: str = "model") -> str:
     size = checkpoint["preprocessing"]["size"]
     example = np.zeros((1, size, size, 3), dtype=np.uint8)
     settings = inference_settings(checkpoint)
-    defaults = {"output": "mask", **{k: getattr(settings, k) for k in PYFUNC_SETTINGS}}
+    # A param's default must have a type: review_threshold is a param only where the model stores one.
+    stored = {k: getattr(settings, k) for k in PYFUNC_SETTINGS}
+    defaults = {"output": "mask", **{k: v for k, v in stored.items() if v is not None}}
     signature = mlflow.models.infer_signature(example, predict_masks(model.eval(), example, settings), defaults)
     info = mlflow.pyfunc.log_model(
         name=name,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -17,17 +18,29 @@ from lesionseg.data.prepare import model_input
 from lesionseg.errors import DataError
 from lesionseg.evaluation.postprocess import PostprocessConfig, clean_mask
 from lesionseg.evaluation.report import overlay
+from lesionseg.evaluation.review import needs_review
 from lesionseg.model.inference import predict_uint8, upsample_logits
+from lesionseg.model.quality import mask_quality
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+QUALITY_TABLE = "quality.csv"
+QUALITY_COLUMNS = ("file", "quality", "review", "mask_area_px")
 
 
 @dataclass
 class PredictSummary:
+    """``written``: files written; ``failed``: input -> problem; ``rows``: one per image scored, the
+    :data:`QUALITY_TABLE`'s (``review`` is ``"yes"``/``"no"``, or ``""`` without a review threshold)."""
+
     written: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> int:
+        return sum(row["review"] == "yes" for row in self.rows)
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
@@ -54,8 +67,14 @@ def predict_files(
     batch_size: int = 8,
     device=None,
     progress: bool = True,
+    review_threshold: float | None = None,
+    review_only: bool = False,
 ) -> PredictSummary:
-    """Write ``<stem>_mask.png`` (0/255, original size) and optionally ``<stem>_overlay.png`` per input.
+    """Write ``<stem>_mask.png`` (0/255, original size) and optionally ``<stem>_overlay.png`` per input,
+    and :data:`QUALITY_TABLE`: per image its ``file``, mask ``quality``
+    (:func:`~lesionseg.model.quality.mask_quality` at model resolution), ``review`` (``yes`` when the
+    quality is below ``review_threshold``; empty without one) and ``mask_area_px`` (lesion pixels of the
+    written mask). With ``review_only`` only the flagged images' masks (and overlays) are written.
 
     Images are resized to the checkpoint's ``size`` exactly as the prepare stage
     does, run through the model ``batch_size`` at a time, and the logits are
@@ -78,11 +97,21 @@ def predict_files(
             if loaded:
                 batch = torch.from_numpy(np.stack([pixels for _, _, pixels in loaded]))
                 logits = predict_uint8(model, batch, batch_size, device, tta=tta)
-                for (path, (width, height), _), image_logits in zip(loaded, logits):
+                quality = mask_quality(torch.sigmoid(logits), threshold).numpy()
+                flagged = needs_review(quality, review_threshold)
+                for (path, (width, height), _), image_logits, score, review in zip(loaded, logits, quality, flagged):
                     probs = torch.sigmoid(upsample_logits(image_logits[None], height, width))[0, 0]
                     mask = clean_mask((probs > threshold).numpy(), postprocess)
-                    summary.written += _write_outputs(path, mask, output_dir, overlays)
+                    if review or not review_only:
+                        summary.written += _write_outputs(path, mask, output_dir, overlays)
+                    verdict = "" if review_threshold is None else ("yes" if review else "no")
+                    summary.rows.append(
+                        {"file": str(path), "quality": float(score), "review": verdict, "mask_area_px": int(mask.sum())}
+                    )
             bar.update(min(batch_size, len(paths) - start))
+    table = pd.DataFrame(summary.rows, columns=list(QUALITY_COLUMNS))
+    atomic.write_text(output_dir / QUALITY_TABLE, table.to_csv(index=False, float_format="%.6f"))
+    summary.written.append(output_dir / QUALITY_TABLE)
     return summary
 
 

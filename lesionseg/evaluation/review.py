@@ -1,0 +1,78 @@
+"""Which masks a person should check: the review threshold and how well it works.
+
+A mask is flagged for review when its quality (:func:`lesionseg.model.quality.mask_quality`) is below the
+model's review threshold, chosen as the quality quantile that flags a stated share of masks
+(``evaluate.review_fraction``) on predictions the model was not trained on (the validation split; for the
+cross-validation ensemble, the out-of-fold predictions), never on the test split. The metrics say what the
+threshold buys on a split: how well quality separates failures (IoU below :data:`FAILURE_IOU`) from the rest,
+the share of failures caught, the mean IoU of the masks accepted without review, and the share flagged (which
+grows on other clinics' images: that is the point).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+
+FAILURE_IOU = 0.7  # a mask with IoU below this is a failure a reviewer should catch
+QUALITY_COLUMN = "quality"
+REVIEW_COLUMN = "review"
+IOU_COLUMN = "orig_jaccard"  # the per-image IoU at original resolution (the ISIC definition)
+REVIEW_PREFIX = "review_"
+
+
+def review_threshold(quality, fraction: float) -> float:
+    """The quality below which ``fraction`` of ``quality`` (one value per mask) lies: flagging
+    ``quality < threshold`` (:func:`needs_review`) flags that share of these masks (ties aside)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"review fraction must be in [0, 1), got {fraction!r}")
+    quality = np.asarray(quality, dtype=float)
+    if quality.size == 0:
+        raise ValueError("no quality scores to choose a review threshold on")
+    return float(np.quantile(quality, fraction))
+
+
+def needs_review(quality, threshold: float | None) -> np.ndarray:
+    """Bool per mask: ``quality < threshold``; all False when there is no threshold (``None``)."""
+    quality = np.asarray(quality, dtype=float)
+    if threshold is None:
+        return np.zeros(quality.shape, dtype=bool)
+    return quality < threshold
+
+
+def failure_auroc(quality, iou, failure_iou: float = FAILURE_IOU) -> float:
+    """AUROC of low quality for telling failures (``iou < failure_iou``) from the rest: the probability that a
+    random failure scores lower quality than a random success (ties count half), i.e. the Mann-Whitney
+    ``U / (n_success * n_failure)``. NaN when either group is empty."""
+    quality, iou = np.asarray(quality, dtype=float), np.asarray(iou, dtype=float)
+    failed = iou < failure_iou
+    if failed.all() or not failed.any():
+        return float("nan")
+    u = mannwhitneyu(quality[~failed], quality[failed], alternative="two-sided").statistic
+    return float(u / (failed.sum() * (~failed).sum()))
+
+
+def review_metrics(quality, iou, threshold: float | None, failure_iou: float = FAILURE_IOU) -> dict[str, float]:
+    """``review_auroc`` (:func:`failure_auroc`), ``review_caught`` (share of failures flagged; NaN without
+    failures), ``review_accepted_jaccard`` (mean IoU of the masks not flagged; NaN if all are),
+    ``review_flagged`` (share flagged) for one split. Without a threshold only the AUROC."""
+    quality, iou = np.asarray(quality, dtype=float), np.asarray(iou, dtype=float)
+    metrics = {"auroc": failure_auroc(quality, iou, failure_iou)}
+    if threshold is not None:
+        flagged, failed = needs_review(quality, threshold), iou < failure_iou
+        metrics["caught"] = float(flagged[failed].mean()) if failed.any() else float("nan")
+        metrics["accepted_jaccard"] = float(iou[~flagged].mean()) if (~flagged).any() else float("nan")
+        metrics["flagged"] = float(flagged.mean()) if flagged.size else float("nan")
+    return {REVIEW_PREFIX + k: v for k, v in metrics.items()}
+
+
+def risk_coverage(quality, iou) -> tuple[np.ndarray, np.ndarray]:
+    """The risk-coverage curve: for every share of masks reviewed (least quality first), 0 to all but one,
+    the mean IoU of the masks accepted. Returns ``(share reviewed, accepted mean IoU)``, each ``(N,)``."""
+    quality, iou = np.asarray(quality, dtype=float), np.asarray(iou, dtype=float)
+    n = len(iou)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    accepted = iou[np.argsort(-quality, kind="stable")]  # best quality first
+    means = np.cumsum(accepted)[::-1] / np.arange(n, 0, -1)  # reviewing k least: mean of the first n - k
+    return np.arange(n) / n, means

@@ -1,0 +1,221 @@
+"""The mask quality score, the review threshold and the review metrics; predict's quality table."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import mannwhitneyu
+
+from lesionseg.cli import main
+from lesionseg.data.cache import Split
+from lesionseg.data.dataset import normalize_batch
+from lesionseg.data.prepare import PrepareConfig, prepare_dataset
+from lesionseg.evaluation.evaluate import evaluate_checkpoint
+from lesionseg.evaluation.postprocess import InferenceConfig
+from lesionseg.evaluation.records import ModelMetrics
+from lesionseg.evaluation.review import (
+    failure_auroc,
+    needs_review,
+    review_metrics,
+    review_threshold,
+    risk_coverage,
+)
+from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
+from lesionseg.model.model import ModelConfig, build_model
+from lesionseg.model.quality import mask_quality
+from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree
+
+
+def square(inside: float, outside: float = 0.01, size: int = 64, side: int = 32) -> torch.Tensor:
+    p = torch.full((1, 1, size, size), outside)
+    p[..., 16 : 16 + side, 16 : 16 + side] = inside
+    return p
+
+
+def test_certain_masks_score_high_and_ambiguous_low():
+    certain = square(0.99)
+    blurred = certain.clone()
+    blurred[..., 14:18, :] = 0.5  # a band of doubt across the lesion's edge
+    ambiguous = square(0.6, outside=0.3)  # the whole lesion barely above threshold
+    empty = torch.full((1, 1, 64, 64), 0.02)
+    q = mask_quality(torch.cat([certain, blurred, ambiguous, empty]))
+    assert q.shape == (4,) and q.dtype == torch.float32
+    assert q[0] == 1.0 and q[2] == 0.0 and q[3] == 0.0  # an empty mask: nothing found, a failure
+    assert 0.0 < q[1] < 1.0
+    # 4 rows of 64 uncertain pixels against the predicted area (the square less its 2 blurred rows)
+    assert q[1] == pytest.approx(1 - 4 * 64 / (30 * 32))
+
+
+def test_members_disagreeing_lower_the_score():
+    p = square(0.99)
+    agree = torch.stack([p, p])
+    flipped = p.clone()
+    flipped[..., 16:24, 16:48] = 0.2  # one member misses 8 rows of the lesion (its mean 0.595 stays uncertain)
+    disagree = torch.stack([p, flipped])
+    mean = disagree.mean(0)
+    assert mask_quality(p, members=agree) == 1.0
+    assert mask_quality(mean, members=disagree) < mask_quality(p)
+    # Disagreement counts even where the mean is clear of the band.
+    sure = square(0.95)
+    members = torch.stack([sure, sure, sure, sure.where(sure < 0.5, torch.tensor(0.45))])
+    assert members.mean(0)[0, 0, 20, 20] > 0.8
+    assert mask_quality(members.mean(0), members=members) < 0.5
+
+
+def test_quality_range_and_bad_shapes():
+    torch.manual_seed(0)
+    q = mask_quality(torch.rand(5, 1, 16, 16))
+    assert q.shape == (5,) and bool(((q >= 0) & (q <= 1)).all())
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        mask_quality(torch.rand(5, 16, 16))
+    with pytest.raises(ValueError, match="members"):
+        mask_quality(torch.rand(5, 1, 16, 16), members=torch.rand(2, 4, 1, 16, 16))
+    with pytest.raises(ValueError, match="band"):
+        mask_quality(torch.rand(1, 1, 4, 4), threshold=0.95)
+
+
+def test_review_threshold_flags_the_chosen_share():
+    quality = np.linspace(0.0, 1.0, 10)
+    t = review_threshold(quality, 0.2)
+    assert needs_review(quality, t).sum() == 2
+    assert needs_review(quality, review_threshold(quality, 0.0)).sum() == 0
+    assert not needs_review(quality, None).any()
+    rng = np.random.default_rng(0)
+    quality = rng.random(1000)
+    assert needs_review(quality, review_threshold(quality, 0.2)).mean() == pytest.approx(0.2, abs=0.002)
+    with pytest.raises(ValueError):
+        review_threshold(quality, 1.0)
+    with pytest.raises(ValueError, match="review_threshold"):
+        InferenceConfig(review_threshold=1.5)
+
+
+def test_failure_auroc_hand_example_and_scipy():
+    # successes (IoU >= 0.7) score 0.9, 0.8, 0.7; failures 0.75, 0.2: 5 of 6 pairs ordered right
+    quality = [0.9, 0.8, 0.7, 0.75, 0.2]
+    iou = [0.9, 0.85, 0.8, 0.5, 0.1]
+    assert failure_auroc(quality, iou) == pytest.approx(5 / 6)
+    assert failure_auroc([0.5, 0.5], [0.9, 0.1]) == 0.5  # a tie counts half
+    assert np.isnan(failure_auroc([0.5, 0.6], [0.9, 0.8]))  # no failure
+    rng = np.random.default_rng(1)
+    quality, iou = rng.random(60), rng.random(60)
+    failed = iou < 0.7
+    pairs = [(f, s) for f, s in itertools.product(quality[failed], quality[~failed])]
+    brute = np.mean([1.0 if f < s else 0.5 if f == s else 0.0 for f, s in pairs])
+    assert failure_auroc(quality, iou) == pytest.approx(brute)
+    u = mannwhitneyu(quality[~failed], quality[failed]).statistic
+    assert failure_auroc(quality, iou) == pytest.approx(u / (failed.sum() * (~failed).sum()))
+
+
+def test_review_metrics_hand_example():
+    quality = [0.9, 0.8, 0.7, 0.75, 0.2]
+    iou = [0.9, 0.85, 0.8, 0.5, 0.1]
+    m = review_metrics(quality, iou, threshold=0.72)  # flags 0.7 and 0.2
+    assert m == pytest.approx(
+        {
+            "review_auroc": 5 / 6,
+            "review_caught": 0.5,  # of the failures (0.5, 0.1) the one at 0.1
+            "review_accepted_jaccard": (0.9 + 0.85 + 0.5) / 3,
+            "review_flagged": 0.4,
+        }
+    )
+    assert set(review_metrics(quality, iou, None)) == {"review_auroc"}
+    reviewed, accepted = risk_coverage(quality, iou)
+    assert reviewed.tolist() == [0.0, 0.2, 0.4, 0.6, 0.8]
+    assert accepted[0] == pytest.approx(np.mean(iou)) and accepted[1] == pytest.approx((0.9 + 0.85 + 0.5 + 0.8) / 4)
+    assert accepted[-1] == pytest.approx(0.9)
+
+
+def test_review_threshold_is_a_fact_of_the_metrics_record():
+    entry = {"orig_jaccard": 0.8, "review_auroc": 0.9, "val_review_flagged": 0.2, "review_threshold": 0.6}
+    record = ModelMetrics.from_json(entry, "m")
+    assert record.review_threshold == 0.6 and record.test == {"orig_jaccard": 0.8, "review_auroc": 0.9}
+    assert record.to_json() == entry
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    """A random-weight model (64 px checkpoint) and the synthetic data around it. A random head's logits are
+    nearly flat (std ~1e-3 around ~0.1), so every mask would score 0: the head is stretched around their
+    mean so that the probabilities, and the masks' quality, vary from image to image."""
+    root = tmp_path_factory.mktemp("untrained")
+    raw = make_raw_tree(root / "raw", 10, 6, size=(90, 70))
+    prepare_dataset(raw, root / "prepared", PrepareConfig(size=64, workers=0))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("none"), unfreeze="all").eval()
+    with torch.no_grad():
+        mean = float(model(normalize_batch(Split.load(root / "prepared" / "test.pt").images)).mean())
+        head = model.decoder.head
+        head.weight *= 3000
+        head.bias.copy_(3000 * (head.bias - mean))
+    save_checkpoint(make_checkpoint(model, ModelConfig("none"), 64, 1, {}), root / "model.pt")
+    return root, raw
+
+
+def test_evaluation_tables_carry_quality_and_the_validation_threshold(untrained, tmp_path):
+    root, raw = untrained
+    test, val = (Split.load(root / "prepared" / f"{n}.pt") for n in ("test", "val"))
+    metrics, tables, _ = evaluate_checkpoint(root / "model.pt", test, val_split=val, review_fraction=0.5)
+    table = tables["test"]
+    assert {"quality", "review", "orig_jaccard"} <= set(table.columns)
+    assert table["quality"].between(0, 1).all()
+    _, plain, _ = evaluate_checkpoint(root / "model.pt", val)
+    assert metrics["review_threshold"] == pytest.approx(np.quantile(plain["test"]["quality"], 0.5))
+    assert (table["review"] == (table["quality"] < metrics["review_threshold"])).all()
+    assert metrics["review_flagged"] == pytest.approx(table["review"].mean())
+    assert {"review_auroc", "val_review_flagged"} <= set(metrics)
+    # lesionseg evaluate --per-image: the same quality column
+    csv = tmp_path / "scores.csv"
+    args = ["evaluate", "--checkpoint", str(root / "model.pt"), "--images", str(raw / TEST_IMAGES / TEST_IMAGES)]
+    assert main([*args, "--masks", str(raw / TEST_MASKS / TEST_MASKS), "--per-image", str(csv), "--workers", "0"]) == 0
+    assert pd.read_csv(csv)["quality"].to_numpy() == pytest.approx(table["quality"].to_numpy(), abs=1e-5)
+
+
+def test_predict_writes_the_quality_table_and_review_only(untrained, tmp_path, capsys):
+    root, raw = untrained
+    images = raw / TEST_IMAGES / TEST_IMAGES
+    args = ["predict", "--quiet", str(images)]
+    # A model exported before review thresholds existed: it still predicts, and says it flags nothing.
+    old = package_model([root / "model.pt"], InferenceConfig())
+    del old["inference"]["review_threshold"]
+    save_checkpoint(old, tmp_path / "old.pt")
+    assert main([*args, "--checkpoint", str(tmp_path / "old.pt"), "--output", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr()
+    assert "stores no review threshold" in printed.err and "none flagged" in printed.out
+    table = pd.read_csv(tmp_path / "a" / "quality.csv", keep_default_na=False)
+    assert list(table.columns) == ["file", "quality", "review", "mask_area_px"] and len(table) == 6
+    assert (table["review"] == "").all() and table["quality"].between(0, 1).all()
+    for row in table.itertuples():
+        stem = row.file.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        assert (np.asarray(Image.open(tmp_path / "a" / f"{stem}_mask.png")) > 127).sum() == row.mask_area_px
+    review_only = ["--checkpoint", str(tmp_path / "old.pt"), "--output", str(tmp_path / "x"), "--review-only"]
+    assert main([*args, *review_only]) == 2
+    assert "--review-only needs a review threshold" in capsys.readouterr().err
+
+    # Exported with a threshold between the scores: exactly the masks below it are flagged, and written.
+    threshold = float(np.median(table["quality"]))
+    save_checkpoint(package_model([root / "model.pt"], InferenceConfig(review_threshold=threshold)), tmp_path / "m.pt")
+    out = tmp_path / "b"
+    assert main([*args, "--checkpoint", str(tmp_path / "m.pt"), "--output", str(out), "--review-only"]) == 0
+    flagged = pd.read_csv(out / "quality.csv")
+    expected = flagged["quality"] < threshold
+    assert (flagged["review"] == np.where(expected, "yes", "no")).all() and 0 < expected.sum() < 6
+    assert flagged["quality"].nunique() > 1
+    assert f"{expected.sum()} flagged for review" in capsys.readouterr().out
+    written = {p.name for p in out.glob("*_mask.png")}
+    stems = {f.rsplit("/", 1)[-1].rsplit(".", 1)[0] + "_mask.png" for f in flagged["file"][expected]}
+    assert written == stems
+
+
+def test_risk_coverage_figure(tmp_path):
+    from lesionseg.evaluation.report import plot_risk_coverage
+
+    rng = np.random.default_rng(2)
+    quality = rng.random(40)
+    table = pd.DataFrame({"quality": quality, "orig_jaccard": quality, "review": quality < 0.2})
+    assert plot_risk_coverage({"test": table, "clinic_a": table.drop(columns="review")}, "t", tmp_path / "rc.png")
+    assert Image.open(tmp_path / "rc.png").size[0] > 100
+    assert not plot_risk_coverage({"test": table.drop(columns="quality"), "x": None}, "t", tmp_path / "no.png")
+    assert not (tmp_path / "no.png").exists()
