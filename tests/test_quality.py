@@ -219,3 +219,13 @@ def test_risk_coverage_figure(tmp_path):
     assert Image.open(tmp_path / "rc.png").size[0] > 100
     assert not plot_risk_coverage({"test": table.drop(columns="quality"), "x": None}, "t", tmp_path / "no.png")
     assert not (tmp_path / "no.png").exists()
+
+
+def test_export_stage_takes_the_evaluate_stages_threshold(tmp_path, capsys):
+    from stages.export import review_threshold as exported_threshold
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text('{"finetune_all": {"orig_jaccard": 0.8, "review_threshold": 0.61}, "frozen": {"loss": 0.3}}')
+    assert exported_threshold(metrics, "finetune_all") == 0.61
+    assert exported_threshold(metrics, "frozen") is None  # metrics from before the threshold existed
+    assert "no review threshold for frozen" in capsys.readouterr().out
