@@ -9,8 +9,8 @@ STAMP := $(VENV)/.lesionseg-installed
 SCALE_STAMP := $(VENV)/.lesionseg-scale-installed
 PG_BIN ?= /usr/lib/postgresql/15/bin
 
-.PHONY: setup repro test lint format bench mlflow-ui clean clean-mlflow clean-venv setup-scale postgresql test-services services-up services-down \
-	ci-fixture ci-pipeline ci-base ci-report
+.PHONY: setup repro test test-fast test-slow ruff lint format bench mlflow-ui clean clean-mlflow clean-venv setup-scale \
+	postgresql test-services services-up services-down ci-fixture ci-pipeline ci-base ci-report
 
 setup: $(STAMP)
 
@@ -49,15 +49,30 @@ repro: setup
 # and zizmor's offline audits, so no GitHub token is needed, here or in a fork's CI.
 WORKFLOWS := $(wildcard .github/workflows/*.yml)
 
-lint: setup
+ruff: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+lint: ruff
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict   # not --quiet: it hides the warnings --strict fails on
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/actionlint $(WORKFLOWS)
 	$(BIN)/zizmor --offline --no-progress $(WORKFLOWS)
 
+# Two tiers (docs/development.md). The fast one: ruff and every unit test, no pipeline run (under 3 min on 2 cores).
+# The slow one: the pipeline end to end (dvc repro, dvc exp run, CV, queues), torchrun, servers and the browser.
+# `make test` (README, CI): the whole lint, then both tiers, the fast one first. `services`: make test-services.
+FAST := -m "not slow and not services"
+SLOW := -m "slow and not services"
+
+test-fast: ruff
+	$(BIN)/pytest $(FAST)
+
+test-slow: setup browser
+	$(BIN)/pytest $(SLOW)
+
 test: lint browser
-	$(BIN)/pytest
+	$(BIN)/pytest $(FAST)
+	$(BIN)/pytest $(SLOW)
 
 format: setup
 	$(BIN)/ruff format .

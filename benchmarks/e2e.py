@@ -43,7 +43,8 @@ import yaml
 from lesionseg.data.synthetic import write_archives
 
 REPO = Path(__file__).resolve().parents[1]
-# What the pipeline needs from the repository (the tests' project copies use the same list).
+# What the pipeline needs from the repository: the one list, for the benchmark and for the tests' project copies
+# (tests/helpers.py).
 # data/external/.gitkeep: the folder the evaluate stage depends on, which holds the external sets' outputs.
 PROJECT_FILES = (
     "dvc.yaml",
@@ -67,10 +68,10 @@ exit $status
 """
 
 
-def copy_project(project: Path) -> Path:
-    """Copy :data:`PROJECT_FILES` of this repository into ``project`` (created)."""
+def copy_project(project: Path, files=PROJECT_FILES) -> Path:
+    """Copy ``files`` (default :data:`PROJECT_FILES`) of this repository into ``project`` (created)."""
     project.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
+    for name in files:
         src, dst = REPO / name, project / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
@@ -80,10 +81,11 @@ def copy_project(project: Path) -> Path:
     return project
 
 
-def make_project(project: Path, params: dict) -> Path:
-    """A git repository holding this project's pipeline, with ``params`` (dotted keys) set in params.yaml."""
-    copy_project(project)
-    values = yaml.safe_load((project / "params.yaml").read_text())
+def set_params(project: Path, params: dict) -> Path:
+    """Set ``params`` (dotted keys, e.g. ``{"train.epochs": 1}``) in ``project``'s params.yaml (an unknown key:
+    KeyError)."""
+    path = project / "params.yaml"
+    values = yaml.safe_load(path.read_text())
     for key, value in params.items():
         *sections, leaf = key.split(".")
         node = values
@@ -92,10 +94,30 @@ def make_project(project: Path, params: dict) -> Path:
         if leaf not in node:
             raise KeyError(f"params.yaml has no key {key!r}")
         node[leaf] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@lesionseg.invalid"]
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "benchmark project"]):
-        subprocess.run([*git, *cmd], cwd=project, check=True, capture_output=True)
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return project
+
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "lesionseg-test",
+    "GIT_AUTHOR_EMAIL": "test@lesionseg.invalid",
+    "GIT_COMMITTER_NAME": "lesionseg-test",
+    "GIT_COMMITTER_EMAIL": "test@lesionseg.invalid",
+}
+
+
+def make_project(project: Path, params: dict | None = None, *, files=PROJECT_FILES, git: bool = True) -> Path:
+    """The one project fixture: ``files`` of this repository copied into ``project``, ``params`` (dotted keys)
+    set in its params.yaml, and (``git``) a git repository with one commit holding it all.
+
+    The benchmark's scratch project and every test project (tests/helpers.py) are made here; a test of a single
+    stage that needs only a params.yaml passes ``files=("params.yaml",), git=False``."""
+    copy_project(project, files)
+    set_params(project, params or {})
+    if git:
+        env = {**os.environ, **GIT_IDENTITY}
+        for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "lesionseg project"]):
+            subprocess.run(["git", *cmd], cwd=project, env=env, check=True, capture_output=True)
     return project
 
 

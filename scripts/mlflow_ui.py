@@ -9,7 +9,9 @@ view of the headline columns are made sure of (:mod:`lesionseg.mlflow_view`), so
 predates them gets them too.
 
 - A local store (SQLite): starts ``mlflow ui`` on it and, once it answers, prints the URL of the
-  experiment's runs table in the model-training view with that saved view applied; Ctrl-C stops it.
+  experiment's runs table in the model-training view with that saved view applied. Ctrl-C, SIGTERM or
+  SIGHUP (a closed terminal) stops it: the server runs in its own process group (with its uvicorn), and
+  the whole group is stopped, so nothing keeps holding the port.
 - A tracking server (``http(s)://``, e.g. the team server of scripts/services.sh, with
   ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` where it asks for a login): starts
   nothing and prints the same URL on that server.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +34,30 @@ from lesionseg import mlflow_view, tracking  # noqa: E402
 from stages.common import get, load_params, repo_root  # noqa: E402
 
 START_TIMEOUT_S = 300  # mlflow ui takes ~30 s to answer on a busy 2-core machine
+STOP_TIMEOUT_S = 20  # after SIGTERM to the server's group, then SIGKILL
+
+
+class Stop(Exception):
+    """SIGTERM or SIGHUP arrived (Ctrl-C arrives as KeyboardInterrupt)."""
+
+
+def _stop(signum, frame):
+    raise Stop(signal.Signals(signum).name)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop the server's process group (``mlflow ui`` and its uvicorn): SIGTERM, then SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        try:
+            os.killpg(process.pid, sig)
+            while time.monotonic() < deadline:
+                process.poll()  # reaps the leader: a zombie would keep the group alive
+                os.killpg(process.pid, 0)
+                time.sleep(0.1)
+        except ProcessLookupError:  # no process left in the group
+            break
+    process.wait()
 
 
 def wait_until_up(base_url: str, process: subprocess.Popen) -> None:
@@ -43,7 +70,6 @@ def wait_until_up(base_url: str, process: subprocess.Popen) -> None:
             return
         except OSError:
             time.sleep(0.5)
-    process.terminate()
     sys.exit(f"mlflow ui did not answer on {base_url} within {START_TIMEOUT_S} s")
 
 
@@ -65,14 +91,19 @@ def main() -> None:
     # slow to answer its health check on a busy machine (uvicorn restarts it, and the UI never comes up).
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--workers", "1"]
     # The server's own output goes to stderr: stdout carries the link only (for scripts and the UI test).
-    process = subprocess.Popen([*cmd, "--port", str(args.port)], stdout=sys.stderr)
+    # Its own process group (session), stopped as a whole when this script ends, however it ends but SIGKILL.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    process = subprocess.Popen([*cmd, "--port", str(args.port)], stdout=sys.stderr, start_new_session=True)
     try:
         wait_until_up(base_url, process)
         print(f"\nlesionseg runs: {mlflow_view.runs_page_url(base_url, experiment_id)}\n", flush=True)
-        sys.exit(process.wait())
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait()
+        status = process.wait()
+    except (KeyboardInterrupt, Stop):
+        status = 0
+    finally:
+        stop_group(process)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

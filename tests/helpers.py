@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,10 +21,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 MINI = SHARED / "data" / "isic2016-mini"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
+# The pipeline on isic2016-mini (40 training, 16 test pairs) with ImageNet weights, 1 epoch a phase: params for
+# make_project, in the slow tier's runs on ../shared data.
+MINI_RUN = {
+    "download.source": str(MINI),
+    "data.expected_train": 40,
+    "data.expected_test": 16,
+    "train.encoder_weights": str(SHARED_WEIGHTS),
+    "train.epochs": 1,
+    "finetune.epochs": 1,
+}
 
-# A test project (a temporary git repository running the real pipeline) holds what the benchmark's does.
+# A test project (a temporary git repository running the real pipeline) is made like the benchmark's, by
+# benchmarks/e2e.py's make_project: PROJECT_FILES copied, dotted params set, git-initialised.
 sys.path.insert(0, str(REPO / "benchmarks"))
-from e2e import PROJECT_FILES, copy_project  # noqa: E402, F401
+from e2e import GIT_IDENTITY, PROJECT_FILES, make_project, set_params  # noqa: E402, F401
 
 TRAIN_IMAGES = "ISBI2016_ISIC_Part1_Training_Data"
 TRAIN_MASKS = "ISBI2016_ISIC_Part1_Training_GroundTruth"
@@ -80,6 +92,80 @@ def make_archives(root: Path, n_train: int = 12, n_test: int = 4) -> Path:
     for name in (TRAIN_IMAGES, TRAIN_MASKS, TEST_IMAGES, TEST_MASKS):
         zip_folder(tree / name / name, out / f"{name}.zip")
     return out
+
+
+def params_project(project: Path, **overrides) -> Path:
+    """A project of a params.yaml only (for one stage run by hand), with ``overrides`` (``section__name=value``)."""
+    params = {key.replace("__", "."): value for key, value in overrides.items()}
+    return make_project(project, params, files=("params.yaml",), git=False)
+
+
+def run_stage(project: Path, stage: str, *args, env=None, check=True, timeout=900, **popen):
+    """``python -m stages.<stage> args`` in ``project`` with this checkout's code, logging to the project's own
+    SQLite store unless ``env`` says otherwise: the finished process (``check``: asserted to succeed), or with
+    ``popen`` keywords the running :class:`subprocess.Popen`."""
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **store, **(env or {})}
+    cmd = [sys.executable, "-m", f"stages.{stage}", *map(str, args)]
+    if popen:
+        return subprocess.Popen(cmd, cwd=project, env=env, **popen)
+    result = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def project_env(**extra: str) -> dict:
+    """The environment for ``dvc``/``git`` in a test project: this interpreter's bin first on PATH (DVC runs
+    ``python -m stages...`` through the shell), a git identity (``dvc exp run`` commits), the project's
+    default MLflow store (no inherited ``MLFLOW_TRACKING_URI``), then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return {**env, **GIT_IDENTITY, **extra}
+
+
+def make_external_set(folder: Path, n: int = 5) -> Path:
+    """A clinic's labelled folder as users have them: PNG images with ``<stem>_mask.png`` beside them."""
+    folder.mkdir(parents=True)
+    for i in range(n):
+        image, mask = lesion_pair(500 + i, 80, 60)
+        Image.fromarray(image).save(folder / f"case{i}.png")
+        Image.fromarray(mask.astype("uint8") * 255).save(folder / f"case{i}_mask.png")
+    return folder
+
+
+def alive(pid: int) -> bool:
+    """A live process (not a zombie waiting for an init that does not reap)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, their children, ...), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        for children in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                new = [int(child) for child in children.read_text().split()]
+            except OSError:
+                continue
+            found += new
+            todo += new
+    return found
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class MlflowRest:

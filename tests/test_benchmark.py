@@ -1,7 +1,6 @@
-"""The end-to-end benchmark (benchmarks/e2e.py): its timing arithmetic, and one real run on generated data."""
+"""The end-to-end benchmark (benchmarks/e2e.py): its timing arithmetic, and one real run on generated data
+(conftest.py's ``generated_repro``, whose outputs test_stages.py checks)."""
 
-import json
-import subprocess
 import sys
 
 import pytest
@@ -11,7 +10,8 @@ from tests.helpers import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import e2e  # noqa: E402
 
-STAGES = ["download", "prepare", "train", "finetune", "cv", "evaluate", "report", "export"]
+# The stages of the generated run (the external set's included), each once; DVC orders the independent ones.
+STAGES = ["download", "prepare", "train", "finetune", "cv", "external", "evaluate", "report", "export"]
 
 
 def test_stage_times_split_each_process_into_startup_work_and_shutdown(tmp_path):
@@ -58,17 +58,10 @@ def test_overrides_are_yaml_values():
         e2e.parse_overrides(["train.epochs"])
 
 
-def test_e2e_benchmark_times_a_real_dvc_repro(tmp_path):
-    out = tmp_path / "e2e.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--parts", "e2e", "--generate", "20,6"]
-    cmd += ["--weights", "none", "--bare-steps", "2", "--json", str(out)]
-    for override in ("data.size=64", "train.epochs=2", "finetune.epochs=1", "finetune.unfreeze=all"):
-        cmd += ["--set", override]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(out.read_text())["e2e"]
-
-    assert [s["stage"] for s in report["stages"]] == STAGES
+@pytest.mark.slow
+def test_e2e_benchmark_times_a_real_dvc_repro(generated_repro):
+    report = generated_repro.report
+    assert sorted(s["stage"] for s in report["stages"]) == sorted(STAGES)
     for stage in report["stages"]:
         parts = stage["startup_s"] + stage["work_s"] + stage["between_s"] + stage["shutdown_s"]
         assert parts == pytest.approx(stage["wall_s"], abs=0.05), stage
@@ -78,10 +71,10 @@ def test_e2e_benchmark_times_a_real_dvc_repro(tmp_path):
 
     frozen, finetune = report["phases"]
     assert (frozen["phase"], finetune["phase"]) == ("frozen", "finetune_all")
-    # 20 generated pairs, 10% held out for validation: 18 trained per epoch
-    assert frozen["images"] == 2 * 18 and finetune["images"] == 18
+    # 10 generated pairs, 20% held out for validation: 8 trained per epoch, 2 + 1 epochs
+    assert frozen["images"] == 2 * 8 and finetune["images"] == 8
     assert frozen["bare_ips_before"] > 0 and finetune["bare_ips_after"] > 0
     assert report["ideal_training_s"] == pytest.approx(frozen["ideal_s"] + finetune["ideal_s"], abs=0.02)
     assert 0 < report["efficiency"] < 1
     assert list(report["import_s"]) == list(e2e.IMPORTS) and all(v > 0 for v in report["import_s"].values())
-    assert "end-to-end dvc repro" in result.stderr and "efficiency" in result.stderr
+    assert "end-to-end dvc repro" in generated_repro.stderr and "efficiency" in generated_repro.stderr

@@ -1,29 +1,36 @@
-"""The real pipeline on ../shared/data/isic2016-mini: dvc repro, dvc exp run, the MLflow server and its UI.
+"""The real pipeline on ../shared/data/isic2016-mini: dvc repro, dvc exp run, cross-validation with an external
+set, the MLflow server and its UI.
 
 Runs in a temporary git repository holding a copy of the project, with 1 epoch a
 phase. Skipped when ../shared is absent; the browser test also without Chromium
-and Playwright (``make browser``).
+and Playwright (``make browser``). The slow tier's one run of each of these paths.
 """
 
 import json
 import math
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
-import yaml
 
 from tests.browser import chromium, requires_browser
 from tests.conftest import requires_shared
-from tests.helpers import MINI, REPO, SHARED_WEIGHTS, MlflowServer, copy_project
+from tests.helpers import (
+    MINI_RUN,
+    REPO,
+    MlflowServer,
+    free_port,
+    make_external_set,
+    make_project,
+    project_env,
+)
 
-pytestmark = [requires_shared, pytest.mark.e2e]
+pytestmark = [requires_shared, pytest.mark.slow]
 MODELS = ["frozen", "finetune_1", "finetune_2", "finetune_all"]
 
 
@@ -35,25 +42,8 @@ def sh(cmd, cwd, env, timeout=900):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    project = copy_project(tmp_path_factory.mktemp("e2e") / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["download"]["source"] = str(MINI)
-    params["data"].update(expected_train=40, expected_test=16)
-    params["train"].update(encoder_weights=str(SHARED_WEIGHTS), epochs=1)
-    params["finetune"].update(epochs=1)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    sh(["git", "init", "-q"], project, env)
-    sh(["git", "add", "-A"], project, env)
-    sh(["git", "commit", "-qm", "project"], project, env)
+    project = make_project(tmp_path_factory.mktemp("e2e") / "project", MINI_RUN)
+    env = project_env()
     repro_log = sh(["dvc", "repro"], project, env)
     # Kept aside: the experiments below overwrite the workspace's metrics.
     shutil.copy(project / "reports" / "metrics.json", project.parent / "repro_metrics.json")
@@ -147,8 +137,8 @@ def test_mlflow_ui_opens_on_the_models_with_their_test_scores(pipeline):
 
     t0 = time.perf_counter()
     ui = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "mlflow_ui.py"), "--host", "127.0.0.1", "--port", str(_free_port())],
-        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        [sys.executable, str(REPO / "scripts" / "mlflow_ui.py"), "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:
         url = _ui_url(ui)
@@ -184,20 +174,36 @@ def test_mlflow_ui_opens_on_the_models_with_their_test_scores(pipeline):
             page.screenshot(path=REPO / "docs" / "img" / "mlflow-run.png")
         print(f"mlflow ui and browser: {time.perf_counter() - t0:.1f} s")
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
+        ui.send_signal(signal.SIGTERM)  # the launcher stops its server's process group (tests/test_mlflow_ui.py)
         ui.wait(timeout=60)
 
 
-def test_cross_validation_experiment_and_compare(pipeline):
-    """A 2-fold CV experiment (1 epoch) adds CV metrics and the ensemble row; `lesionseg compare`
-    reads two experiments' per-image tables through DVC and pairs them."""
+def test_cross_validation_experiment_and_compare(pipeline, tmp_path):
+    """A 2-fold CV experiment (1 epoch) with an external set adds CV metrics and the ensemble row, scored on
+    the test split and the external set; `lesionseg compare` reads two experiments' per-image tables through DVC
+    and pairs them."""
     project, env, _ = pipeline
-    log = sh(["dvc", "exp", "run", "-n", "cv2", "-S", "cv.folds=2", "-S", "finetune.unfreeze=all"], project, env)
+    clinic = make_external_set(tmp_path / "clinic")
+    sets = ["-S", "cv.folds=2", "-S", "finetune.unfreeze=all", "-S", f"+evaluate.external.clinic={clinic}"]
+    log = sh(["dvc", "exp", "run", "-n", "cv2", *sets], project, env)
     assert "Running stage 'cv'" in log and "Running stage 'train'" not in log
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert list(metrics) == ["frozen", "finetune_all", "cv_ensemble"]
+    assert metrics["cv_ensemble"]["members"] == 2 and metrics["cv_ensemble"]["params_total"] == 2 * 6_995_457
+    # Every training pair scored once out of fold, per-fold values with mean and standard error.
     cv = json.loads((project / "reports" / "cv" / "metrics.json").read_text())
-    assert cv["finetune_all"]["n"] == 40 and set(cv["finetune_all"]["orig_jaccard"]) == {"fold0", "fold1", "mean", "se"}
+    assert sorted(cv) == ["finetune_all", "frozen"] and cv["frozen"]["folds"] == 2
+    entry = cv["finetune_all"]["orig_jaccard"]
+    assert cv["finetune_all"]["n"] == 40 and set(entry) == {"fold0", "fold1", "mean", "se"}
+    assert entry["mean"] == pytest.approx((entry["fold0"] + entry["fold1"]) / 2) and entry["se"] >= 0
+    oof = pd.read_csv(project / "reports" / "cv" / "per_image" / "finetune_all.csv")
+    assert len(oof) == 40 and oof["id"].is_unique and sorted(oof["fold"].unique()) == [0, 1]
+    ensemble = json.loads((project / "models" / "cv" / "ensemble.json").read_text())
+    assert ensemble["model"] == "finetune_all"
+    assert ensemble["checkpoints"] == ["fold0/finetune_all.pt", "fold1/finetune_all.pt"]
+    # The fold models' ensemble is scored on the external set like every other model.
+    assert metrics["cv_ensemble"]["external"]["clinic"]["n"] == 5
+    assert len(pd.read_csv(project / "reports" / "per_image" / "clinic" / "cv_ensemble.csv")) == 5
     assert "| cv_ensemble |" in (project / "reports" / "comparison.md").read_text()
     out = sh([str(Path(sys.executable).parent / "lesionseg"), "compare", "only-all", "cv2", "--json"], project, env)
     results = {r["model"]: r for r in json.loads(out.strip().splitlines()[-1])}
@@ -207,15 +213,9 @@ def test_cross_validation_experiment_and_compare(pipeline):
     assert results["frozen"]["ci95"] == [0.0, 0.0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_server_groups_each_execution_under_one_parent_run(pipeline):
     project, env, _ = pipeline
-    server = MlflowServer(project / "mlflow.db", _free_port(), timeout=30).start()
+    server = MlflowServer(project / "mlflow.db", free_port(), timeout=30).start()
     try:
         experiment_id = server.get("experiments/get-by-name?experiment_name=lesionseg")["experiment"]["experiment_id"]
         runs = server.post("runs/search", {"experiment_ids": [experiment_id], "max_results": 1000})["runs"]
@@ -263,6 +263,7 @@ def test_mlflow_server_groups_each_execution_under_one_parent_run(pipeline):
             "fold1/finetune_all",
             "fold1/frozen",
         ]
+        assert cv_runs["cv_ensemble"][1]["lesionseg.trained_in_run"] == cv_runs["cv"][0]
         experiment = server.get(f"experiments/get?experiment_id={experiment_id}")["experiment"]
         kind = {t["key"]: t["value"] for t in experiment.get("tags", [])}["mlflow.experimentKind"]
         assert kind == "custom_model_development"

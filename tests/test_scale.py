@@ -7,9 +7,7 @@ Everything is real: torchrun and DistributedDataParallel (gloo on CPU), an
 
 from __future__ import annotations
 
-import copy
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from lesionseg.data import batch_augment
 from lesionseg.data.batch_augment import DeviceBatches
@@ -27,32 +24,16 @@ from lesionseg.data.dataset import AugmentConfig
 from lesionseg.model.checkpoint import load_model, read_checkpoint
 from lesionseg.model.inference import predict_uint8
 from tests import helpers
-from tests.helpers import REPO, copy_project, make_archives, make_raw_tree
-
-PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
-
-
-def write_params(project: Path, **overrides) -> None:
-    params = copy.deepcopy(PARAMS)
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        params[section][name] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def stage(project: Path, name: str, *args, env=None, check=True):
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    cmd = [sys.executable, "-m", f"stages.{name}", *map(str, args)]
-    result = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
-    if check:
-        assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import (
+    REPO,
+    free_port,
+    make_archives,
+    make_project,
+    make_raw_tree,
+    params_project,
+    project_env,
+    run_stage,
+)
 
 
 def test_device_batches_shard_each_global_batch(monkeypatch):
@@ -126,24 +107,20 @@ def prepared(tmp_path_factory):
     """A prepared synthetic data set (24 training pairs of 64 px)."""
     root = tmp_path_factory.mktemp("scale-data")
     raw = make_raw_tree(root / "raw", n_train=24, n_test=4)
-    project = root / "project"
-    project.mkdir()
-    write_params(project, data__size=64, data__expected_train=24, data__expected_test=4, data__val_fraction=0.25)
-    stage(project, "prepare", "--raw", raw, "--out", root / "prepared")
+    project = params_project(
+        root / "project", data__size=64, data__expected_train=24, data__expected_test=4, data__val_fraction=0.25
+    )
+    run_stage(project, "prepare", "--raw", raw, "--out", root / "prepared")
     return root / "prepared"
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_phase(tmp_path, prepared):
-    project = tmp_path / "project"
-    project.mkdir()
     common = dict(train__encoder_weights="none", train__epochs=2, train__batch_size=8, runtime__device="cpu")
-    write_params(project, runtime__nproc_per_node=2, **common)
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    project = params_project(tmp_path / "project", runtime__nproc_per_node=2, **common)
     t0 = time.perf_counter()
-    result = stage(
-        project, "train", "--data", prepared, "--checkpoint", "models/frozen.pt", "--history", "h.csv", env=env
-    )
-    seconds = time.perf_counter() - t0
+    result = run_stage(project, "train", "--data", prepared, "--checkpoint", "models/frozen.pt", "--history", "h.csv")
+    print(f"\ntrain stage, 2 epochs, 18 pairs, 2 gloo processes: {time.perf_counter() - t0:.1f} s")
     assert "[rank 0]" in result.stderr and "[rank 1]" in result.stderr
     assert "all 2 ranks hold identical weights" in result.stderr
 
@@ -160,7 +137,7 @@ def test_two_gloo_processes_train_one_phase(tmp_path, prepared):
     # One MLflow run for the phase (under the execution's parent), logged by rank 0 only.
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("lesionseg").experiment_id])
     assert sorted(r.info.run_name for r in runs if "mlflow.parentRunId" in r.data.tags) == ["frozen"]
     run = next(r for r in runs if r.info.run_name == "frozen")
@@ -173,21 +150,10 @@ def test_two_gloo_processes_train_one_phase(tmp_path, prepared):
     logits = predict_uint8(model, torch.zeros(2, 64, 64, 3, dtype=torch.uint8), 2, torch.device("cpu"))
     assert logits.shape == (2, 1, 64, 64) and torch.isfinite(logits).all()
 
-    # The same phase in 1 process, for the timing (printed with -s).
-    single = tmp_path / "single"
-    single.mkdir()
-    write_params(single, runtime__nproc_per_node=1, **common)
-    t0 = time.perf_counter()
-    stage(single, "train", "--data", prepared, "--checkpoint", "c.pt", "--history", "h.csv", env=env)
-    single_seconds = time.perf_counter() - t0
-    print(f"\ntrain stage, 2 epochs, 18 pairs: 2 gloo processes {seconds:.1f} s, 1 process {single_seconds:.1f} s")
-
 
 def test_nproc_must_be_a_positive_integer(tmp_path, prepared):
-    project = tmp_path / "project"
-    project.mkdir()
-    write_params(project, runtime__nproc_per_node=0, train__encoder_weights="none")
-    result = stage(project, "train", "--data", prepared, "--checkpoint", "c.pt", "--history", "h.csv", check=False)
+    project = params_project(tmp_path / "project", runtime__nproc_per_node=0, train__encoder_weights="none")
+    result = run_stage(project, "train", "--data", prepared, "--checkpoint", "c.pt", "--history", "h.csv", check=False)
     assert result.returncode == 1 and "runtime.nproc_per_node must be a positive integer" in result.stderr
 
 
@@ -205,44 +171,37 @@ class MlflowServer(helpers.MlflowServer):
         return self.post("runs/search", {"experiment_ids": [experiment_id], "max_results": 1000}).get("runs", [])
 
 
-def git_project(root: Path, **overrides) -> tuple[Path, dict]:
-    """A git repository holding the project (dvc.yaml, stages, library), with synthetic archives."""
-    archives = make_archives(root, n_train=24, n_test=4)
-    project = copy_project(root / "project")
-    base = dict(
-        download__source=str(archives),
-        data__size=64,
-        data__expected_train=24,
-        data__expected_test=4,
-        data__val_fraction=0.25,
-        train__encoder_weights="none",
-        runtime__device="cpu",
-    )
-    write_params(project, **{**base, **overrides})
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(project),
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
+@pytest.fixture(scope="module")
+def git_project(tmp_path_factory) -> tuple[Path, dict]:
+    """A git repository holding the project (dvc.yaml, stages, library) on synthetic archives, prepared by
+    ``dvc repro prepare``: 24 training pairs of 64 px, 12 epochs of batch 4 (the queued experiments set theirs)."""
+    root = tmp_path_factory.mktemp("scale-project")
+    params = {
+        "download.source": str(make_archives(root, n_train=24, n_test=4)),
+        "data.size": 64,
+        "data.expected_train": 24,
+        "data.expected_test": 4,
+        "data.val_fraction": 0.25,
+        "train.encoder_weights": "none",
+        "train.epochs": 12,
+        "train.batch_size": 4,
+        "runtime.device": "cpu",
     }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
-        subprocess.run(cmd, cwd=project, env=env, check=True)
+    project = make_project(root / "project", params)
+    env = project_env(PYTHONPATH=str(project))
+    subprocess.run(["dvc", "repro", "prepare"], cwd=project, env=env, check=True, capture_output=True)
     return project, env
 
 
-def test_tracking_server_killed_mid_phase_loses_no_training(tmp_path):
+@pytest.mark.slow
+def test_tracking_server_killed_mid_phase_loses_no_training(tmp_path, git_project):
     """The server dies during the train stage: outputs written, one clear line; dvc repro then logs, no training."""
-    project, env = git_project(tmp_path, train__epochs=12, train__batch_size=4)
+    project, env = git_project
     server = MlflowServer(tmp_path / "store" / "mlflow.db", free_port())
     (tmp_path / "store").mkdir()
-    env["MLFLOW_TRACKING_URI"] = server.uri
+    env = {**env, "MLFLOW_TRACKING_URI": server.uri}
     server.start()
     try:
-        subprocess.run(["dvc", "repro", "prepare"], cwd=project, env=env, check=True, capture_output=True)
         repro = subprocess.Popen(
             ["dvc", "repro", "train"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -315,13 +274,14 @@ def run_queue(project: Path, env: dict, names: list[str]) -> None:
         assert "database is locked" not in log and "Traceback" not in log
 
 
-def test_queued_experiments_run_side_by_side_into_one_sqlite_store(tmp_path):
+@pytest.mark.slow
+def test_queued_experiments_run_side_by_side_into_one_sqlite_store(git_project):
     """dvc exp run --queue x2, dvc queue start -j 2: both experiments' runs land in the default SQLite store."""
-    project, env = git_project(tmp_path, train__epochs=2, train__batch_size=4)
+    project, env = git_project
     names = ["q-lr-a", "q-lr-b"]
     for name, lr in zip(names, (0.001, 0.002)):
         subprocess.run(
-            ["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "train"],
+            ["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "-S", "train.epochs=2", "train"],
             cwd=project, env=env, check=True, capture_output=True,
         )  # fmt: skip
     run_queue(project, env, names)

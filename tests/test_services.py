@@ -20,11 +20,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lesionseg.model.checkpoint import read_checkpoint
 from tests.conftest import requires_shared
-from tests.helpers import MINI, REPO, SHARED_WEIGHTS, MlflowRest, copy_project
+from tests.helpers import GIT_IDENTITY, MINI_RUN, REPO, MlflowRest, alive, make_project
 from tests.test_scale import run_queue
 
 pytestmark = [requires_shared, pytest.mark.services]
@@ -44,15 +43,6 @@ def pick_ports() -> dict[str, str]:
         ports = [pg, mlflow, *range(s3, s3 + 7), *range(s3 + 10000, s3 + 10006)]
         if len(set(ports)) == len(ports) and not any(map(busy, ports)):
             return {"LESIONSEG_PG_PORT": str(pg), "LESIONSEG_MLFLOW_PORT": str(mlflow), "LESIONSEG_S3_PORT": str(s3)}
-
-
-def running(pid: int) -> bool:
-    """A live process (not a zombie waiting for an init that does not reap)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def sh(cmd, cwd, env, timeout=1200, check=True):
@@ -92,7 +82,7 @@ def services():
         shutil.rmtree(folder, ignore_errors=True)
         assert down.returncode == 0, down.stderr
         assert status.returncode == 1 and status.stdout.count("not running") == 3, status.stdout
-        assert not [pid for pid in pids if running(pid)], "a service outlived services.sh down"
+        assert not [pid for pid in pids if alive(pid)], "a service outlived services.sh down"
 
 
 def test_services_script_is_idempotent_and_explains_errors(services):
@@ -162,21 +152,9 @@ def test_pipeline_logs_to_the_server_and_shares_data_through_the_remote(services
     import boto3
 
     env, settings = services
-    project = copy_project(tmp_path / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["download"]["source"] = str(MINI)
-    params["data"].update(expected_train=40, expected_test=16)
-    params["train"].update(encoder_weights=str(SHARED_WEIGHTS), epochs=1)
-    params["finetune"].update(epochs=1, unfreeze="all")
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git_env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e.com",
-    }
+    project = make_project(tmp_path / "project", {**MINI_RUN, "finetune.unfreeze": "all"})
     login = {k: settings[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    env = {**env, **git_env, **login, "PYTHONPATH": str(project)}
+    env = {**env, **GIT_IDENTITY, **login, "PYTHONPATH": str(project)}
     endpoint, bucket = settings["LESIONSEG_S3_ENDPOINT"], settings["LESIONSEG_S3_BUCKET"]
 
     def remote(cwd: Path, *, add: bool) -> None:  # what services.sh prints
@@ -190,10 +168,8 @@ def test_pipeline_logs_to_the_server_and_shares_data_through_the_remote(services
             env,
         )
 
-    sh(["git", "init", "-q"], project, env)
     remote(project, add=True)
-    sh(["git", "add", "-A"], project, env)
-    sh(["git", "commit", "-qm", "project"], project, env)
+    sh(["git", "commit", "-qam", "the team remote"], project, env)
     assert "secret_access_key" not in (project / ".dvc" / "config").read_text()
 
     t0 = time.perf_counter()

@@ -1,4 +1,7 @@
-"""Stage scripts on synthetic data in a temp project, params validation, and kills mid-stage."""
+"""Stage scripts on synthetic data in a temp project, params validation, and kills mid-stage.
+
+The outputs of a whole pipeline run are checked on the generated ``dvc repro`` that the end-to-end benchmark
+times (the ``generated_repro`` fixture of conftest.py, shared with test_benchmark.py)."""
 
 import copy
 import hashlib
@@ -18,7 +21,7 @@ from lesionseg.data.dataset import AugmentConfig
 from lesionseg.data.prepare import PrepareConfig
 from lesionseg.training.train import TrainConfig
 from stages.common import ParamError, build, get, train_config, unfreeze_levels
-from tests.helpers import REPO, make_archives, make_raw_tree
+from tests.helpers import REPO, alive, descendants, make_external_set, make_raw_tree, params_project, run_stage
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -82,30 +85,8 @@ def test_bad_unfreeze_levels(value):
         unfreeze_levels(value)
 
 
-def run_stage(project: Path, stage: str, *args, check=True, **popen):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
-    cmd = [sys.executable, "-m", f"stages.{stage}", *map(str, args)]
-    if popen:
-        return subprocess.Popen(cmd, cwd=project, env=env, **popen)
-    result = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def make_project(tmp_path, **overrides) -> Path:
-    params = copy.deepcopy(PARAMS)
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        params[section][name] = value
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    return project
-
-
 def test_stage_with_bad_param_fails_at_start_naming_the_key(tmp_path):
-    project = make_project(tmp_path, data__size=-5)
+    project = params_project(tmp_path / "project", data__size=-5)
     result = run_stage(project, "prepare", "--raw", "raw", "--out", "prepared", check=False)
     assert result.returncode == 1
     assert "data.size must be an integer >= 32" in result.stderr and "Traceback" not in result.stderr
@@ -113,139 +94,33 @@ def test_stage_with_bad_param_fails_at_start_naming_the_key(tmp_path):
 
 
 def test_missing_encoder_weights_fail_at_start_with_a_clear_message(tmp_path):
-    project = make_project(tmp_path, train__encoder_weights="weights/missing.pth")
+    project = params_project(tmp_path / "project", train__encoder_weights="weights/missing.pth")
     result = run_stage(project, "train", "--data", "nope", "--checkpoint", "c.pt", "--history", "h.csv", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "missing.pth': no such file" in result.stderr
     assert sorted(os.listdir(project)) == ["params.yaml"]
 
 
-def make_external_set(folder: Path, n: int = 5) -> Path:
-    """A clinic's labelled folder as users have them: PNG images with ``<stem>_mask.png`` beside them."""
-    from PIL import Image
-
-    from tests.helpers import lesion_pair
-
-    folder.mkdir(parents=True)
-    for i in range(n):
-        image, mask = lesion_pair(500 + i, 80, 60)
-        Image.fromarray(image).save(folder / f"case{i}.png")
-        Image.fromarray(mask.astype("uint8") * 255).save(folder / f"case{i}_mask.png")
-    return folder
-
-
-def test_stages_on_synthetic_data(tmp_path):
-    archives = make_archives(tmp_path, n_train=10, n_test=4)
-    clinic = make_external_set(tmp_path / "clinic_a")
-    project = make_project(
-        tmp_path,
-        download__source=str(archives),
-        data__size=64,
-        data__expected_train=10,
-        data__expected_test=4,
-        data__val_fraction=0.2,
-        train__encoder_weights="none",
-        train__epochs=1,
-        train__batch_size=4,
-        finetune__epochs=1,
-        finetune__batch_size=4,
-        finetune__unfreeze="all",
-        report__samples=3,
-        cv__folds=2,
-        evaluate__external={"clinic": str(clinic)},
-    )
-    run_stage(project, "download", "--raw", "data/raw")
-    run_stage(project, "prepare", "--raw", "data/raw", "--out", "data/prepared")
-    run_stage(
-        project, "train", "--data", "data/prepared", "--checkpoint", "models/frozen.pt", "--history", "h/frozen.csv"
-    )
-    run_stage(
-        project,
-        "finetune",
-        "--data",
-        "data/prepared",
-        "--frozen",
-        "models/frozen.pt",
-        "--models",
-        "models/ft",
-        "--histories",
-        "h/ft",
-    )
-    cv_args = ("--models", "models/cv", "--metrics", "cv/metrics.json", "--per-image", "cv/per_image")
-    run_stage(project, "cv", "--data", "data/prepared", *cv_args)
-    run_stage(project, "external", "--name", "clinic", "--out", "data/external/clinic")
-    summary = json.loads((project / "data" / "external" / "clinic.json").read_text())
-    assert summary["n"] == 5 and summary["skipped"] == []
-    evaluated_from = int(time.time() * 1000)
-    run_stage(
-        project,
-        "evaluate",
-        "--external",
-        "data/external",
-        "--data",
-        "data/prepared",
-        "--frozen",
-        "models/frozen.pt",
-        "--finetuned",
-        "models/ft",
-        "--cv-models",
-        "models/cv",
-        "--metrics",
-        "m.json",
-        "--per-image",
-        "per_image",
-    )
-    run_stage(
-        project,
-        "report",
-        "--data",
-        "data/prepared",
-        "--frozen",
-        "models/frozen.pt",
-        "--finetuned",
-        "models/ft",
-        "--histories",
-        "h/frozen.csv",
-        "h/ft",
-        "--metrics",
-        "m.json",
-        "--per-image",
-        "per_image",
-        "--figures",
-        "fig",
-        "--table",
-        "cmp",
-        "--external",
-        "data/external",
-    )
-    metrics = json.loads((project / "m.json").read_text())
-    assert list(metrics) == ["frozen", "finetune_all", "cv_ensemble"]
+@pytest.mark.slow
+def test_pipeline_on_generated_data_writes_every_output(generated_repro):
+    """The generated ``dvc repro`` (10 training, 4 test pairs, an external set of 5): metrics, per-image tables,
+    figures, the comparison table, MLflow grouping; then single stages re-run on its outputs."""
+    project, clinic = generated_repro.project, generated_repro.clinic
+    evaluated_from = next(p["start"] for p in generated_repro.processes if p["stage"] == "evaluate") * 1000
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert list(metrics) == ["frozen", "finetune_all"]
     assert metrics["frozen"]["params_trainable"] == 4_771_585 and metrics["finetune_all"]["params_frozen"] == 0
-    assert metrics["cv_ensemble"]["members"] == 2 and metrics["cv_ensemble"]["params_total"] == 2 * 6_995_457
     for name in ("frozen", "finetune_all"):  # validation scores sit beside the test scores, model facts only once
         values = metrics[name]
         assert 0 <= values["val_orig_jaccard"] <= 1 and "val_params_total" not in values and "val_lr" not in values
 
-    # Cross-validation: every training pair scored once, per-fold values with mean and standard error.
-    cv = json.loads((project / "cv" / "metrics.json").read_text())
-    assert sorted(cv) == ["finetune_all", "frozen"]
-    assert cv["frozen"]["n"] == 10 and cv["frozen"]["folds"] == 2
-    entry = cv["finetune_all"]["orig_jaccard"]
-    assert entry["mean"] == pytest.approx((entry["fold0"] + entry["fold1"]) / 2) and entry["se"] >= 0
-    oof = pd.read_csv(project / "cv" / "per_image" / "finetune_all.csv")
-    assert len(oof) == 10 and oof["id"].is_unique and sorted(oof["fold"].unique()) == [0, 1]
-    ensemble = json.loads((project / "models" / "cv" / "ensemble.json").read_text())
-    assert ensemble["model"] == "finetune_all" and ensemble["checkpoints"] == [
-        "fold0/finetune_all.pt",
-        "fold1/finetune_all.pt",
-    ]
-    children = check_mlflow_grouping(project, json.loads((project / "m.json").read_text()))
+    children = check_mlflow_grouping(project, metrics)
     # True durations: the models' runs end with their training, not when the evaluate stage logged their scores.
     frozen, finetuned = children["frozen"].info, children["finetune_all"].info
     assert frozen.end_time <= finetuned.start_time < finetuned.end_time < evaluated_from
     # The first metric (what MLflow's compare page plots by default) tells the models apart.
     assert [next(iter(children[name].data.metrics)) for name in ("frozen", "finetune_all")] == ["params_trainable"] * 2
-    assert sorted(os.listdir(project / "fig")) == [
+    assert sorted(os.listdir(project / "reports" / "figures")) == [
         "clinic_error_maps.png",
         "clinic_overlays.png",
         "clinic_samples.png",
@@ -257,18 +132,18 @@ def test_stages_on_synthetic_data(tmp_path):
         "samples.png",
         "worst.png",
     ]
-    table = (project / "cmp.md").read_text()
+    table = (project / "reports" / "comparison.md").read_text()
     assert "| finetune_all |" in table and "| IoU change vs frozen [95% CI] |" in table
     assert "| frozen | 0.001 |" in table and "+0.0000 [+0.0000, +0.0000]" in table  # frozen against itself
     assert "| clinic IoU | clinic IoU change vs test [95% CI] |" in table
-    per_image_files = ["clinic", "cv_ensemble.csv", "finetune_all.csv", "frozen.csv"]
-    assert sorted(os.listdir(project / "per_image")) == per_image_files
-    assert sorted(os.listdir(project / "per_image" / "clinic")) == per_image_files[1:]
+    per_image = project / "reports" / "per_image"
+    assert sorted(os.listdir(per_image)) == ["clinic", "finetune_all.csv", "frozen.csv"]
+    assert sorted(os.listdir(per_image / "clinic")) == ["finetune_all.csv", "frozen.csv"]
 
     # The external set is scored like the test split, for every model, and logged on each model's run.
     for name, values in metrics.items():
         clinic_scores = values["external"]["clinic"]
-        clinic_table = pd.read_csv(project / "per_image" / "clinic" / f"{name}.csv")
+        clinic_table = pd.read_csv(per_image / "clinic" / f"{name}.csv")
         assert clinic_scores["n"] == 5 and list(clinic_table["id"]) == [f"case{i}" for i in range(5)]
         assert clinic_scores["orig_jaccard"] == pytest.approx(clinic_table["orig_jaccard"].mean(), abs=1e-5)
         assert clinic_table["height"].tolist() == [60] * 5  # original resolution
@@ -281,19 +156,8 @@ def test_stages_on_synthetic_data(tmp_path):
     assert summary["n"] == 4 and summary["skipped"] == ["case4_mask.png: no image"]
 
     # Fine-tuning must start from the frozen (level 0) checkpoint.
-    result = run_stage(
-        project,
-        "finetune",
-        "--data",
-        "data/prepared",
-        "--frozen",
-        "models/ft/finetune_all.pt",
-        "--models",
-        "models/ft2",
-        "--histories",
-        "h/ft2",
-        check=False,
-    )
+    args = ("--data", "data/prepared", "--frozen", "models/finetune/finetune_all.pt", "--models", "models/ft2")
+    result = run_stage(project, "finetune", *args, "--histories", "h/ft2", check=False)
     assert (
         result.returncode == 1 and "finetune_all.pt: expected the frozen-encoder (level 0) checkpoint" in result.stderr
     )
@@ -313,17 +177,14 @@ def check_mlflow_grouping(project: Path, metrics: dict) -> dict:
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1, [r.info.run_name for r in parents]
     parent = parents[0].info.run_id
-    assert parents[0].data.params["train.epochs"] == "1"  # the whole params.yaml
+    assert parents[0].data.params["train.epochs"] == "2"  # the whole params.yaml
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
-    assert sorted(children) == ["cv", "cv_ensemble", "finetune_all", "frozen"]
+    assert sorted(children) == ["finetune_all", "frozen"]
     for name, values in metrics.items():
         assert children[name].data.metrics["test_orig_jaccard"] == pytest.approx(values["orig_jaccard"])
     assert "evaluate_val_orig_jaccard" in children["frozen"].data.metrics
     assert not any(k.startswith("test_val_") for r in runs for k in r.data.metrics)
     assert children["finetune_all"].data.tags["lesionseg.init_from_run"] == children["frozen"].info.run_id
-    folds = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == children["cv"].info.run_id}
-    assert folds == {"fold0/frozen", "fold0/finetune_all", "fold1/frozen", "fold1/finetune_all"}
-    assert children["cv_ensemble"].data.tags["lesionseg.trained_in_run"] == children["cv"].info.run_id
     return children
 
 
@@ -342,7 +203,7 @@ def check_external_in_mlflow(project: Path, metrics: dict) -> None:
 
 def test_external_stage_errors_name_the_set_and_keep_earlier_output(tmp_path):
     clinic = make_external_set(tmp_path / "clinic_a", n=2)
-    project = make_project(tmp_path, evaluate__external={"clinic": str(clinic)})
+    project = params_project(tmp_path / "project", evaluate__external={"clinic": str(clinic)})
     args = ("--name", "clinic", "--out", "data/external/clinic")
     run_stage(project, "external", *args)
     before = _digests(project / "data" / "external")
@@ -354,11 +215,10 @@ def test_external_stage_errors_name_the_set_and_keep_earlier_output(tmp_path):
     assert "case1_mask.png: external set 'clinic': mask is 7x7 but its image case1.png is 80x60" in result.stderr
     assert _digests(project / "data" / "external") == before
 
-    (tmp_path / "p2").mkdir(), (tmp_path / "p3").mkdir()
-    project2 = make_project(tmp_path / "p2", evaluate__external={"bad name": str(clinic)})
+    project2 = params_project(tmp_path / "p2" / "project", evaluate__external={"bad name": str(clinic)})
     result = run_stage(project2, "external", "--name", "bad name", "--out", "x", check=False)
     assert result.returncode == 1 and "evaluate.external.bad name: external set name" in result.stderr
-    project3 = make_project(tmp_path / "p3", evaluate__external={"clinic": {"images": str(clinic)}})
+    project3 = params_project(tmp_path / "p3" / "project", evaluate__external={"clinic": {"images": str(clinic)}})
     result = run_stage(project3, "external", *args, check=False)
     assert result.returncode == 1 and "evaluate.external.clinic must be a folder" in result.stderr
 
@@ -380,17 +240,11 @@ def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
 
-def _children(pid: int) -> list[str]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return path.read_text().split() if path.exists() else []
-
-
-def test_killed_prepare_leaves_previous_output_and_reruns_cleanly(tmp_path):
-    raw = make_raw_tree(tmp_path / "project" / "raw", n_train=300, n_test=20, size=(640, 480))
-    project = tmp_path / "project"
-    params = with_value("data.expected_train", None)
-    params["data"]["expected_test"] = None
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+def test_killed_prepare_leaves_previous_output_no_worker_and_reruns_cleanly(tmp_path):
+    """SIGKILL mid-way (an interrupted ``dvc repro``): the earlier output stays, its decode workers die with it
+    (none is left waiting on the pool's pipe), and the next run succeeds."""
+    raw = make_raw_tree(tmp_path / "project" / "raw", n_train=120, n_test=8, size=(640, 480))
+    project = params_project(tmp_path / "project", data__expected_train=None, data__expected_test=None)
     small = tmp_path / "small"
     make_raw_tree(small, n_train=4, n_test=2)
     run_stage(project, "prepare", "--raw", small, "--out", "prepared")
@@ -400,16 +254,20 @@ def test_killed_prepare_leaves_previous_output_and_reruns_cleanly(tmp_path):
         project, "prepare", "--raw", raw, "--out", "prepared", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
-    while not _children(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)  # until the decoding worker processes exist: the stage is mid-way
+    while len(workers := descendants(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # until both decoding worker processes exist: the stage is mid-way
     assert proc.poll() is None, "prepare finished before it could be killed; make the input larger"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 10
+    while (left := [pid for pid in workers if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"decode workers {left} outlived their killed prepare"
     assert _digests(project / "prepared") == previous
 
     run_stage(project, "prepare", "--raw", raw, "--out", "prepared")
     summary = json.loads((project / "prepared" / "summary.json").read_text())
-    assert summary["training_pairs"] == 300
+    assert summary["training_pairs"] == 120
     assert not [p for p in project.iterdir() if p.name.startswith(".prepared")]
 
 

@@ -169,6 +169,7 @@ def test_fused_optimizer_follows_the_same_path(splits, tmp_path):
         assert fused.history[column].to_numpy() == pytest.approx(plain.history[column].to_numpy(), rel=1e-3, abs=1e-4)
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels: about a minute on 2 cores
 def test_compiled_training_step_matches_eager(splits, tmp_path):
     torch._dynamo.reset()
     _, eager = _train(splits, tmp_path / "eager", epochs=1)

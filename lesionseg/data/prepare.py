@@ -8,7 +8,11 @@ images, pairs, ignored files and repairs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
+import signal
+import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -97,9 +101,31 @@ def _decode_job(job):
     return decode_pair(*job)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: the worker is killed (SIGKILL) when its parent process dies, however it dies.
+
+    A decode worker waits on the pool's task pipe, whose write end it inherited (fork): a ``prepare`` (or
+    ``external``) stage killed with SIGKILL, e.g. an interrupted ``dvc repro``, would otherwise leave its
+    workers waiting forever. ``parent``: the pool owner's pid. Linux only (prctl); elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:  # the parent died before the line above: nothing is left to signal this worker
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        os._exit(1)
+
+
 def decoding_pool(workers: int):
-    """A process pool for :func:`decode_pairs`, or a no-op context (``None``) for ``workers=0``."""
-    return ProcessPoolExecutor(max_workers=workers) if workers > 0 else contextlib.nullcontext()
+    """A process pool for :func:`decode_pairs` whose workers die with this process, or a no-op context
+    (``None``) for ``workers=0``."""
+    if workers <= 0:
+        return contextlib.nullcontext()
+    return ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
 
 
 def decode_pairs(
