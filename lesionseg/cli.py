@@ -40,18 +40,12 @@ def cmd_summary(args) -> int:
 def _load_for_inference(args):
     """The model of ``--checkpoint`` on ``--device``, its checkpoint dict, and its stored inference
     settings with the command line's overrides."""
-    from lesionseg.model.checkpoint import has_inference_settings, inference_settings, load_models
+    from lesionseg.model.checkpoint import inference_settings, load_models
     from lesionseg.model.inference import select_device
 
     device = select_device(args.device)
     model, checkpoint = load_models(args.checkpoint)
     model.to(device)
-    if not has_inference_settings(checkpoint):
-        print(
-            f"note: {args.checkpoint[0]} stores no inference settings (a training checkpoint, not an exported model):"
-            " the plain model unless flags say otherwise; lesionseg's recipe is --tta --keep-largest --fill-holes",
-            file=sys.stderr,
-        )
     chosen = {k: getattr(args, k, None) for k in ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold")}
     settings = dataclasses.replace(inference_settings(checkpoint), **{k: v for k, v in chosen.items() if v is not None})
     return model, checkpoint, settings, device
@@ -100,7 +94,7 @@ def cmd_predict(args) -> int:
         written = "only their masks written" if args.review_only else "see review in quality.csv"
         review = f"{summary.flagged} flagged for review (quality < {settings.review_threshold:.4g}; {written})"
     print(
-        f"predicted {ok} of {len(paths)} image(s) into {args.output} ({_describe(settings)}); {review}"
+        f"predicted {ok} of {len(paths)} image(s) into {args.output} ({_describe(settings, checkpoint)}); {review}"
         + (f"; {len(summary.failed)} failed:" if summary.failed else "")
     )
     for path, problem in summary.failed.items():
@@ -108,17 +102,23 @@ def cmd_predict(args) -> int:
     return 1 if summary.failed else 0
 
 
-def _describe(settings) -> str:
-    return (
+def _describe(settings, checkpoint: dict) -> str:
+    from lesionseg.model.checkpoint import has_inference_settings
+
+    described = (
         f"tta={'on' if settings.tta else 'off'}, threshold={settings.threshold:g}, "
         f"keep_largest={'on' if settings.keep_largest else 'off'}, fill_holes={'on' if settings.fill_holes else 'off'}"
     )
+    if not has_inference_settings(checkpoint):  # a training checkpoint: say where the settings came from
+        described += "; the checkpoint stores no inference settings: the plain model and the flags given"
+    return described
 
 
 def cmd_evaluate(args) -> int:
     from lesionseg import atomic
     from lesionseg.data.external import ExternalSet, prepare_external
     from lesionseg.evaluation.evaluate import TEST_TABLE, add_review, evaluate_model
+    from lesionseg.model.checkpoint import has_inference_settings
 
     model, checkpoint, settings, device = _load_for_inference(args)
     spec = ExternalSet(args.name, args.images, args.masks, args.mask_suffix)
@@ -130,10 +130,15 @@ def cmd_evaluate(args) -> int:
     if args.per_image:
         atomic.write_text(args.per_image, table.to_csv(index=False, float_format="%.6f"))
     if args.json:
-        print(json.dumps({"n": len(split), **metrics, "settings": dataclasses.asdict(settings)}))
+        stored = has_inference_settings(checkpoint)
+        print(
+            json.dumps(
+                {"n": len(split), **metrics, "settings": dataclasses.asdict(settings), "settings_stored": stored}
+            )
+        )
     else:
         print(
-            f"{len(split)} image(s) of {args.images} ({_describe(settings)}): "
+            f"{len(split)} image(s) of {args.images} ({_describe(settings, checkpoint)}): "
             f"IoU {metrics['orig_jaccard']:.4f}, Dice {metrics['orig_dice']:.4f}, "
             f"thresholded IoU {metrics['orig_jaccard_thresholded']:.4f} "
             "(per-image means at original resolution, the ISIC definition)"

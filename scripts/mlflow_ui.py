@@ -28,10 +28,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stages.common, from a checkout without install
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stages.params, from a checkout without install
 
 from lesionseg import mlflow_view, tracking  # noqa: E402
-from stages.common import get, load_params, repo_root  # noqa: E402
+from stages.params import get, load_params, repo_root  # noqa: E402
 
 START_TIMEOUT_S = 300  # mlflow ui takes ~30 s to answer on a busy 2-core machine
 STOP_TIMEOUT_S = 20  # after SIGTERM to the server's group, then SIGKILL

@@ -11,7 +11,18 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import e2e  # noqa: E402
 
 # The stages of the generated run (the external set's included), each once; DVC orders the independent ones.
-STAGES = ["download", "prepare", "train", "finetune", "cv", "external", "evaluate", "report", "export"]
+STAGES = [
+    "download",
+    "prepare",
+    "train",
+    "finetune",
+    "cv_train",
+    "cv_score",
+    "external",
+    "evaluate",
+    "report",
+    "export",
+]
 
 
 def test_stage_times_split_each_process_into_startup_work_and_shutdown(tmp_path):
@@ -43,7 +54,7 @@ def test_stage_times_split_each_process_into_startup_work_and_shutdown(tmp_path)
 
 
 def test_a_stage_without_work_is_all_overhead(tmp_path):
-    (tmp_path / "p.tsv").write_text("1.0\t1.5\t0\t-m stages.cv --data x\n")
+    (tmp_path / "p.tsv").write_text("1.0\t1.5\t0\t-m stages.cv_train --data x\n")
     (row,) = e2e.stage_times(e2e.read_processes(tmp_path / "p.tsv"), [])
     assert row["startup_s"] == 0.5 and row["work_s"] == 0.0
 
@@ -66,7 +77,7 @@ def test_e2e_benchmark_times_a_real_dvc_repro(generated_repro):
         parts = stage["startup_s"] + stage["work_s"] + stage["between_s"] + stage["shutdown_s"]
         assert parts == pytest.approx(stage["wall_s"], abs=0.05), stage
         assert min(stage["startup_s"], stage["work_s"], stage["shutdown_s"]) >= 0, stage
-        assert stage["work_s"] > 0 or stage["stage"] == "cv", stage  # cv.folds 0: nothing to do
+        assert stage["work_s"] > 0 or stage["stage"] in ("cv_train", "cv_score"), stage  # cv.folds 0
     assert report["wall_s"] >= sum(s["wall_s"] for s in report["stages"])
 
     frozen, finetune = report["phases"]

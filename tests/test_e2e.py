@@ -52,7 +52,7 @@ def pipeline(tmp_path_factory):
 
 def test_repro_produces_every_output(pipeline):
     project, _, log = pipeline
-    for stage in ("download", "prepare", "train", "finetune", "cv", "evaluate", "report", "export"):
+    for stage in ("download", "prepare", "train", "finetune", "cv_train", "cv_score", "evaluate", "report", "export"):
         assert f"Running stage '{stage}'" in log
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert list(metrics) == MODELS
@@ -85,6 +85,25 @@ def test_repro_produces_every_output(pipeline):
     ):
         assert (project / path).is_file(), path
     assert "Data and pipelines are up to date" in sh(["dvc", "status"], project, pipeline[1])
+
+
+def test_a_changed_library_function_makes_dvc_rerun_the_stages_that_load_it(pipeline):
+    """dvc.yaml's code deps in action (tests/test_stage_deps.py checks them statically): a changed function in
+    lesionseg/evaluation/metrics.py, which picks each phase's best epoch, is a changed dependency of the training
+    stages, so `dvc repro` cannot keep checkpoints made by the old code; undone, the pipeline is up to date."""
+    project, env, _ = pipeline
+    metrics_py = project / "lesionseg" / "evaluation" / "metrics.py"
+    original = metrics_py.read_text()
+    try:
+        metrics_py.write_text(original.replace("def summarize(", "def summarize(  # changed\n", 1))
+        assert metrics_py.read_text() != original
+        status = json.loads(sh(["dvc", "status", "--json"], project, env))
+        for stage in ("train", "finetune", "cv_train", "cv_score", "evaluate"):
+            assert stage in status, (stage, sorted(status))
+        assert not {"download", "prepare"} & set(status), sorted(status)
+    finally:
+        metrics_py.write_text(original)
+    assert "Data and pipelines are up to date" in sh(["dvc", "status"], project, env)
 
 
 def test_exp_run_reruns_only_what_it_must(pipeline):
@@ -186,7 +205,8 @@ def test_cross_validation_experiment_and_compare(pipeline, tmp_path):
     clinic = make_external_set(tmp_path / "clinic")
     sets = ["-S", "cv.folds=2", "-S", "finetune.unfreeze=all", "-S", f"+evaluate.external.clinic={clinic}"]
     log = sh(["dvc", "exp", "run", "-n", "cv2", *sets], project, env)
-    assert "Running stage 'cv'" in log and "Running stage 'train'" not in log
+    assert "Running stage 'cv_train'" in log and "Running stage 'cv_score'" in log
+    assert "Running stage 'train'" not in log
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert list(metrics) == ["frozen", "finetune_all", "cv_ensemble"]
     assert metrics["cv_ensemble"]["members"] == 2 and metrics["cv_ensemble"]["params_total"] == 2 * 6_995_457
@@ -198,19 +218,39 @@ def test_cross_validation_experiment_and_compare(pipeline, tmp_path):
     assert entry["mean"] == pytest.approx((entry["fold0"] + entry["fold1"]) / 2) and entry["se"] >= 0
     oof = pd.read_csv(project / "reports" / "cv" / "per_image" / "finetune_all.csv")
     assert len(oof) == 40 and oof["id"].is_unique and sorted(oof["fold"].unique()) == [0, 1]
-    ensemble = json.loads((project / "models" / "cv" / "ensemble.json").read_text())
+    ensemble = json.loads((project / "reports" / "cv" / "ensemble.json").read_text())
     assert ensemble["model"] == "finetune_all"
     assert ensemble["checkpoints"] == ["fold0/finetune_all.pt", "fold1/finetune_all.pt"]
     # The fold models' ensemble is scored on the external set like every other model.
     assert metrics["cv_ensemble"]["external"]["clinic"]["n"] == 5
     assert len(pd.read_csv(project / "reports" / "per_image" / "clinic" / "cv_ensemble.csv")) == 5
     assert "| cv_ensemble |" in (project / "reports" / "comparison.md").read_text()
-    out = sh([str(Path(sys.executable).parent / "lesionseg"), "compare", "only-all", "cv2", "--json"], project, env)
-    results = {r["model"]: r for r in json.loads(out.strip().splitlines()[-1])}
+    # Every fold model on the external set, averaged per image over the folds.
+    fold_mean = pd.read_csv(project / "reports" / "cv" / "external" / "clinic" / "finetune_all.csv")
+    assert len(fold_mean) == 5 and set(fold_mean["folds"]) == {2}
+    lesionseg = str(Path(sys.executable).parent / "lesionseg")
+    out = sh([lesionseg, "compare", "only-all", "cv2", "--json"], project, env)
+    records = json.loads(next(line for line in out.splitlines() if line.startswith("[")))
+    results = {r["model"]: r for r in records if r["evaluation"] == "test"}
     assert sorted(results) == ["finetune_all", "frozen"]
     # The same models (DVC re-used them): the paired change is exactly zero.
     assert results["finetune_all"]["n"] == 16 and results["finetune_all"]["delta"] == 0
     assert results["frozen"]["ci95"] == [0.0, 0.0]
+
+    # An inference-only change re-scores the fold models without training them again, and the two experiments
+    # are compared on every evaluation they share.
+    log = sh(["dvc", "exp", "run", "-n", "cv2-plain", "-S", "evaluate.tta=false"], project, env)
+    assert "Running stage 'cv_score'" in log and "Running stage 'cv_train'" not in log
+    out = sh([lesionseg, "compare", "cv2", "cv2-plain", "--json"], project, env)
+    records = json.loads(next(line for line in out.splitlines() if line.startswith("[")))
+    assert {r["evaluation"] for r in records} == {
+        "test",
+        "external clinic",
+        "cv out-of-fold",
+        "external clinic, fold-model mean",
+    }
+    oof = next(r for r in records if r["evaluation"] == "cv out-of-fold" and r["model"] == "finetune_all")
+    assert oof["n"] == 40
 
 
 def test_mlflow_server_groups_each_execution_under_one_parent_run(pipeline):

@@ -139,7 +139,7 @@ def test_evaluate_command_scores_a_folder_like_the_pipeline(tmp_path, checkpoint
     folder = write_set(tmp_path / "clinic", ["a", "b", "c"], ".", ".", suffix="_mask", ext=".png")
     out = tmp_path / "scores.csv"
     argv = ["evaluate", "--checkpoint", str(checkpoint), "--images", str(folder), "--json", "--per-image", str(out)]
-    assert cli_main([*argv, "--workers", "0"]) == 0
+    assert cli_main([*argv, "--workers", "0", "--tta"]) == 0  # a training checkpoint stores no settings
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 3 and result["settings"]["tta"] is True and 0 <= result["orig_jaccard"] <= 1
 

@@ -97,11 +97,11 @@ def test_predict_defaults_to_the_settings_stored_with_the_model(trained, tmp_pat
     args = ["predict", "--quiet", str(images)]
     assert main([*args, "--checkpoint", str(tmp_path / "plain.pt"), "--output", str(tmp_path / "a")]) == 0
     assert "tta=off, threshold=0.5, keep_largest=off, fill_holes=off" in capsys.readouterr().out
-    # A training checkpoint carries no settings: the plain model, said on stderr; flags choose the recipe's.
+    # A training checkpoint carries no settings: the plain model, and it says so; flags choose the recipe's.
     assert main([*args, "--checkpoint", str(root / "model.pt"), "--output", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr()
     assert "tta=off, threshold=0.5, keep_largest=off, fill_holes=off" in printed.out
-    assert "stores no inference settings" in printed.err and "--tta --keep-largest --fill-holes" in printed.err
+    assert "the checkpoint stores no inference settings: the plain model" in printed.out
     recipe = ["--tta", "--keep-largest", "--fill-holes"]
     assert main([*args, "--checkpoint", str(root / "model.pt"), "--output", str(tmp_path / "c"), *recipe]) == 0
     assert "tta=on, threshold=0.5, keep_largest=on, fill_holes=on" in capsys.readouterr().out

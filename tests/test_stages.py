@@ -20,7 +20,8 @@ import yaml
 from lesionseg.data.dataset import AugmentConfig
 from lesionseg.data.prepare import PrepareConfig
 from lesionseg.training.train import TrainConfig
-from stages.common import ParamError, build, get, train_config, unfreeze_levels
+from stages.configs import train_config, unfreeze_levels
+from stages.params import ParamError, build, get
 from tests.helpers import REPO, alive, descendants, make_external_set, make_raw_tree, params_project, run_stage
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -225,7 +226,7 @@ def test_external_stage_errors_name_the_set_and_keep_earlier_output(tmp_path):
 
 def test_tracking_uri_and_local_paths_resolve_against_the_repository(monkeypatch, tmp_path):
     from lesionseg.tracking import artifact_root_for, resolve_tracking_uri
-    from stages.common import local_path, repo_root
+    from stages.params import local_path, repo_root
 
     assert resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert resolve_tracking_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
@@ -281,7 +282,7 @@ def test_light_stages_do_not_import_the_training_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    code = "import sys, stages.download, stages.cv\nprint('torch' in sys.modules)"
+    code = "import sys, stages.download, stages.cv_train\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -291,7 +292,7 @@ def test_stage_exit_skips_the_collector_but_runs_exit_handlers(tmp_path):
     marker = tmp_path / "exit"
     code = (
         "import atexit, gc\n"
-        "from stages.common import main\n"
+        "from stages.launch import main\n"
         "state = lambda: f'{gc.isenabled()} {gc.get_freeze_count() > 0}'\n"
         f"atexit.register(lambda: open({str(marker)!r}, 'w').write(state()))\n"
         "main(lambda: None)\n"

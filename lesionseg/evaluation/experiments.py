@@ -34,6 +34,7 @@ METRICS_FILE = "metrics.json"
 CV_METRICS_FILE = "cv/metrics.json"
 TEST = "test"
 CV_OUT_OF_FOLD = "cv out-of-fold"
+LOOSE_TABLES = "per-image tables"
 
 
 def external_evaluation(set_name: str) -> str:
@@ -46,7 +47,7 @@ def fold_mean_evaluation(set_name: str) -> str:
 
 def evaluation_of(folder: str) -> str:
     """The evaluation a folder of per-image tables holds, from where it sits in the layout above
-    (``reports/cv/per_image`` -> ``cv out-of-fold``); a folder elsewhere is named by its path."""
+    (``reports/cv/per_image`` -> ``cv out-of-fold``); a folder elsewhere is :data:`LOOSE_TABLES`."""
     parts = Path(folder).parts
     if parts[-2:] == ("cv", "per_image"):
         return CV_OUT_OF_FOLD
@@ -56,7 +57,7 @@ def evaluation_of(folder: str) -> str:
         return TEST
     if len(parts) >= 2 and parts[-2] == PER_IMAGE:
         return external_evaluation(parts[-1])
-    return str(folder)
+    return LOOSE_TABLES  # two such folders (two runs' copies of one evaluation) are compared with each other
 
 
 def check_table(table: pd.DataFrame, source) -> pd.DataFrame:
@@ -203,7 +204,8 @@ def read_run(
         return RunEvaluations(source, {evaluation_of(str(path.resolve().parent)): read_tables(path)})
     if path.is_dir() and not any((path / sub).is_dir() for sub in (PER_IMAGE, "cv")):
         folder = path / set_name if set_name else path
-        return RunEvaluations(source, {evaluation_of(str(folder.resolve())): read_tables(folder)})
+        evaluation = external_evaluation(set_name) if set_name else evaluation_of(str(folder.resolve()))
+        return RunEvaluations(source, {evaluation: read_tables(folder)})
     if path.is_dir() or per_image_dir is None:
         return read_evaluations(RunFiles(source, reports_dir, repo), set_name)
     folder = posixpath.join(per_image_dir, set_name) if set_name else per_image_dir
