@@ -14,7 +14,10 @@ import torch
 
 from tests.helpers import MINI, REPO, SHARED_WEIGHTS, make_external_set
 
-torch.set_num_threads(2)
+# One thread, here and (unless set) in the processes the tests start: the tests' tensors are tiny, and on shared
+# cores a second OpenMP thread spins waiting for its partner (the fast tier took 2 to 5 times as long).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 requires_shared = pytest.mark.skipif(
     not (MINI.is_dir() and SHARED_WEIGHTS.is_file()), reason="../shared data and weights are not available"
