@@ -193,7 +193,8 @@ def test_a_reports_folder_has_every_evaluation_of_the_layout(two_experiments):
     assert list(read_run(str(b), set_name="extra").tables) == ["external extra", "external extra, fold-model mean"]
     assert evaluation_of("x/reports/cv/per_image") == "cv out-of-fold"
     assert evaluation_of("reports/cv/external/extra") == "external extra, fold-model mean"
-    assert evaluation_of("reports/per_image/extra") == "external extra" and evaluation_of("some/dir") == "per-image tables"
+    assert evaluation_of("reports/per_image/extra") == "external extra"
+    assert evaluation_of("some/dir") == "per-image tables"
 
 
 def test_compare_runs_on_every_shared_evaluation(two_experiments):
