@@ -352,9 +352,7 @@ DELETED_SCRIPTS = ("cv_ablation.py", "cv_table.py", "external_table.py", "ablati
 
 
 def test_the_docs_name_no_deleted_script():
-    # docs/development.md is the tiers helper's page in issue 25 (its code map names them until that lands)
-    pages = [page for page in docs_pages() if page.name != "development.md"]
-    named = [f"{page.name}: {name}" for page in pages for name in DELETED_SCRIPTS if name in page.read_text()]
+    named = [f"{page.name}: {name}" for page in docs_pages() for name in DELETED_SCRIPTS if name in page.read_text()]
     assert not named, f"the docs still name scripts that are gone: {named}"
 
 
