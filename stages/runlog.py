@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lesionseg.errors import TrackingError
+from lesionseg.recipes import flatten
 from stages.codeset import stage_code
 from stages.params import get, repo_root
 
@@ -48,17 +49,6 @@ def mlflow_setup(params: dict) -> str:
     digest = hashlib.sha256(json.dumps([exp_name, commit, params], sort_keys=True, default=str).encode()).hexdigest()
     name = exp_name or f"repro-{digest[:8]}"
     return tracking.execution_run(experiment_id, f"{name}:{digest[:16]}", name, flatten(params), run_tags("pipeline"))
-
-
-def flatten(params: dict, prefix: str = "") -> dict:
-    """``{"train": {"lr": 0.001}}`` -> ``{"train.lr": 0.001}`` (lists stay values)."""
-    flat = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def run_tags(phase: str) -> dict:

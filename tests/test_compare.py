@@ -349,16 +349,3 @@ def test_compare_git_revisions_through_dvc(two_experiments, tmp_path, monkeypatc
     ]
     assert main(["compare", "HEAD~1", "HEAD", "--per-image-dir", "reports/cv/per_image", "--json"]) == 0
     assert [r["evaluation"] for r in json.loads(capsys.readouterr().out)] == ["cv out-of-fold"]
-
-
-def test_two_loose_folders_of_one_external_set_are_compared(tmp_path):
-    """Two runs' copies of a set's tables, outside a reports folder: `lesionseg compare A B --set clinic`."""
-    rng = np.random.default_rng(0)
-    scores = rng.uniform(0.5, 0.9, 40)
-    for side, shift in (("a", 0.0), ("b", 0.05)):
-        (tmp_path / side / "clinic").mkdir(parents=True)
-        table = pd.DataFrame({"id": [f"c{i}" for i in range(40)], "orig_jaccard": scores + shift})
-        table.to_csv(tmp_path / side / "clinic" / "frozen.csv", index=False)
-    a, b = (read_run(str(tmp_path / side), set_name="clinic") for side in ("a", "b"))
-    (result,) = compare_runs(a, b).results
-    assert result.evaluation == "external clinic" and result.change.delta == pytest.approx(0.05)
