@@ -165,8 +165,10 @@ def test_fused_optimizer_follows_the_same_path(splits, tmp_path):
     _, plain = _train(splits, tmp_path / "plain", unfreeze="all", fused_optimizer="off")
     _, fused = _train(splits, tmp_path / "fused", unfreeze="all", fused_optimizer="on")  # fused Adam on the CPU
     # The same updates up to float rounding: one kernel instead of a loop over parameters.
-    for column in ("train_loss", "val_loss", "val_jaccard"):
+    for column in ("train_loss", "val_loss"):
         assert fused.history[column].to_numpy() == pytest.approx(plain.history[column].to_numpy(), rel=1e-3, abs=1e-4)
+    # Jaccard thresholds the logits: rounding flips the odd pixel near 0.5 (a few in 10^4 of the tiny val split).
+    assert fused.history["val_jaccard"].to_numpy() == pytest.approx(plain.history["val_jaccard"].to_numpy(), abs=1e-3)
 
 
 @pytest.mark.slow  # inductor compiles C++ kernels: about a minute on 2 cores
