@@ -143,15 +143,19 @@ def cmd_evaluate(args) -> int:
             f"thresholded IoU {metrics['orig_jaccard_thresholded']:.4f} "
             "(per-image means at original resolution, the ISIC definition)"
         )
-        print(f"mask quality: AUROC {metrics['review_auroc']:.3f} for telling masks with IoU < 0.7 from the rest")
+        if "review_auroc" in metrics:
+            print(f"mask quality: AUROC {metrics['review_auroc']:.3f} for telling masks with IoU < 0.7 from the rest")
+        else:
+            print("mask quality: no AUROC (these masks are all above, or all below, IoU 0.7)")
         if settings.review_threshold is None:
             print("the model stores no review threshold: no mask flagged (review metrics need one)")
         else:
-            print(
-                f"review (quality < {settings.review_threshold:.4g}): {metrics['review_flagged']:.1%} flagged, "
-                f"{metrics['review_caught']:.1%} of failures caught, "
-                f"accepted masks' IoU {metrics['review_accepted_jaccard']:.4f}"
-            )
+            parts = [f"{metrics['review_flagged']:.1%} flagged"]
+            if "review_caught" in metrics:
+                parts.append(f"{metrics['review_caught']:.1%} of failures caught")
+            if "review_accepted_jaccard" in metrics:
+                parts.append(f"accepted masks' IoU {metrics['review_accepted_jaccard']:.4f}")
+            print(f"review (quality < {settings.review_threshold:.4g}): {', '.join(parts)}")
     for line in pairing.skipped:
         print(f"skipped {line}", file=sys.stderr)
     return 0

@@ -111,8 +111,9 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
                 "n": len(table),
                 "folds": len(parts),
                 **{c: float(table[c].mean()) for c in ("orig_jaccard", "orig_dice")},
-                # each fold model's review metrics at the out-of-fold threshold, averaged
-                **pd.DataFrame([review(part, thresholds[name]) for part in parts]).mean().to_dict(),
+                # each fold model's review metrics at the out-of-fold threshold, averaged over the folds that
+                # define them (review_metrics leaves out what a fold's images leave undefined)
+                **pd.DataFrame([review(part, thresholds[name]) for part in parts]).mean().dropna().to_dict(),
             }
     tuned = [name for name in summary if name != "frozen"] or list(summary)
     best = max(tuned, key=lambda name: summary[name]["orig_jaccard"]["mean"])

@@ -53,9 +53,10 @@ def failure_auroc(quality, iou, failure_iou: float = FAILURE_IOU) -> float:
 
 
 def review_metrics(quality, iou, threshold: float | None, failure_iou: float = FAILURE_IOU) -> dict[str, float]:
-    """``review_auroc`` (:func:`failure_auroc`), ``review_caught`` (share of failures flagged; NaN without
-    failures), ``review_accepted_jaccard`` (mean IoU of the masks not flagged; NaN if all are),
-    ``review_flagged`` (share flagged) for one split. Without a threshold only the AUROC."""
+    """``review_auroc`` (:func:`failure_auroc`), ``review_caught`` (share of failures flagged),
+    ``review_accepted_jaccard`` (mean IoU of the masks not flagged), ``review_flagged`` (share flagged) for
+    one split; without a threshold only the AUROC. A metric the split leaves undefined (no failure, no
+    success, every mask flagged) is left out: metrics.json holds numbers only, and a missing metric says why."""
     quality, iou = np.asarray(quality, dtype=float), np.asarray(iou, dtype=float)
     metrics = {"auroc": failure_auroc(quality, iou, failure_iou)}
     if threshold is not None:
@@ -63,7 +64,7 @@ def review_metrics(quality, iou, threshold: float | None, failure_iou: float = F
         metrics["caught"] = float(flagged[failed].mean()) if failed.any() else float("nan")
         metrics["accepted_jaccard"] = float(iou[~flagged].mean()) if (~flagged).any() else float("nan")
         metrics["flagged"] = float(flagged.mean()) if flagged.size else float("nan")
-    return {REVIEW_PREFIX + k: v for k, v in metrics.items()}
+    return {REVIEW_PREFIX + k: v for k, v in metrics.items() if not np.isnan(v)}
 
 
 def risk_coverage(quality, iou) -> tuple[np.ndarray, np.ndarray]:
