@@ -69,16 +69,16 @@ def deferred(params: dict, inputs: list[Path], stage_module: str) -> Deferred:
     """
     from lesionseg.training.phases import Deferred
 
-    root = repo_root()
+    code_root = Path(__file__).resolve().parents[1]  # the code that runs (a torchrun test runs it from elsewhere)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-    for path in [*inputs, *(root / p for p in stage_code(stage_module, root))]:
+    for path in [*inputs, *(code_root / p for p in stage_code(stage_module, code_root))]:
         path = Path(path)
-        digest.update(str(path.relative_to(root) if path.is_relative_to(root) else path.name).encode())
+        digest.update(str(path.relative_to(code_root) if path.is_relative_to(code_root) else path.name).encode())
         if path.is_file():
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
-    return Deferred(root / PENDING_DIR, digest.hexdigest())
+    return Deferred(repo_root() / PENDING_DIR, digest.hexdigest())
 
 
 def raise_logging_errors(results) -> None:

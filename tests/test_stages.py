@@ -130,6 +130,7 @@ def test_pipeline_on_generated_data_writes_every_output(generated_repro):
         "curves.png",
         "error_maps.png",
         "overlays.png",
+        "risk_coverage.png",
         "samples.png",
         "worst.png",
     ]
