@@ -11,23 +11,12 @@ from pathlib import Path
 
 from lesionseg.errors import DataError
 from lesionseg.model.encoder import EncoderWeightsError
-from lesionseg.model.model import ModelConfig, build_model, count_parameters
-
-SUMMARY_LEVELS = ("0", "1", "2", "3", "all")
-
-
-def parameter_summary() -> dict[str, dict[str, int]]:
-    """Parameter counts for every unfreeze level, from a randomly initialised model (no download)."""
-    model = build_model(ModelConfig(encoder_weights="none"))
-    summary = {}
-    for level in SUMMARY_LEVELS:
-        model.set_unfreeze_level(level)
-        summary[level] = count_parameters(model)
-    return summary
 
 
 def cmd_summary(args) -> int:
-    summary = parameter_summary()
+    from lesionseg.model.model import parameter_counts_by_level
+
+    summary = parameter_counts_by_level()
     if args.json:
         print(json.dumps(summary))
         return 0

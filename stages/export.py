@@ -1,5 +1,7 @@
 """Stage export: the chosen model, with the inference settings it was evaluated with, as
-``models/model.pt`` (for ``lesionseg predict``), ONNX, and an MLflow pyfunc model.
+``models/model.pt`` (for ``lesionseg predict``), ONNX, and an MLflow pyfunc model; and its model card
+(``<card>.md``, ``<card>.json``, also in the ONNX metadata and logged with the MLflow model), generated from
+the pipeline's records: the data manifest, the params, the evaluate and cv_score stages' results.
 
 ``export.model`` is a model name (``frozen``, ``finetune_all``, ...), ``best`` (the
 fine-tuned model with the best validation Jaccard) or ``cv_ensemble`` (the
@@ -9,17 +11,22 @@ it is the one the evaluate stage chose for that model (``review_threshold`` in `
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from lesionseg import atomic, tracking
+from lesionseg.evaluation.experiments import read_tables
 from lesionseg.evaluation.postprocess import InferenceConfig
 from lesionseg.evaluation.records import parse_metrics
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
-from lesionseg.model.checkpoint import package_model
+from lesionseg.model.checkpoint import package_model, read_checkpoint
 from lesionseg.model.ensemble import ENSEMBLE_NAME
+from lesionseg.model.model import parameter_counts_by_level
 from lesionseg.serving.export import export_onnx, log_pyfunc_model
+from lesionseg.serving.model_card import card_markdown, card_results, model_card
+from stages.external_sets import external_folders
 from stages.launch import main, work
-from stages.params import ParamError, get, load_params
+from stages.params import ParamError, get, load_params, repo_root
 from stages.runlog import mlflow_setup
 
 
@@ -41,6 +48,11 @@ def run() -> None:
     parser.add_argument("--model", type=Path, required=True, help="exported model file (models/model.pt)")
     parser.add_argument("--onnx", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True, help="the evaluate stage's metrics (review threshold)")
+    parser.add_argument("--per-image", type=Path, required=True, help="the evaluate stage's per-image tables")
+    parser.add_argument("--cv-metrics", type=Path, required=True, help="the cv_score stage's metrics")
+    parser.add_argument("--raw", type=Path, required=True, help="the download stage's folder (manifest.json)")
+    parser.add_argument("--prepared", type=Path, required=True, help="the prepare stage's folder (summary.json)")
+    parser.add_argument("--card", type=Path, required=True, help="model card stem: <card>.md and <card>.json")
     args = parser.parse_args()
     params = load_params()
     which = get(params, "export.model")
@@ -59,14 +71,92 @@ def run() -> None:
         fill_holes=get(params, "evaluate.fill_holes"),
         review_threshold=review_threshold(args.metrics, chosen),
     )
-    with work():
-        atomic.torch_save(package_model(paths, settings), args.model)
-        export_onnx(args.model, args.onnx)
-
     parent = mlflow_setup(params)
+    with work():
+        package = package_model(paths, settings)
+        card = model_card(
+            name=chosen,
+            checkpoint=package,
+            parameter_counts=parameter_counts_by_level(),
+            recipe=recipe_of(package, paths[0].parent / "frozen.pt" if chosen == ENSEMBLE_NAME else args.frozen),
+            data=training_data(args.raw, args.prepared, params),
+            results=card_results(
+                exported_tables(args.per_image, chosen, list(external_folders(params))),
+                settings.review_threshold,
+                review_by_evaluation(args.metrics, chosen),
+                cv_summary(args.cv_metrics, package, chosen),
+            ),
+            provenance={
+                "git_commit": tracking.git_commit(repo_root()),
+                "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
+                "mlflow_run_id": parent,
+            },
+        )
+        atomic.torch_save(package, args.model)
+        export_onnx(args.model, args.onnx, {"lesionseg.model_card": json.dumps(card)})
+        atomic.write_json(args.card.with_suffix(".json"), card)
+        atomic.write_text(args.card.with_suffix(".md"), card_markdown(card))
+
     with tracking.start_run("", {"lesionseg.exported_model": chosen}, run_id=parent):  # the execution's model
-        uri = log_pyfunc_model(args.model)
-    print(f"exported {chosen} to {args.model} and {args.onnx}; MLflow model {uri}")
+        uri = log_pyfunc_model(args.model, [args.card.with_suffix(".md"), args.card.with_suffix(".json")])
+    print(f"exported {chosen} to {args.model} and {args.onnx}, its card to {args.card}.md; MLflow model {uri}")
+
+
+def recipe_of(package: dict, frozen: Path) -> dict:
+    """What made the model, as its checkpoints record it: the architecture's config, the input size, each
+    training phase's config (the frozen phase's from ``frozen``, the frozen checkpoint it was tuned from) and
+    the inference settings."""
+    member = package["members"][0] if "members" in package else package
+    phases = {"frozen": read_checkpoint(frozen).get("train_config")}
+    if member.get("unfreeze") != "0":
+        phases[f"finetune_{member['unfreeze']}"] = member.get("train_config")
+    return {
+        "model": member["model_config"],
+        "input_size": package["preprocessing"]["size"],
+        "phases": phases,
+        "inference": package.get("inference", {}),
+    }
+
+
+def training_data(raw: Path, prepared: Path, params: dict) -> dict:
+    manifest = json.loads((raw / "manifest.json").read_text())
+    summary = json.loads((prepared / "summary.json").read_text())
+    return {
+        "source": manifest.get("source"),
+        "archives": {name: entry["sha256"] for name, entry in manifest.get("archives", {}).items()},
+        "pairs": summary.get("pairs"),
+        "split_seed": get(params, "data.seed"),
+        "val_fraction": get(params, "data.val_fraction"),
+    }
+
+
+def exported_tables(per_image: Path, model: str, sets: list[str]) -> dict:
+    """Evaluation -> the exported model's per-image table: ``test``, then each external set's."""
+    tables = {"test": read_tables(per_image / f"{model}.csv")[model]}
+    for name in sets:
+        tables[f"external {name}"] = read_tables(per_image / name / f"{model}.csv")[model]
+    return tables
+
+
+def review_by_evaluation(metrics: Path, model: str) -> dict[str, dict]:
+    record = parse_metrics(metrics.read_text(), metrics)[model]
+
+    def review(scores: dict) -> dict:
+        return {k: v for k, v in scores.items() if k.startswith("review_")}
+
+    return {"test": review(record.test), **{f"external {s}": review(v) for s, v in record.external.items()}}
+
+
+def cv_summary(cv_metrics: Path, package: dict, model: str) -> dict | None:
+    """The CV estimate of the exported model's recipe: the CV summary of its level (of the ensemble's members)."""
+    summary = json.loads(cv_metrics.read_text())
+    level = package["members"][0]["unfreeze"] if "members" in package else package["unfreeze"]
+    name = model if model in summary else ("frozen" if level == "0" else f"finetune_{level}")
+    if name not in summary:
+        return None
+    entry = summary[name]
+    jaccard = entry["orig_jaccard"]
+    return {"model": name, "folds": entry["folds"], "n": entry["n"], "mean": jaccard["mean"], "se": jaccard["se"]}
 
 
 if __name__ == "__main__":

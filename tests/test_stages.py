@@ -151,6 +151,23 @@ def test_pipeline_on_generated_data_writes_every_output(generated_repro):
         assert clinic_table["height"].tolist() == [60] * 5  # original resolution
     check_external_in_mlflow(project, metrics)
 
+    # The exported model's card, from the run's own records: the archives it was trained on, its results on the
+    # test split and the external set (with the drop), and the same JSON in the ONNX model's metadata.
+    card = json.loads((project / "models" / "model_card.json").read_text())
+    manifest = json.loads((project / "data" / "raw" / "manifest.json").read_text())
+    assert card["training_data"]["archives"] == {a: e["sha256"] for a, e in manifest["archives"].items()}
+    assert set(card["results"]["evaluations"]) == {"test", "external clinic"}
+    exported = card["name"].removeprefix("lesionseg ")
+    test_iou = card["results"]["evaluations"]["test"]["iou"]["mean"]
+    assert test_iou == pytest.approx(metrics[exported]["orig_jaccard"], abs=1e-5)
+    assert "drop" in card["results"]["evaluations"]["external clinic"]
+    assert card["provenance"]["mlflow_run_id"] and card["recipe"]["input_size"] == 64
+    assert "## Intended use and limitations" in (project / "models" / "model_card.md").read_text()
+    import onnx
+
+    onnx_meta = {p.key: p.value for p in onnx.load(str(project / "models" / "model.onnx")).metadata_props}
+    assert json.loads(onnx_meta["lesionseg.model_card"]) == card
+
     # A mask without its image is listed by name; the set is scored without it.
     (clinic / "case4.png").unlink()
     run_stage(project, "external", "--name", "clinic", "--out", "data/external/clinic")

@@ -130,3 +130,24 @@ def independent_difference(a, b, confidence: float = CONFIDENCE, resamples: int 
         ci = _bootstrap_ci(a, b, _difference_of_means, False, confidence, resamples, seed)
         p_value = float(stats.mannwhitneyu(a, b).pvalue)
     return IndependentComparison(len(a), len(b), float(a.mean()), float(b.mean()), delta, ci, p_value)
+
+
+def mean_interval(scores, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0):
+    """The mean of per-image ``scores`` (1-D, at least 2) and its BCa bootstrap interval, resampling images
+    (``scipy.stats.bootstrap``): ``(mean, (low, high))``. Identical scores give the point as the interval."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1 or len(scores) < 2:
+        raise ValueError(f"an interval of a mean needs 1-D scores of at least 2 images, got shape {scores.shape}")
+    mean = float(scores.mean())
+    if np.ptp(scores) <= 1e-12:
+        return mean, (mean, mean)
+    result = stats.bootstrap(
+        (scores,),
+        np.mean,
+        vectorized=True,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="BCa",
+        rng=np.random.default_rng(seed),
+    )
+    return mean, (float(result.confidence_interval.low), float(result.confidence_interval.high))

@@ -124,3 +124,17 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+SUMMARY_LEVELS = ("0", "1", "2", "3", "all")  # as level_name writes them
+
+
+def parameter_counts_by_level() -> dict[str, dict[str, int]]:
+    """:func:`count_parameters` at every unfreeze level, from a randomly initialised model (the architecture's
+    counts; no weights are downloaded)."""
+    model = build_model(ModelConfig(encoder_weights="none"))
+    counts = {}
+    for level in SUMMARY_LEVELS:
+        model.set_unfreeze_level(level)
+        counts[level] = count_parameters(model)
+    return counts

@@ -22,14 +22,15 @@ from lesionseg.model.quality import mask_quality
 ONNX_OPSET = 17
 
 
-def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path) -> dict:
+def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path, metadata: dict[str, str] | None = None) -> dict:
     """Write an ONNX model: input ``image`` float32 ``(batch, 3, S, S)`` ImageNet-normalised,
     output ``logits`` ``(batch, 1, S, S)``; batch is dynamic. Several checkpoints (or an
     exported ensemble) become one graph whose logits are those of the mean probability.
     The model's metadata holds the preprocessing (``lesionseg.preprocessing``) and the
     inference settings to apply around it (``lesionseg.inference``: flip TTA, threshold,
     clean-up; see :class:`~lesionseg.evaluation.postprocess.InferenceConfig`); the colour constancy
-    step (``lesionseg.colour_constancy``) is inside the graph. Returns the preprocessing dict."""
+    step (``lesionseg.colour_constancy``) is inside the graph; ``metadata`` adds entries (the export stage:
+    ``lesionseg.model_card``). Returns the preprocessing dict."""
     paths = checkpoint_paths if isinstance(checkpoint_paths, (list, tuple)) else [checkpoint_paths]
     model, checkpoint = load_models(paths)
     model.eval()
@@ -62,6 +63,7 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path) -> dict:
                         for k, default in (("colour_constancy", "none"), ("minkowski_p", 6.0))
                     }
                 ),
+                **(metadata or {}),
             },
         )
     return checkpoint["preprocessing"]
@@ -144,10 +146,11 @@ class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
 PYFUNC_SETTINGS = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold")
 
 
-def log_pyfunc_model(checkpoint_path: Path, name: str = "model") -> str:
+def log_pyfunc_model(checkpoint_path: Path, documents: list[Path] = (), name: str = "model") -> str:
     """Log ``checkpoint_path`` (a checkpoint or an exported model, see
     :func:`lesionseg.model.checkpoint.package_model`) as a pyfunc model in the active run,
-    with signature (its params: the inference settings) and input example.
+    with signature (its params: the inference settings) and input example; ``documents`` (e.g. the model
+    card) travel with it as artifacts named by their file names.
 
     Returns the model URI for ``mlflow.pyfunc.load_model``.
     """
@@ -162,7 +165,7 @@ def log_pyfunc_model(checkpoint_path: Path, name: str = "model") -> str:
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=LesionSegPyfunc(),
-        artifacts={"checkpoint": str(checkpoint_path)},
+        artifacts={"checkpoint": str(checkpoint_path), **{Path(d).name: str(d) for d in documents}},
         signature=signature,
         input_example=example,
         pip_requirements=_requirements(),
