@@ -65,7 +65,7 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
 
     from lesionseg import tracking
     from lesionseg.data.cache import Split
-    from lesionseg.evaluation.crossval import mean_over_folds, score_fold_external, score_heldout, summarize_folds
+    from lesionseg.evaluation.crossval import mean_over_folds, score_fold, summarize_folds
     from lesionseg.evaluation.postprocess import PostprocessConfig
     from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, review_metrics, review_threshold
     from lesionseg.model.inference import select_device
@@ -84,11 +84,10 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
     with work(folds=len(folds)):
         for fold in folds:
             checkpoints = fold_checkpoints(args.models, fold.index)
-            for name, table in score_heldout(checkpoints, fold, batch_size, device, tta, postprocess).items():
+            fold_heldout, fold_external = score_fold(checkpoints, fold, sets, batch_size, device, tta, postprocess)
+            for name, table in fold_heldout.items():
                 heldout.setdefault(name, []).append(table)
-            for set_name, tables in score_fold_external(
-                checkpoints, sets, batch_size, device, tta, postprocess
-            ).items():
+            for set_name, tables in fold_external.items():
                 for name, table in tables.items():
                     external[set_name].setdefault(name, []).append(table)
 

@@ -107,3 +107,41 @@ def test_paired_difference_finds_a_clearly_worse_model():
     assert noisy.ci95[0] < 0 < noisy.ci95[1]
     with pytest.raises(ValueError, match="equal length"):
         paired_difference(a, b[:-1])
+
+
+def test_score_fold_loads_each_model_once_and_scores_held_out_and_external_pairs(tmp_path, monkeypatch):
+    from lesionseg.evaluation import crossval
+    from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
+    from lesionseg.model.model import ModelConfig, build_model
+
+    pairs, external = synthetic_split(12, size=32), synthetic_split(5, size=32, seed=1)
+    (fold,) = [f for f in make_folds(pairs, CrossValConfig(folds=2, val_fraction=0.2)) if f.index == 1]
+    config = ModelConfig(encoder_weights="none")
+    checkpoints = {}
+    for name, level in (("frozen", 0), ("finetune_all", 4)):
+        checkpoints[name] = tmp_path / f"{name}.pt"
+        save_checkpoint(make_checkpoint(build_model(config, level), config, 32, 1, {}), checkpoints[name])
+    loads = []
+    real_load = crossval.load_model
+    monkeypatch.setattr(crossval, "load_model", lambda path: loads.append(path) or real_load(path))
+
+    heldout, sets = crossval.score_fold(checkpoints, fold, {"clinic": external})
+    assert sorted(loads) == sorted(checkpoints.values())  # once each, for the held-out pairs and the set alike
+    for name in checkpoints:
+        assert list(heldout[name]["id"]) == list(fold.heldout.ids) and set(heldout[name]["fold"]) == {1}
+        assert list(sets["clinic"][name]["id"]) == list(external.ids)
+    mean = crossval.mean_over_folds([sets["clinic"]["frozen"], sets["clinic"]["finetune_all"]])
+    both = (sets["clinic"]["frozen"]["orig_jaccard"] + sets["clinic"]["finetune_all"]["orig_jaccard"]) / 2
+    assert mean["orig_jaccard"].to_numpy() == pytest.approx(both.to_numpy()) and set(mean["folds"]) == {2}
+
+
+def test_the_fold_manifest_rebuilds_the_same_folds_and_names_missing_pairs():
+    from lesionseg.training.folds import fold_manifest, folds_from_manifest
+
+    pairs = synthetic_split(23)
+    folds = make_folds(pairs, CrossValConfig(folds=5))
+    rebuilt = folds_from_manifest(pairs, fold_manifest(folds))
+    for a, b in zip(folds, rebuilt, strict=True):
+        assert a.index == b.index and (a.train.ids, a.val.ids, a.heldout.ids) == (b.train.ids, b.val.ids, b.heldout.ids)
+    with pytest.raises(ValueError, match="names 1 pairs the data lacks"):
+        folds_from_manifest(pairs.subset(list(range(22))), fold_manifest(folds))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.evaluate import ORIGINAL_PREFIX, evaluate_model
+from lesionseg.evaluation.evaluate import ORIGINAL_PREFIX, evaluate_external, evaluate_model
 from lesionseg.evaluation.metrics import THRESHOLDED_JACCARD_CUTOFF
 from lesionseg.evaluation.postprocess import PostprocessConfig
 from lesionseg.model.checkpoint import load_model
@@ -23,42 +23,31 @@ from lesionseg.training.folds import Fold
 CV_METRICS = ("jaccard", "dice", "jaccard_thresholded")
 
 
-def score_heldout(
+def score_fold(
     checkpoints: dict[str, Path],
     fold: Fold,
+    sets: dict[str, Split] | None = None,
     batch_size: int = 32,
     device=None,
     tta: bool = False,
     postprocess: PostprocessConfig = PostprocessConfig(),
-) -> dict[str, pd.DataFrame]:
-    """Model name -> per-image table of that fold model on its held-out pairs (with a ``fold`` column)."""
-    tables = {}
+) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, pd.DataFrame]]]:
+    """One fold's models (model name -> checkpoint), each loaded once, scored on the fold's held-out pairs and
+    on every external set (``sets``: name -> split). Returns ``(model -> held-out per-image table with a
+    ``fold`` column, set -> model -> per-image table)``."""
+    heldout: dict[str, pd.DataFrame] = {}
+    external: dict[str, dict[str, pd.DataFrame]] = {name: {} for name in sets or {}}
     for name, path in checkpoints.items():
         model, _ = load_model(path)
-        _, table = evaluate_model(
-            model.to(device) if device else model, fold.heldout, batch_size, device, tta, postprocess
-        )
-        table.insert(1, "fold", fold.index)
-        tables[name] = table
-    return tables
-
-
-def score_fold_external(
-    checkpoints: dict[str, Path],
-    sets: dict[str, Split],
-    batch_size: int = 32,
-    device=None,
-    tta: bool = False,
-    postprocess: PostprocessConfig = PostprocessConfig(),
-) -> dict[str, dict[str, pd.DataFrame]]:
-    """Set name -> model name -> per-image table of one fold's models on each external set."""
-    tables: dict[str, dict[str, pd.DataFrame]] = {name: {} for name in sets}
-    for model_name, path in checkpoints.items():
-        model, _ = load_model(path)
         model = model.to(device) if device else model
-        for set_name, split in sets.items():
-            _, tables[set_name][model_name] = evaluate_model(model, split, batch_size, device, tta, postprocess)
-    return tables
+        _, table = evaluate_model(model, fold.heldout, batch_size, device, tta, postprocess)
+        table.insert(1, "fold", fold.index)
+        heldout[name] = table
+        for set_name, set_table in evaluate_external(model, sets or {}, batch_size, device, tta, postprocess)[
+            1
+        ].items():
+            external[set_name][name] = set_table
+    return heldout, external
 
 
 def mean_over_folds(tables: list[pd.DataFrame]) -> pd.DataFrame:

@@ -152,8 +152,8 @@ def card_markdown(card: dict) -> str:
         lines.append(f"| {evaluation} | {entry['n']} | {_interval(entry['iou'])} | {entry['dice']:.4f} | {drop_text} |")
     cv = results.get("cv")
     if cv:
-        lines += ["", f"Cross-validation ({cv['model']}, {cv['folds']} folds, {cv['n']} pairs out of fold): IoU "
-                  f"{cv['mean']:.4f} +- {cv['se']:.4f} (mean +- SE over folds)."]  # fmt: skip
+        folds = f"{cv['model']}, {cv['folds']} folds, {cv['n']} pairs out of fold"
+        lines += ["", f"Cross-validation ({folds}): IoU {cv['mean']:.4f} +- {cv['se']:.4f} (mean +- SE over folds)."]
     review = results.get("review")
     if review:
         lines += ["", f"Review threshold: quality < {review['threshold']:.4g} is flagged for a person to check."]
