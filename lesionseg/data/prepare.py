@@ -114,9 +114,10 @@ def _die_with_parent(parent: int) -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    try:  # the parent died before the line above: nothing is left to signal this worker
-        os.kill(parent, 0)
-    except ProcessLookupError:
+    # The parent died before the line above, so nothing is left to signal this worker. Its orphans are
+    # re-parented as the parent exits, before it is reaped, so getppid() sees the death even while the
+    # dead parent is still a zombie (which os.kill(parent, 0) would report as alive).
+    if os.getppid() != parent:
         os._exit(1)
 
 
