@@ -58,7 +58,7 @@ def test_members_disagreeing_lower_the_score():
     mean = disagree.mean(0)
     assert mask_quality(p, members=agree) == 1.0
     assert mask_quality(mean, members=disagree) < mask_quality(p)
-    # Disagreement counts even where the mean is clear of the band.
+    # Disagreement counts even where the mean is clear of the threshold's margin.
     sure = square(0.95)
     members = torch.stack([sure, sure, sure, sure.where(sure < 0.5, torch.tensor(0.45))])
     assert members.mean(0)[0, 0, 20, 20] > 0.8
@@ -73,8 +73,20 @@ def test_quality_range_and_bad_shapes():
         mask_quality(torch.rand(5, 16, 16))
     with pytest.raises(ValueError, match="members"):
         mask_quality(torch.rand(5, 1, 16, 16), members=torch.rand(2, 4, 1, 16, 16))
-    with pytest.raises(ValueError, match="band"):
-        mask_quality(torch.rand(1, 1, 4, 4), threshold=0.95)
+    with pytest.raises(ValueError, match="margin"):
+        mask_quality(torch.rand(1, 1, 4, 4), threshold=1.0)
+    with pytest.raises(ValueError, match="margin"):
+        mask_quality(torch.rand(1, 1, 4, 4), margin=0.0)
+
+
+def test_uncertain_means_within_the_margin_of_the_threshold():
+    """0.25 and 0.75 are clear at the default margin (0.2); 0.35 and 0.65 are not; the margin moves with the
+    threshold."""
+    clear = square(0.75, outside=0.25)
+    doubtful = square(0.65, outside=0.35)
+    assert mask_quality(torch.cat([clear, doubtful])).tolist() == [1.0, 0.0]
+    assert mask_quality(clear, threshold=0.6).item() == 0.0  # 0.75 is within 0.2 of 0.6
+    assert mask_quality(clear, margin=0.3).item() == 0.0
 
 
 def test_review_threshold_flags_the_chosen_share():
