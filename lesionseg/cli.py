@@ -161,10 +161,13 @@ def cmd_export(args) -> int:
 def cmd_compare(args) -> int:
     from lesionseg.evaluation.compare import format_markdown, format_text
     from lesionseg.evaluation.experiments import compare_runs, one_model, read_run
+    from lesionseg.evaluation.lesion_size import split_by_size
 
     a, b = (read_run(source, args.set, args.per_image_dir, args.reports_dir) for source in (args.a, args.b))
     if Path(args.a).is_file() and Path(args.b).is_file():
         a, b = one_model(a, b)  # two tables (frozen.csv, finetune_all.csv): compared whatever their names
+    if args.by_size:
+        a.tables, b.tables = split_by_size(a.tables), split_by_size(b.tables)
     comparison = compare_runs(a, b, args.metric, args.model or None)
     results, notes = comparison.results, comparison.notes
     if args.json:
@@ -288,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reports-dir", default="reports", help="the reports folder read at a revision")
     p.add_argument("--set", help="compare only on this external set (evaluate.external)")
+    p.add_argument(
+        "--by-size",
+        action="store_true",
+        help="also compare each evaluation's images by true lesion size (< 5%%, 5-15%%, 15-40%%, >= 40%% of the image)",
+    )
     output = p.add_mutually_exclusive_group()
     output.add_argument(
         "--json",

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from lesionseg.data.cache import Split
+from lesionseg.evaluation.lesion_size import LESION_SHARE_COLUMN, lesion_share, size_bin_scores
 from lesionseg.evaluation.metrics import confusion_counts, per_image_scores, summarize
 from lesionseg.evaluation.postprocess import PostprocessConfig, clean_mask, clean_masks
 from lesionseg.evaluation.review import (
@@ -78,9 +79,11 @@ def score_logits(
     Metrics: ``loss`` (DiceBCE at model resolution), ``jaccard``, ``dice``,
     ``accuracy``, ``sensitivity``, ``specificity``, ``jaccard_micro``,
     ``jaccard_thresholded`` at model resolution, and the same with the
-    ``orig_`` prefix at original resolution (the official definition).
+    ``orig_`` prefix at original resolution (the official definition), and
+    ``orig_jaccard`` per lesion-size bin (:func:`~lesionseg.evaluation.lesion_size.size_bin_scores`).
     The table has one row per image (``id``, ``height``, ``width``, the
-    per-image scores at both resolutions, and the mask's ``quality``, see
+    per-image scores at both resolutions, the true lesion's ``lesion_share`` of
+    the image, and the mask's ``quality``, see
     :func:`~lesionseg.model.quality.mask_quality`). ``postprocess`` applies to the
     thresholded masks at both resolutions (the loss uses the raw logits);
     ``threshold`` is the probability above which a pixel is lesion.
@@ -97,6 +100,9 @@ def score_logits(
         table[name] = values.numpy()
     for name, values in per_image_scores(full).items():
         table[ORIGINAL_PREFIX + name] = values.numpy()
+    tp, _, fn, _ = full.unbind(1)
+    table[LESION_SHARE_COLUMN] = lesion_share((tp + fn).numpy(), full.sum(1).numpy())
+    metrics.update(size_bin_scores(table, ORIGINAL_PREFIX + "jaccard"))
     table[QUALITY_COLUMN] = mask_quality(torch.sigmoid(logits), threshold).numpy()
     return metrics, table
 
