@@ -16,6 +16,10 @@ process so that its peak resident memory is its own. Run with
 - ``prepare_ips``: decode + resize + cache of generated JPEG/PNG pairs at
   1024x768 and 4288x2848 with the real prepare code (worker processes), and
   whether its output equals the in-process path;
+- ``quality``: the share of ``lesionseg predict``'s time (:func:`lesionseg.serving.predict.predict_files` on
+  generated 1024x768 JPEGs, flip TTA and clean-up, as the exported model predicts) spent computing the masks'
+  quality score (:func:`lesionseg.model.quality.mask_quality`, timed call by call), and predict's time with the
+  score replaced by zeros; median of 3 interleaved rounds after a warm-up;
 - ``e2e`` (not in the default parts): a real ``dvc repro`` in a scratch copy of
   the project on ``--source`` archives (else generated ones), timed per stage
   (start-up, work, shut-down) with the end-to-end efficiency; see
@@ -207,6 +211,68 @@ def prepare(width, height, count, size, workers):
     return {"ips": ips, "peak_rss_mb": _peak_mb(), "identical_to_plain_path": bool(same)}
 
 
+def quality_cost(size, count, batch, tta=True):
+    """Seconds of :func:`predict_files` on ``count`` generated photos with and without the quality score, and the
+    seconds its :func:`mask_quality` calls take within it (median of :data:`REPEATS` interleaved rounds)."""
+    from unittest import mock
+
+    from lesionseg.evaluation.postprocess import PostprocessConfig
+    from lesionseg.model.quality import mask_quality
+    from lesionseg.serving import predict
+
+    model = _model(0).eval()
+    spent = []
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        scores = mask_quality(*args, **kwargs)
+        spent.append(time.perf_counter() - start)
+        return scores
+
+    def without(probabilities, threshold):
+        return torch.zeros(len(probabilities))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, out = _photos(Path(tmp) / "photos", 1024, 768, count), Path(tmp) / "out"
+        options = {"tta": tta, "postprocess": PostprocessConfig(True, True), "review_threshold": 0.5}
+
+        def run(score) -> float:
+            start = time.perf_counter()
+            with mock.patch.object(predict, "mask_quality", score):
+                predict.predict_files(model, paths, size, out, batch_size=batch, progress=False, **options)
+            return time.perf_counter() - start
+
+        run(mask_quality)  # warm-up
+        rounds = []
+        for _ in range(REPEATS):
+            spent.clear()
+            with_score = run(timed)
+            rounds.append((with_score, sum(spent), run(without)))
+    with_score, quality, without_score = (statistics.median(r[i] for r in rounds) for i in range(3))
+    return {
+        "images": count,
+        "predict_s": round(with_score, 3),
+        "predict_without_quality_s": round(without_score, 3),
+        "quality_s": round(quality, 4),
+        "quality_share": round(statistics.median(r[1] / r[0] for r in rounds), 4),
+        "peak_rss_mb": _peak_mb(),
+    }
+
+
+def _photos(folder: Path, width: int, height: int, count: int) -> list[Path]:
+    """``count`` smooth, photo-like generated JPEGs (distinct)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        base = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+        paths.append(folder / f"photo_{i:04d}.jpg")
+        Image.fromarray(base).resize((width, height), Image.BICUBIC).save(paths[-1], quality=90)
+    return paths
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -233,7 +299,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="NHWC model and inputs, in both loops")
     parser.add_argument("--num-workers", type=int, default=0, help="TrainConfig: DataLoader worker processes")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="validation images per training image")
-    parser.add_argument("--parts", default="train,infer,prepare", help="comma-separated subset, or e2e")
+    parser.add_argument("--quality-count", type=int, default=32, help="generated 1024x768 photos to predict")
+    parser.add_argument("--parts", default="train,infer,prepare,quality", help="comma-separated subset, or e2e")
     e2e_args = parser.add_argument_group("e2e (a real dvc repro in a scratch copy of the project)")
     e2e_args.add_argument("--source", type=Path, help="folder with the four official archives (default: generated)")
     e2e_args.add_argument("--generate", default="64,16", help="generated training,test pairs (without --source)")
@@ -273,6 +340,9 @@ def main() -> None:
         result[f"prepare_ips_{width}x{height}"] = round(prep["ips"], 1)
         result[f"prepare_peak_rss_mb_{width}x{height}"] = prep["peak_rss_mb"]
         result[f"prepare_identical_{width}x{height}"] = prep["identical_to_plain_path"]
+
+    if "quality" in parts:  # predict's own batch size (8), as `lesionseg predict` runs
+        result["quality"] = _isolated(quality_cost, args.size, args.quality_count, 8)
 
     if "e2e" in parts:
         import e2e

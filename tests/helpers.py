@@ -220,3 +220,24 @@ class MlflowServer(MlflowRest):
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
             self.proc.wait(timeout=60)
+
+
+def stretched_model(images, model_config=None):
+    """A random-weight model (eval mode) that gives masks of varied quality on uint8 ``images`` ``(N, S, S, 3)``.
+
+    A random head's logits are nearly flat (std ~1e-3 around ~0.1), so every mask would score 0: the head is
+    stretched around their mean on ``images`` so that the probabilities, and the masks' quality, vary from
+    image to image. ``model_config``: default ``ModelConfig("none")``."""
+    import torch
+
+    from lesionseg.data.dataset import normalize_batch
+    from lesionseg.model.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_config or ModelConfig("none"), unfreeze="all").eval()
+    with torch.no_grad():
+        mean = float(model(normalize_batch(torch.as_tensor(images))).mean())
+        head = model.decoder.head
+        head.weight *= 3000
+        head.bias.copy_(3000 * (head.bias - mean))
+    return model

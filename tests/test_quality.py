@@ -11,7 +11,6 @@ from scipy.stats import mannwhitneyu
 
 from lesionseg.cli import main
 from lesionseg.data.cache import Split
-from lesionseg.data.dataset import normalize_batch
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.evaluation.evaluate import evaluate_checkpoint
 from lesionseg.evaluation.postprocess import InferenceConfig
@@ -24,9 +23,9 @@ from lesionseg.evaluation.review import (
     risk_coverage,
 )
 from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
-from lesionseg.model.model import ModelConfig, build_model
+from lesionseg.model.model import ModelConfig
 from lesionseg.model.quality import mask_quality
-from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree
+from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree, stretched_model
 
 
 def square(inside: float, outside: float = 0.01, size: int = 64, side: int = 32) -> torch.Tensor:
@@ -151,19 +150,12 @@ def test_review_threshold_is_a_fact_of_the_metrics_record():
 
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
-    """A random-weight model (64 px checkpoint) and the synthetic data around it. A random head's logits are
-    nearly flat (std ~1e-3 around ~0.1), so every mask would score 0: the head is stretched around their
-    mean so that the probabilities, and the masks' quality, vary from image to image."""
+    """A random-weight model with a stretched head (:func:`tests.helpers.stretched_model`; 64 px checkpoint)
+    and the synthetic data around it."""
     root = tmp_path_factory.mktemp("untrained")
     raw = make_raw_tree(root / "raw", 10, 6, size=(90, 70))
     prepare_dataset(raw, root / "prepared", PrepareConfig(size=64, workers=0))
-    torch.manual_seed(0)
-    model = build_model(ModelConfig("none"), unfreeze="all").eval()
-    with torch.no_grad():
-        mean = float(model(normalize_batch(Split.load(root / "prepared" / "test.pt").images)).mean())
-        head = model.decoder.head
-        head.weight *= 3000
-        head.bias.copy_(3000 * (head.bias - mean))
+    model = stretched_model(Split.load(root / "prepared" / "test.pt").images)
     save_checkpoint(make_checkpoint(model, ModelConfig("none"), 64, 1, {}), root / "model.pt")
     return root, raw
 

@@ -9,10 +9,13 @@ resolution it is scored at.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy import ndimage
+
+if TYPE_CHECKING:  # imported where used: clean_mask and the configs serve the torch-free ONNX reference too
+    import torch
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -78,6 +81,8 @@ def clean_mask(mask: np.ndarray, config: PostprocessConfig) -> np.ndarray:
 
 def clean_masks(masks: torch.Tensor, config: PostprocessConfig) -> torch.Tensor:
     """:func:`clean_mask` over a bool tensor ``(N, 1, H, W)``; returns a tensor of the same shape."""
+    import torch
+
     if not config.active:
         return masks
     cleaned = np.stack([clean_mask(m[0], config) for m in masks.cpu().numpy()])

@@ -1,0 +1,146 @@
+"""Run an exported ONNX model without torch: the reference for what ``lesionseg predict`` does around the graph.
+
+The ONNX graph (:func:`lesionseg.serving.export.export_onnx`) is the network only: normalised images in,
+logits out; the colour constancy step (metadata ``lesionseg.colour_constancy``) is inside the graph, so the
+caller does nothing for it. Everything else is read from the model's metadata and done here, with numpy,
+Pillow, SciPy and onnxruntime only (this module imports no torch; neither do the lesionseg modules it uses):
+
+1. the image file is decoded (EXIF-oriented 8-bit RGB) and resized to ``S`` x ``S`` with bilinear filtering
+   (:func:`lesionseg.data.prepare.model_input`), scaled to [0, 1] and normalised with the stored mean/std
+   (``lesionseg.preprocessing``);
+2. the graph runs on the image and, with flip TTA (``lesionseg.inference``), on its horizontal, vertical
+   and double flip; the logits, flipped back, are averaged;
+3. the mask's quality is computed on the sigmoid of those logits at ``S`` x ``S`` (:func:`mask_quality`),
+   and the mask is flagged for review when it is below the stored review threshold;
+4. the logits are resized to the original size (bilinear, half-pixel centres: :func:`upsample_logits`), their
+   sigmoid thresholded, and the mask cleaned up (largest component, holes filled) as stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lesionseg.data.images import image_size, load_image
+from lesionseg.errors import DataError
+from lesionseg.evaluation.postprocess import InferenceConfig, clean_mask
+from lesionseg.evaluation.review import needs_review
+
+UNCERTAIN_MARGIN = 0.2  # lesionseg.model.quality.UNCERTAIN_MARGIN
+METADATA_KEYS = ("lesionseg.preprocessing", "lesionseg.inference")
+FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both: the order of predict_logits
+
+
+@dataclass(frozen=True)
+class OnnxPrediction:
+    """``mask``: bool ``(H, W)`` at the image's original size; ``quality``: :func:`mask_quality`;
+    ``review``: quality below the stored review threshold (False when the model stores none)."""
+
+    mask: np.ndarray
+    quality: float
+    review: bool
+
+
+class OnnxModel:
+    """An exported ``model.onnx`` with its stored preprocessing and inference settings."""
+
+    def __init__(self, onnx_path: Path):
+        import onnxruntime  # optional dependency: pip install lesionseg[onnx]
+
+        self.path = Path(onnx_path)
+        if not self.path.is_file():
+            raise DataError(self.path, "file not found")
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise DataError(self.path, f"not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = [key for key in METADATA_KEYS if key not in meta]
+        if missing:
+            raise DataError(self.path, f"no {', '.join(missing)} metadata: not a model written by lesionseg export")
+        try:
+            preprocessing = json.loads(meta["lesionseg.preprocessing"])
+            self.size = int(preprocessing["size"])
+            self.mean = np.asarray(preprocessing["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+            self.std = np.asarray(preprocessing["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+            self.settings = InferenceConfig(**json.loads(meta["lesionseg.inference"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(self.path, f"unusable lesionseg metadata ({type(exc).__name__}: {exc})") from exc
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """Logits float32 ``(S, S)`` of one uint8 ``(S, S, 3)`` model input, flip-averaged with TTA."""
+        x = (pixels.astype(np.float32).transpose(2, 0, 1)[None] / 255.0 - self.mean) / self.std
+        flips = FLIPS if self.settings.tta else FLIPS[:1]
+        batch = np.concatenate([np.flip(x, axis) for axis in flips]).astype(np.float32)
+        (out,) = self.session.run(["logits"], {"image": batch})
+        total = np.zeros(out.shape[1:], dtype=np.float32)
+        for member, axis in zip(out, flips):  # flipped back, summed in predict_logits' order
+            total += np.flip(member, axis)
+        return total[0] / np.float32(len(flips))
+
+    def predict(self, image: Path | np.ndarray) -> OnnxPrediction:
+        """Mask, quality and review flag of an image file, or of a uint8 ``(H, W, 3)`` RGB array (resized like
+        a decoded file when it is not ``S`` x ``S``)."""
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+            height, width = image.shape[:2]
+            pixels = image if (height, width) == (self.size,) * 2 else _resize(Image.fromarray(image), self.size)
+        else:
+            width, height = image_size(image)
+            pixels = _resize(load_image(image, draft_size=self.size), self.size)
+        logits = self.logits(pixels)
+        settings = self.settings
+        quality = mask_quality(sigmoid(logits), settings.threshold)
+        probabilities = sigmoid(upsample_logits(logits, height, width))
+        mask = clean_mask(probabilities > settings.threshold, settings.postprocess)
+        return OnnxPrediction(mask, quality, bool(needs_review(quality, settings.review_threshold)))
+
+
+def predict_onnx(onnx_path: Path, images: list) -> list[OnnxPrediction]:
+    """:meth:`OnnxModel.predict` for each of ``images`` (files or uint8 arrays) with the model in ``onnx_path``."""
+    model = OnnxModel(onnx_path)
+    return [model.predict(image) for image in images]
+
+
+def _resize(image: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def mask_quality(probabilities: np.ndarray, threshold: float = 0.5, margin: float = UNCERTAIN_MARGIN) -> float:
+    """numpy version of :func:`lesionseg.model.quality.mask_quality` (the definition) for one probability map
+    ``(H, W)`` as ``predict`` computes it (no members): ``1 - uncertain / predicted area``, clipped to [0, 1],
+    where a pixel is uncertain when its probability lies less than ``margin`` from ``threshold``; 0 for an
+    empty mask."""
+    area = int((probabilities > threshold).sum())
+    if area == 0:
+        return 0.0
+    uncertain = int((np.abs(probabilities - np.float32(threshold)) < np.float32(margin)).sum())
+    return float(np.float32(min(max(1 - uncertain / area, 0.0), 1.0)))
+
+
+def upsample_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of ``(h, w)`` to ``(height, width)`` with half-pixel centres, as torch's
+    ``F.interpolate(mode="bilinear", align_corners=False)`` (:func:`lesionseg.model.inference.upsample_logits`)."""
+    if logits.shape == (height, width):
+        return logits
+    (y0, y1, wy), (x0, x1, wx) = _taps(logits.shape[0], height), _taps(logits.shape[1], width)
+    rows = logits[y0] * (1 - wy)[:, None] + logits[y1] * wy[:, None]
+    return (rows[:, x0] * (1 - wx) + rows[:, x1] * wx).astype(np.float32)
+
+
+def _taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index: the two source indices and the weight of the second, in torch's float32 arithmetic
+    (its source index ``scale * (i + 0.5) - 0.5`` is rounded once, as a fused multiply-add: float64 here)."""
+    scale = np.float64(np.float32(size_in) / np.float32(size_out))
+    source = np.maximum(((np.arange(size_out) + 0.5) * scale - 0.5).astype(np.float32), 0)
+    first = np.minimum(np.floor(source).astype(int), size_in - 1)
+    return first, np.minimum(first + 1, size_in - 1), np.clip(source - first, 0, 1).astype(np.float32)
