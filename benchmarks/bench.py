@@ -216,7 +216,7 @@ def quality_cost(size, count, batch, tta=True):
     seconds its :func:`mask_quality` calls take within it (median of :data:`REPEATS` interleaved rounds)."""
     from unittest import mock
 
-    from lesionseg.evaluation.postprocess import PostprocessConfig
+    from lesionseg.model.postprocess import PostprocessConfig
     from lesionseg.model.quality import mask_quality
     from lesionseg.serving import predict
 

@@ -35,7 +35,8 @@ def _load_for_inference(args):
     device = select_device(args.device)
     model, checkpoint = load_models(args.checkpoint)
     model.to(device)
-    chosen = {k: getattr(args, k, None) for k in ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold")}
+    flags = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom")
+    chosen = {k: getattr(args, k, None) for k in flags}
     settings = dataclasses.replace(inference_settings(checkpoint), **{k: v for k, v in chosen.items() if v is not None})
     return model, checkpoint, settings, device
 
@@ -75,6 +76,7 @@ def cmd_predict(args) -> int:
         progress=not args.quiet,
         review_threshold=settings.review_threshold,
         review_only=args.review_only,
+        zoom=settings.zoom_config,
     )
     ok = len(paths) - len(summary.failed)
     if settings.review_threshold is None:
@@ -98,6 +100,10 @@ def _describe(settings, checkpoint: dict) -> str:
         f"tta={'on' if settings.tta else 'off'}, threshold={settings.threshold:g}, "
         f"keep_largest={'on' if settings.keep_largest else 'off'}, fill_holes={'on' if settings.fill_holes else 'off'}"
     )
+    if settings.zoom:
+        described += f", zoom=on (margin {settings.zoom_margin:g}, box < {settings.zoom_max_share:g} of the image)"
+    else:
+        described += ", zoom=off"
     if not has_inference_settings(checkpoint):  # a training checkpoint: say where the settings came from
         described += "; the checkpoint stores no inference settings: the plain model and the flags given"
     return described
@@ -113,7 +119,14 @@ def cmd_evaluate(args) -> int:
     spec = ExternalSet(args.name, args.images, args.masks, args.mask_suffix)
     split, pairing = prepare_external(spec, checkpoint["preprocessing"]["size"], args.workers)
     metrics, table = evaluate_model(
-        model, split, args.batch_size, device, settings.tta, settings.postprocess, settings.threshold
+        model,
+        split,
+        args.batch_size,
+        device,
+        settings.tta,
+        settings.postprocess,
+        settings.threshold,
+        zoom=settings.zoom_config,
     )
     add_review(metrics, {TEST_TABLE: table}, settings.review_threshold)
     if args.per_image:
@@ -222,6 +235,9 @@ def _inference_options(p: argparse.ArgumentParser, batch_size: int) -> None:
         "--keep-largest", action=argparse.BooleanOptionalAction, help="keep only the largest connected component"
     )
     p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, help="fill holes inside the predicted lesion")
+    p.add_argument(
+        "--zoom", action=argparse.BooleanOptionalAction, help="zoom-in second pass on small lesions (model's setting)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
 

@@ -30,8 +30,8 @@ from lesionseg.data.cache import Split  # noqa: E402
 from lesionseg.data.external import ExternalSet, prepare_external  # noqa: E402
 from lesionseg.evaluation import review  # noqa: E402
 from lesionseg.evaluation.crossval import score_fold  # noqa: E402
-from lesionseg.evaluation.postprocess import PostprocessConfig  # noqa: E402
 from lesionseg.evaluation.report import plot_risk_coverage  # noqa: E402
+from lesionseg.model.postprocess import PostprocessConfig  # noqa: E402
 from lesionseg.training.folds import folds_from_manifest  # noqa: E402
 
 

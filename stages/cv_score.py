@@ -66,13 +66,14 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
     from lesionseg import tracking
     from lesionseg.data.cache import Split
     from lesionseg.evaluation.crossval import mean_over_folds, score_fold, summarize_folds
-    from lesionseg.evaluation.postprocess import PostprocessConfig
     from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, review_metrics, review_threshold
     from lesionseg.model.inference import select_device
+    from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig
     from lesionseg.training.folds import fold_checkpoints, folds_from_manifest
     from stages.runlog import mlflow_setup, run_tags
 
     postprocess = build(PostprocessConfig, params, "evaluate")
+    zoom = build(ZoomConfig, params, "evaluate.zoom")
     tta, batch_size = get(params, "evaluate.tta"), get(params, "evaluate.batch_size")
     device = select_device(get(params, "runtime.device"))
     pairs = Split.concat([Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")])
@@ -84,7 +85,9 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
     with work(folds=len(folds)):
         for fold in folds:
             checkpoints = fold_checkpoints(args.models, fold.index)
-            fold_heldout, fold_external = score_fold(checkpoints, fold, sets, batch_size, device, tta, postprocess)
+            fold_heldout, fold_external = score_fold(
+                checkpoints, fold, sets, batch_size, device, tta, postprocess, zoom
+            )
             for name, table in fold_heldout.items():
                 heldout.setdefault(name, []).append(table)
             for set_name, tables in fold_external.items():

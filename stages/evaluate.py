@@ -26,13 +26,13 @@ import mlflow
 from lesionseg import atomic, tracking
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.evaluate import TEST_TABLE, add_review, evaluate_checkpoint, evaluate_with_external
-from lesionseg.evaluation.postprocess import PostprocessConfig
 from lesionseg.evaluation.records import ModelMetrics, metrics_json
 from lesionseg.evaluation.selection import pipeline_checkpoints
 from lesionseg.model.checkpoint import load_models
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.inference import select_device
 from lesionseg.model.model import count_parameters
+from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig
 from stages.external_sets import load_external_sets
 from stages.launch import main, work
 from stages.params import build, get, load_params
@@ -66,6 +66,7 @@ def run() -> None:
     batch_size, tta = get(params, "evaluate.batch_size"), get(params, "evaluate.tta")
     review_fraction = get(params, "evaluate.review_fraction")
     postprocess = build(PostprocessConfig, params, "evaluate")
+    zoom = build(ZoomConfig, params, "evaluate.zoom")
     device = select_device(get(params, "runtime.device"))
     test, val = Split.load(args.data / "test.pt"), Split.load(args.data / "val.pt")
     ensemble = json.loads(args.cv_ensemble.read_text())
@@ -86,6 +87,7 @@ def run() -> None:
                     val_split=val,
                     external=external,
                     review_fraction=review_fraction,
+                    zoom=zoom,
                 )
                 all_metrics[name] = ModelMetrics.from_json(metrics, name)
                 trained_in[name] = checkpoint["extra"].get("mlflow_run_id")
@@ -93,7 +95,9 @@ def run() -> None:
             if ensemble["checkpoints"]:
                 model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
                 model.to(device)
-                metrics, tables = evaluate_with_external(model, test, external, batch_size, device, tta, postprocess)
+                metrics, tables = evaluate_with_external(
+                    model, test, external, batch_size, device, tta, postprocess, zoom
+                )
                 add_review(metrics, tables, ensemble.get("review_threshold"))
                 if ensemble.get("review_threshold") is not None:
                     metrics["review_threshold"] = ensemble["review_threshold"]

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from lesionseg import atomic, tracking
 from lesionseg.evaluation.experiments import read_tables
-from lesionseg.evaluation.postprocess import InferenceConfig
 from lesionseg.evaluation.records import parse_metrics
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import package_model, read_checkpoint
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.model import parameter_counts_by_level
+from lesionseg.model.postprocess import InferenceConfig
 from lesionseg.serving.export import export_onnx, log_pyfunc_model
 from lesionseg.serving.model_card import card_markdown, card_results, model_card
 from stages.external_sets import external_folders
@@ -70,6 +70,9 @@ def run() -> None:
         keep_largest=get(params, "evaluate.keep_largest"),
         fill_holes=get(params, "evaluate.fill_holes"),
         review_threshold=review_threshold(args.metrics, chosen),
+        zoom=get(params, "evaluate.zoom.enabled"),
+        zoom_margin=get(params, "evaluate.zoom.margin"),
+        zoom_max_share=get(params, "evaluate.zoom.max_share"),
     )
     parent = mlflow_setup(params)
     with work():

@@ -222,12 +222,13 @@ class MlflowServer(MlflowRest):
             self.proc.wait(timeout=60)
 
 
-def stretched_model(images, model_config=None):
+def stretched_model(images, model_config=None, lesion_share=None):
     """A random-weight model (eval mode) that gives masks of varied quality on uint8 ``images`` ``(N, S, S, 3)``.
 
     A random head's logits are nearly flat (std ~1e-3 around ~0.1), so every mask would score 0: the head is
     stretched around their mean on ``images`` so that the probabilities, and the masks' quality, vary from
-    image to image. ``model_config``: default ``ModelConfig("none")``."""
+    image to image. ``model_config``: default ``ModelConfig("none")``. ``lesion_share``: stretch around the
+    logit quantile that leaves about this share of all pixels lesion (default: around the mean)."""
     import torch
 
     from lesionseg.data.dataset import normalize_batch
@@ -236,7 +237,8 @@ def stretched_model(images, model_config=None):
     torch.manual_seed(0)
     model = build_model(model_config or ModelConfig("none"), unfreeze="all").eval()
     with torch.no_grad():
-        mean = float(model(normalize_batch(torch.as_tensor(images))).mean())
+        logits = model(normalize_batch(torch.as_tensor(images)))
+        mean = float(logits.mean() if lesion_share is None else logits.quantile(1 - lesion_share))
         head = model.decoder.head
         head.weight *= 3000
         head.bias.copy_(3000 * (head.bias - mean))

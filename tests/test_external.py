@@ -157,7 +157,7 @@ def test_evaluate_command_scores_a_folder_like_the_pipeline(tmp_path, checkpoint
 
 
 def result_postprocess(result):
-    from lesionseg.evaluation.postprocess import PostprocessConfig
+    from lesionseg.model.postprocess import PostprocessConfig
 
     return PostprocessConfig(result["settings"]["keep_largest"], result["settings"]["fill_holes"])
 

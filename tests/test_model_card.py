@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lesionseg.evaluation.postprocess import InferenceConfig
 from lesionseg.evaluation.stats import mean_interval
 from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model, parameter_counts_by_level
+from lesionseg.model.postprocess import InferenceConfig
 from lesionseg.serving.model_card import card_markdown, card_results, model_card
 
 

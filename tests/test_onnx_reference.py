@@ -17,12 +17,13 @@ from lesionseg.cli import main
 from lesionseg.data.dataset import normalize_batch
 from lesionseg.data.prepare import model_input
 from lesionseg.errors import DataError
-from lesionseg.evaluation.postprocess import InferenceConfig
 from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
 from lesionseg.model.inference import predict_logits
 from lesionseg.model.model import ModelConfig
+from lesionseg.model.postprocess import InferenceConfig
 from lesionseg.model.quality import UNCERTAIN_MARGIN
 from lesionseg.model.quality import mask_quality as torch_quality
+from lesionseg.model.zoom import zoom_pass
 from lesionseg.serving import onnx_reference
 from lesionseg.serving.export import export_onnx, predict_masks_with_quality
 from tests.helpers import REPO, lesion_pair, stretched_model
@@ -44,20 +45,31 @@ def images(tmp_path_factory):
     return sorted(folder.iterdir())
 
 
-def checkpoint(images, folder, model_config=None):
+def checkpoint(images, folder, model_config=None, lesion_share=None):
     """A stretched random model's training checkpoint (64 px) and its uint8 inputs for ``images``."""
     pixels = np.stack([model_input(p, SIZE) for p in images])
-    model = stretched_model(pixels, model_config)
+    model = stretched_model(pixels, model_config, lesion_share)
     save_checkpoint(make_checkpoint(model, model_config or ModelConfig("none"), SIZE, 1, {}), folder / "train.pt")
     return model, pixels
 
 
-@pytest.mark.parametrize("tta", [False, True], ids=["plain", "tta"])
-def test_reference_matches_predict_and_the_pyfunc(images, tmp_path, tta):
-    model, pixels = checkpoint(images, tmp_path)
-    plain = InferenceConfig(tta=tta, keep_largest=True, fill_holes=True)
+@pytest.mark.parametrize(("tta", "zoom"), [(False, False), (True, False), (True, True)], ids=["plain", "tta", "zoom"])
+def test_reference_matches_predict_and_the_pyfunc(images, tmp_path, tta, zoom):
+    # With the zoom: smaller predicted lesions (about 20% of the pixels), so that boxes vary in size and some
+    # images get the second pass and some do not (both branches are compared). A random network's quality
+    # on its zoomed crops is 0 throughout, so there the masks carry the comparison.
+    model, pixels = checkpoint(images, tmp_path, lesion_share=0.2 if zoom else None)
+    plain = InferenceConfig(tta=tta, keep_largest=True, fill_holes=True, zoom=zoom, zoom_max_share=0.45)
     torch_path = predict_masks_with_quality(model, pixels, plain)
-    assert np.ptp(torch_path["quality"]) > 0 and (torch_path["quality"] < 1).any()  # varied: the test can fail
+    if zoom:
+        first = predict_logits(model, normalize_batch(torch.from_numpy(pixels)), tta)
+        boxes = zoom_pass(model, torch.from_numpy(pixels), first, plain.zoom_config, tta=tta).boxes
+        assert 0 < sum(box is not None for box in boxes) < len(boxes)
+        assert not np.array_equal(
+            torch_path["mask"], predict_masks_with_quality(model, pixels, replace(plain, zoom=False))["mask"]
+        )
+    else:
+        assert np.ptp(torch_path["quality"]) > 0 and (torch_path["quality"] < 1).any()  # varied: the test can fail
     settings = replace(plain, review_threshold=float(np.median(torch_path["quality"])))
     save_checkpoint(package_model([tmp_path / "train.pt"], settings), tmp_path / "model.pt")
     export_onnx(tmp_path / "model.pt", tmp_path / "model.onnx")
@@ -68,7 +80,8 @@ def test_reference_matches_predict_and_the_pyfunc(images, tmp_path, tta):
     arrays = [reference.predict(p) for p in pixels]
     expected = predict_masks_with_quality(model, pixels, settings)
     assert np.abs(np.array([a.quality for a in arrays]) - expected["quality"]).max() < 1e-4
-    assert [a.review for a in arrays] == expected["review"].tolist() and 0 < sum(expected["review"]) < len(pixels)
+    assert [a.review for a in arrays] == expected["review"].tolist()
+    assert zoom or 0 < sum(expected["review"]) < len(pixels)
     assert all(np.array_equal(a.mask, m.astype(bool)) for a, m in zip(arrays, expected["mask"]))
 
     # Files at their original sizes: lesionseg predict's quality.csv and masks.

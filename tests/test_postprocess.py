@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lesionseg.evaluation.postprocess import PostprocessConfig, clean_mask, clean_masks
+from lesionseg.model.postprocess import PostprocessConfig, clean_mask, clean_masks
 
 BOTH = PostprocessConfig(keep_largest=True, fill_holes=True)
 

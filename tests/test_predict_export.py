@@ -13,11 +13,12 @@ from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
 from lesionseg.evaluation.metrics import confusion_counts, summarize
-from lesionseg.evaluation.postprocess import InferenceConfig, PostprocessConfig, clean_mask
 from lesionseg.model.checkpoint import load_model, load_models, make_checkpoint, package_model, save_checkpoint
 from lesionseg.model.inference import predict_uint8
 from lesionseg.model.model import ModelConfig, build_model
+from lesionseg.model.postprocess import InferenceConfig, PostprocessConfig, ZoomConfig, clean_mask
 from lesionseg.model.quality import mask_quality
+from lesionseg.model.zoom import zoom_pass
 from lesionseg.serving.export import log_pyfunc_model
 from lesionseg.training.train import TrainConfig, train_model
 from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree
@@ -37,16 +38,25 @@ def trained(tmp_path_factory):
     return root, raw, splits
 
 
-@pytest.mark.parametrize("cleanup", [False, True], ids=["raw", "postprocessed"])
-def test_predict_matches_evaluate_at_original_resolution(trained, tmp_path, cleanup):
+@pytest.mark.parametrize(
+    ("cleanup", "zoom"), [(False, False), (True, False), (True, True)], ids=["raw", "postprocessed", "zoom"]
+)
+def test_predict_matches_evaluate_at_original_resolution(trained, tmp_path, cleanup, zoom):
     root, raw, splits = trained
     model, _ = load_model(root / "model.pt")
     postprocess = PostprocessConfig(keep_largest=cleanup, fill_holes=cleanup)
-    metrics, _ = evaluate_model(model, splits["test"], postprocess=postprocess)
+    zoom_config = ZoomConfig(enabled=zoom)
+    metrics, table = evaluate_model(model, splits["test"], postprocess=postprocess, zoom=zoom_config)
+    if zoom:  # the second pass changes some of these masks: the comparison covers it
+        first = predict_uint8(model, splits["test"].images)
+        assert any(box is not None for box in zoom_pass(model, splits["test"].images, first, zoom_config).boxes)
+        _, plain = evaluate_model(model, splits["test"], postprocess=postprocess)
+        assert not np.array_equal(plain["orig_accuracy"], table["orig_accuracy"])
     images = raw / TEST_IMAGES / TEST_IMAGES
     options = [
         "--no-tta",
         *(["--keep-largest", "--fill-holes"] if cleanup else ["--no-keep-largest", "--no-fill-holes"]),
+        "--zoom" if zoom else "--no-zoom",
     ]
     args = ["predict", "--checkpoint", str(root / "model.pt"), "--output", str(tmp_path), "--quiet"]
     assert main([*args, "--batch-size", "2", *options, str(images)]) == 0
@@ -166,6 +176,9 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
         "keep_largest": False,
         "fill_holes": False,
         "review_threshold": None,
+        "zoom": False,
+        "zoom_margin": 0.3,
+        "zoom_max_share": 0.8,
     }
 
 

@@ -13,7 +13,6 @@ from lesionseg.cli import main
 from lesionseg.data.cache import Split
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.evaluation.evaluate import evaluate_checkpoint
-from lesionseg.evaluation.postprocess import InferenceConfig
 from lesionseg.evaluation.records import ModelMetrics
 from lesionseg.evaluation.review import (
     failure_auroc,
@@ -24,6 +23,7 @@ from lesionseg.evaluation.review import (
 )
 from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
 from lesionseg.model.model import ModelConfig
+from lesionseg.model.postprocess import InferenceConfig
 from lesionseg.model.quality import mask_quality
 from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree, stretched_model
 

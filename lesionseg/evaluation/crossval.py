@@ -15,8 +15,8 @@ import pandas as pd
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.evaluate import ORIGINAL_PREFIX, evaluate_external, evaluate_model
 from lesionseg.evaluation.metrics import THRESHOLDED_JACCARD_CUTOFF
-from lesionseg.evaluation.postprocess import PostprocessConfig
 from lesionseg.model.checkpoint import load_model
+from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig
 from lesionseg.training.folds import Fold
 
 # Metrics aggregated over folds (original resolution, the official definitions).
@@ -31,6 +31,7 @@ def score_fold(
     device=None,
     tta: bool = False,
     postprocess: PostprocessConfig = PostprocessConfig(),
+    zoom: ZoomConfig = ZoomConfig(),
 ) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, pd.DataFrame]]]:
     """One fold's models (model name -> checkpoint), each loaded once, scored on the fold's held-out pairs and
     on every external set (``sets``: name -> split). Returns ``(model -> held-out per-image table with a
@@ -40,12 +41,11 @@ def score_fold(
     for name, path in checkpoints.items():
         model, _ = load_model(path)
         model = model.to(device) if device else model
-        _, table = evaluate_model(model, fold.heldout, batch_size, device, tta, postprocess)
+        _, table = evaluate_model(model, fold.heldout, batch_size, device, tta, postprocess, zoom=zoom)
         table.insert(1, "fold", fold.index)
         heldout[name] = table
-        for set_name, set_table in evaluate_external(model, sets or {}, batch_size, device, tta, postprocess)[
-            1
-        ].items():
+        scored = evaluate_external(model, sets or {}, batch_size, device, tta, postprocess, zoom=zoom)[1]
+        for set_name, set_table in scored.items():
             external[set_name][name] = set_table
     return heldout, external
 

@@ -7,15 +7,12 @@ probability 0.5, and compared with the original mask.
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import torch
 
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.lesion_size import LESION_SHARE_COLUMN, lesion_share, size_bin_scores
 from lesionseg.evaluation.metrics import confusion_counts, per_image_scores, summarize
-from lesionseg.evaluation.postprocess import PostprocessConfig, clean_mask, clean_masks
 from lesionseg.evaluation.review import (
     IOU_COLUMN,
     QUALITY_COLUMN,
@@ -25,9 +22,11 @@ from lesionseg.evaluation.review import (
     review_threshold,
 )
 from lesionseg.model.checkpoint import load_model
-from lesionseg.model.inference import predict_uint8, upsample_logits
+from lesionseg.model.inference import logit, predict_uint8
 from lesionseg.model.model import count_parameters
+from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig, clean_mask, clean_masks
 from lesionseg.model.quality import mask_quality
+from lesionseg.model.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass
 from lesionseg.training.losses import DiceBCELoss
 
 ORIGINAL_PREFIX = "orig_"
@@ -36,20 +35,20 @@ EXTERNAL_KEY = "external"  # a model's metrics.json entry: external set name -> 
 TEST_TABLE = "test"
 
 
-def logit(probability: float) -> float:
-    """The logit at which a probability ``threshold`` cuts: 0 for 0.5."""
-    return math.log(probability / (1 - probability))
-
-
 def fullres_counts(
-    logits: torch.Tensor, split: Split, postprocess: PostprocessConfig = PostprocessConfig(), threshold: float = 0.5
+    logits: torch.Tensor,
+    split: Split,
+    postprocess: PostprocessConfig = PostprocessConfig(),
+    threshold: float = 0.5,
+    zoom: ZoomPass | None = None,
 ):
-    """Per-image ``(N, 4)`` confusion counts at each image's original resolution."""
+    """Per-image ``(N, 4)`` confusion counts at each image's original resolution (with ``zoom``, of the
+    composed logits, :func:`~lesionseg.model.zoom.compose_logits`)."""
     rows = []
     cut = logit(threshold)
     for i in range(len(split)):
         height, width = (int(v) for v in split.orig_sizes[i])
-        pred = upsample_logits(logits[i : i + 1], height, width)[0, 0] > cut
+        pred = compose_logits(logits, zoom, i, height, width)[0, 0] > cut
         if postprocess.active:
             pred = torch.from_numpy(clean_mask(pred.numpy(), postprocess))
         truth = torch.from_numpy(split.fullres_mask(i))
@@ -65,14 +64,23 @@ def evaluate_model(
     tta: bool = False,
     postprocess: PostprocessConfig = PostprocessConfig(),
     threshold: float = 0.5,
+    zoom: ZoomConfig = ZoomConfig(),
 ) -> tuple[dict, pd.DataFrame]:
-    """:func:`score_logits` of ``model``'s logits on ``split`` (flip-averaged with ``tta``)."""
+    """:func:`score_logits` of ``model``'s logits on ``split`` (flip-averaged with ``tta``; with
+    ``zoom.enabled``, the zoom-in second pass's, :mod:`lesionseg.model.zoom`)."""
     logits = predict_uint8(model, split.images, batch_size, device, tta=tta)
-    return score_logits(logits, split, postprocess, threshold)
+    second = None
+    if zoom.enabled:
+        second = zoom_pass(model, split.images, logits, zoom, threshold, tta, batch_size, device)
+    return score_logits(logits, split, postprocess, threshold, second)
 
 
 def score_logits(
-    logits: torch.Tensor, split: Split, postprocess: PostprocessConfig = PostprocessConfig(), threshold: float = 0.5
+    logits: torch.Tensor,
+    split: Split,
+    postprocess: PostprocessConfig = PostprocessConfig(),
+    threshold: float = 0.5,
+    zoom: ZoomPass | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """Metrics dict and a per-image table for logits ``(N, 1, S, S)`` of ``split``'s images.
 
@@ -86,11 +94,13 @@ def score_logits(
     the image, and the mask's ``quality``, see
     :func:`~lesionseg.model.quality.mask_quality`). ``postprocess`` applies to the
     thresholded masks at both resolutions (the loss uses the raw logits);
-    ``threshold`` is the probability above which a pixel is lesion.
+    ``threshold`` is the probability above which a pixel is lesion. With ``zoom`` (the second pass on these
+    logits) every score is of the composed logits (:func:`~lesionseg.model.zoom.compose_logits`).
     """
     target = split.masks[:, None].float()
+    full = fullres_counts(logits, split, postprocess, threshold, zoom)
+    logits = composed_at_input_size(logits, zoom)
     small = confusion_counts(clean_masks(logits > logit(threshold), postprocess), target > 0)
-    full = fullres_counts(logits, split, postprocess, threshold)
     metrics = {"loss": float(DiceBCELoss()(logits, target)), **summarize(small)}
     metrics.update({ORIGINAL_PREFIX + k: v for k, v in summarize(full).items()})
     table = pd.DataFrame(
@@ -129,6 +139,7 @@ def evaluate_checkpoint(
     val_split: Split | None = None,
     external: dict[str, Split] | None = None,
     review_fraction: float | None = None,
+    zoom: ZoomConfig = ZoomConfig(),
 ) -> tuple[dict, dict[str, pd.DataFrame], dict]:
     """:func:`evaluate_model` on a checkpoint's model, with the report's extra keys.
 
@@ -144,9 +155,9 @@ def evaluate_checkpoint(
     """
     model, checkpoint = load_model(path)
     model = model.to(device) if device else model
-    metrics, tables = evaluate_with_external(model, split, external, batch_size, device, tta, postprocess)
+    metrics, tables = evaluate_with_external(model, split, external, batch_size, device, tta, postprocess, zoom)
     if val_split is not None:
-        val_metrics, val_table = evaluate_model(model, val_split, batch_size, device, tta, postprocess)
+        val_metrics, val_table = evaluate_model(model, val_split, batch_size, device, tta, postprocess, zoom=zoom)
         if review_fraction is not None:
             threshold = review_threshold(val_table[QUALITY_COLUMN], review_fraction)
             add_review(metrics, tables, threshold)
@@ -167,14 +178,15 @@ def evaluate_with_external(
     device=None,
     tta: bool = False,
     postprocess: PostprocessConfig = PostprocessConfig(),
+    zoom: ZoomConfig = ZoomConfig(),
 ) -> tuple[dict, dict[str, pd.DataFrame]]:
     """:func:`evaluate_model` on ``split`` plus every external set (under ``metrics[EXTERNAL_KEY]``);
     the per-image tables keyed ``"test"`` and by set name."""
-    metrics, table = evaluate_model(model, split, batch_size, device, tta, postprocess)
+    metrics, table = evaluate_model(model, split, batch_size, device, tta, postprocess, zoom=zoom)
     tables = {TEST_TABLE: table}
     if external:
         metrics[EXTERNAL_KEY], external_tables = evaluate_external(
-            model, external, batch_size, device, tta, postprocess
+            model, external, batch_size, device, tta, postprocess, zoom=zoom
         )
         tables.update(external_tables)
     return metrics, tables
@@ -188,10 +200,11 @@ def evaluate_external(
     tta: bool = False,
     postprocess: PostprocessConfig = PostprocessConfig(),
     threshold: float = 0.5,
+    zoom: ZoomConfig = ZoomConfig(),
 ) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
     """Every external set scored like the test split: ``({name: metrics + "n"}, {name: per-image table})``."""
     metrics, tables = {}, {}
     for name, split in sets.items():
-        scores, tables[name] = evaluate_model(model, split, batch_size, device, tta, postprocess, threshold)
+        scores, tables[name] = evaluate_model(model, split, batch_size, device, tta, postprocess, threshold, zoom)
         metrics[name] = {"n": len(split), **scores}
     return metrics, tables

@@ -8,7 +8,7 @@ the MLflow run id). Loaded with ``weights_only=True``.
 
 An exported model (:func:`package_model`, written by the export stage as
 ``models/model.pt``) is the same dict plus ``inference`` (the settings it was
-evaluated with, see :class:`~lesionseg.evaluation.postprocess.InferenceConfig`); an
+evaluated with, see :class:`~lesionseg.model.postprocess.InferenceConfig`); an
 exported ensemble holds its members' checkpoints under ``members`` instead of
 one ``state_dict``.
 """
@@ -23,10 +23,10 @@ import torch
 from lesionseg import __version__, atomic
 from lesionseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from lesionseg.errors import DataError
-from lesionseg.evaluation.postprocess import InferenceConfig
 from lesionseg.model.encoder import NO_WEIGHTS
 from lesionseg.model.ensemble import EnsembleModel
 from lesionseg.model.model import LesionSegModel, ModelConfig, build_model, count_parameters, level_name
+from lesionseg.model.postprocess import InferenceConfig
 
 FORMAT = "lesionseg-checkpoint-v1"
 

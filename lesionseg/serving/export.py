@@ -13,11 +13,12 @@ import torch
 
 from lesionseg import atomic
 from lesionseg.data.dataset import normalize_batch
-from lesionseg.evaluation.postprocess import InferenceConfig, clean_mask
 from lesionseg.evaluation.review import needs_review
 from lesionseg.model.checkpoint import inference_settings, load_model, load_models
 from lesionseg.model.inference import predict_logits
+from lesionseg.model.postprocess import InferenceConfig, ZoomConfig, clean_mask
 from lesionseg.model.quality import mask_quality
+from lesionseg.model.zoom import composed_at_input_size, zoom_pass
 
 ONNX_OPSET = 17
 
@@ -28,7 +29,7 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path, metadata: 
     exported ensemble) become one graph whose logits are those of the mean probability.
     The model's metadata holds the preprocessing (``lesionseg.preprocessing``) and the
     inference settings to apply around it (``lesionseg.inference``: flip TTA, threshold,
-    clean-up; see :class:`~lesionseg.evaluation.postprocess.InferenceConfig`); the colour constancy
+    clean-up; see :class:`~lesionseg.model.postprocess.InferenceConfig`); the colour constancy
     step (``lesionseg.colour_constancy``) is inside the graph; ``metadata`` adds entries (the export stage:
     ``lesionseg.model_card``). Returns the preprocessing dict."""
     paths = checkpoint_paths if isinstance(checkpoint_paths, (list, tuple)) else [checkpoint_paths]
@@ -80,15 +81,25 @@ def _add_metadata(path: Path, props: dict[str, str]) -> None:
 
 
 @torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, images: np.ndarray, tta: bool = False) -> np.ndarray:
-    """uint8 ``(N, S, S, 3)`` -> lesion probabilities float32 ``(N, S, S)`` (model in eval mode)."""
-    batch = normalize_batch(torch.as_tensor(np.asarray(images), dtype=torch.uint8))
-    return torch.sigmoid(predict_logits(model, batch, tta))[:, 0].numpy().astype(np.float32)
+def predict_probabilities(
+    model: torch.nn.Module, images: np.ndarray, tta: bool = False, zoom: ZoomConfig = ZoomConfig(), threshold=0.5
+) -> np.ndarray:
+    """uint8 ``(N, S, S, 3)`` -> lesion probabilities float32 ``(N, S, S)`` (model in eval mode); with
+    ``zoom.enabled`` the zoom-in second pass's composed at the input size (its lesion: above ``threshold``)."""
+    pixels = torch.as_tensor(np.asarray(images), dtype=torch.uint8)
+    logits = predict_logits(model, normalize_batch(pixels), tta)
+    if zoom.enabled:
+        logits = composed_at_input_size(logits, zoom_pass(model, pixels, logits, zoom, threshold, tta))
+    return torch.sigmoid(logits)[:, 0].numpy().astype(np.float32)
+
+
+def _probabilities(model: torch.nn.Module, images: np.ndarray, settings: InferenceConfig) -> np.ndarray:
+    return predict_probabilities(model, images, settings.tta, settings.zoom_config, settings.threshold)
 
 
 def predict_masks(model: torch.nn.Module, images: np.ndarray, settings: InferenceConfig) -> np.ndarray:
     """uint8 ``(N, S, S, 3)`` -> uint8 masks ``(N, S, S)`` (1 = lesion) with all of ``settings`` applied."""
-    return _masks(predict_probabilities(model, images, settings.tta), settings)
+    return _masks(_probabilities(model, images, settings), settings)
 
 
 def _masks(probabilities: np.ndarray, settings: InferenceConfig) -> np.ndarray:
@@ -101,7 +112,7 @@ def predict_masks_with_quality(
     """uint8 ``(N, S, S, 3)`` -> ``{"mask": uint8 (N, S, S), "quality": float32 (N,), "review": bool (N,)}``:
     :func:`predict_masks`, each mask's :func:`~lesionseg.model.quality.mask_quality` and whether it is below
     ``settings.review_threshold`` (all False without one)."""
-    probabilities = predict_probabilities(model, images, settings.tta)
+    probabilities = _probabilities(model, images, settings)
     quality = mask_quality(torch.from_numpy(probabilities)[:, None], settings.threshold).numpy()
     return {
         "mask": _masks(probabilities, settings),
@@ -116,8 +127,8 @@ class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
     ``S`` is the model's input size. By default the model's stored inference
     settings apply (flip TTA, threshold, largest component, holes filled: the
     settings it was evaluated with). Params override them per call:
-    ``tta``, ``threshold``, ``keep_largest``, ``fill_holes``, and
-    ``output="probabilities"`` returns float32 probabilities (TTA applied,
+    ``tta``, ``threshold``, ``keep_largest``, ``fill_holes``, ``zoom`` (the zoom-in second pass), and
+    ``output="probabilities"`` returns float32 probabilities (TTA and zoom applied,
     no threshold or clean-up) instead of masks; ``output="mask_quality"`` returns
     a dict of the masks, each mask's ``quality`` ``(N,)`` and its ``review`` flag
     (:func:`predict_masks_with_quality`; ``review_threshold`` is a param too). The wrapper itself holds no
@@ -135,7 +146,7 @@ class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
         output = params.pop("output", "mask")
         settings = replace(self.settings, **{k: v for k, v in params.items() if k in PYFUNC_SETTINGS})
         if output == "probabilities":
-            return predict_probabilities(self.model, model_input, settings.tta)
+            return _probabilities(self.model, model_input, settings)
         if output == "mask_quality":
             return predict_masks_with_quality(self.model, model_input, settings)
         if output != "mask":
@@ -143,7 +154,7 @@ class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
         return predict_masks(self.model, model_input, settings)
 
 
-PYFUNC_SETTINGS = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold")
+PYFUNC_SETTINGS = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom")
 
 
 def log_pyfunc_model(checkpoint_path: Path, documents: list[Path] = (), name: str = "model") -> str:

@@ -10,15 +10,21 @@ Pillow, SciPy and onnxruntime only (this module imports no torch; neither do the
    (``lesionseg.preprocessing``);
 2. the graph runs on the image and, with flip TTA (``lesionseg.inference``), on its horizontal, vertical
    and double flip; the logits, flipped back, are averaged;
-3. the mask's quality is computed on the sigmoid of those logits at ``S`` x ``S`` (:func:`mask_quality`),
+3. with the zoom-in second pass stored on (:mod:`lesionseg.model.zoom`): the box of the largest predicted
+   component, widened by the stored margin on each side (:func:`~lesionseg.model.postprocess.zoom_box`;
+   none when it covers the stored ``zoom_max_share`` of the image or more), is cropped from the ``S`` x ``S``
+   input, resized to ``S`` x ``S`` (bilinear, not rounded: :func:`crop_input`) and run as in 2; its logits
+   replace the first pass's over the box (:func:`compose_logits`, at every resolution below);
+4. the mask's quality is computed on the sigmoid of those logits at ``S`` x ``S`` (:func:`mask_quality`),
    and the mask is flagged for review when it is below the stored review threshold;
-4. the logits are resized to the original size (bilinear, half-pixel centres: :func:`upsample_logits`), their
+5. the logits are resized to the original size (bilinear, half-pixel centres: :func:`upsample_logits`), their
    sigmoid thresholded, and the mask cleaned up (largest component, holes filled) as stored.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +33,8 @@ from PIL import Image
 
 from lesionseg.data.images import image_size, load_image
 from lesionseg.errors import DataError
-from lesionseg.evaluation.postprocess import InferenceConfig, clean_mask
 from lesionseg.evaluation.review import needs_review
+from lesionseg.model.postprocess import Box, InferenceConfig, box_at, clean_mask, zoom_box
 
 UNCERTAIN_MARGIN = 0.2  # lesionseg.model.quality.UNCERTAIN_MARGIN
 METADATA_KEYS = ("lesionseg.preprocessing", "lesionseg.inference")
@@ -72,7 +78,8 @@ class OnnxModel:
             raise DataError(self.path, f"unusable lesionseg metadata ({type(exc).__name__}: {exc})") from exc
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
-        """Logits float32 ``(S, S)`` of one uint8 ``(S, S, 3)`` model input, flip-averaged with TTA."""
+        """Logits float32 ``(S, S)`` of one ``(S, S, 3)`` model input (uint8, or float in [0, 255] for a zoom
+        crop), flip-averaged with TTA."""
         x = (pixels.astype(np.float32).transpose(2, 0, 1)[None] / 255.0 - self.mean) / self.std
         flips = FLIPS if self.settings.tta else FLIPS[:1]
         batch = np.concatenate([np.flip(x, axis) for axis in flips]).astype(np.float32)
@@ -93,10 +100,16 @@ class OnnxModel:
         else:
             width, height = image_size(image)
             pixels = _resize(load_image(image, draft_size=self.size), self.size)
-        logits = self.logits(pixels)
         settings = self.settings
-        quality = mask_quality(sigmoid(logits), settings.threshold)
-        probabilities = sigmoid(upsample_logits(logits, height, width))
+        logits = self.logits(pixels)
+        box = zoom_box(
+            logits > np.float32(math.log(settings.threshold / (1 - settings.threshold))), settings.zoom_config
+        )
+        crop_logits = None if box is None else self.logits(crop_input(pixels, box))
+        quality = mask_quality(
+            sigmoid(compose_logits(logits, box, crop_logits, self.size, self.size)), settings.threshold
+        )
+        probabilities = sigmoid(compose_logits(logits, box, crop_logits, height, width))
         mask = clean_mask(probabilities > settings.threshold, settings.postprocess)
         return OnnxPrediction(mask, quality, bool(needs_review(quality, settings.review_threshold)))
 
@@ -105,6 +118,27 @@ def predict_onnx(onnx_path: Path, images: list) -> list[OnnxPrediction]:
     """:meth:`OnnxModel.predict` for each of ``images`` (files or uint8 arrays) with the model in ``onnx_path``."""
     model = OnnxModel(onnx_path)
     return [model.predict(image) for image in images]
+
+
+def crop_input(pixels: np.ndarray, box: Box) -> np.ndarray:
+    """The zoom box of a uint8 ``(S, S, 3)`` model input resized to ``(S, S)`` bilinearly (half-pixel centres,
+    no rounding): float32 ``(S, S, 3)`` in [0, 255], as :func:`lesionseg.model.zoom.crop_input`."""
+    top, left, bottom, right = box
+    size = pixels.shape[0]
+    crop = pixels[top:bottom, left:right].astype(np.float32)
+    return np.stack([upsample_logits(crop[..., c], size, size) for c in range(3)], axis=-1)
+
+
+def compose_logits(logits: np.ndarray, box: Box | None, crop_logits: np.ndarray | None, height: int, width: int):
+    """The first pass's logits ``(S, S)`` at ``height`` x ``width``, with the crop's logits resized onto the
+    zoom box, as :func:`lesionseg.model.zoom.compose_logits`."""
+    out = upsample_logits(logits, height, width)
+    if box is None:
+        return out
+    y0, x0, y1, x1 = box_at(box, logits.shape[0], height, width)
+    out = out.copy()
+    out[y0:y1, x0:x1] = upsample_logits(crop_logits, y1 - y0, x1 - x0)
+    return out
 
 
 def _resize(image: Image.Image, size: int) -> np.ndarray:

@@ -16,11 +16,12 @@ from lesionseg import atomic
 from lesionseg.data.images import image_size, load_image
 from lesionseg.data.prepare import model_input
 from lesionseg.errors import DataError
-from lesionseg.evaluation.postprocess import PostprocessConfig, clean_mask
 from lesionseg.evaluation.report import overlay
 from lesionseg.evaluation.review import needs_review
-from lesionseg.model.inference import predict_uint8, upsample_logits
+from lesionseg.model.inference import predict_uint8
+from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig, clean_mask
 from lesionseg.model.quality import mask_quality
+from lesionseg.model.zoom import compose_logits, composed_at_input_size, zoom_pass
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def predict_files(
     progress: bool = True,
     review_threshold: float | None = None,
     review_only: bool = False,
+    zoom: ZoomConfig = ZoomConfig(),
 ) -> PredictSummary:
     """Write ``<stem>_mask.png`` (0/255, original size) and optionally ``<stem>_overlay.png`` per input,
     and :data:`QUALITY_TABLE`: per image its ``file``, mask ``quality``
@@ -79,7 +81,8 @@ def predict_files(
     Images are resized to the checkpoint's ``size`` exactly as the prepare stage
     does, run through the model ``batch_size`` at a time, and the logits are
     upsampled to each image's original size before thresholding, as in
-    evaluation, then ``postprocess`` cleans the mask. Unreadable inputs are logged and listed in ``summary.failed``;
+    evaluation, then ``postprocess`` cleans the mask. With ``zoom.enabled`` the zoom-in second pass runs as
+    in evaluation (:mod:`lesionseg.model.zoom`). Unreadable inputs are logged and listed in ``summary.failed``;
     the others still run.
     """
     output_dir = Path(output_dir)
@@ -97,10 +100,13 @@ def predict_files(
             if loaded:
                 batch = torch.from_numpy(np.stack([pixels for _, _, pixels in loaded]))
                 logits = predict_uint8(model, batch, batch_size, device, tta=tta)
-                quality = mask_quality(torch.sigmoid(logits), threshold).numpy()
+                second = None
+                if zoom.enabled:
+                    second = zoom_pass(model, batch, logits, zoom, threshold, tta, batch_size, device)
+                quality = mask_quality(torch.sigmoid(composed_at_input_size(logits, second)), threshold).numpy()
                 flagged = needs_review(quality, review_threshold)
-                for (path, (width, height), _), image_logits, score, review in zip(loaded, logits, quality, flagged):
-                    probs = torch.sigmoid(upsample_logits(image_logits[None], height, width))[0, 0]
+                for index, ((path, (width, height), _), score, review) in enumerate(zip(loaded, quality, flagged)):
+                    probs = torch.sigmoid(compose_logits(logits, second, index, height, width))[0, 0]
                     mask = clean_mask((probs > threshold).numpy(), postprocess)
                     if review or not review_only:
                         summary.written += _write_outputs(path, mask, output_dir, overlays)
