@@ -20,6 +20,9 @@ process so that its peak resident memory is its own. Run with
   generated 1024x768 JPEGs, flip TTA and clean-up, as the exported model predicts) spent computing the masks'
   quality score (:func:`lesionseg.model.quality.mask_quality`, timed call by call), and predict's time with the
   score replaced by zeros; median of 3 interleaved rounds after a warm-up;
+- ``zoom``: ``lesionseg predict``'s time (:func:`~lesionseg.serving.predict.predict_files` as above) with the
+  zoom-in second pass (:mod:`lesionseg.model.zoom`) on every image (its box fixed to the central half, the
+  worst case: a real first pass skips large and empty masks) against without; median of 3 interleaved rounds;
 - ``e2e`` (not in the default parts): a real ``dvc repro`` in a scratch copy of
   the project on ``--source`` archives (else generated ones), timed per stage
   (start-up, work, shut-down) with the end-to-end efficiency; see
@@ -259,6 +262,42 @@ def quality_cost(size, count, batch, tta=True):
     }
 
 
+def zoom_cost(size, count, batch, tta=True):
+    """Seconds of :func:`predict_files` on ``count`` generated photos without and with the zoom-in second pass
+    on every image (median of :data:`REPEATS` interleaved rounds after a warm-up)."""
+    from unittest import mock
+
+    from lesionseg.model import zoom
+    from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig
+    from lesionseg.serving import predict
+
+    model = _model(0).eval()
+
+    def central_half(mask, config):  # every image gets the second pass, whatever the random model predicts
+        return (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, out = _photos(Path(tmp) / "photos", 1024, 768, count), Path(tmp) / "out"
+        options = {"tta": tta, "postprocess": PostprocessConfig(True, True), "batch_size": batch, "progress": False}
+
+        def run(enabled: bool) -> float:
+            start = time.perf_counter()
+            with mock.patch.object(zoom, "zoom_box", central_half):
+                predict.predict_files(model, paths, size, out, zoom=ZoomConfig(enabled=enabled), **options)
+            return time.perf_counter() - start
+
+        run(True)  # warm-up
+        rounds = [(run(False), run(True)) for _ in range(REPEATS)]
+    without, with_zoom = (statistics.median(r[i] for r in rounds) for i in range(2))
+    return {
+        "images": count,
+        "predict_s": round(without, 3),
+        "predict_with_zoom_s": round(with_zoom, 3),
+        "ratio": round(statistics.median(r[1] / r[0] for r in rounds), 3),
+        "peak_rss_mb": _peak_mb(),
+    }
+
+
 def _photos(folder: Path, width: int, height: int, count: int) -> list[Path]:
     """``count`` smooth, photo-like generated JPEGs (distinct)."""
     from PIL import Image
@@ -300,7 +339,7 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="TrainConfig: DataLoader worker processes")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="validation images per training image")
     parser.add_argument("--quality-count", type=int, default=32, help="generated 1024x768 photos to predict")
-    parser.add_argument("--parts", default="train,infer,prepare,quality", help="comma-separated subset, or e2e")
+    parser.add_argument("--parts", default="train,infer,prepare,quality,zoom", help="comma-separated subset, or e2e")
     e2e_args = parser.add_argument_group("e2e (a real dvc repro in a scratch copy of the project)")
     e2e_args.add_argument("--source", type=Path, help="folder with the four official archives (default: generated)")
     e2e_args.add_argument("--generate", default="64,16", help="generated training,test pairs (without --source)")
@@ -343,6 +382,8 @@ def main() -> None:
 
     if "quality" in parts:  # predict's own batch size (8), as `lesionseg predict` runs
         result["quality"] = _isolated(quality_cost, args.size, args.quality_count, 8)
+    if "zoom" in parts:
+        result["zoom"] = _isolated(zoom_cost, args.size, args.quality_count, 8)
 
     if "e2e" in parts:
         import e2e

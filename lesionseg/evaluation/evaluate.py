@@ -33,6 +33,7 @@ ORIGINAL_PREFIX = "orig_"
 VALIDATION_PREFIX = "val_"
 EXTERNAL_KEY = "external"  # a model's metrics.json entry: external set name -> its scores
 TEST_TABLE = "test"
+ZOOMED_COLUMN = "zoomed"  # per-image table, with the zoom on: whether the image got the second pass
 
 
 def fullres_counts(
@@ -91,8 +92,8 @@ def score_logits(
     ``orig_jaccard`` per lesion-size bin (:func:`~lesionseg.evaluation.lesion_size.size_bin_scores`).
     The table has one row per image (``id``, ``height``, ``width``, the
     per-image scores at both resolutions, the true lesion's ``lesion_share`` of
-    the image, and the mask's ``quality``, see
-    :func:`~lesionseg.model.quality.mask_quality`). ``postprocess`` applies to the
+    the image, the mask's ``quality``, see :func:`~lesionseg.model.quality.mask_quality`, and with
+    ``zoom`` whether the image was ``zoomed``). ``postprocess`` applies to the
     thresholded masks at both resolutions (the loss uses the raw logits);
     ``threshold`` is the probability above which a pixel is lesion. With ``zoom`` (the second pass on these
     logits) every score is of the composed logits (:func:`~lesionseg.model.zoom.compose_logits`).
@@ -114,6 +115,8 @@ def score_logits(
     table[LESION_SHARE_COLUMN] = lesion_share((tp + fn).numpy(), full.sum(1).numpy())
     metrics.update(size_bin_scores(table, ORIGINAL_PREFIX + "jaccard"))
     table[QUALITY_COLUMN] = mask_quality(torch.sigmoid(logits), threshold).numpy()
+    if zoom is not None:
+        table[ZOOMED_COLUMN] = [box is not None for box in zoom.boxes]
     return metrics, table
 
 
