@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from lesionseg.data.batch_augment import DeviceBatches, augment_batch, hsv_to_rgb, rgb_to_hsv
-from lesionseg.data.dataset import AugmentConfig, SegmentationDataset, normalize_batch, train_transform
+from lesionseg.data.dataset import (
+    LESION_CROP_MARGIN,
+    AugmentConfig,
+    SegmentationDataset,
+    lesion_crop_boxes,
+    normalize_batch,
+    train_transform,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NO_AUGMENT = AugmentConfig(hflip=0, vflip=0, brightness_contrast=0)
@@ -51,8 +58,9 @@ def statistics(images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Ten
         AugmentConfig(scale_rotate=0.5, hue_saturation=0.3),
         *(AugmentConfig(hflip=0, vflip=0, brightness_contrast=0, **{name: 1.0}) for name in CAMERA),
         AugmentConfig(scale_rotate=0.5, scale_limit=0.3, hue_saturation=0.3, gamma=0.3, blur=0.2, noise=0.2, jpeg=0.3),
+        AugmentConfig(hflip=0.5, vflip=0.5, lesion_crop=0.7),
     ],
-    ids=["reference", "rich", *CAMERA, "camera_geo"],
+    ids=["reference", "rich", *CAMERA, "camera_geo", "lesion_crop"],
 )
 def test_device_augmentation_matches_albumentations_in_distribution(config, device):
     image, mask = off_centre_pair()
@@ -134,3 +142,37 @@ def test_images_not_chosen_for_the_affine_come_back_unchanged():
     images, masks = augment_batch(torch.from_numpy(image)[None], torch.from_numpy(mask)[None], config)
     torch.testing.assert_close(images, normalize_batch(torch.from_numpy(image)[None]))
     assert torch.equal(masks[0, 0], torch.from_numpy(mask).float())
+
+
+def test_lesion_crops_keep_the_whole_lesion_and_zoom_in():
+    _, mask = off_centre_pair()  # the lesion: rows 8-29, columns 12-27 (extent 22)
+    masks = torch.from_numpy(mask > 0)[None].expand(5, -1, -1)
+    draws = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.5, 0.5], [0.5, 0.3, 0.9], [0.2, 1.0, 0.0]])
+    boxes = lesion_crop_boxes(masks, draws)
+    tightest = 22 * (1 + 2 * LESION_CROP_MARGIN)
+    assert boxes[0].tolist() == pytest.approx([30 - tightest, 0.0, tightest], abs=1e-5)  # u = 0: smallest, first place
+    assert boxes[1].tolist() == pytest.approx([8.0, 12.0, tightest])  # u = 1: the box's corner at the lesion's
+    assert boxes[2].tolist() == pytest.approx([0.0, 0.0, 64.0])  # the largest side is the whole image
+    top, left, side = boxes.unbind(1)
+    assert bool(((top <= 8) & (top + side >= 30) & (left <= 12) & (left + side >= 28)).all())  # holds the lesion
+    assert bool(((top >= 0) & (left >= 0) & (top + side <= 64) & (left + side <= 64)).all())  # inside the image
+    empty = lesion_crop_boxes(torch.zeros(1, 64, 64, dtype=torch.bool), torch.rand(1, 3))
+    assert empty.tolist() == [[0.0, 0.0, 64.0]]
+
+
+@pytest.mark.parametrize("path", ["albumentations", "batched"])
+def test_both_paths_crop_around_the_lesion(path):
+    image, mask = off_centre_pair()
+    config, n = AugmentConfig(lesion_crop=1.0), 200
+    if path == "albumentations":
+        transform = train_transform(config, seed=0)
+        masks = torch.stack([torch.from_numpy(transform(image=image, mask=mask)["mask"]) for _ in range(n)]).float()
+    else:
+        images = torch.from_numpy(image).expand(n, -1, -1, -1)
+        masks = augment_batch(
+            images, torch.from_numpy(mask).expand(n, -1, -1), config, torch.Generator().manual_seed(0)
+        )[1][:, 0]
+    area = masks.mean((1, 2))
+    assert bool((area >= 0.9 * mask.mean()).all())  # never smaller: the crop only zooms in
+    assert float(area.mean()) > 1.5 * mask.mean()  # on average the lesion fills more of the frame
+    assert float(area.max()) > 0.3  # the tightest crops: (22 / 28.6)^2 x 16/22 of the frame

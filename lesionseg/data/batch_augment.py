@@ -10,6 +10,8 @@ probabilities, to a whole batch at once:
 ==========================  ===========================================================
 albumentations (CPU)        here
 ==========================  ===========================================================
+LesionCrop (lesionseg's)    the same crop boxes (``lesion_crop_boxes``), sampled with
+                            ``affine_grid`` + ``grid_sample``; bilinear image, nearest mask
 HorizontalFlip / Vertical   flip each image (and mask) with probability ``p``
 Affine                      scale U(0.85, 1.15) and shift U(-6%, 6%) per axis, rotation
                             U(-limit, limit) about the centre; bilinear image, nearest
@@ -51,6 +53,8 @@ from lesionseg.data.dataset import (
     SHIFT_LIMIT,
     VAL_SHIFT_LIMIT,
     AugmentConfig,
+    crop_theta,
+    lesion_crop_boxes,
     normalize_float,
 )
 
@@ -97,6 +101,19 @@ def _affine(x, m, p: float, rotate_limit: float, scale_limit: float, generator):
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).round()
     m = F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return x, m
+
+
+def _lesion_crop(x, m, p: float, generator):
+    """:func:`~lesionseg.data.dataset.lesion_crop_boxes`' crops of the chosen images, resized to the input size
+    (image bilinear, mask nearest); the others keep the whole image (the identity grid)."""
+    n, device, size = len(x), x.device, x.shape[-1]
+    chosen = _chosen(n, p, generator, device)
+    boxes = lesion_crop_boxes(m[:, 0] > 0, torch.rand(n, 3, generator=generator, device=device))
+    boxes = torch.where(chosen[:, None], boxes, torch.tensor([0.0, 0.0, float(size)], device=device))
+    grid = F.affine_grid(crop_theta(boxes, size), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False).round()
+    m = F.grid_sample(m, grid, mode="nearest", padding_mode="border", align_corners=False)
     return x, m
 
 
@@ -223,6 +240,8 @@ def augment_batch(
     """
     x = images.permute(0, 3, 1, 2).float()
     m = masks.unsqueeze(1).float()
+    if config.lesion_crop > 0:  # first: it looks for the lesion in the unaugmented mask
+        x, m = _lesion_crop(x, m, config.lesion_crop, generator)
     x, m = _flip(x, m, config.hflip, -1, generator)
     x, m = _flip(x, m, config.vflip, -2, generator)
     if config.scale_rotate > 0:

@@ -26,7 +26,11 @@ class AugmentConfig:
 
     ``scale_rotate``: probability of a random affine (shift up to 6%, scale
     ``1 +- scale_limit``, rotation up to ``rotate_limit`` degrees);
-    ``hue_saturation``: probability of a hue/saturation/value jitter.
+    ``hue_saturation``: probability of a hue/saturation/value jitter;
+    ``lesion_crop``: probability of a random square crop that keeps the whole
+    lesion, resized to the input size (:func:`lesion_crop_boxes`): the lesion
+    larger in the frame, as the zoom-in second pass
+    (:mod:`lesionseg.model.zoom`) shows it to the model.
 
     What spans cameras (each a probability, 0 = off):
     ``gamma`` (gamma 0.7-1.5), ``blur`` (Gaussian blur, sigma up to 1.2 px
@@ -47,6 +51,7 @@ class AugmentConfig:
     blur: float = 0.0
     noise: float = 0.0
     jpeg: float = 0.0
+    lesion_crop: float = 0.0
 
     def __post_init__(self):
         for name in PROBABILITIES:
@@ -66,6 +71,7 @@ PROBABILITIES = (
     "blur",
     "noise",
     "jpeg",
+    "lesion_crop",
 )
 # Every transform's range, used by both augmentation paths (albumentations here, batched tensor ops in
 # lesionseg.data.batch_augment), so the two draw from the same distributions. The probabilities are the recipe's
@@ -81,6 +87,53 @@ BLUR_SIGMA_LIMIT = (0.2, 1.2)  # pixels
 BLUR_KERNEL_LIMIT = (3, 5)  # taps: albumentations draws 3-5 and makes it odd (3 one time in three, else 5)
 NOISE_STD_LIMIT = (0.01, 0.05)  # of the value range
 JPEG_QUALITY_LIMIT = (40, 95)
+LESION_CROP_MARGIN = 0.15  # the tightest lesion crop leaves this share of the lesion's extent on each side
+
+
+def lesion_crop_boxes(masks: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Square crops that keep each mask's whole lesion: float ``(N, 3)`` rows ``(top, left, side)`` in pixels.
+
+    ``masks``: bool ``(N, S, S)``; ``uniforms``: ``(N, 3)`` draws from U(0, 1). The side is drawn uniformly
+    between the lesion's extent (the longer side of its bounding box) plus :data:`LESION_CROP_MARGIN` of it
+    on each side and the whole image, the position uniformly among the squares of that side that hold the
+    bounding box inside the image. An empty mask gets the whole image (no crop). Both augmentation paths
+    (albumentations' :class:`LesionCrop` and the batched one) draw their crops here.
+    """
+    size = masks.shape[-1]
+    index = torch.arange(size, device=masks.device, dtype=torch.float32)
+    rows, cols = masks.any(2), masks.any(1)  # (N, S): which rows / columns hold lesion pixels
+    big = torch.tensor(float(size), device=masks.device)
+    top = torch.where(rows, index, big).amin(1)
+    bottom = torch.where(rows, index + 1, torch.zeros_like(big)).amax(1)
+    left = torch.where(cols, index, big).amin(1)
+    right = torch.where(cols, index + 1, torch.zeros_like(big)).amax(1)
+    extent = torch.maximum(bottom - top, right - left)
+    smallest = torch.clamp(extent * (1 + 2 * LESION_CROP_MARGIN), max=size)
+    side = smallest + uniforms[:, 0] * (size - smallest)
+    crop_top = _place(top, bottom, side, size, uniforms[:, 1])
+    crop_left = _place(left, right, side, size, uniforms[:, 2])
+    empty = ~rows.any(1)
+    boxes = torch.stack([crop_top, crop_left, side], 1)
+    return torch.where(empty[:, None], torch.tensor([0.0, 0.0, float(size)], device=masks.device), boxes)
+
+
+def _place(start: torch.Tensor, end: torch.Tensor, side: torch.Tensor, size: int, u: torch.Tensor) -> torch.Tensor:
+    """A crop's start in [max(0, end - side), min(start, size - side)], drawn by ``u``: the span fits in it."""
+    low = torch.clamp(end - side, min=0)
+    high = torch.minimum(start, size - side)
+    return low + u * torch.clamp(high - low, min=0)
+
+
+def crop_theta(boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """``affine_grid`` matrices ``(N, 2, 3)`` (``align_corners=False``) that sample each ``(top, left, side)``
+    box of a ``size`` x ``size`` image onto the whole output: output pixel ``x`` reads the input at
+    ``left + (x + 0.5) * side / size - 0.5``."""
+    scale = boxes[:, 2] / size
+    theta = torch.zeros(len(boxes), 2, 3, device=boxes.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, 0, 2] = scale + 2 * boxes[:, 1] / size - 1
+    theta[:, 1, 2] = scale + 2 * boxes[:, 0] / size - 1
+    return theta
 
 
 def train_transform(config: AugmentConfig, seed: int | None = None) -> A.Compose:
@@ -90,6 +143,8 @@ def train_transform(config: AugmentConfig, seed: int | None = None) -> A.Compose
     import albumentations as A
 
     transforms = [A.HorizontalFlip(p=config.hflip), A.VerticalFlip(p=config.vflip)]
+    if config.lesion_crop > 0:  # first: it looks for the lesion in the unaugmented mask
+        transforms.insert(0, _lesion_crop(config.lesion_crop))
     if config.scale_rotate > 0:
         transforms.append(
             A.Affine(
@@ -125,6 +180,35 @@ def train_transform(config: AugmentConfig, seed: int | None = None) -> A.Compose
         transforms.append(A.ImageCompression(quality_range=JPEG_QUALITY_LIMIT, p=config.jpeg))
     transforms.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
     return A.Compose(transforms, seed=seed)
+
+
+def _lesion_crop(p: float):
+    """albumentations transform of :func:`lesion_crop_boxes`' crops (image bilinear, mask nearest)."""
+    import albumentations as A
+    import cv2
+
+    class LesionCrop(A.DualTransform):
+        def get_params_dependent_on_data(self, params, data):
+            mask = torch.from_numpy(np.asarray(data["mask"]) > 0)[None]
+            box = lesion_crop_boxes(mask, torch.from_numpy(self.random_generator.random(3)).float()[None])
+            return {"matrix": crop_theta(box, mask.shape[-1])[0].numpy()}
+
+        def _warp(self, array, matrix, interpolation):
+            size = array.shape[0]
+            # crop_theta in pixel units: src = scale * dst + (offset_n + 1 - scale) * size / 2 - 0.5 + 0.5 * scale
+            scale = float(matrix[0, 0])
+            shift = (matrix[:, 2] + 1 - scale) * size / 2 - 0.5 + 0.5 * scale
+            affine = np.array([[scale, 0, shift[0]], [0, scale, shift[1]]], dtype=np.float64)
+            flags = interpolation | cv2.WARP_INVERSE_MAP
+            return cv2.warpAffine(array, affine, (size, size), flags=flags, borderMode=cv2.BORDER_REFLECT_101)
+
+        def apply(self, img, matrix, **params):
+            return self._warp(img, matrix, cv2.INTER_LINEAR)
+
+        def apply_to_mask(self, mask, matrix, **params):
+            return self._warp(mask, matrix, cv2.INTER_NEAREST)
+
+    return LesionCrop(p=p)
 
 
 def eval_transform() -> A.Compose:
