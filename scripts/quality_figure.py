@@ -2,8 +2,9 @@
 
 Each fold model (``models/cv/fold<k>/<--model>.pt``) scores its held-out pairs (out of fold, so every training
 pair once, by the model that did not see it) and every external set, with the run's ``evaluate`` settings
-(flip TTA, clean-up). As in the ``cv_score`` stage, the review threshold is the out-of-fold quality quantile that
-flags ``--review-fraction`` of the masks, and an external set's metrics are the mean over the fold models.
+(flip TTA, clean-up, the zoom-in second pass). As in the ``cv_score`` stage, the review threshold is the
+out-of-fold quality quantile that flags ``--review-fraction`` of the masks, and an external set's metrics are
+the mean over the fold models.
 Prints the review metrics (:func:`lesionseg.evaluation.review.review_metrics`) as JSON and draws the curves
 with the report's :func:`~lesionseg.evaluation.report.plot_risk_coverage` (an external set's curve pools its
 images as scored by every fold model). The README's figure:
@@ -31,7 +32,7 @@ from lesionseg.data.external import ExternalSet, prepare_external  # noqa: E402
 from lesionseg.evaluation import review  # noqa: E402
 from lesionseg.evaluation.crossval import score_fold  # noqa: E402
 from lesionseg.evaluation.report import plot_risk_coverage  # noqa: E402
-from lesionseg.model.postprocess import PostprocessConfig  # noqa: E402
+from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig  # noqa: E402
 from lesionseg.training.folds import folds_from_manifest  # noqa: E402
 
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = yaml.safe_load((args.run / "params.yaml").read_text())["evaluate"]
     fraction = args.review_fraction if args.review_fraction is not None else evaluate.get("review_fraction", 0.2)
     post = PostprocessConfig(evaluate["keep_largest"], evaluate["fill_holes"])
+    zoom = ZoomConfig(**evaluate.get("zoom", {}))  # a run from before the zoom-in second pass: off
     if args.external is None:
         external = dict(evaluate.get("external") or {})
     else:
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     oof, scored = [], {name: [] for name in sets}
     for fold in folds:  # as the cv_score stage scores them
         checkpoint = {args.model: args.run / f"models/cv/fold{fold.index}/{args.model}.pt"}
-        heldout, external_tables = score_fold(checkpoint, fold, sets, 32, None, evaluate["tta"], post)
+        heldout, external_tables = score_fold(checkpoint, fold, sets, 32, None, evaluate["tta"], post, zoom)
         oof.append(heldout[args.model])
         for name in sets:
             scored[name].append(external_tables[name][args.model])
