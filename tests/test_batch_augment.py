@@ -1,5 +1,7 @@
 """The batched (device) augmentation against the albumentations (loader) one."""
 
+import pickle
+
 import cv2
 import numpy as np
 import pytest
@@ -173,6 +175,8 @@ def test_both_paths_crop_around_the_lesion(path):
             images, torch.from_numpy(mask).expand(n, -1, -1), config, torch.Generator().manual_seed(0)
         )[1][:, 0]
     area = masks.mean((1, 2))
+    if path == "albumentations":  # DataLoader workers get the transform pickled (spawn start method)
+        assert pickle.loads(pickle.dumps(transform))(image=image, mask=mask)["mask"].shape == mask.shape
     assert bool((area >= 0.9 * mask.mean()).all())  # never smaller: the crop only zooms in
     assert float(area.mean()) > 1.5 * mask.mean()  # on average the lesion fills more of the frame
     assert float(area.max()) > 0.3  # the tightest crops: (22 / 28.6)^2 x 16/22 of the frame

@@ -49,7 +49,9 @@ def test_predict_matches_evaluate_at_original_resolution(trained, tmp_path, clea
     metrics, table = evaluate_model(model, splits["test"], postprocess=postprocess, zoom=zoom_config)
     if zoom:  # the second pass changes some of these masks: the comparison covers it
         first = predict_uint8(model, splits["test"].images)
-        assert any(box is not None for box in zoom_pass(model, splits["test"].images, first, zoom_config).boxes)
+        boxes = zoom_pass(model, splits["test"].images, first, zoom_config).boxes
+        assert any(box is not None for box in boxes)
+        assert table["zoomed"].tolist() == [box is not None for box in boxes]
         _, plain = evaluate_model(model, splits["test"], postprocess=postprocess)
         assert not np.array_equal(plain["orig_accuracy"], table["orig_accuracy"])
     images = raw / TEST_IMAGES / TEST_IMAGES

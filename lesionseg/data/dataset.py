@@ -97,7 +97,7 @@ def lesion_crop_boxes(masks: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
     between the lesion's extent (the longer side of its bounding box) plus :data:`LESION_CROP_MARGIN` of it
     on each side and the whole image, the position uniformly among the squares of that side that hold the
     bounding box inside the image. An empty mask gets the whole image (no crop). Both augmentation paths
-    (albumentations' :class:`LesionCrop` and the batched one) draw their crops here.
+    (albumentations' :class:`~lesionseg.data.lesion_crop.LesionCrop` and the batched one) draw their crops here.
     """
     size = masks.shape[-1]
     index = torch.arange(size, device=masks.device, dtype=torch.float32)
@@ -144,7 +144,9 @@ def train_transform(config: AugmentConfig, seed: int | None = None) -> A.Compose
 
     transforms = [A.HorizontalFlip(p=config.hflip), A.VerticalFlip(p=config.vflip)]
     if config.lesion_crop > 0:  # first: it looks for the lesion in the unaugmented mask
-        transforms.insert(0, _lesion_crop(config.lesion_crop))
+        from lesionseg.data.lesion_crop import LesionCrop
+
+        transforms.insert(0, LesionCrop(p=config.lesion_crop))
     if config.scale_rotate > 0:
         transforms.append(
             A.Affine(
@@ -180,35 +182,6 @@ def train_transform(config: AugmentConfig, seed: int | None = None) -> A.Compose
         transforms.append(A.ImageCompression(quality_range=JPEG_QUALITY_LIMIT, p=config.jpeg))
     transforms.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
     return A.Compose(transforms, seed=seed)
-
-
-def _lesion_crop(p: float):
-    """albumentations transform of :func:`lesion_crop_boxes`' crops (image bilinear, mask nearest)."""
-    import albumentations as A
-    import cv2
-
-    class LesionCrop(A.DualTransform):
-        def get_params_dependent_on_data(self, params, data):
-            mask = torch.from_numpy(np.asarray(data["mask"]) > 0)[None]
-            box = lesion_crop_boxes(mask, torch.from_numpy(self.random_generator.random(3)).float()[None])
-            return {"matrix": crop_theta(box, mask.shape[-1])[0].numpy()}
-
-        def _warp(self, array, matrix, interpolation):
-            size = array.shape[0]
-            # crop_theta in pixel units: src = scale * dst + (offset_n + 1 - scale) * size / 2 - 0.5 + 0.5 * scale
-            scale = float(matrix[0, 0])
-            shift = (matrix[:, 2] + 1 - scale) * size / 2 - 0.5 + 0.5 * scale
-            affine = np.array([[scale, 0, shift[0]], [0, scale, shift[1]]], dtype=np.float64)
-            flags = interpolation | cv2.WARP_INVERSE_MAP
-            return cv2.warpAffine(array, affine, (size, size), flags=flags, borderMode=cv2.BORDER_REFLECT_101)
-
-        def apply(self, img, matrix, **params):
-            return self._warp(img, matrix, cv2.INTER_LINEAR)
-
-        def apply_to_mask(self, mask, matrix, **params):
-            return self._warp(mask, matrix, cv2.INTER_NEAREST)
-
-    return LesionCrop(p=p)
 
 
 def eval_transform() -> A.Compose:

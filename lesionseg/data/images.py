@@ -83,6 +83,17 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int
         return decoded.convert("RGB") if decoded.mode != "RGB" else decoded.copy()
 
 
+def resize_input(image: Image.Image, size: int) -> np.ndarray:
+    """uint8 ``(size, size, 3)`` model input from a decoded RGB image: the one resize used everywhere."""
+    return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def model_input(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 ``(size, size, 3)`` model input from an image file (decoded at reduced JPEG scale where possible,
+    then :func:`resize_input`)."""
+    return resize_input(load_image(path, max_pixels, draft_size=size), size)
+
+
 def image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """Original ``(width, height)`` after EXIF orientation, read from the header only."""
     path = Path(path)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from lesionseg import atomic
 from lesionseg.data.cache import Split, encode_mask
-from lesionseg.data.images import DEFAULT_MAX_PIXELS, image_size, load_image, load_mask
+from lesionseg.data.images import DEFAULT_MAX_PIXELS, image_size, load_mask, model_input
 from lesionseg.data.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS, Pairing, pair_images_and_masks
 from lesionseg.errors import DataError, SizeMismatchError
 
@@ -63,12 +63,6 @@ class DecodedPair:
     fullres_mask: bytes
     notes: list[str]
     lesion_pixels: int
-
-
-def model_input(image_path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """uint8 ``(size, size, 3)`` model input from an image file; the one resize used everywhere."""
-    image = load_image(image_path, max_pixels, draft_size=size).resize((size, size), Image.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
 
 
 def decode_pair(image_path: Path, mask_path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedPair:

@@ -22,11 +22,10 @@ from lesionseg.evaluation.review import (
     review_threshold,
 )
 from lesionseg.model.checkpoint import load_model
-from lesionseg.model.inference import logit, predict_uint8
 from lesionseg.model.model import count_parameters
-from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig, clean_mask, clean_masks
+from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig, clean_mask, clean_masks, logit
 from lesionseg.model.quality import mask_quality
-from lesionseg.model.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass
+from lesionseg.model.zoom import ZoomPass, compose_logits, composed_at_input_size, predict_two_pass
 from lesionseg.training.losses import DiceBCELoss
 
 ORIGINAL_PREFIX = "orig_"
@@ -69,10 +68,7 @@ def evaluate_model(
 ) -> tuple[dict, pd.DataFrame]:
     """:func:`score_logits` of ``model``'s logits on ``split`` (flip-averaged with ``tta``; with
     ``zoom.enabled``, the zoom-in second pass's, :mod:`lesionseg.model.zoom`)."""
-    logits = predict_uint8(model, split.images, batch_size, device, tta=tta)
-    second = None
-    if zoom.enabled:
-        second = zoom_pass(model, split.images, logits, zoom, threshold, tta, batch_size, device)
+    logits, second = predict_two_pass(model, split.images, zoom, threshold, tta, batch_size, device)
     return score_logits(logits, split, postprocess, threshold, second)
 
 

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lesionseg.data.dataset import normalize_batch
-
-
-def logit(probability: float) -> float:
-    """The logit at which a probability threshold cuts: 0 for 0.5."""
-    return math.log(probability / (1 - probability))
 
 
 def select_device(name: str = "auto") -> torch.device:

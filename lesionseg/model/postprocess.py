@@ -21,6 +21,11 @@ if TYPE_CHECKING:  # imported where used: clean_mask and the configs serve the t
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
+def logit(probability: float) -> float:
+    """The logit at which a probability threshold cuts: 0 for 0.5."""
+    return math.log(probability / (1 - probability))
+
+
 @dataclass(frozen=True)
 class PostprocessConfig:
     """``keep_largest``: keep only the largest 8-connected component;

@@ -13,8 +13,9 @@ cross-validation scoring, ``lesionseg predict``, the MLflow pyfunc, the ONNX ref
 pixels: on ``isic2018-extra`` cropping the 128 px input scores within 0.002 IoU of cropping the original
 (docs/other-clinics.md, "Small lesions"); the gain comes from the lesion filling the frame.
 
-:func:`zoom_pass` runs the second pass on a batch; :func:`compose_logits` gives one image's logits at
-any resolution (the crop's logits resized onto the box), which evaluation and ``predict`` threshold.
+:func:`predict_two_pass` runs both passes on a batch (:func:`zoom_pass` the second); :func:`compose_logits`
+gives one image's logits at any resolution (the crop's logits resized onto the box), which evaluation and
+``predict`` threshold.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesionseg.data.dataset import normalize_float
-from lesionseg.model.inference import autocast, logit, predict_logits, upsample_logits
-from lesionseg.model.postprocess import Box, ZoomConfig, box_at, zoom_box
+from lesionseg.model.inference import autocast, predict_logits, predict_uint8, upsample_logits
+from lesionseg.model.postprocess import Box, ZoomConfig, box_at, logit, zoom_box
 
 
 def crop_input(images: torch.Tensor, box: Box) -> torch.Tensor:
@@ -77,6 +78,23 @@ def zoom_pass(
             out[chunk] = predict_logits(model, batch, tta).cpu()
     model.train(was_training)
     return ZoomPass(boxes, out)
+
+
+def predict_two_pass(
+    model: nn.Module,
+    images: torch.Tensor,
+    zoom: ZoomConfig,
+    threshold: float = 0.5,
+    tta: bool = False,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, ZoomPass | None]:
+    """The first pass's logits ``(N, 1, S, S)`` for uint8 ``images`` ``(N, S, S, 3)``
+    (:func:`~lesionseg.model.inference.predict_uint8`) and, with ``zoom.enabled``, the second pass on them
+    (:func:`zoom_pass`; else ``None``): what evaluation, ``predict`` and the pyfunc all run."""
+    logits = predict_uint8(model, images, batch_size, device, tta=tta)
+    second = zoom_pass(model, images, logits, zoom, threshold, tta, batch_size, device) if zoom.enabled else None
+    return logits, second
 
 
 def compose_logits(

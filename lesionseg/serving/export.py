@@ -12,13 +12,11 @@ import numpy as np
 import torch
 
 from lesionseg import atomic
-from lesionseg.data.dataset import normalize_batch
 from lesionseg.evaluation.review import needs_review
 from lesionseg.model.checkpoint import inference_settings, load_model, load_models
-from lesionseg.model.inference import predict_logits
 from lesionseg.model.postprocess import InferenceConfig, ZoomConfig, clean_mask
 from lesionseg.model.quality import mask_quality
-from lesionseg.model.zoom import composed_at_input_size, zoom_pass
+from lesionseg.model.zoom import composed_at_input_size, predict_two_pass
 
 ONNX_OPSET = 17
 
@@ -87,9 +85,7 @@ def predict_probabilities(
     """uint8 ``(N, S, S, 3)`` -> lesion probabilities float32 ``(N, S, S)`` (model in eval mode); with
     ``zoom.enabled`` the zoom-in second pass's composed at the input size (its lesion: above ``threshold``)."""
     pixels = torch.as_tensor(np.asarray(images), dtype=torch.uint8)
-    logits = predict_logits(model, normalize_batch(pixels), tta)
-    if zoom.enabled:
-        logits = composed_at_input_size(logits, zoom_pass(model, pixels, logits, zoom, threshold, tta))
+    logits = composed_at_input_size(*predict_two_pass(model, pixels, zoom, threshold, tta))
     return torch.sigmoid(logits)[:, 0].numpy().astype(np.float32)
 
 

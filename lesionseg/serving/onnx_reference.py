@@ -6,7 +6,7 @@ caller does nothing for it. Everything else is read from the model's metadata an
 Pillow, SciPy and onnxruntime only (this module imports no torch; neither do the lesionseg modules it uses):
 
 1. the image file is decoded (EXIF-oriented 8-bit RGB) and resized to ``S`` x ``S`` with bilinear filtering
-   (:func:`lesionseg.data.prepare.model_input`), scaled to [0, 1] and normalised with the stored mean/std
+   (:func:`lesionseg.data.images.model_input`), scaled to [0, 1] and normalised with the stored mean/std
    (``lesionseg.preprocessing``);
 2. the graph runs on the image and, with flip TTA (``lesionseg.inference``), on its horizontal, vertical
    and double flip; the logits, flipped back, are averaged;
@@ -24,17 +24,16 @@ Pillow, SciPy and onnxruntime only (this module imports no torch; neither do the
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from lesionseg.data.images import image_size, load_image
+from lesionseg.data.images import image_size, model_input, resize_input
 from lesionseg.errors import DataError
 from lesionseg.evaluation.review import needs_review
-from lesionseg.model.postprocess import Box, InferenceConfig, box_at, clean_mask, zoom_box
+from lesionseg.model.postprocess import Box, InferenceConfig, box_at, clean_mask, logit, zoom_box
 
 UNCERTAIN_MARGIN = 0.2  # lesionseg.model.quality.UNCERTAIN_MARGIN
 METADATA_KEYS = ("lesionseg.preprocessing", "lesionseg.inference")
@@ -96,15 +95,13 @@ class OnnxModel:
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
             height, width = image.shape[:2]
-            pixels = image if (height, width) == (self.size,) * 2 else _resize(Image.fromarray(image), self.size)
+            pixels = image if (height, width) == (self.size,) * 2 else resize_input(Image.fromarray(image), self.size)
         else:
             width, height = image_size(image)
-            pixels = _resize(load_image(image, draft_size=self.size), self.size)
+            pixels = model_input(image, self.size)
         settings = self.settings
         logits = self.logits(pixels)
-        box = zoom_box(
-            logits > np.float32(math.log(settings.threshold / (1 - settings.threshold))), settings.zoom_config
-        )
+        box = zoom_box(logits > np.float32(logit(settings.threshold)), settings.zoom_config)
         crop_logits = None if box is None else self.logits(crop_input(pixels, box))
         quality = mask_quality(
             sigmoid(compose_logits(logits, box, crop_logits, self.size, self.size)), settings.threshold
@@ -139,10 +136,6 @@ def compose_logits(logits: np.ndarray, box: Box | None, crop_logits: np.ndarray 
     out = out.copy()
     out[y0:y1, x0:x1] = upsample_logits(crop_logits, y1 - y0, x1 - x0)
     return out
-
-
-def _resize(image: Image.Image, size: int) -> np.ndarray:
-    return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

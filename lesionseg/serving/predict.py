@@ -13,15 +13,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from lesionseg import atomic
-from lesionseg.data.images import image_size, load_image
-from lesionseg.data.prepare import model_input
+from lesionseg.data.images import image_size, load_image, model_input
 from lesionseg.errors import DataError
 from lesionseg.evaluation.report import overlay
 from lesionseg.evaluation.review import needs_review
-from lesionseg.model.inference import predict_uint8
 from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig, clean_mask
 from lesionseg.model.quality import mask_quality
-from lesionseg.model.zoom import compose_logits, composed_at_input_size, zoom_pass
+from lesionseg.model.zoom import compose_logits, composed_at_input_size, predict_two_pass
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +97,7 @@ def predict_files(
                     summary.failed[str(path)] = exc.problem
             if loaded:
                 batch = torch.from_numpy(np.stack([pixels for _, _, pixels in loaded]))
-                logits = predict_uint8(model, batch, batch_size, device, tta=tta)
-                second = None
-                if zoom.enabled:
-                    second = zoom_pass(model, batch, logits, zoom, threshold, tta, batch_size, device)
+                logits, second = predict_two_pass(model, batch, zoom, threshold, tta, batch_size, device)
                 quality = mask_quality(torch.sigmoid(composed_at_input_size(logits, second)), threshold).numpy()
                 flagged = needs_review(quality, review_threshold)
                 for index, ((path, (width, height), _), score, review) in enumerate(zip(loaded, quality, flagged)):
