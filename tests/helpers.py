@@ -231,7 +231,7 @@ def stretched_model(images, model_config=None, lesion_share=None):
     logit quantile that leaves about this share of all pixels lesion (default: around the mean)."""
     import torch
 
-    from lesionseg.data.dataset import normalize_batch
+    from lesionseg.data.normalize import normalize_batch
     from lesionseg.model.model import ModelConfig, build_model
 
     torch.manual_seed(0)

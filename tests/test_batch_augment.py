@@ -7,15 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from lesionseg.data.augmentation import LESION_CROP_MARGIN, AugmentConfig, lesion_crop_boxes
 from lesionseg.data.batch_augment import DeviceBatches, augment_batch, hsv_to_rgb, rgb_to_hsv
-from lesionseg.data.dataset import (
-    LESION_CROP_MARGIN,
-    AugmentConfig,
-    SegmentationDataset,
-    lesion_crop_boxes,
-    normalize_batch,
-    train_transform,
-)
+from lesionseg.data.dataset import SegmentationDataset, train_transform
+from lesionseg.data.normalize import normalize_batch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NO_AUGMENT = AugmentConfig(hflip=0, vflip=0, brightness_contrast=0)

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from lesionseg.data.augmentation import AugmentConfig
 from lesionseg.data.batch_augment import augment_batch
-from lesionseg.data.dataset import AugmentConfig, normalize_batch, train_transform
+from lesionseg.data.dataset import train_transform
+from lesionseg.data.normalize import normalize_batch
 from lesionseg.model.checkpoint import load_model, make_checkpoint, save_checkpoint
 from lesionseg.model.colour import ShadesOfGray, build_colour_constancy
 from lesionseg.model.model import ModelConfig, build_model, count_parameters

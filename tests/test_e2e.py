@@ -89,7 +89,7 @@ def test_repro_produces_every_output(pipeline):
 
 def test_a_changed_library_function_makes_dvc_rerun_the_stages_that_load_it(pipeline):
     """dvc.yaml's code deps in action (tests/test_stage_deps.py checks them statically): a changed function in
-    lesionseg/evaluation/metrics.py, which picks each phase's best epoch, is a changed dependency of the training
+    lesionseg/metrics.py, which picks each phase's best epoch, is a changed dependency of the training
     stages, so `dvc repro` cannot keep checkpoints made by the old code; undone, the pipeline is up to date."""
     project, env, _ = pipeline
     metrics_py = project / "lesionseg" / "evaluation" / "metrics.py"

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lesionseg.evaluation.metrics import confusion_counts, per_image_scores, summarize
+from lesionseg.metrics import confusion_counts, per_image_scores, summarize
 from lesionseg.training.losses import DiceBCELoss
 
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lesionseg.cli import main
-from lesionseg.data.dataset import normalize_batch
 from lesionseg.data.images import model_input
+from lesionseg.data.normalize import normalize_batch
 from lesionseg.errors import DataError
 from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
 from lesionseg.model.inference import predict_logits

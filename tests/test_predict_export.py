@@ -8,11 +8,11 @@ from PIL import Image
 
 from lesionseg.cli import main
 from lesionseg.data.cache import Split
-from lesionseg.data.dataset import normalize_batch
+from lesionseg.data.normalize import normalize_batch
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
-from lesionseg.evaluation.metrics import confusion_counts, summarize
+from lesionseg.metrics import confusion_counts, summarize
 from lesionseg.model.checkpoint import load_model, load_models, make_checkpoint, package_model, save_checkpoint
 from lesionseg.model.inference import predict_uint8
 from lesionseg.model.model import ModelConfig, build_model

@@ -5,8 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from lesionseg.data.augmentation import AugmentConfig
 from lesionseg.data.cache import Split, decode_mask, encode_mask
-from lesionseg.data.dataset import AugmentConfig, SegmentationDataset, eval_transform, normalize_batch, train_transform
+from lesionseg.data.dataset import SegmentationDataset, train_transform
+from lesionseg.data.normalize import normalize_batch
 from lesionseg.data.prepare import PrepareConfig, decode_pair, prepare_dataset, train_val_indices
 from lesionseg.errors import DataError
 from tests.helpers import TRAIN_IMAGES, TRAIN_MASKS, lesion_pair, make_raw_tree
@@ -123,9 +125,11 @@ def test_flips_move_image_and_mask_together():
     assert (out["image"][:, 4:, 0] > 0).all()
 
 
-def test_eval_transform_matches_normalize_batch():
+def test_training_normalisation_matches_inference_normalisation():
+    # With nothing to augment the training transform is albumentations' Normalize alone: the same inputs as
+    # inference's normalize_batch, or the model would be evaluated on other statistics than it was trained on.
     images = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
-    ds = SegmentationDataset(images, torch.zeros(2, 8, 8, dtype=torch.uint8), eval_transform())
+    ds = SegmentationDataset(images, torch.zeros(2, 8, 8, dtype=torch.uint8), train_transform(AugmentConfig()))
     assert torch.allclose(torch.stack([ds[i][0] for i in range(2)]), normalize_batch(images), atol=1e-5)
 
 

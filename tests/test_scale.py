@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from lesionseg.data import batch_augment
+from lesionseg.data.augmentation import AugmentConfig
 from lesionseg.data.batch_augment import DeviceBatches
-from lesionseg.data.dataset import AugmentConfig
 from lesionseg.model.checkpoint import load_model, read_checkpoint
 from lesionseg.model.inference import predict_uint8
 from tests import helpers

@@ -72,5 +72,5 @@ def test_training_stages_depend_on_what_picks_their_best_epoch():
     # The drift this test exists for (issue 25): train/finetune did not list the metric that chooses the
     # best epoch, so editing it kept the old checkpoints.
     for name in ("train", "finetune", "cv_train"):
-        assert "lesionseg/evaluation/metrics.py" in pipeline_stages()[name]["deps"]
+        assert "lesionseg/metrics.py" in pipeline_stages()[name]["deps"]
     assert "lesionseg/training/losses.py" in pipeline_stages()["evaluate"]["deps"]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesionseg.data.dataset import normalize_float
+from lesionseg.data.normalize import normalize_float
 from lesionseg.model.inference import upsample_logits
 from lesionseg.model.postprocess import ZoomConfig, box_at, lesion_box, zoom_box
 from lesionseg.model.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass

@@ -13,9 +13,10 @@ albumentations (CPU)        here
 LesionCrop (lesionseg's)    the same crop boxes (``lesion_crop_boxes``), sampled with
                             ``affine_grid`` + ``grid_sample``; bilinear image, nearest mask
 HorizontalFlip / Vertical   flip each image (and mask) with probability ``p``
-Affine                      scale U(0.85, 1.15) and shift U(-6%, 6%) per axis, rotation
-                            U(-limit, limit) about the centre; bilinear image, nearest
-                            mask, zero fill (``affine_grid`` + ``grid_sample``)
+Affine                      scale U(1 - scale_limit, 1 + scale_limit), shift U(-6%, 6%)
+                            per axis, rotation U(-rotate_limit, rotate_limit) about the
+                            centre; bilinear image, nearest mask, zero fill
+                            (``affine_grid`` + ``grid_sample``)
 RandomBrightnessContrast    ``x * (1 + U(-0.2, 0.2)) + 255 * U(-0.2, 0.2)``, clipped
 HueSaturationValue          OpenCV HSV convention (hue 0-180): hue +U(-20, 20) mod 180,
                             saturation +U(-30, 30) (grey stays grey), value +U(-20, 20)
@@ -40,7 +41,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lesionseg.data.dataset import (
+from lesionseg.data.augmentation import (
     BLUR_KERNEL_LIMIT,
     BLUR_SIGMA_LIMIT,
     BRIGHTNESS_LIMIT,
@@ -55,8 +56,8 @@ from lesionseg.data.dataset import (
     AugmentConfig,
     crop_theta,
     lesion_crop_boxes,
-    normalize_float,
 )
+from lesionseg.data.normalize import normalize_float
 
 # The batched blur builds the 3- and 5-tap kernels that albumentations draws from BLUR_KERNEL_LIMIT.
 if BLUR_KERNEL_LIMIT != (3, 5):
@@ -105,7 +106,7 @@ def _affine(x, m, p: float, rotate_limit: float, scale_limit: float, generator):
 
 
 def _lesion_crop(x, m, p: float, generator):
-    """:func:`~lesionseg.data.dataset.lesion_crop_boxes`' crops of the chosen images, resized to the input size
+    """:func:`~lesionseg.data.augmentation.lesion_crop_boxes`' crops of the chosen images, resized to the input size
     (image bilinear, mask nearest); the others keep the whole image (the identity grid)."""
     n, device, size = len(x), x.device, x.shape[-1]
     chosen = _chosen(n, p, generator, device)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.evaluate import ORIGINAL_PREFIX, evaluate_external, evaluate_model
-from lesionseg.evaluation.metrics import THRESHOLDED_JACCARD_CUTOFF
+from lesionseg.metrics import THRESHOLDED_JACCARD_CUTOFF
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig
 from lesionseg.training.folds import Fold
@@ -66,7 +66,7 @@ def summarize_folds(table: pd.DataFrame) -> dict:
     means (``fold<k>``), their ``mean`` and standard error ``se``
     (sample SD of the fold means / sqrt(folds)), and ``n`` pairs in all.
     Thresholded Jaccard is computed from per-image Jaccard as in
-    :func:`lesionseg.evaluation.metrics.summarize`.
+    :func:`lesionseg.metrics.summarize`.
     """
     jaccard = table[ORIGINAL_PREFIX + "jaccard"]
     columns = {

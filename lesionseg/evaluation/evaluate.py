@@ -12,7 +12,6 @@ import torch
 
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.lesion_size import LESION_SHARE_COLUMN, lesion_share, size_bin_scores
-from lesionseg.evaluation.metrics import confusion_counts, per_image_scores, summarize
 from lesionseg.evaluation.review import (
     IOU_COLUMN,
     QUALITY_COLUMN,
@@ -21,6 +20,7 @@ from lesionseg.evaluation.review import (
     review_metrics,
     review_threshold,
 )
+from lesionseg.metrics import confusion_counts, per_image_scores, summarize
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.model import count_parameters
 from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig, clean_mask, clean_masks, logit

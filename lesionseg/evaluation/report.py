@@ -11,15 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 from lesionseg import atomic  # noqa: E402
 from lesionseg.data.cache import Split  # noqa: E402
 from lesionseg.evaluation.compare import NO_CHANGE, paired_change, verdict  # noqa: E402
-from lesionseg.evaluation.metrics import confusion_counts, per_image_scores  # noqa: E402
+from lesionseg.evaluation.drawing import error_map, overlay  # noqa: E402
 from lesionseg.evaluation.records import ModelMetrics  # noqa: E402
 from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, REVIEW_COLUMN, risk_coverage  # noqa: E402
 from lesionseg.evaluation.stats import IndependentComparison, format_change, independent_difference  # noqa: E402
+from lesionseg.metrics import confusion_counts, per_image_scores  # noqa: E402
 from lesionseg.model.inference import predict_uint8  # noqa: E402
 
 COMPARISON_COLUMNS = {
@@ -33,9 +33,6 @@ COMPARISON_COLUMNS = {
     "params_frozen": "Frozen params",
     "params_total": "Total params",
 }
-# True positive, false positive, false negative.
-ERROR_COLOURS = {"tp": (0.1, 0.75, 0.2), "fp": (0.95, 0.2, 0.15), "fn": (0.15, 0.35, 0.95)}
-
 
 CHANGE_COLUMN = "IoU change vs frozen [95% CI]"
 DROP_COLUMN = "IoU change vs test [95% CI]"
@@ -156,29 +153,6 @@ def plot_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
     ax_jac.set(title="Per-image Jaccard (model resolution)", xlabel="epoch", ylabel="Jaccard")
     ax_jac.legend(fontsize=7, ncol=2)
     save_figure(fig, path)
-
-
-def error_map(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """RGB float ``(H, W, 3)``: true positives green, false positives red, false negatives blue, else black."""
-    out = np.zeros((*truth.shape, 3))
-    out[pred & truth] = ERROR_COLOURS["tp"]
-    out[pred & ~truth] = ERROR_COLOURS["fp"]
-    out[~pred & truth] = ERROR_COLOURS["fn"]
-    return out
-
-
-def outline(mask: np.ndarray) -> np.ndarray:
-    """One-pixel inner boundary of a bool mask."""
-    return mask & ~ndimage.binary_erosion(mask)
-
-
-def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
-    """uint8 image with the predicted outline in yellow (and the true outline in cyan)."""
-    out = image.copy()
-    if truth is not None:
-        out[ndimage.binary_dilation(outline(truth))] = (0, 230, 255)
-    out[ndimage.binary_dilation(outline(pred))] = (255, 230, 0)
-    return out
 
 
 def plot_samples(images, truths, preds, ids, scores, title: str, path: Path) -> None:

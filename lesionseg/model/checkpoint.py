@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lesionseg import __version__, atomic
-from lesionseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from lesionseg.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from lesionseg.errors import DataError
 from lesionseg.model.encoder import NO_WEIGHTS
 from lesionseg.model.ensemble import EnsembleModel

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lesionseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from lesionseg.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 METHODS = ("none", "shades_of_gray", "gray_world")
 

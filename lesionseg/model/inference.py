@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesionseg.data.dataset import normalize_batch
+from lesionseg.data.normalize import normalize_batch
 
 
 def select_device(name: str = "auto") -> torch.device:

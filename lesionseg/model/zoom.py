@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesionseg.data.dataset import normalize_float
+from lesionseg.data.normalize import normalize_float
 from lesionseg.model.inference import autocast, predict_logits, predict_uint8, upsample_logits
 from lesionseg.model.postprocess import Box, ZoomConfig, box_at, logit, zoom_box
 

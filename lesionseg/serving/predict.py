@@ -15,7 +15,7 @@ from tqdm import tqdm
 from lesionseg import atomic
 from lesionseg.data.images import image_size, load_image, model_input
 from lesionseg.errors import DataError
-from lesionseg.evaluation.report import overlay
+from lesionseg.evaluation.drawing import overlay
 from lesionseg.evaluation.review import needs_review
 from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig, clean_mask
 from lesionseg.model.quality import mask_quality

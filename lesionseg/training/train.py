@@ -17,10 +17,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from lesionseg import atomic
+from lesionseg.data.augmentation import AugmentConfig
 from lesionseg.data.batch_augment import DeviceBatches
 from lesionseg.data.cache import Split
-from lesionseg.data.dataset import AugmentConfig, SegmentationDataset, train_transform
-from lesionseg.evaluation.metrics import confusion_counts, summarize
+from lesionseg.data.dataset import SegmentationDataset, train_transform
+from lesionseg.metrics import confusion_counts, summarize
 from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
 from lesionseg.model.inference import autocast, predict_uint8, select_device
 from lesionseg.model.model import LesionSegModel, ModelConfig
@@ -155,7 +156,7 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
 
 
 def evaluate_split(model: torch.nn.Module, split: Split, loss_fn, batch_size: int, device, amp: bool = True) -> dict:
-    """Loss and metrics (see :mod:`lesionseg.evaluation.metrics`) at model resolution."""
+    """Loss and metrics (see :mod:`lesionseg.metrics`) at model resolution."""
     logits = predict_uint8(model, split.images, batch_size, device, amp=amp)
     target = split.masks[:, None].float()
     counts = confusion_counts(logits > 0, target > 0)
