@@ -42,7 +42,7 @@ def _load_for_inference(args):
 
 
 def cmd_predict(args) -> int:
-    from lesionseg.serving.predict import collect_inputs, predict_files
+    from lesionseg.serving.predict import collect_inputs, predict_files, some_names
 
     model, checkpoint, settings, device = _load_for_inference(args)
     if settings.review_threshold is None:
@@ -58,7 +58,14 @@ def cmd_predict(args) -> int:
             "empty review column (no mask flagged); --review-threshold sets one",
             file=sys.stderr,
         )
-    paths = collect_inputs(args.inputs)
+    inputs = collect_inputs(args.inputs)
+    paths = inputs.images
+    if inputs.skipped:
+        print(
+            f"note: skipped {len(inputs.skipped)} mask or overlay file(s) among the inputs (named *_mask.png, "
+            f"*_overlay.png, or as a mask beside its image): {some_names([p.name for p in inputs.skipped])}",
+            file=sys.stderr,
+        )
     if not paths:
         print("lesionseg predict: no input images found", file=sys.stderr)
         return 2
@@ -77,6 +84,7 @@ def cmd_predict(args) -> int:
         review_threshold=settings.review_threshold,
         review_only=args.review_only,
         zoom=settings.zoom_config,
+        overwrite=args.overwrite,
     )
     ok = len(paths) - len(summary.failed)
     if settings.review_threshold is None:
@@ -260,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", type=Path, default=Path("predictions"))
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in --output that no predict run wrote there (never an input file)",
+    )
     p.add_argument(
         "--review-only", action="store_true", help="write only the masks flagged for review (quality.csv lists all)"
     )

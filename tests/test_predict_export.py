@@ -1,7 +1,12 @@
+import hashlib
 import json
+import multiprocessing
+import os
+import time
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -21,7 +26,7 @@ from lesionseg.model.quality import mask_quality
 from lesionseg.model.zoom import zoom_pass
 from lesionseg.serving.export import log_pyfunc_model
 from lesionseg.training.train import TrainConfig, train_model
-from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree
+from tests.helpers import TEST_IMAGES, TEST_MASKS, lesion_pair, make_raw_tree
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +224,183 @@ def test_checkpoint_metadata_is_weights_only_loadable(tmp_path):
     model = build_model(ModelConfig("none"))
     save_checkpoint(make_checkpoint(model, ModelConfig("none"), 64, 1, {"jaccard": 0.5}), tmp_path / "c.pt")
     assert torch.load(tmp_path / "c.pt", weights_only=True)["metrics"] == {"jaccard": 0.5}
+
+
+# lesionseg predict never loses a mask or replaces a user's file (issue 33). A random-weight model: these tests are
+# about which files are written, not the masks' content (beyond their sizes, which tie each mask to its image).
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("random") / "model.pt"
+    save_checkpoint(make_checkpoint(build_model(ModelConfig("none")), ModelConfig("none"), 64, 0, {}), path)
+    return path
+
+
+def _photo(path, size, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(lesion_pair(seed, *size)[0]).save(path)
+    return path
+
+
+def _files(root):
+    """Every file under ``root``: relative path -> sha256 of its bytes."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def _predict(model, out, *args):
+    return main(["predict", "--quiet", "--checkpoint", str(model), "--output", str(out), *map(str, args)])
+
+
+# --review-only writes the masks of quality < 1: here (a random model) those of every image with a lesion pixel.
+MODES = {"masks": [], "overlays": ["--overlay"], "review-only": ["--review-only", "--review-threshold", "1"]}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_predict_keeps_every_mask_of_inputs_with_one_stem(random_model, tmp_path, mode):
+    photos = tmp_path / "photos"
+    sizes = {"photos/a.jpg": (40, 30), "photos/a.png": (50, 36), "photos/b.png": (44, 33)}
+    sizes |= {"d1/ISIC_0000001.jpg": (60, 40), "d2/ISIC_0000001.jpg": (36, 52)}
+    for seed, (name, size) in enumerate(sizes.items()):
+        _photo(tmp_path / name, size, seed)
+    before = _files(tmp_path)
+    out = tmp_path / "out"
+    # b.png named again beside its folder: predicted once, under its plain name.
+    assert _predict(random_model, out, *MODES[mode], photos, photos / "b.png", tmp_path / "d1", tmp_path / "d2") == 0
+    expected = {
+        "photos/a.jpg": "a.jpg_mask.png",
+        "photos/a.png": "a.png_mask.png",
+        "photos/b.png": "b_mask.png",  # no clash: the name users and lesionseg evaluate rely on
+        "d1/ISIC_0000001.jpg": "d1__ISIC_0000001.jpg_mask.png",
+        "d2/ISIC_0000001.jpg": "d2__ISIC_0000001.jpg_mask.png",
+    }
+    table = pd.read_csv(out / "quality.csv")
+    assert dict(zip(table["file"], table["mask"])) == {str(tmp_path / k): v for k, v in expected.items()}
+    overlays = {v.replace("_mask.png", "_overlay.png") for v in expected.values()} if mode == "overlays" else set()
+    masks = set(table["mask"][table["review"] == "yes"] if mode == "review-only" else expected.values())
+    assert set(_files(out)) == {"quality.csv", *masks, *overlays} and len(masks) >= 4
+    for name, mask in expected.items():  # each mask is its own image's: the sizes differ
+        assert mask not in masks or Image.open(out / mask).size == sizes[name]
+    assert {k: v for k, v in _files(tmp_path).items() if not k.startswith("out/")} == before
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_predict_into_its_input_folder_keeps_the_users_masks(random_model, tmp_path, capsys, mode):
+    clinic = tmp_path / "clinic"
+    for i in range(2):
+        _photo(clinic / f"x{i}.jpg", (40, 30), i)
+    Image.new("L", (40, 30), 255).save(clinic / "x0_mask.png")  # the user's masks, as lesionseg evaluate reads them
+    Image.new("L", (40, 30), 255).save(clinic / "x1_segmentation.png")
+    before = _files(tmp_path)
+    assert _predict(random_model, clinic, *MODES[mode], clinic) == 1
+    printed = capsys.readouterr().err
+    assert "skipped 2 mask or overlay file(s)" in printed and "x0_mask.png, x1_segmentation.png" in printed
+    assert "nothing written" in printed and "would be replaced" in printed and "x0_mask.png" in printed.split(":")[-1]
+    assert "--overwrite" in printed and "Traceback" not in printed
+    assert _files(tmp_path) == before  # not one file written or changed
+    # --overwrite replaces the user's mask named like predict's (asked for), never an input; the other user mask is
+    # neither replaced nor taken as an image.
+    images = {k: v for k, v in before.items() if k.endswith(".jpg")}
+    assert _predict(random_model, clinic, *MODES[mode], "--overwrite", clinic) == 0
+    after = _files(tmp_path)
+    assert {k: after[k] for k in images} == images and after["clinic/x1_segmentation.png"] == before[
+        "clinic/x1_segmentation.png"
+    ]
+    written = {"quality.csv", "x0_mask.png", "x1_mask.png"} | (
+        {"x0_overlay.png", "x1_overlay.png"} if mode == "overlays" else set()
+    )
+    assert set(_files(clinic)) == {"x0.jpg", "x1.jpg", "x1_segmentation.png"} | written
+    # The next run into the same folder: predict's own masks are replaced, and not taken as inputs.
+    assert _predict(random_model, clinic, *MODES[mode], clinic) == 0
+    assert set(_files(clinic)) == {"x0.jpg", "x1.jpg", "x1_segmentation.png"} | written
+    assert {k: v for k, v in _files(tmp_path).items() if k in images} == images
+    assert pd.read_csv(clinic / "quality.csv")["mask"].tolist() == ["x0_mask.png", "x1_mask.png"]
+
+
+def test_predict_replaces_no_file_it_did_not_write(random_model, tmp_path, capsys):
+    photo = _photo(tmp_path / "in" / "a.jpg", (40, 30))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "quality.csv").write_text("id,score\nx,1\n")  # someone else's table
+    Image.new("L", (8, 8)).save(out / "a_mask.png")
+    before = _files(tmp_path)
+    assert _predict(random_model, out, photo) == 1
+    printed = capsys.readouterr().err
+    assert "2 file(s) there that the last predict run into it did not write (not listed in its quality.csv)" in printed
+    assert "would be replaced: quality.csv, a_mask.png;" in printed and _files(tmp_path) == before
+    # A table of an earlier lesionseg (before the mask column) is predict's own, and so are the masks it lists.
+    (out / "quality.csv").write_text(f"file,quality,review,mask_area_px\n{photo},0.5,,3\n")
+    assert _predict(random_model, out, photo) == 0
+    assert Image.open(out / "a_mask.png").size == (40, 30) and _files(tmp_path)["in/a.jpg"] == before["in/a.jpg"]
+    # An input file is never replaced, even with --overwrite: here the mask's name is a second link to the photo.
+    (out / "a_mask.png").unlink()
+    os.link(photo, out / "a_mask.png")
+    before = _files(tmp_path)
+    assert _predict(random_model, out, "--overwrite", photo) == 1
+    assert f"{out / 'a_mask.png'} is one of the inputs" in capsys.readouterr().err and _files(tmp_path) == before
+
+
+def test_predict_stops_before_writing_when_two_inputs_would_share_a_name(random_model, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    for seed, name in enumerate(["a.jpg", "a.png", "a.jpg.png"]):  # a.jpg's name with its extension: a.jpg.png's
+        _photo(photos / name, (40, 30), seed)
+    before = _files(tmp_path)
+    assert _predict(random_model, tmp_path / "out", photos) == 1
+    printed = capsys.readouterr().err
+    assert f"a.jpg_mask.png would be the mask of {photos / 'a.jpg'} and of {photos / 'a.jpg.png'}" in printed
+    assert not (tmp_path / "out").exists() and _files(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "the file is empty"),
+        (b"not a checkpoint\n", "not a file written by torch.save"),
+        ("module", "it holds a pickled Python object (torch.nn.modules.linear.Linear)"),
+        ("cut-short", "a damaged or incomplete torch file: cut short, or changed after it was saved"),
+        ("no-index", "a damaged or incomplete torch file (failed reading zip archive: failed finding central"),
+    ],
+    ids=["empty", "text", "pickled-module", "cut-short", "no-index"],
+)
+def test_an_unreadable_checkpoint_says_what_is_wrong_with_it(random_model, tmp_path, capsys, content, problem):
+    bad = tmp_path / "bad.pt"
+    if content == "module":
+        torch.save(torch.nn.Linear(2, 2), bad)
+    elif content == "cut-short":
+        bad.write_bytes(random_model.read_bytes()[:5000])
+    elif content == "no-index":  # the start of the archive only
+        bad.write_bytes(random_model.read_bytes()[:100])
+    else:
+        bad.write_bytes(content)
+    photo = _photo(tmp_path / "a.jpg", (40, 30))
+    assert main(["predict", "--quiet", "--checkpoint", str(bad), "--output", str(tmp_path / "out"), str(photo)]) == 1
+    printed = capsys.readouterr().err
+    assert printed.startswith(f"lesionseg predict: {bad}: not a lesionseg checkpoint: {problem}")
+    assert "weights_only" not in printed and "Traceback" not in printed
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_masks_of_an_interrupted_run_are_predicts_own_on_the_next(random_model, tmp_path):
+    photos = tmp_path / "photos"
+    for i in range(40):
+        _photo(photos / f"p{i:03d}.png", (32, 24), i)
+    out = tmp_path / "out"
+    # The command in a forked process (it starts at once: the modules are imported already), killed part-way.
+    args = ["predict", "--quiet", "--checkpoint", str(random_model), "--batch-size", "1", "--output", str(out)]
+    process = multiprocessing.get_context("fork").Process(target=main, args=([*args, str(photos)],))
+    process.start()
+    try:
+        while not list(out.glob("*_mask.png")) and process.is_alive():
+            time.sleep(0.005)
+    finally:
+        process.kill()  # as a crash or a power cut would stop it: no clean-up
+        process.join()
+    written = len(list(out.glob("*_mask.png")))
+    assert 0 < written < 40  # stopped part-way
+    table = pd.read_csv(out / "quality.csv")
+    assert len(table) == 40 and table["quality"].isna().all()  # the plan, scores to come
+    assert _predict(random_model, out, photos) == 0  # the interrupted run's masks are replaced without --overwrite
+    assert len(list(out.glob("*_mask.png"))) == 40 and pd.read_csv(out / "quality.csv")["quality"].notna().all()

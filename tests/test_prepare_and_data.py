@@ -149,3 +149,12 @@ def test_reduced_scale_jpeg_decoding_converts_cmyk_and_gray(tmp_path, mode):
     out = model_input(tmp_path / "other.jpg", 64)
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
     assert np.abs(out.astype(float).mean(2) - reference).mean() < 6
+
+
+def test_an_unreadable_prepared_split_says_what_is_wrong_with_it(tmp_path):
+    (tmp_path / "train.pt").write_bytes(b"")
+    with pytest.raises(DataError, match=r"train.pt: not a readable prepared split: the file is empty$"):
+        Split.load(tmp_path / "train.pt")
+    torch.save({"images": np.zeros(2)}, tmp_path / "val.pt")  # a numpy array: a pickled object, not a tensor
+    with pytest.raises(DataError, match=r"val.pt: not a readable prepared split: it holds a pickled Python object"):
+        Split.load(tmp_path / "val.pt")

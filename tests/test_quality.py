@@ -193,11 +193,12 @@ def test_predict_writes_the_quality_table_and_review_only(untrained, tmp_path, c
     printed = capsys.readouterr()
     assert "stores no review threshold" in printed.err and "none flagged" in printed.out
     table = pd.read_csv(tmp_path / "a" / "quality.csv", keep_default_na=False)
-    assert list(table.columns) == ["file", "quality", "review", "mask_area_px"] and len(table) == 6
+    assert list(table.columns) == ["file", "mask", "quality", "review", "mask_area_px"] and len(table) == 6
     assert (table["review"] == "").all() and table["quality"].between(0, 1).all()
     for row in table.itertuples():
         stem = row.file.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        assert (np.asarray(Image.open(tmp_path / "a" / f"{stem}_mask.png")) > 127).sum() == row.mask_area_px
+        assert row.mask == f"{stem}_mask.png"
+        assert (np.asarray(Image.open(tmp_path / "a" / row.mask)) > 127).sum() == row.mask_area_px
     review_only = ["--checkpoint", str(tmp_path / "old.pt"), "--output", str(tmp_path / "x"), "--review-only"]
     assert main([*args, *review_only]) == 2
     assert "--review-only needs a review threshold" in capsys.readouterr().err

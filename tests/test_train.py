@@ -99,7 +99,7 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path, splits):
     with pytest.raises(DataError, match=r"foreign.pt: not a lesionseg checkpoint"):
         load_model(tmp_path / "foreign.pt")
     torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled_module.pt")
-    with pytest.raises(DataError, match=r"pickled_module.pt: not a readable lesionseg checkpoint"):
+    with pytest.raises(DataError, match=r"pickled_module.pt: not a lesionseg checkpoint: it holds a pickled Python"):
         load_model(tmp_path / "pickled_module.pt")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lesionseg import atomic
-from lesionseg.errors import DataError
+from lesionseg.errors import DataError, unreadable_torch_file
 
 SPLIT_KEYS = ("images", "masks", "ids", "orig_sizes", "fullres_masks")
 
@@ -121,7 +121,7 @@ class Split:
         except FileNotFoundError as exc:
             raise DataError(path, "prepared split not found; run the prepare stage first") from exc
         except Exception as exc:
-            raise DataError(path, f"not a readable prepared split ({exc})") from exc
+            raise DataError(path, f"not a readable prepared split: {unreadable_torch_file(path, exc)}") from exc
         if not isinstance(payload, dict) or any(k not in payload for k in SPLIT_KEYS):
             raise DataError(path, f"not a prepared split: expected keys {list(SPLIT_KEYS)}")
         full = payload["fullres_masks"]

@@ -22,7 +22,7 @@ import torch
 
 from lesionseg import __version__, atomic
 from lesionseg.data.normalize import IMAGENET_MEAN, IMAGENET_STD
-from lesionseg.errors import DataError
+from lesionseg.errors import DataError, unreadable_torch_file
 from lesionseg.model.encoder import NO_WEIGHTS
 from lesionseg.model.ensemble import EnsembleModel
 from lesionseg.model.model import LesionSegModel, ModelConfig, build_model, count_parameters, level_name
@@ -61,7 +61,7 @@ def read_checkpoint(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DataError(path, f"not a readable lesionseg checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise DataError(path, f"not a lesionseg checkpoint: {unreadable_torch_file(path, exc)}") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise DataError(path, f"not a lesionseg checkpoint (expected format {FORMAT!r})")
     return checkpoint

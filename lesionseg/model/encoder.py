@@ -24,7 +24,10 @@ import torch
 from torch import nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
-from lesionseg.errors import EncoderWeightsError  # noqa: F401 (raised here; importable from here too)
+from lesionseg.errors import (
+    EncoderWeightsError,  # noqa: F401 (raised here; importable from here too)
+    unreadable_torch_file,
+)
 
 STAGE_SLICES = ((0, 4), (4, 7), (7, 14), (14, 19))
 STAGE_CHANNELS = (24, 32, 96, 1280)
@@ -84,7 +87,9 @@ def _load_state_dict_file(path: Path) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise EncoderWeightsError(f"encoder weights {path}: not a loadable state dict ({exc})") from exc
+        raise EncoderWeightsError(
+            f"encoder weights {path}: not a loadable state dict: {unreadable_torch_file(path, exc)}"
+        ) from exc
     if not isinstance(state, dict):
         raise EncoderWeightsError(f"encoder weights {path}: expected a state dict, got {type(state).__name__}")
     model = mobilenet_v2(weights=None)

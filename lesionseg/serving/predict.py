@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lesionseg import atomic
+from lesionseg.data.external import IMAGE_EXTENSIONS, MASK_SUFFIXES
 from lesionseg.data.images import image_size, load_image, model_input
 from lesionseg.errors import DataError
 from lesionseg.evaluation.drawing import overlay
@@ -23,9 +25,12 @@ from lesionseg.model.zoom import compose_logits, composed_at_input_size, predict
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
 QUALITY_TABLE = "quality.csv"
-QUALITY_COLUMNS = ("file", "quality", "review", "mask_area_px")
+QUALITY_COLUMNS = ("file", "mask", "quality", "review", "mask_area_px")
+MASK_ENDING = "_mask.png"
+OVERLAY_ENDING = "_overlay.png"
+CLASH_JOINER = "__"  # between the folders and the file name in the output name of an image whose stem clashes
 
 
 @dataclass
@@ -42,15 +47,155 @@ class PredictSummary:
         return sum(row["review"] == "yes" for row in self.rows)
 
 
-def collect_inputs(inputs: list[Path]) -> list[Path]:
-    """Image files named directly, plus images found (non-recursively) in named folders, sorted."""
-    found = []
+@dataclass
+class Inputs:
+    """``images``: the images to predict, each once, in the order given; ``skipped``: masks and overlays among
+    the inputs (:func:`is_mask_or_overlay`), not predicted."""
+
+    images: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where one image's results go in the output folder: ``<name>_mask.png`` and ``<name>_overlay.png``."""
+
+    image: Path
+    name: str
+
+    @property
+    def mask(self) -> str:
+        return self.name + MASK_ENDING
+
+    @property
+    def overlay(self) -> str:
+        return self.name + OVERLAY_ENDING
+
+
+def collect_inputs(inputs: list[Path]) -> Inputs:
+    """Image files named directly, plus images found (non-recursively) in named folders, sorted per folder; a
+    file named twice (or also found in a named folder) once. Masks and overlays are skipped
+    (:func:`is_mask_or_overlay`): predict's own earlier outputs, and users' masks beside their images."""
+    collected, seen, stems = Inputs(), set(), {}
     for entry in map(Path, inputs):
-        if entry.is_dir():
-            found += sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        else:
-            found.append(entry)
-    return found
+        found = _images_in(entry) if entry.is_dir() else [entry]
+        for path in found:
+            if path.parent not in stems:
+                stems[path.parent] = {p.stem for p in _images_in(path.parent)} if path.parent.is_dir() else set()
+            if is_mask_or_overlay(path, stems[path.parent]):
+                collected.skipped.append(path)
+            elif (key := path.resolve()) not in seen:
+                seen.add(key)
+                collected.images.append(path)
+    return collected
+
+
+def is_mask_or_overlay(path: Path, folder_stems: set[str]) -> bool:
+    """Whether ``path`` is a mask or an overlay rather than an image to segment: named as predict names its
+    outputs (``*_mask.png``, ``*_overlay.png``), or a mask beside its image in the folder whose image stems are
+    ``folder_stems``, named as ``lesionseg evaluate`` pairs them (``ISIC_1.jpg`` -> ``ISIC_1_segmentation.png``)."""
+    if path.name.endswith((MASK_ENDING, OVERLAY_ENDING)):
+        return True
+    stem = path.stem
+    return any(stem.endswith(suffix) and stem[: -len(suffix)] in folder_stems for suffix in MASK_SUFFIXES)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def output_names(images: list[Path]) -> list[str]:
+    """Each image's output name: its stem (``a.jpg`` -> ``a``, its mask ``a_mask.png``), or, where two or more
+    images' stems are equal (ignoring case, as some file systems do), the image's path from the folder those
+    images share, folders joined by ``__``, extension kept: ``a.jpg`` and ``a.png`` -> ``a.jpg``, ``a.png``;
+    ``d1/a.jpg`` and ``d2/a.jpg`` -> ``d1__a.jpg``, ``d2__a.jpg``."""
+    names = [path.stem for path in images]
+    by_stem: dict[str, list[int]] = {}
+    for index, path in enumerate(images):
+        by_stem.setdefault(path.stem.casefold(), []).append(index)
+    for indices in by_stem.values():
+        if len(indices) > 1:
+            paths = [Path(os.path.abspath(images[i])) for i in indices]
+            common = os.path.commonpath([path.parent for path in paths])
+            for index, path in zip(indices, paths):
+                names[index] = CLASH_JOINER.join(path.relative_to(common).parts)
+    return names
+
+
+def plan_outputs(
+    images: list[Path], output_dir: Path, *, overlays: bool = False, overwrite: bool = False
+) -> list[Output]:
+    """Every image's :class:`Output` (:func:`output_names`), checked before anything is written: raises
+    :class:`DataError` naming every problem when two images would still share a name, when an output would
+    replace one of the input files or a folder, or (without ``overwrite``) an existing file that the last predict
+    run into ``output_dir`` did not write (:func:`earlier_outputs`). With ``overlays`` the overlays' names are
+    checked too. Every image's names are checked, also for ``predict_files(review_only=True)``, which writes the
+    masks of the flagged images only: any image may be flagged."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DataError(output_dir, "nothing written: the output folder is a file")
+    outputs = [Output(path, name) for path, name in zip(images, output_names(images))]
+    sharing: dict[str, list[Path]] = {}
+    for output in outputs:
+        sharing.setdefault(output.mask, []).append(output.image)
+    problems = [
+        f"{name} would be the mask of {' and of '.join(map(str, paths))} (rename one)"
+        for name, paths in sharing.items()
+        if len(paths) > 1
+    ]
+    targets = [QUALITY_TABLE, *(o.mask for o in outputs), *((o.overlay for o in outputs) if overlays else ())]
+    own, input_files = earlier_outputs(output_dir), {_file_id(path) for path in images} - {None}
+    replaced = []
+    for name in targets:
+        target = output_dir / name
+        if target.is_dir():
+            problems.append(f"{target} is a folder")
+        elif target.is_file() and _file_id(target) in input_files:
+            problems.append(f"{target} is one of the inputs")
+        elif target.is_file() and name not in own and not overwrite:
+            replaced.append(name)
+    if replaced:
+        problems.append(
+            f"{len(replaced)} file(s) there that the last predict run into it did not write (not listed in its "
+            f"{QUALITY_TABLE}) would be replaced: {some_names(replaced)}; give another --output, or --overwrite to "
+            "replace them"
+        )
+    if problems:
+        raise DataError(output_dir, "nothing written: " + "; ".join(problems))
+    return outputs
+
+
+def earlier_outputs(output_dir: Path) -> set[str]:
+    """The names of the files the last predict run into ``output_dir`` wrote there, from its
+    :data:`QUALITY_TABLE`: the table, each row's mask and overlay (a table from before the ``mask`` column:
+    ``<stem of file>_mask.png``). Empty without a table, or when the table there is not predict's."""
+    path = Path(output_dir) / QUALITY_TABLE
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, UnicodeDecodeError):  # none there, or not a table (pandas' errors are ValueErrors)
+        return set()
+    if not set(QUALITY_COLUMNS) - {"mask"} <= set(table.columns):
+        return set()
+    masks = table["mask"] if "mask" in table.columns else [Path(file).stem + MASK_ENDING for file in table["file"]]
+    owned = {QUALITY_TABLE}
+    for mask in masks:
+        if mask.endswith(MASK_ENDING):
+            owned |= {mask, mask[: -len(MASK_ENDING)] + OVERLAY_ENDING}
+    return owned
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file's (device, inode): the same for two names of one file (links)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def some_names(names: list[str], shown: int = 10) -> str:
+    """The first ``shown`` of ``names`` and how many more, for messages."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def predict_files(
@@ -69,12 +214,18 @@ def predict_files(
     review_threshold: float | None = None,
     review_only: bool = False,
     zoom: ZoomConfig = ZoomConfig(),
+    overwrite: bool = False,
 ) -> PredictSummary:
-    """Write ``<stem>_mask.png`` (0/255, original size) and optionally ``<stem>_overlay.png`` per input,
-    and :data:`QUALITY_TABLE`: per image its ``file``, mask ``quality``
-    (:func:`~lesionseg.model.quality.mask_quality` at model resolution), ``review`` (``yes`` when the
-    quality is below ``review_threshold``; empty without one) and ``mask_area_px`` (lesion pixels of the
-    written mask). With ``review_only`` only the flagged images' masks (and overlays) are written.
+    """Write ``<name>_mask.png`` (0/255, original size) and optionally ``<name>_overlay.png`` per input, ``name``
+    its stem unless stems clash (:func:`output_names`), and :data:`QUALITY_TABLE`: per image its ``file``, its
+    ``mask``'s name, mask ``quality`` (:func:`~lesionseg.model.quality.mask_quality` at model resolution),
+    ``review`` (``yes`` when the quality is below ``review_threshold``; empty without one) and ``mask_area_px``
+    (lesion pixels of the mask). With ``review_only`` only the flagged images' masks (and overlays) are written.
+
+    All output names are decided and checked first (:func:`plan_outputs`, which raises :class:`DataError` before
+    anything is written: no input file and, without ``overwrite``, no file that predict did not write is ever
+    replaced). The table is written before the masks too, listing them with empty scores, so that the masks of an
+    interrupted run are predict's own on the next (:func:`earlier_outputs`), and again with the scores at the end.
 
     Images are resized to the checkpoint's ``size`` exactly as the prepare stage
     does, run through the model ``batch_size`` at a time, and the logits are
@@ -84,44 +235,56 @@ def predict_files(
     the others still run.
     """
     output_dir = Path(output_dir)
+    outputs = plan_outputs(paths, output_dir, overlays=overlays, overwrite=overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
+    _write_table(output_dir, [{"file": str(o.image), "mask": o.mask} for o in outputs])
     summary = PredictSummary()
-    with tqdm(total=len(paths), desc="predict", disable=not progress) as bar:
-        for start in range(0, len(paths), batch_size):
+    with tqdm(total=len(outputs), desc="predict", disable=not progress) as bar:
+        for start in range(0, len(outputs), batch_size):
             loaded = []
-            for path in paths[start : start + batch_size]:
+            for output in outputs[start : start + batch_size]:
                 try:
-                    loaded.append((path, image_size(path), model_input(path, size)))
+                    loaded.append((output, image_size(output.image), model_input(output.image, size)))
                 except DataError as exc:
                     log.error("%s", exc)
-                    summary.failed[str(path)] = exc.problem
+                    summary.failed[str(output.image)] = exc.problem
             if loaded:
                 batch = torch.from_numpy(np.stack([pixels for _, _, pixels in loaded]))
                 logits, second = predict_two_pass(model, batch, zoom, threshold, tta, batch_size, device)
                 quality = mask_quality(torch.sigmoid(composed_at_input_size(logits, second)), threshold).numpy()
                 flagged = needs_review(quality, review_threshold)
-                for index, ((path, (width, height), _), score, review) in enumerate(zip(loaded, quality, flagged)):
+                for index, ((output, (width, height), _), score, review) in enumerate(zip(loaded, quality, flagged)):
                     probs = torch.sigmoid(compose_logits(logits, second, index, height, width))[0, 0]
                     mask = clean_mask((probs > threshold).numpy(), postprocess)
                     if review or not review_only:
-                        summary.written += _write_outputs(path, mask, output_dir, overlays)
+                        summary.written += _write_outputs(output, mask, output_dir, overlays)
                     verdict = "" if review_threshold is None else ("yes" if review else "no")
                     summary.rows.append(
-                        {"file": str(path), "quality": float(score), "review": verdict, "mask_area_px": int(mask.sum())}
+                        {
+                            "file": str(output.image),
+                            "mask": output.mask,
+                            "quality": float(score),
+                            "review": verdict,
+                            "mask_area_px": int(mask.sum()),
+                        }
                     )
-            bar.update(min(batch_size, len(paths) - start))
-    table = pd.DataFrame(summary.rows, columns=list(QUALITY_COLUMNS))
-    atomic.write_text(output_dir / QUALITY_TABLE, table.to_csv(index=False, float_format="%.6f"))
+            bar.update(min(batch_size, len(outputs) - start))
+    _write_table(output_dir, summary.rows)
     summary.written.append(output_dir / QUALITY_TABLE)
     return summary
 
 
-def _write_outputs(path: Path, mask: np.ndarray, output_dir: Path, overlays: bool) -> list[Path]:
-    written = [output_dir / f"{path.stem}_mask.png"]
+def _write_table(output_dir: Path, rows: list[dict]) -> None:
+    table = pd.DataFrame(rows, columns=list(QUALITY_COLUMNS))
+    atomic.write_text(output_dir / QUALITY_TABLE, table.to_csv(index=False, float_format="%.6f"))
+
+
+def _write_outputs(output: Output, mask: np.ndarray, output_dir: Path, overlays: bool) -> list[Path]:
+    written = [output_dir / output.mask]
     with atomic.atomic_path(written[0]) as tmp:
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
     if overlays:
-        written.append(output_dir / f"{path.stem}_overlay.png")
+        written.append(output_dir / output.overlay)
         with atomic.atomic_path(written[1]) as tmp:
-            Image.fromarray(overlay(np.asarray(load_image(path)), mask)).save(tmp, format="PNG")
+            Image.fromarray(overlay(np.asarray(load_image(output.image)), mask)).save(tmp, format="PNG")
     return written
