@@ -53,9 +53,9 @@ def test_fold_stages_must_count_from_zero_and_cover_the_folds():
             check_fold_stages(2, bad)
 
 
-def test_the_default_fold_stages_cover_ten_folds():
+def test_the_default_fold_stages_cover_five_folds():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    check_fold_stages(10, params["cv"]["fold_stages"])
+    check_fold_stages(5, params["cv"]["fold_stages"])
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["cv_train"]
     assert stage["foreach"] == "${cv.fold_stages}" and stage["do"]["outs"] == ["${cv_models}/fold${item}"]
 
@@ -70,10 +70,10 @@ def test_folds_off_and_a_stage_beyond_the_folds_write_records_without_training(t
     assert record == {"fold": 3, "folds": 0, "models": []}
     assert not (project / "mlflow.db").exists()  # nothing trained, nothing logged
 
-    too_many = params_project(tmp_path / "p2" / "project", cv__folds=12)
+    too_many = params_project(tmp_path / "p2" / "project", cv__folds=6)
     result = run_stage(too_many, "cv_folds", "--data", "x", "--manifest", "folds.json", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "cv.folds is 12 but dvc.yaml has 10 fold stages" in result.stderr
+    assert "cv.folds is 6 but dvc.yaml has 5 fold stages" in result.stderr
     assert not (too_many / "folds.json").exists()
 
 
