@@ -170,6 +170,40 @@ def execution_run(experiment_id: str, key: str, name: str, params: dict, tags: d
     return run.info.run_id
 
 
+def child_run(parent_run_id: str, name: str, tags: dict) -> str:
+    """Id of ``parent_run_id``'s child run named ``name``; created (and ended at once) if missing.
+
+    A run that several stages of one execution add to: the ``cv`` run, under which each fold's stage logs
+    its phases and the scoring stage the summary.
+    """
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    found = _find_runs(experiment_id, {PARENT_TAG: parent_run_id, "mlflow.runName": name})
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=name, tags={**_plain_tags(tags), PARENT_TAG: parent_run_id})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def end_killed_runs(parent_run_id: str, name_prefix: str) -> list[str]:
+    """End as KILLED the children of ``parent_run_id`` named ``name_prefix...`` that are still running.
+
+    Called before a stage trains what a killed attempt was training (a fold of a cross-validation): that
+    attempt's runs were left running, and nothing else would end them. Returns their ids.
+    """
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    query = (
+        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        f" and attributes.run_name LIKE '{name_prefix}%'"
+    )
+    killed = [run.info.run_id for run in client.search_runs([experiment_id], query)]
+    for run_id in killed:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    return killed
+
+
 def _plain_tags(tags: dict) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items() if v is not None}
 

@@ -1,4 +1,5 @@
-"""Stage cv_score: every fold model of ``cv_train`` scored on its held-out pairs and on each external set.
+"""Stage cv_score: every fold model of the ``cv_train@<k>`` stages scored on its held-out pairs and on
+each external set.
 
 Uses the ``evaluate`` settings (TTA, mask clean-up, batch size), so an
 inference-only change (``-S evaluate.tta=false``) re-runs this stage and not
@@ -20,7 +21,9 @@ of the out-of-fold masks, and the review metrics out of fold and (the mean over
 fold models) on each external set.
 
 With folds off it writes the same outputs, empty. MLflow: the CV summary as
-metrics of the execution's ``cv`` run.
+metrics of the execution's ``cv`` run; a fold that DVC took from its cache
+(trained by another execution) is named there by a tag
+``lesionseg.fold<k>.trained_in_run``.
 """
 
 import argparse
@@ -37,7 +40,7 @@ from stages.params import build, get, load_params
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--models", type=Path, required=True, help="the cv_train stage's folder")
+    parser.add_argument("--models", type=Path, required=True, help="folds.json and the fold<k>/ folders")
     parser.add_argument("--external", type=Path, required=True, help="folder of the external@<set> stages' outputs")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--per-image", type=Path, required=True, help="out-of-fold per-image tables")
@@ -46,6 +49,7 @@ def run() -> None:
     args = parser.parse_args()
     params = load_params()
     manifest = json.loads((args.models / "folds.json").read_text())
+    trained_in = trained_folds(args.models, manifest)
     with contextlib.ExitStack() as stack:
         per_image_dir = stack.enter_context(atomic.atomic_dir(args.per_image))
         external_dir = stack.enter_context(atomic.atomic_dir(args.external_per_image))
@@ -56,10 +60,23 @@ def run() -> None:
             atomic.write_json(args.ensemble, {"folds": 0, "model": None, "checkpoints": []})
             atomic.write_json(args.metrics, {})
             return
-        score_folds(params, manifest, args, per_image_dir, external_dir)
+        score_folds(params, manifest, trained_in, args, per_image_dir, external_dir)
 
 
-def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, external_dir: Path) -> None:
+def trained_folds(models: Path, manifest: dict) -> dict[int, str | None]:
+    """Fold -> the MLflow ``cv`` run it was trained under, from each fold's ``fold.json``; a fold of the manifest
+    that its stage has not trained raises ``ValueError`` naming the file."""
+    trained_in = {}
+    for entry in manifest["assignment"]:
+        path = models / f"fold{entry['fold']}" / "fold.json"
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        if not record.get("models"):
+            raise ValueError(f"{path}: fold {entry['fold']} has not been trained (run its cv_train stage)")
+        trained_in[entry["fold"]] = record.get("mlflow_run_id")
+    return trained_in
+
+
+def score_folds(params: dict, manifest: dict, trained_in: dict, args, per_image_dir: Path, external_dir: Path) -> None:
     import mlflow
     import pandas as pd
 
@@ -71,6 +88,9 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
     from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig
     from lesionseg.training.folds import fold_checkpoints, folds_from_manifest
     from stages.runlog import mlflow_setup, run_tags
+
+    parent = mlflow_setup(params)
+    cv_run = tracking.child_run(parent, "cv", run_tags("cv"))
 
     postprocess = build(PostprocessConfig, params, "evaluate")
     zoom = build(ZoomConfig, params, "evaluate.zoom")
@@ -125,14 +145,17 @@ def score_folds(params: dict, manifest: dict, args, per_image_dir: Path, externa
         "model": best,
         "checkpoints": checkpoints,
         "review_threshold": thresholds[best],
-        "mlflow_run_id": manifest["mlflow_run_id"],
+        "mlflow_run_id": cv_run,
     }
     atomic.write_json(args.ensemble, ensemble)
     atomic.write_json(args.metrics, summary)
 
-    parent = mlflow_setup(params)
-    with tracking.model_run("cv", manifest.get("mlflow_run_id"), parent, run_tags("cv")):
+    with tracking.model_run("cv", cv_run, parent, run_tags("cv")):
+        mlflow.log_params({"folds": len(folds), "seed": manifest["seed"], "pairs": len(pairs)})
         mlflow.set_tag("lesionseg.ensemble_model", best)
+        for index, run_id in trained_in.items():
+            if run_id != cv_run:
+                mlflow.set_tag(f"lesionseg.fold{index}.trained_in_run", str(run_id))
         for name, entry in summary.items():
             for metric in ("orig_jaccard", "orig_dice"):
                 tracking.log_flat(f"{name}.cv_{metric}_", {k: entry[metric][k] for k in ("mean", "se")})

@@ -1,80 +1,89 @@
-"""Stage cv_train: k-fold cross-validation's training (``cv.folds``; 0 = off).
+"""Stage cv_train@<k>: the training of fold ``k`` of k-fold cross-validation (one DVC stage per fold).
 
-Each fold trains the pipeline's phases (frozen, then every ``finetune.unfreeze``
-level) on the other folds' pairs, its best epochs chosen on an inner
-validation split. Writes the fold checkpoints and histories
-(``<models>/fold<k>/``) and ``<models>/folds.json``: the image ids of every
-fold's training, inner-validation and held-out pairs, which the
-``cv_score`` stage scores (so an inference-only change re-scores without
-retraining). With folds off it writes ``folds.json`` alone, at once.
+Fold ``k`` of the ``cv_folds`` stage's manifest (``<models>/folds.json``)
+trains the pipeline's phases (frozen, then every ``finetune.unfreeze`` level)
+on the other folds' pairs, each phase's best epoch chosen on the fold's inner
+validation split. Writes ``<models>/fold<k>/``: the checkpoints, their
+histories and ``fold.json``. dvc.yaml makes one such stage per entry of
+``cv.fold_stages``; one whose ``k`` is not below ``cv.folds`` (folds off, or
+fewer folds than stages) writes ``fold.json`` alone, at once, without
+importing torch.
 
-MLflow: one child run ``cv`` under the execution's parent run, with one child
-run per fold and phase (``fold<k>/<model>``).
+One stage per fold, so DVC records each fold in ``dvc.lock`` and its run
+cache as soon as it is trained: a killed campaign continues at the fold it
+was in (docs/cross-validation.md).
+
+MLflow: the execution's ``cv`` run (found or created under its parent run),
+with one child run per phase (``fold<k>/<model>``); the runs a killed attempt
+at this fold left running are ended as KILLED first. Logging the tracking
+store did not take waits, with the fold's outputs written, for the next run
+(as in the train stage).
 """
 
 import argparse
+import json
 from pathlib import Path
 
 from lesionseg import atomic
+from stages import runlog
 from stages.launch import main, work
-from stages.params import build, get, load_params
+from stages.params import get, load_params
 
 
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--models", type=Path, required=True, help="output folder of fold checkpoints")
+    parser.add_argument("--models", type=Path, required=True, help="the cv folder: folds.json in, fold<k>/ out")
+    parser.add_argument("--fold", type=int, required=True)
     args = parser.parse_args()
     params = load_params()
-    # Off (the default): the manifest alone, at once, without importing torch, MLflow or the training stack.
-    if type(get(params, "cv.folds")) is int and get(params, "cv.folds") == 0:
-        with atomic.atomic_dir(args.models) as models_dir:
-            atomic.write_json(models_dir / "folds.json", {"folds": 0, "assignment": []})
-        return
-    from lesionseg.training.folds import CrossValConfig
-
-    config = build(CrossValConfig, params, "cv", val_fraction=get(params, "data.val_fraction"))
-    with atomic.atomic_dir(args.models) as models_dir:
-        train_folds(params, config, args.data, models_dir)
+    manifest = json.loads((args.models / "folds.json").read_text())
+    results = []
+    with atomic.atomic_dir(args.models / f"fold{args.fold}") as fold_dir:
+        if args.fold < manifest["folds"]:
+            results = train(params, manifest, args, fold_dir)
+        else:  # a fold stage beyond cv.folds: nothing to train
+            atomic.write_json(fold_dir / "fold.json", {"fold": args.fold, "folds": manifest["folds"], "models": []})
+    runlog.raise_logging_errors(results)  # after the fold's outputs are in place
 
 
-def train_folds(params: dict, config, data: Path, models_dir: Path) -> None:
-    """Train every fold (``config``: a :class:`~lesionseg.training.crossval.CrossValConfig`) into ``models_dir``."""
-    import mlflow
-
+def train(params: dict, manifest: dict, args, fold_dir: Path) -> list:
+    """Train fold ``args.fold`` into ``fold_dir``; returns the phases' results."""
     from lesionseg import tracking
     from lesionseg.data.cache import Split
     from lesionseg.training.crossval import train_fold
-    from lesionseg.training.folds import fold_manifest, make_folds
+    from lesionseg.training.folds import folds_from_manifest
     from stages.configs import model_config, train_config, unfreeze_levels
-    from stages.runlog import mlflow_setup, run_tags
 
     arch = model_config(params)
     frozen_config, finetune_config = train_config(params, "train"), train_config(params, "finetune")
     levels = unfreeze_levels(get(params, "finetune.unfreeze"))
-    folds = make_folds(Split.concat([Split.load(data / "train.pt"), Split.load(data / "val.pt")]), config)
+    inputs = [args.data / "train.pt", args.data / "val.pt", args.models / "folds.json"]
+    pairs = Split.concat([Split.load(inputs[0]), Split.load(inputs[1])])
+    fold = next(f for f in folds_from_manifest(pairs, manifest) if f.index == args.fold)
 
-    parent = mlflow_setup(params)
-    with tracking.start_run("cv", run_tags("cv"), parent_run_id=parent) as run:
-        mlflow.log_params({"folds": config.folds, "seed": config.seed, "pairs": sum(len(f.heldout) for f in folds)})
-        cv_run = run.info.run_id
-    for fold in folds:
-        with work(fold=fold.index):
-            train_fold(fold, arch, frozen_config, finetune_config, levels, models_dir, _logger(fold.index, cv_run))
-    manifest = {**fold_manifest(folds), "seed": config.seed, "mlflow_run_id": cv_run}
-    atomic.write_json(models_dir / "folds.json", manifest)
-
-
-def _logger(fold: int, cv_run: str):
-    """A phase runner that trains and logs the phase as ``fold<k>/<model>`` under the ``cv`` run."""
-    from lesionseg.training.phases import train_phase
-    from stages.runlog import run_tags
+    parent = runlog.mlflow_setup(params)
+    cv_run = tracking.child_run(parent, "cv", runlog.run_tags("cv"))
+    tracking.end_killed_runs(cv_run, f"fold{fold.index}/")
+    deferred = runlog.deferred(params, inputs, "stages.cv_train")
+    results = []
 
     def runner(name, model, arch, train, val, config, checkpoint, history):
-        tags = {**run_tags(name), "lesionseg.fold": fold}
-        return train_phase(f"fold{fold}/{name}", model, arch, train, val, config, checkpoint, history, tags, cv_run)
+        from lesionseg.training.phases import train_phase
 
-    return runner
+        tags = {**runlog.run_tags(name), "lesionseg.fold": fold.index}
+        result = train_phase(
+            f"fold{fold.index}/{name}", model, arch, train, val, config, checkpoint, history, tags, cv_run,
+            deferred=deferred,
+        )  # fmt: skip
+        results.append(result)
+        return result
+
+    with work(fold=fold.index):
+        checkpoints = train_fold(fold, arch, frozen_config, finetune_config, levels, fold_dir, runner)
+    record = {"fold": fold.index, "folds": manifest["folds"], "models": list(checkpoints), "mlflow_run_id": cv_run}
+    atomic.write_json(fold_dir / "fold.json", record)
+    return results
 
 
 if __name__ == "__main__":

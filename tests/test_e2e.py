@@ -52,7 +52,8 @@ def pipeline(tmp_path_factory):
 
 def test_repro_produces_every_output(pipeline):
     project, _, log = pipeline
-    for stage in ("download", "prepare", "train", "finetune", "cv_train", "cv_score", "evaluate", "report", "export"):
+    stages = ("download", "prepare", "train", "finetune", "cv_folds", "cv_train@0", "cv_train@4", "cv_score")
+    for stage in (*stages, "evaluate", "report", "export"):
         assert f"Running stage '{stage}'" in log
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert list(metrics) == MODELS
@@ -98,7 +99,7 @@ def test_a_changed_library_function_makes_dvc_rerun_the_stages_that_load_it(pipe
         metrics_py.write_text(original.replace("def summarize(", "def summarize(  # changed\n", 1))
         assert metrics_py.read_text() != original
         status = json.loads(sh(["dvc", "status", "--json"], project, env))
-        for stage in ("train", "finetune", "cv_train", "cv_score", "evaluate"):
+        for stage in ("train", "finetune", "cv_train@0", "cv_train@4", "cv_score", "evaluate"):
             assert stage in status, (stage, sorted(status))
         assert not {"download", "prepare"} & set(status), sorted(status)
     finally:
@@ -205,7 +206,7 @@ def test_cross_validation_experiment_and_compare(pipeline, tmp_path):
     clinic = make_external_set(tmp_path / "clinic")
     sets = ["-S", "cv.folds=2", "-S", "finetune.unfreeze=all", "-S", f"+evaluate.external.clinic={clinic}"]
     log = sh(["dvc", "exp", "run", "-n", "cv2", *sets], project, env)
-    assert "Running stage 'cv_train'" in log and "Running stage 'cv_score'" in log
+    assert "Running stage 'cv_train@1'" in log and "Running stage 'cv_score'" in log
     assert "Running stage 'train'" not in log
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert list(metrics) == ["frozen", "finetune_all", "cv_ensemble"]
@@ -240,7 +241,7 @@ def test_cross_validation_experiment_and_compare(pipeline, tmp_path):
     # An inference-only change re-scores the fold models without training them again, and the two experiments
     # are compared on every evaluation they share.
     log = sh(["dvc", "exp", "run", "-n", "cv2-plain", "-S", "evaluate.tta=false"], project, env)
-    assert "Running stage 'cv_score'" in log and "Running stage 'cv_train'" not in log
+    assert "Running stage 'cv_score'" in log and "Running stage 'cv_train@" not in log
     out = sh([lesionseg, "compare", "cv2", "cv2-plain", "--json"], project, env)
     records = json.loads(next(line for line in out.splitlines() if line.startswith("[")))
     assert {r["evaluation"] for r in records} == {

@@ -291,7 +291,7 @@ def test_killed_prepare_leaves_previous_output_no_worker_and_reruns_cleanly(tmp_
 
 
 def test_light_stages_do_not_import_the_training_stack():
-    """The download stage and the cv stage with folds off need neither torch, torchvision nor MLflow;
+    """The download stage and the cv stages with folds off need neither torch, torchvision nor MLflow;
     prepare needs torch only."""
     code = (
         "import sys, stages.download, stages.prepare\n"
@@ -300,7 +300,7 @@ def test_light_stages_do_not_import_the_training_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    code = "import sys, stages.download, stages.cv_train\nprint('torch' in sys.modules)"
+    code = "import sys, stages.download, stages.cv_folds, stages.cv_train\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

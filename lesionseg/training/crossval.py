@@ -30,13 +30,14 @@ def train_fold(
     frozen_config: TrainConfig,
     finetune_config: TrainConfig,
     levels: list[int],
-    out_dir: Path,
+    folder: Path,
     runner: PhaseRunner = plain_runner,
 ) -> dict[str, Path]:
     """Train the pipeline's phases on one fold: ``frozen``, then ``finetune_<level>`` for each
-    level, each from the frozen model. Checkpoints and histories go to ``out_dir/fold<k>/``.
-    Returns model name -> checkpoint path."""
-    folder = Path(out_dir) / f"fold{fold.index}"
+    level, each from the frozen model. Checkpoints and histories go to ``folder`` (the fold's own:
+    one fold is one unit of work, finished or not, so that a killed cross-validation keeps the folds it
+    finished). Returns model name -> checkpoint path."""
+    folder = Path(folder)
     checkpoints = {"frozen": folder / "frozen.pt"}
     seed_everything(frozen_config.seed)  # the decoder's initial weights: the same fold model on every run
     model = build_model(model_config, unfreeze=0)

@@ -1,0 +1,55 @@
+"""Stage cv_folds: k-fold cross-validation's fold assignment (``cv.folds``; 0 = off), as ``<manifest>``.
+
+Writes the image ids of every fold's training, inner-validation and held-out
+pairs (stratified by lesion area, seeded by ``cv.seed``): each
+``cv_train@<k>`` stage trains its fold from it and ``cv_score`` scores them,
+so neither re-derives the assignment. The manifest holds nothing but the
+assignment, so it changes only when the folds do, and only then are all folds
+trained again.
+
+DVC runs one ``cv_train`` stage per entry of ``cv.fold_stages``: this stage
+checks, before any fold trains, that they are ``0 .. n-1`` with ``n`` at least
+``cv.folds``. With folds off it writes an empty manifest, at once, without
+importing torch.
+"""
+
+import argparse
+from pathlib import Path
+
+from lesionseg import atomic
+from stages.launch import main
+from stages.params import ParamError, build, get, load_params
+
+
+def check_fold_stages(folds, fold_stages) -> None:
+    """``cv.fold_stages`` (the ``cv_train@<k>`` stages dvc.yaml makes) must be ``0 .. n-1`` with ``n >= cv.folds``."""
+    if not isinstance(fold_stages, list) or fold_stages != list(range(len(fold_stages))):
+        raise ParamError(f"params.yaml: cv.fold_stages must be the list 0, 1, ..., n-1, got {fold_stages!r}")
+    if type(folds) is int and folds > len(fold_stages):
+        wanted = ",".join(map(str, range(folds)))
+        raise ParamError(
+            f"params.yaml: cv.folds is {folds} but dvc.yaml has {len(fold_stages)} fold stages (cv.fold_stages); "
+            f"run with -S 'cv.fold_stages=[{wanted}]'"
+        )
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="the fold manifest (JSON) to write")
+    args = parser.parse_args()
+    params = load_params()
+    check_fold_stages(get(params, "cv.folds"), get(params, "cv.fold_stages"))
+    if type(get(params, "cv.folds")) is int and get(params, "cv.folds") == 0:
+        atomic.write_json(args.manifest, {"folds": 0, "assignment": []})
+        return
+    from lesionseg.data.cache import Split
+    from lesionseg.training.folds import CrossValConfig, fold_manifest, make_folds
+
+    config = build(CrossValConfig, params, "cv", val_fraction=get(params, "data.val_fraction"))
+    folds = make_folds(Split.concat([Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")]), config)
+    atomic.write_json(args.manifest, {**fold_manifest(folds), "seed": config.seed})
+
+
+if __name__ == "__main__":
+    main(run)
