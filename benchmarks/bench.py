@@ -12,6 +12,10 @@ process so that its peak resident memory is its own. Run with
 - ``ratio`` = pipeline / bare, for the frozen encoder (level 0) and all layers:
   both measured in one process, interleaved round by round after a warm-up
   round, median of 3 rounds;
+- all three for each training step format of ``--formats`` (:data:`FORMATS`: fp32, fp32 channels-last,
+  bf16 autocast, bf16 channels-last; bf16 only where it is native, else marked skipped), interleaved in the
+  same rounds, with ``bare_vs_fp32`` / ``loop_vs_fp32``: its bare / loop rate against the fp32 bare step of
+  the same round;
 - ``infer_ips`` at batch 1 and at the training batch size;
 - ``prepare_ips``: decode + resize + cache of generated JPEG/PNG pairs at
   1024x768 and 4288x2848 with the real prepare code (worker processes), and
@@ -75,18 +79,25 @@ def _random_split(n: int, size: int, seed: int):
     return Split.from_arrays(pixels, masks, ids, [(size, size)] * n, [encode_mask(m) for m in masks])
 
 
-def bare_steps(model, device, size, batch, steps, memory_format=torch.contiguous_format):
+# The training step's number formats and layouts: name -> (runtime.amp, runtime.channels_last).
+FORMATS = {"fp32": ("off", False), "fp32-cl": ("off", True), "bf16": ("bf16", False), "bf16-cl": ("bf16", True)}
+REFERENCE = "fp32"  # every format's rates are also given as a ratio to this format's bare step of the same round
+
+
+def bare_steps(model, device, size, batch, steps, numerics):
     """A function timing ``steps`` bare training steps of ``model``: forward + DiceBCE + backward + Adam
     (the pipeline's optimizer, :func:`~lesionseg.training.train.make_optimizer`) on distinct random
-    batches already on ``device``; it returns images/s."""
-    from lesionseg.model.inference import autocast
+    batches already on ``device``, in ``numerics``' precision and layout (the model already in that layout);
+    it returns images/s."""
+    from lesionseg.model.inference import autocast_for
     from lesionseg.training.losses import DiceBCELoss
     from lesionseg.training.train import TrainConfig, make_optimizer
 
     optimizer = make_optimizer(model, TrainConfig(lr=1e-4), device)
     # Distinct batches, like an epoch's: one reused batch would sit in cache and flatter the bare rate.
     xs = [
-        torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format) for _ in range(steps)
+        torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=numerics.memory_format)
+        for _ in range(steps)
     ]
     ys = [(torch.rand(batch, 1, size, size, device=device) > 0.5).float() for _ in range(steps)]
     loss_fn = DiceBCELoss()
@@ -95,7 +106,7 @@ def bare_steps(model, device, size, batch, steps, memory_format=torch.contiguous
         _sync(device)
         start = time.perf_counter()
         for x, y in zip(xs, ys):
-            with autocast(device):
+            with autocast_for(numerics.precision, device):
                 logits = model(x)
             loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -107,68 +118,119 @@ def bare_steps(model, device, size, batch, steps, memory_format=torch.contiguous
     return rate
 
 
-def bare_train_ips(level, device_name, size, batch, steps):
-    """Bare training images/s at unfreeze ``level``: median of 3 timed rounds after a warm-up round."""
+def bare_train_ips(level, device_name, size, batch, steps, amp="auto", channels_last="auto"):
+    """Bare training images/s at unfreeze ``level`` in the precision and layout ``runtime.amp`` and
+    ``runtime.channels_last`` resolve to on the device: median of 3 timed rounds after a warm-up round."""
+    from lesionseg.model.inference import resolve_numerics
     from lesionseg.model.model import parse_unfreeze_level
 
     device = torch.device(device_name)
-    rate = bare_steps(_model(parse_unfreeze_level(level)).to(device).train(), device, size, batch, steps)
+    numerics = resolve_numerics(amp, channels_last, device)
+    model = _model(parse_unfreeze_level(level)).to(device, memory_format=numerics.memory_format).train()
+    rate = bare_steps(model, device, size, batch, steps, numerics)
     rate()
     return statistics.median(rate() for _ in range(REPEATS))
 
 
-def train_ratio(
-    level, device_name, size, batch, steps, images, augment_on="auto", channels_last=False, num_workers=0, val=0.05
-):
-    """Bare steps and the real loop in one process, interleaved round by round.
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether ``amp: auto`` would train in bf16 on ``device`` (CUDA, or a CPU with native bf16)."""
+    from lesionseg.model.inference import resolve_numerics
 
-    Each round times ``steps`` bare steps, then one full epoch of
-    :func:`train_model` (with its validation, checkpoint and history); the
-    result is the median over rounds, after one warm-up round. Interleaving
-    makes both rates see the same machine conditions.
+    return resolve_numerics("auto", False, device).precision == "bf16"
+
+
+def train_ratio(
+    level,
+    device_name,
+    size,
+    batch,
+    steps,
+    images,
+    formats=("fp32",),
+    augment_on="auto",
+    num_workers=0,
+    val=0.05,
+    rounds=REPEATS,
+):
+    """Bare steps and the real loop of every format in ``formats`` (:data:`FORMATS`) in one process,
+    interleaved round by round.
+
+    Each round times, format after format (the order rotated every round), ``steps`` bare steps, then one
+    full epoch of :func:`train_model` (with its validation, checkpoint and history). Per format: the
+    medians over ``rounds`` rounds, after one warm-up round, of its bare and loop images/s, of ``ratio`` = loop / its
+    own bare step, and of ``bare_vs_fp32`` / ``loop_vs_fp32`` = its rates / the fp32 bare step of the same
+    round (fp32 is always measured). Interleaving makes all rates see the same machine conditions. bf16
+    formats where bf16 is not native (:func:`bf16_is_native`) are reported as skipped: emulated bf16 is
+    about 12x slower on an AVX2 CPU and would only stretch the run.
     """
-    from lesionseg.model.model import ModelConfig
-    from lesionseg.training.train import TrainConfig, train_model
+    from lesionseg.model.inference import resolve_numerics
+    from lesionseg.training.train import TrainConfig
 
     device = torch.device(device_name)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = _model(level).to(device, memory_format=memory_format).train()
-    bare_rate = bare_steps(model, device, size, batch, steps, memory_format)
-
+    names = [REFERENCE, *(f for f in formats if f != REFERENCE)]
+    native = bf16_is_native(device)
+    skipped = {f: "bf16 is not native here (amp: auto resolves to fp32)" for f in names if "bf16" in f and not native}
+    names = [f for f in names if f not in skipped]
     train, val = _random_split(images, size, 0), _random_split(max(1, round(images * val)), size, 1)
-    config = TrainConfig(
-        epochs=1,
-        batch_size=batch,
-        device=device_name,
-        progress=False,
-        lr=1e-4,
-        augment_on=augment_on,
-        channels_last=channels_last,
-        num_workers=num_workers,
-    )
-    pipeline_model = _model(level)
+    bare_rates, pipeline_rates = {}, {}
+    for name in names:
+        amp, channels_last = FORMATS[name]
+        numerics = resolve_numerics(amp, channels_last, device)
+        model = _model(level).to(device, memory_format=numerics.memory_format).train()
+        bare_rates[name] = bare_steps(model, device, size, batch, steps, numerics)
+        config = TrainConfig(
+            epochs=1,
+            batch_size=batch,
+            device=device_name,
+            progress=False,
+            lr=1e-4,
+            augment_on=augment_on,
+            amp=amp,
+            channels_last=channels_last,
+            num_workers=num_workers,
+        )
+        pipeline_rates[name] = _pipeline_rate(_model(level), config, train, val, images)
 
-    def pipeline_rate(tmp):
-        result = train_model(pipeline_model, ModelConfig("none"), train, val, config, tmp / "c.pt", tmp / "h.csv")
+    timed, peak_bare = [], 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds + 1):
+            measured = {}
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                bare = bare_rates[name]()
+                peak_bare = peak_bare or _peak_mb()
+                measured[name] = (bare, pipeline_rates[name](Path(tmp)))
+            if round_:  # round 0 is the warm-up
+                timed.append(measured)
+    result = {name: {"skipped": why} for name, why in skipped.items()}
+    for name in names:
+        bare = [r[name][0] for r in timed]
+        loop = [r[name][1] for r in timed]
+        reference = [r[REFERENCE][0] for r in timed]
+        result[name] = {
+            "bare_train_ips": round(statistics.median(bare), 1),
+            "pipeline_train_ips": round(statistics.median(loop), 1),
+            "ratio": round(statistics.median(p / b for p, b in zip(loop, bare)), 3),
+            "ratio_per_round": [round(p / b, 3) for p, b in zip(loop, bare)],
+            "bare_vs_fp32": round(statistics.median(b / f for b, f in zip(bare, reference)), 3),
+            "loop_vs_fp32": round(statistics.median(p / f for p, f in zip(loop, reference)), 3),
+        }
+    result["peak_rss_mb"] = {"bare": peak_bare, "with_pipeline": _peak_mb()}
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return result
+
+
+def _pipeline_rate(model, config, train, val, images):
+    """A function training ``model`` one more epoch with :func:`train_model` in a folder it is given; it
+    returns the epoch's images/s (the history's ``seconds``: training, validation and checkpointing)."""
+    from lesionseg.model.model import ModelConfig
+    from lesionseg.training.train import train_model
+
+    def rate(tmp: Path) -> float:
+        result = train_model(model, ModelConfig("none"), train, val, config, tmp / "c.pt", tmp / "h.csv")
         return images / float(result.history["seconds"].iloc[0])
 
-    bare, pipeline, peak_bare = [], [], 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(REPEATS + 1):
-            b = bare_rate()
-            peak_bare = peak_bare or _peak_mb()
-            p = pipeline_rate(Path(tmp))
-            if round_:  # round 0 is the warm-up
-                bare.append(b)
-                pipeline.append(p)
-    return {
-        "bare_train_ips": round(statistics.median(bare), 1),
-        "pipeline_train_ips": round(statistics.median(pipeline), 1),
-        "ratio": round(statistics.median(p / b for p, b in zip(pipeline, bare)), 3),
-        "ratio_per_round": [round(p / b, 3) for p, b in zip(pipeline, bare)],
-        "peak_rss_mb": {"bare": peak_bare, "with_pipeline": _peak_mb()},
-        **({"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if device.type == "cuda" else {}),
-    }
+    return rate
 
 
 def inference(device, size, batch, steps):
@@ -335,8 +397,14 @@ def main() -> None:
     parser.add_argument("--prepare-count", type=int, default=300, help="generated 1024x768 pairs (1/5 as many large)")
     parser.add_argument("--workers", type=int, default=2, help="prepare decoding processes")
     parser.add_argument("--augment-on", default="auto", choices=("auto", "loader", "device"), help="TrainConfig")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC model and inputs, in both loops")
+    parser.add_argument(
+        "--formats",
+        default=",".join(FORMATS),
+        help=f"training step precisions/layouts to time, interleaved (of {', '.join(FORMATS)}; fp32 always; "
+        "bf16 only where native)",
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="TrainConfig: DataLoader worker processes")
+    parser.add_argument("--rounds", type=int, default=REPEATS, help="timed rounds of the train part (median)")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="validation images per training image")
     parser.add_argument("--quality-count", type=int, default=32, help="generated 1024x768 photos to predict")
     parser.add_argument("--parts", default="train,infer,prepare,quality,zoom", help="comma-separated subset, or e2e")
@@ -352,8 +420,11 @@ def main() -> None:
     parts = set(args.parts.split(","))
 
     result = {"device": args.device, "size": args.size, "batch_size": args.batch_size, "torch": torch.__version__}
-    result.update({"augment_on": args.augment_on, "channels_last": args.channels_last})
-    result.update({"num_workers": args.num_workers, "val_fraction": args.val_fraction})
+    formats = tuple(args.formats.split(","))
+    if unknown := set(formats) - set(FORMATS):
+        parser.error(f"--formats: unknown {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+    result.update({"augment_on": args.augment_on, "formats": formats})
+    result.update({"num_workers": args.num_workers, "val_fraction": args.val_fraction, "rounds": args.rounds})
     for name, level in (("frozen", 0), ("all", "all")) if "train" in parts else ():
         steps = max(1, args.images // args.batch_size)  # a bare "epoch" of the same size
         result[name] = _isolated(
@@ -364,10 +435,11 @@ def main() -> None:
             args.batch_size,
             steps,
             args.images,
+            formats,
             args.augment_on,
-            args.channels_last,
             args.num_workers,
             args.val_fraction,
+            args.rounds,
         )
     for batch in (1, args.batch_size) if "infer" in parts else ():
         infer = _isolated(inference, args.device, args.size, batch, max(4, 64 // batch))
@@ -388,8 +460,9 @@ def main() -> None:
     if "e2e" in parts:
         import e2e
 
-        def bare_rate(level, size, batch):
-            return _isolated(bare_train_ips, level, args.device, size, batch, args.bare_steps)
+        def bare_rate(level, size, batch, runtime):
+            amp, layout = runtime["amp"], runtime["channels_last"]
+            return _isolated(bare_train_ips, level, args.device, size, batch, args.bare_steps, amp, layout)
 
         weights = args.weights if args.weights in ("imagenet", "none") else str(Path(args.weights).resolve())
         result["e2e"] = e2e.run_e2e(

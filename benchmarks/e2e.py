@@ -201,8 +201,9 @@ def run_e2e(
 
     ``source``: a folder with the four official archives (None: generate
     ``generated`` = (training, test) pairs). ``bare_rate(level, size,
-    batch)``: bare training images/s at an unfreeze level, measured in a
-    fresh process. ``keep``: keep the scratch project there (else deleted).
+    batch, runtime)``: bare training images/s at an unfreeze level, in the
+    precision and layout the project's ``runtime`` section resolves to,
+    measured in a fresh process. ``keep``: keep the scratch project there (else deleted).
     """
     scratch = Path(tempfile.mkdtemp(prefix="lesionseg-e2e-"))
     try:
@@ -231,13 +232,13 @@ def run_e2e(
         env.update({"PATH": f"{shim_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"})
         env[TIMING_LOG_ENV] = str(marks_log)
 
-        before = {lv: bare_rate(lv, size, batches[lv]) for lv in levels}
+        before = {lv: bare_rate(lv, size, batches[lv], values["runtime"]) for lv in levels}
         start = time.time()
         result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True)
         wall = time.time() - start
         if result.returncode != 0:
             raise RuntimeError(f"dvc repro failed ({result.returncode}):\n{result.stderr.decode()[-4000:]}")
-        after = {lv: bare_rate(lv, size, batches[lv]) for lv in levels}
+        after = {lv: bare_rate(lv, size, batches[lv], values["runtime"]) for lv in levels}
         imports = {name: import_seconds(statement) for name, statement in IMPORTS.items()}
 
         processes = read_processes(log)

@@ -107,16 +107,20 @@ def run() -> None:
 
 def recipe_of(package: dict, frozen: Path) -> dict:
     """What made the model, as its checkpoints record it: the architecture's config, the input size, each
-    training phase's config (the frozen phase's from ``frozen``, the frozen checkpoint it was tuned from) and
-    the inference settings."""
+    training phase's config (the frozen phase's from ``frozen``, the frozen checkpoint it was tuned from), the
+    precision and layout each phase's training step used, and the inference settings."""
     member = package["members"][0] if "members" in package else package
-    phases = {"frozen": read_checkpoint(frozen).get("train_config")}
+    frozen_checkpoint = read_checkpoint(frozen)
+    phases = {"frozen": frozen_checkpoint.get("train_config")}
+    numerics = {"frozen": frozen_checkpoint.get("numerics", {})}
     if member.get("unfreeze") != "0":
         phases[f"finetune_{member['unfreeze']}"] = member.get("train_config")
+        numerics[f"finetune_{member['unfreeze']}"] = member.get("numerics", {})
     return {
         "model": member["model_config"],
         "input_size": package["preprocessing"]["size"],
         "phases": phases,
+        "numerics": numerics,
         "inference": package.get("inference", {}),
     }
 

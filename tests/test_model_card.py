@@ -61,6 +61,8 @@ def test_the_card_describes_the_exported_model(tmp_path):
     image = card["network_data_format"]["inputs"]["image"]
     assert image["num_channels"] == 3 and image["spatial_shape"] == [64, 64] and image["dtype"] == "float32"
     assert card["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "lesion"}
+    assert card["model"]["training_numerics"] == [{}]  # made by hand, not by a training loop (tests/test_train.py)
     text = card_markdown(card)
+    assert "Training step precision and layout: not recorded" in text
     for fact in ("6,995,457", "a.zip", "abc123", "exp-1", "Not a diagnostic device", "external clinic", "0.5"):
         assert fact in text, fact

@@ -6,8 +6,13 @@ from lesionseg.data.cache import Split
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
-from lesionseg.model.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
+from lesionseg.model import inference
+from lesionseg.model.checkpoint import FORMAT, load_model, package_model, read_checkpoint, save_checkpoint
+from lesionseg.model.inference import Numerics, predict_uint8, resolve_numerics
 from lesionseg.model.model import ModelConfig, build_model
+from lesionseg.model.postprocess import InferenceConfig
+from lesionseg.serving.model_card import card_markdown, model_card
+from lesionseg.training.phases import phase_params
 from lesionseg.training.train import HISTORY_COLUMNS, TrainConfig, lr_factor, make_optimizer, train_model
 from tests.helpers import make_raw_tree
 
@@ -188,3 +193,75 @@ def test_fused_optimizer_setting_on_the_cpu(setting, fused):
     model = build_model(ModelConfig(encoder_weights="none"), unfreeze=0)
     optimizer = make_optimizer(model, TrainConfig(fused_optimizer=setting), torch.device("cpu"))
     assert optimizer.defaults["fused"] is fused
+
+
+def test_amp_and_channels_last_resolve_by_device_and_cpu(monkeypatch):
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)  # a CPU with AVX512-BF16, AMX or Arm BF16
+    assert resolve_numerics("auto", "auto", cpu) == Numerics("bf16", True, "auto", "auto")
+    assert resolve_numerics("off", "auto", cpu).precision == "fp32"
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)  # AVX2 only: bf16 would be emulated
+    assert resolve_numerics("auto", "auto", cpu) == Numerics("fp32", False, "auto", "auto")
+    assert resolve_numerics("bf16", True, cpu) == Numerics("bf16", True, "bf16", True)  # asked for: honoured
+    assert resolve_numerics("auto", "auto", cuda) == Numerics("bf16", False, "auto", "auto")
+    assert resolve_numerics("auto", True, mps) == Numerics("fp32", True, "auto", True)
+    # The former booleans: true = auto, false = off.
+    assert resolve_numerics(True, False, cuda).record() == {
+        "precision": "bf16",
+        "channels_last": False,
+        "amp_request": "auto",
+        "channels_last_request": False,
+    }
+    assert resolve_numerics(False, False, cuda).precision == "fp32"
+    assert TrainConfig(amp=True).amp == "auto" and TrainConfig(amp=False).amp == "off"
+    for bad in ("fp16", "on", None, 1):
+        with pytest.raises(ValueError, match="amp must be one of"):
+            TrainConfig(amp=bad)
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="channels_last must be auto, true or false"):
+            TrainConfig(channels_last=bad)
+
+
+def test_amp_auto_trains_in_bf16_on_a_bf16_cpu_and_records_it(splits, tmp_path, monkeypatch):
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    _, without = _train(splits, tmp_path / "without", epochs=1)  # amp and channels_last: auto (the defaults)
+    _, off = _train(splits, tmp_path / "off", epochs=1, amp="off")
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    model, native = _train(splits, tmp_path / "native", epochs=1)  # two bf16 steps (emulated on this CPU)
+    # Without native bf16, auto is fp32: the very numbers of amp off. With it, bf16: close, not the same.
+    pd.testing.assert_frame_equal(without.history.drop(columns="seconds"), off.history.drop(columns="seconds"))
+    assert native.history["train_loss"].iloc[0] != without.history["train_loss"].iloc[0]
+    assert native.history["train_loss"].iloc[0] == pytest.approx(without.history["train_loss"].iloc[0], rel=0.05)
+
+    record = {"precision": "bf16", "channels_last": True, "amp_request": "auto", "channels_last_request": "auto"}
+    history = pd.read_csv(tmp_path / "native" / "history.csv")
+    assert list(history.columns) == list(HISTORY_COLUMNS)
+    assert history[["precision", "channels_last"]].to_dict("records") == [{"precision": "bf16", "channels_last": True}]
+    without_history = pd.read_csv(tmp_path / "without" / "history.csv")
+    assert without_history[["precision", "channels_last"]].to_dict("records") == [
+        {"precision": "fp32", "channels_last": False}
+    ]
+    assert read_checkpoint(tmp_path / "native" / "ckpt.pt")["numerics"] == record
+    assert read_checkpoint(tmp_path / "without" / "ckpt.pt")["numerics"] == {
+        **record,
+        "precision": "fp32",
+        "channels_last": False,
+    }
+    params = phase_params(model, ModelConfig("none"), TrainConfig(**FAST), 64)  # the phase's MLflow params
+    assert {key: params[key] for key in record} == record
+
+    card = model_card(
+        name="frozen",
+        checkpoint=package_model([tmp_path / "native" / "ckpt.pt"], InferenceConfig()),
+        parameter_counts={},
+        recipe={},
+        data={},
+        results={},
+        provenance={},
+    )
+    assert card["model"]["training_numerics"] == [record]
+    text = card_markdown(card)
+    assert "Training step: bf16 autocast, channels-last (NHWC) memory layout (asked: runtime.amp auto" in text
+    # Inference on the CPU stays fp32 after a bf16 training: amp on or off, the same logits.
+    images = splits["val"].images
+    assert torch.equal(predict_uint8(model, images, 2, amp=True), predict_uint8(model, images, 2, amp=False))

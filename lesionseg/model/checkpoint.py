@@ -3,7 +3,9 @@
 Keys: ``format``, ``lesionseg_version``, ``model_config`` (see
 :class:`~lesionseg.model.model.ModelConfig`), ``unfreeze`` (level name), ``state_dict``,
 ``preprocessing`` (``size``, ``mean``, ``std``), ``epoch``, ``metrics`` (validation
-metrics of that epoch), ``param_counts`` and ``extra`` (caller metadata, e.g.
+metrics of that epoch), ``param_counts``, ``numerics`` (the precision and memory layout
+the training step used, and the ``runtime.amp``/``channels_last`` requests; empty in a
+checkpoint no training loop made, or one from before they were recorded) and ``extra`` (caller metadata, e.g.
 the MLflow run id). Loaded with ``weights_only=True``.
 
 An exported model (:func:`package_model`, written by the export stage as
@@ -32,8 +34,17 @@ FORMAT = "lesionseg-checkpoint-v1"
 
 
 def make_checkpoint(
-    model: LesionSegModel, config: ModelConfig, size: int, epoch: int, metrics: dict, extra=None
+    model: LesionSegModel,
+    config: ModelConfig,
+    size: int,
+    epoch: int,
+    metrics: dict,
+    extra=None,
+    *,
+    numerics: dict | None = None,
 ) -> dict:
+    """``numerics``: the precision and layout of the training step that made the weights
+    (:meth:`~lesionseg.model.inference.Numerics.record`; the training loop always passes it)."""
     return {
         "format": FORMAT,
         "lesionseg_version": __version__,
@@ -44,6 +55,7 @@ def make_checkpoint(
         "epoch": epoch,
         "metrics": dict(metrics),
         "param_counts": count_parameters(model),
+        "numerics": dict(numerics or {}),
         "extra": dict(extra or {}),
     }
 

@@ -1,8 +1,21 @@
-"""Batched inference on prepared uint8 images, optional flip TTA, device choice."""
+"""Batched inference on prepared uint8 images, optional flip TTA; the device, and the number format and memory layout
+the training step uses on it.
+
+``runtime.amp`` asks for ``auto``, ``bf16`` or ``off``, ``runtime.channels_last`` for ``auto``, ``true`` or
+``false``; :func:`resolve_numerics` turns the requests into what a device uses (:class:`Numerics`), which the
+training loop records in the checkpoint, the history, the MLflow run and the model card, so two runs that differ in
+it can be told apart. ``auto`` precision is bf16 autocast on CUDA and on a CPU that computes bf16 natively
+(:func:`cpu_has_native_bf16`), fp32 elsewhere: on an AVX2-only CPU bf16 autocast is emulated and about 12x slower
+than fp32 (issue 30). ``auto`` layout is NHWC (channels-last) on a CPU with native bf16 (issue 30 measured it faster
+there, in fp32 and in bf16) and NCHW elsewhere: on an AVX2-only CPU the real training loop was no faster with it, on
+an H200 the bare steps were slower (docs/benchmarks.md). Inference (:func:`autocast`) stays fp32 on the CPU whatever
+the training used, so evaluation, ``predict``, the pyfunc and the ONNX reference keep producing the same masks.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +35,89 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (no loss scaling needed); a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+AMP_CHOICES = ("auto", "bf16", "off")
+PRECISIONS = ("bf16", "fp32")
+# torch.cpu.get_capabilities() keys of native bf16 arithmetic: x86 AVX512-BF16 and AMX-BF16, Arm BF16 and SVE-BF16.
+NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively: the one hardware question behind ``amp: auto`` (tests replace it)."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:  # a torch before the public get_capabilities(): its private x86 helpers
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    found = capabilities()
+    return any(bool(found.get(feature, False)) for feature in NATIVE_BF16_FEATURES)
+
+
+def amp_request(value) -> str:
+    """``runtime.amp`` as one of :data:`AMP_CHOICES`. The former booleans are aliases: ``true`` = ``auto``
+    (it meant bf16 where that pays, then only CUDA), ``false`` = ``off``."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    if value not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES} (or true = auto, false = off), got {value!r}")
+    return value
+
+
+def channels_last_request(value) -> str | bool:
+    """``runtime.channels_last``: ``auto``, ``True`` or ``False``."""
+    if value != "auto" and not isinstance(value, bool):
+        raise ValueError(f"channels_last must be auto, true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """What the training step uses on its device: ``precision`` (``bf16`` autocast or ``fp32``) and
+    ``channels_last`` (NHWC model and inputs), with the requests they were resolved from."""
+
+    precision: str
+    channels_last: bool
+    amp_request: str
+    channels_last_request: str | bool
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def record(self) -> dict:
+        """Plain values, as the checkpoint (``numerics``), the MLflow run and the model card keep them."""
+        return {
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+            "amp_request": self.amp_request,
+            "channels_last_request": self.channels_last_request,
+        }
+
+
+def resolve_numerics(amp, channels_last, device: torch.device) -> Numerics:
+    """The precision and layout of the training step on ``device`` for the requests ``amp`` and
+    ``channels_last`` (``auto``: see the module doc). An explicit ``bf16`` is honoured on any device, also
+    where it is slow."""
+    amp, layout = amp_request(amp), channels_last_request(channels_last)
+    bf16_cpu = device.type == "cpu" and cpu_has_native_bf16()
+    if amp == "auto":
+        precision = "bf16" if device.type == "cuda" or bf16_cpu else "fp32"
+    else:
+        precision = "bf16" if amp == "bf16" else "fp32"
+    nhwc = bf16_cpu if layout == "auto" else layout
+    return Numerics(precision, nhwc, amp, layout)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """bf16 autocast on ``device`` for ``precision`` ``bf16`` (no loss scaling needed), a no-op for ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """Inference's autocast: bf16 on CUDA when ``enabled``; fp32 elsewhere, also on a bf16 CPU, so every
+    inference path on the CPU computes the same masks as the fp32 ONNX reference."""
+    return autocast_for("bf16" if enabled and device.type == "cuda" else "fp32", device)
 
 
 @torch.no_grad()

@@ -72,9 +72,14 @@ def model_card(
     dict). ``parameter_counts``: unfreeze level -> counts; ``recipe``: what made it (configs by phase);
     ``data``: archives with their sha256, pair counts, split seed; ``results``: evaluation -> ``n``, ``iou``
     with ``ci95``, ``dice`` (and ``drop`` for external sets), plus ``cv`` and ``review``; ``provenance``:
-    git commit, DVC experiment, MLflow run."""
+    git commit, DVC experiment, MLflow run. ``model.training_numerics``: the precision and memory layout the
+    members' training step used (each distinct record once; see :class:`lesionseg.model.inference.Numerics`)."""
     preprocessing = checkpoint["preprocessing"]
     members = checkpoint.get("members", [checkpoint])
+    numerics = []  # the members' training step precisions and layouts, each once (an ensemble's usually agree)
+    for member in members:
+        if member.get("numerics", {}) not in numerics:
+            numerics.append(member.get("numerics", {}))
     return {
         "name": f"lesionseg {name}",
         "model": {
@@ -84,6 +89,7 @@ def model_card(
             "unfreeze_level": members[0].get("unfreeze"),
             "colour_constancy": members[0]["model_config"].get("colour_constancy", "none"),
             "parameter_counts": parameter_counts,
+            "training_numerics": numerics,
             "inference": checkpoint.get("inference", {}),
         },
         "network_data_format": network_data_format(preprocessing["size"], preprocessing["mean"], preprocessing["std"]),
@@ -95,6 +101,15 @@ def model_card(
         "provenance": provenance,
         "lesionseg_version": checkpoint.get("lesionseg_version"),
     }
+
+
+def _numerics_line(numerics: dict) -> str:
+    if not numerics:
+        return "Training step precision and layout: not recorded (a checkpoint from before lesionseg recorded them)."
+    layout = "channels-last (NHWC)" if numerics["channels_last"] else "contiguous (NCHW)"
+    asked = f"runtime.amp {numerics['amp_request']}, runtime.channels_last {numerics['channels_last_request']}"
+    precision = "bf16 autocast" if numerics["precision"] == "bf16" else numerics["precision"]
+    return f"Training step: {precision}, {layout} memory layout (asked: {asked})."
 
 
 def _interval(entry: dict) -> str:
@@ -121,7 +136,10 @@ def card_markdown(card: dict) -> str:
         "|---|--:|--:|--:|",
         *(f"| {lvl} | {c['total']:,} | {c['trainable']:,} | {c['frozen']:,} |" for lvl, c in counts.items()),
         "",
-        f"Inference settings stored with the model: `{json.dumps(model['inference'])}`.",
+        *(_numerics_line(n) for n in model["training_numerics"]),
+        "",
+        f"Inference settings stored with the model: `{json.dumps(model['inference'])}`; inference runs in fp32 "
+        "on the CPU whatever the training used.",
         "",
         "Input and output (MONAI `network_data_format`):",
         "",

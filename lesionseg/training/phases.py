@@ -25,16 +25,17 @@ import pandas as pd
 from lesionseg import atomic, tracking
 from lesionseg.data.cache import Split
 from lesionseg.model.checkpoint import read_checkpoint, save_checkpoint
+from lesionseg.model.inference import resolve_numerics, select_device
 from lesionseg.model.model import LesionSegModel, ModelConfig, count_parameters, level_name
 from lesionseg.training.distributed import Distributed
 from lesionseg.training.train import TrainConfig, TrainResult, train_model
 
 log = logging.getLogger(__name__)
 
+# amp and channels_last are logged as phase_params resolves them (the request and what the device uses).
 LOGGED_TRAIN_FIELDS = (
     "epochs", "lr", "batch_size", "optimizer", "weight_decay", "scheduler", "warmup_epochs",
-    "bce_weight", "dice_weight", "ema_decay", "seed", "device", "amp", "augment_on", "channels_last",
-    "compile", "fused_optimizer",
+    "bce_weight", "dice_weight", "ema_decay", "seed", "device", "augment_on", "compile", "fused_optimizer",
 )  # fmt: skip
 
 
@@ -64,7 +65,9 @@ class Deferred:
 
 
 def phase_params(model: LesionSegModel, model_config: ModelConfig, config: TrainConfig, image_size: int) -> dict:
-    """The MLflow params of a phase: unfreeze level, model, data size, training and augmentation settings."""
+    """The MLflow params of a phase: unfreeze level, model, data size, training and augmentation settings, and
+    the precision and layout the training step uses on its device (``precision``, ``channels_last``) with the
+    requests (``amp_request``, ``channels_last_request``), as the checkpoint records them."""
     params = {
         "unfreeze": level_name(model.unfreeze_level),
         "encoder_weights": model_config.encoder_weights,
@@ -74,6 +77,7 @@ def phase_params(model: LesionSegModel, model_config: ModelConfig, config: Train
         "image_size": image_size,
     }
     params.update({name: getattr(config, name) for name in LOGGED_TRAIN_FIELDS})
+    params.update(resolve_numerics(config.amp, config.channels_last, select_device(config.device)).record())
     params.update({f"augment_{k}": v for k, v in asdict(config.augment).items()})
     return params
 

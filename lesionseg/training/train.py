@@ -23,7 +23,14 @@ from lesionseg.data.cache import Split
 from lesionseg.data.dataset import SegmentationDataset, train_transform
 from lesionseg.metrics import confusion_counts, summarize
 from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
-from lesionseg.model.inference import autocast, predict_uint8, select_device
+from lesionseg.model.inference import (
+    amp_request,
+    autocast_for,
+    channels_last_request,
+    predict_uint8,
+    resolve_numerics,
+    select_device,
+)
 from lesionseg.model.model import LesionSegModel, ModelConfig
 from lesionseg.training import distributed as ddp
 from lesionseg.training.losses import DiceBCELoss
@@ -47,6 +54,8 @@ HISTORY_COLUMNS = (
     "val_dice",
     "lr",
     "seconds",
+    "precision",
+    "channels_last",
 )
 
 
@@ -56,15 +65,18 @@ class TrainConfig:
 
     ``scheduler``: ``constant`` or ``cosine`` (per-step cosine decay to 1% of
     ``lr``), either after ``warmup_epochs`` of linear warm-up. ``device``:
-    ``auto`` (cuda, mps, cpu) or a torch device string. ``amp``: bf16
-    autocast on CUDA. ``bce_weight``/``dice_weight`` weight the two loss terms.
+    ``auto`` (cuda, mps, cpu) or a torch device string. ``amp``: ``auto``
+    (bf16 autocast on CUDA and on a CPU with native bf16, else fp32), ``bf16``
+    or ``off``; ``true``/``false`` are aliases of ``auto``/``off``.
+    ``bce_weight``/``dice_weight`` weight the two loss terms.
     ``ema_decay``: if > 0, validate and checkpoint an exponential moving
     average of the weights (updated every step) instead of the raw weights.
     ``augment_on``: ``loader`` (albumentations in a CPU DataLoader),
     ``device`` (the same augmentation as batched tensor ops on the training
     device, data held there; see :mod:`lesionseg.data.batch_augment`) or ``auto``
     (``device`` on CUDA unless a loader-only transform is on, else ``loader``). ``channels_last``: NHWC memory
-    layout for model and inputs (faster convolutions on some GPUs).
+    layout for model and inputs: ``auto`` (on a CPU with native bf16 only), ``True`` or ``False``
+    (:func:`~lesionseg.model.inference.resolve_numerics` has both choices; what they resolved to is recorded).
     ``compile``: ``eager`` (default) or a ``torch.compile`` mode for the
     training step's forward and backward (``reduce-overhead``: CUDA graphs,
     for small batches whose GPU time is kernel launches); validation stays
@@ -85,11 +97,11 @@ class TrainConfig:
     seed: int = 42
     num_workers: int = 0
     augment_on: str = "auto"
-    channels_last: bool = False
+    channels_last: str | bool = "auto"
     compile: str = "eager"
     fused_optimizer: str = "auto"
     device: str = "auto"
-    amp: bool = True
+    amp: str | bool = "auto"
     progress: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -119,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"fused_optimizer must be one of {FUSED_OPTIMIZER}, got {self.fused_optimizer!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
+        object.__setattr__(self, "amp", amp_request(self.amp))  # the aliases true/false as auto/off
+        channels_last_request(self.channels_last)
 
 
 @dataclass
@@ -249,7 +263,10 @@ def train_model(
     device = select_device(config.device)
     if distributed is not None and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    numerics = resolve_numerics(config.amp, config.channels_last, device)
+    log.info("training step: %s, channels_last %s (asked: amp %s)", numerics.precision, numerics.channels_last,
+             config.amp)  # fmt: skip
+    memory_format = numerics.memory_format
     model.to(device, memory_format=memory_format)
     main = distributed is None or distributed.is_main
     batches = training_batches(train_split, config, device, distributed)
@@ -283,7 +300,7 @@ def train_model(
             images = images.contiguous(memory_format=memory_format)
             if cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
-            with autocast(device, config.amp):
+            with autocast_for(numerics.precision, device):
                 logits = step_model(images)
             loss = loss_fn(logits, masks)
             optimizer.zero_grad(set_to_none=True)
@@ -305,7 +322,8 @@ def train_model(
         if not main:
             continue
         train_metrics = summarize(counts.cpu())
-        val = evaluate_split(evaluated, val_split, loss_fn, config.batch_size * 2, device, config.amp)
+        # Validation is inference: bf16 on CUDA if the step is, fp32 on the CPU (the evaluate stage's numbers).
+        val = evaluate_split(evaluated, val_split, loss_fn, config.batch_size * 2, device, numerics.precision == "bf16")
         row = {
             "epoch": epoch,
             "train_loss": float(loss_sum / seen),
@@ -316,12 +334,16 @@ def train_model(
             "val_dice": val["dice"],
             "lr": lr,
             "seconds": time.perf_counter() - start,
+            "precision": numerics.precision,
+            "channels_last": numerics.channels_last,
         }
         rows.append(row)
-        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         if best is None or val["jaccard"] > best[1]["jaccard"]:
             # Kept in memory (a copy on the host) and written once at the end: no per-epoch disk I/O.
-            checkpoint = make_checkpoint(evaluated, model_config, train_split.size, epoch, val, checkpoint_extra)
+            checkpoint = make_checkpoint(
+                evaluated, model_config, train_split.size, epoch, val, checkpoint_extra, numerics=numerics.record()
+            )
             best = (epoch, val, checkpoint)
         if on_epoch is not None:
             on_epoch(row)
