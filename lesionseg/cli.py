@@ -242,12 +242,14 @@ def cmd_results_save(args) -> int:
 
 def cmd_results_render(args) -> int:
     from lesionseg import atomic
-    from lesionseg.evaluation.results_tables import pages, render_page
+    from lesionseg.evaluation.results_tables import missing_records, pages, render_page
 
     differ = []
     for page in args.pages or pages(Path(".")):
         text = Path(page).read_text(encoding="utf-8")
         rendered = render_page(text, str(page), args.results_dir)
+        for name in missing_records(text, str(page), args.results_dir):
+            print(f"{page}: no record {args.results_dir / name}/ yet: its table says so", file=sys.stderr)
         if rendered != text:
             differ.append(str(page))
             if not args.check:

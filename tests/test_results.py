@@ -16,7 +16,14 @@ from lesionseg.errors import DataError
 from lesionseg.evaluation.compare import format_markdown
 from lesionseg.evaluation.experiments import compare_runs, read_run
 from lesionseg.evaluation.results_record import read_provenance, reconstructed_command, save_record
-from lesionseg.evaluation.results_tables import TableSpec, render_page, render_table, unrecorded_rows
+from lesionseg.evaluation.results_tables import (
+    SCORE,
+    TableSpec,
+    missing_records,
+    render_page,
+    render_table,
+    unrecorded_rows,
+)
 from lesionseg.evaluation.stats import mean_interval
 
 IDS = [f"ISIC_{i:07d}" for i in range(12)]
@@ -220,8 +227,10 @@ def test_render_fills_each_region_from_the_records_through_the_comparison(record
 
 
 def test_render_errors_name_the_page_and_the_record(records, tmp_path, capsys):
-    with pytest.raises(DataError, match="no such record"):
-        render_table(TableSpec.parse("scores missing", "p.md:1"), records)
+    waiting = render_table(TableSpec.parse("scores missing", "p.md:1"), records)
+    assert "No record" in waiting and "results save <exp> --name missing" in waiting
+    assert not unrecorded_rows(waiting) and not SCORE.search(waiting)
+    assert missing_records("<!-- results:change a missing -->\n<!-- /results -->\n", "p.md", records) == ["missing"]
     with pytest.raises(ValueError, match="p.md:3: a change table names 2 record"):
         TableSpec.parse("change a", "p.md:3")
     with pytest.raises(ValueError, match="without its"):

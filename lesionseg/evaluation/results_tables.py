@@ -16,7 +16,8 @@ Kinds (options after the records, ``key=value``; ``metric`` defaults to ``orig_j
   ``lesionseg compare results/A results/B --md`` prints it (:func:`~lesionseg.evaluation.experiments.compare_runs`);
   ``models=a,b`` keeps those models.
 
-Under each table: the records it was rendered from, each with the command that made it. A Markdown table
+Under each table: the records it was rendered from, each with the command that made it; a region whose
+record is not committed yet renders as a line saying so (:func:`missing_records` lists them). A Markdown table
 holding a score (a number like 0.8613 or +0.0049) outside a region has no record: :func:`unrecorded_rows`
 finds it, so the docs test can refuse it (the history page, :data:`HISTORY_PAGE`, is where old numbers live).
 """
@@ -27,7 +28,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lesionseg.errors import DataError
 from lesionseg.evaluation.compare import DEFAULT_METRIC, format_markdown
 from lesionseg.evaluation.experiments import compare_runs, read_run
 from lesionseg.evaluation.results_record import RESULTS_DIR, read_provenance, record_path
@@ -39,6 +39,7 @@ HISTORY_PAGE = "docs/history.md"
 RENDER_COMMAND = "lesionseg results render"
 # A score as the tables print them: four decimals, optionally signed (a change); not a time or a count.
 SCORE = re.compile(r"(?<![\w.])[+-]?0\.\d{4}(?![\d])")
+FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 KINDS = {"scores": 1, "change": 2}  # kind -> number of records it names
 
 
@@ -111,11 +112,13 @@ def _footnote(spec: TableSpec, results_dir: Path) -> str:
 
 def render_table(spec: TableSpec, results_dir: Path = RESULTS_DIR) -> str:
     """The Markdown of one region: its table and the line naming its records and command."""
-    for name in spec.records:
-        if not record_path(name, results_dir).is_dir():
-            raise DataError(
-                record_path(name, results_dir), f"no such record: `lesionseg results save <exp> --name {name}`"
-            )
+    missing = [name for name in spec.records if not record_path(name, results_dir).is_dir()]
+    if missing:  # a table waiting for its experiment: says so, and holds no number
+        names = ", ".join(f"`{record_path(name, results_dir).as_posix()}/`" for name in missing)
+        return (
+            f"*No record {names} committed yet: when the experiment has finished, "
+            f"`lesionseg results save <exp> --name {missing[0]}`, commit it, then `{RENDER_COMMAND}`.*\n"
+        )
     if spec.kind == "scores":
         table = scores_table(spec.records[0], spec.metric, spec.models, results_dir)
     else:
@@ -144,16 +147,26 @@ def render_page(text: str, where: str, results_dir: Path = RESULTS_DIR) -> str:
 
 
 def unrecorded_rows(text: str) -> list[int]:
-    """Line numbers of Markdown table rows outside the regions that hold a score: numbers no record renders."""
+    """Line numbers of Markdown table rows outside the regions that hold a score: numbers no record renders.
+    Rows inside fenced blocks are examples of a command's output, not tables of the page, and are skipped."""
     inside = set()
     for match in REGION.finditer(text):
         first = text.count("\n", 0, match.start()) + 1
         inside.update(range(first, first + match.group(0).count("\n") + 1))
-    return [
-        number
-        for number, line in enumerate(text.splitlines(), 1)
-        if number not in inside and line.lstrip().startswith("|") and SCORE.search(line)
-    ]
+    rows, fence = [], None
+    for number, line in enumerate(text.splitlines(), 1):
+        opening = FENCE.match(line)
+        if opening and (fence is None or opening.group(1).startswith(fence)):
+            fence = opening.group(1) if fence is None else None
+        elif fence is None and number not in inside and line.lstrip().startswith("|") and SCORE.search(line):
+            rows.append(number)
+    return rows
+
+
+def missing_records(text: str, where: str, results_dir: Path = RESULTS_DIR) -> list[str]:
+    """The records a page's regions name that ``results_dir`` lacks."""
+    named = [name for spec, _ in regions(text, where) for name in spec.records]
+    return [name for name in dict.fromkeys(named) if not record_path(name, results_dir).is_dir()]
 
 
 def pages(root: Path) -> list[Path]:
