@@ -241,3 +241,11 @@ def test_render_errors_name_the_page_and_the_record(records, tmp_path, capsys):
     assert main([*argv, "--check"]) == 1 and page.read_text() == stale
     assert "page.md: its results tables differ" in capsys.readouterr().out
     assert main(argv) == 0 and main([*argv, "--check"]) == 0
+
+
+def test_the_recorded_precision_wins_over_the_derived_one(project, tmp_path):
+    card = {"provenance": {}, "recipe": {"train": {"precision": "bf16"}}}  # as the checkpoints record it
+    (project / "models" / "model_card.json").write_text(json.dumps(card))
+    save_record(str(project / "reports"), "mine", tmp_path / "results", repo=str(project))
+    facts = read_provenance("mine", tmp_path / "results")
+    assert (facts["precision"], facts["precision_source"]) == ("bf16", "models/model_card.json")

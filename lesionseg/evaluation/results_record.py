@@ -145,10 +145,10 @@ def precision(run: RunFiles, params: dict, card: dict | None, here: dict) -> tup
     """The training precision and where it came from: the model card's or first checkpoint's recorded
     ``precision``, else derived from ``runtime.amp`` and ``runtime.device`` (bf16 autocast is CUDA's only)."""
     recorded = _first_key(card, "precision") if card else None
-    if recorded:
+    if isinstance(recorded, str) and recorded:
         return str(recorded), MODEL_CARD
     checkpoint = _read_checkpoint(run)
-    if checkpoint is not None and checkpoint.get("precision"):
+    if checkpoint is not None and isinstance(checkpoint.get("precision"), str):
         return str(checkpoint["precision"]), FIRST_CHECKPOINT
     runtime = params.get("runtime", {})
     amp, device = runtime.get("amp"), str(runtime.get("device", "auto"))
@@ -274,8 +274,8 @@ def save_record(
         with contextlib.suppress(DataError):  # absent in a run from before cross-validation was a stage
             (staging / CV_METRICS_FILE).write_text(run.read_text(CV_METRICS_FILE))
         for _, folder in evaluation_folders(run):
-            (staging / folder).mkdir(parents=True, exist_ok=True)
-            for csv in run.csv_names(folder):
+            for csv in run.csv_names(folder):  # none with cross-validation off: no empty folder either
+                (staging / folder).mkdir(parents=True, exist_ok=True)
                 (staging / folder / csv).write_text(run.read_text(posixpath.join(folder, csv)))
         (staging / PARAMS_FILE).write_text(
             f"# The params as run, from {params_source}; written by lesionseg results save.\n"
