@@ -53,8 +53,10 @@ def record_path(name: str, results_dir: Path = RESULTS_DIR) -> Path:
 
 
 def _git(repo: str, *args: str) -> str | None:
+    # GIT_OPTIONAL_LOCKS=0: `git status` must not take the index lock of a repository another process uses.
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
-        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True, env=env)
     except (OSError, subprocess.CalledProcessError):
         return None
     return out.stdout.strip() or None
