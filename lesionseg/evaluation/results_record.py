@@ -44,7 +44,7 @@ RESULTS_DIR = Path("results")
 PARAMS_FILE = "params.yaml"
 PROVENANCE_FILE = "provenance.json"
 MODEL_CARD = "models/model_card.json"  # the export stage's card: git commit, DVC experiment, MLflow run
-HISTORY_FOLDERS = ("reports/history", "models/cv")  # per-epoch CSVs with a cumulative "seconds" column
+HISTORY_FOLDERS = ("reports/history", "models/cv")  # per-epoch CSVs, each epoch's time in "seconds"
 FIRST_CHECKPOINT = "models/frozen.pt"
 
 
@@ -175,8 +175,8 @@ def _read_checkpoint(run: RunFiles) -> dict | None:
 
 
 def training_seconds(run: RunFiles) -> float | None:
-    """The sum over every training phase's history (the last ``seconds`` of each per-epoch CSV under
-    :data:`HISTORY_FOLDERS`); None if there is none."""
+    """The sum of every epoch's ``seconds`` over the per-epoch histories under :data:`HISTORY_FOLDERS`
+    (every training phase, cross-validation folds included); None if there is none."""
     total, found = 0.0, False
     for folder in HISTORY_FOLDERS:
         root = posixpath.join(run.repo_root, folder) if run.repo_root else folder
@@ -188,7 +188,7 @@ def training_seconds(run: RunFiles) -> float | None:
             with run.fs.open(path) as f:
                 history = pd.read_csv(f)
             if "seconds" in history.columns and len(history):
-                total, found = total + float(history["seconds"].iloc[-1]), True
+                total, found = total + float(history["seconds"].sum()), True
     return round(total, 1) if found else None
 
 
@@ -231,7 +231,7 @@ def provenance(
     else:
         wall = training_seconds(run)
         wall_source = (
-            "training phases only: the sum of each per-epoch history's last 'seconds' (reports/history, models/cv); "
+            "training phases only: the sum of the per-epoch histories' 'seconds' (reports/history, models/cv); "
             "not data preparation or evaluation"
             if wall is not None
             else "not known"
