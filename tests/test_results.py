@@ -89,6 +89,8 @@ def project(tmp_path):
     write_run(root)
     git(root, "add", "params.yaml")
     git(root, "commit", "-qm", "params")
+    with (root / "params.yaml").open("a") as params:  # as `dvc exp run -S` leaves it: changed, not committed
+        params.write("# rewritten\n")
     return root
 
 
@@ -108,7 +110,7 @@ def test_save_records_a_workspace_run_byte_for_byte(project, tmp_path):
 
     facts = read_provenance("mine", tmp_path / "results")
     assert facts["git_commit"] == git(project, "rev-parse", "HEAD")
-    assert facts["uncommitted_changes"] is False
+    assert facts["uncommitted_changes"] is False  # params.yaml as `dvc exp run -S` leaves it is not a code change
     assert facts["dvc_experiment"] is None and facts["mlflow_run_id"] == "abc123"
     assert facts["command"] == "dvc exp run -S train.epochs=2 -S +evaluate.external.extra=/data/extra"
     assert facts["command_source"].startswith("reconstructed")

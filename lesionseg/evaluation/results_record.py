@@ -46,6 +46,7 @@ PROVENANCE_FILE = "provenance.json"
 MODEL_CARD = "models/model_card.json"  # the export stage's card: git commit, DVC experiment, MLflow run
 HISTORY_FOLDERS = ("reports/history", "models/cv")  # per-epoch CSVs, each epoch's time in "seconds"
 FIRST_CHECKPOINT = "models/frozen.pt"
+KEPT_BY_DVC = (":!params.yaml", ":!dvc.lock")  # changed in the workspace by any `dvc exp run`, not code changes
 
 
 def record_path(name: str, results_dir: Path = RESULTS_DIR) -> Path:
@@ -212,7 +213,8 @@ def provenance(
     else:
         commit = baseline_commit = _git(repo, "rev-parse", "HEAD")
         experiment = made.get("dvc_experiment")
-        dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
+        # Code changed since the commit; params.yaml and dvc.lock are what `dvc exp run` leaves changed.
+        dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".", *KEPT_BY_DVC))
     baseline_text = _git(repo, "show", f"{baseline_commit}:{PARAMS_FILE}") if baseline_commit else None
     if command:
         command_source = "given (--command)"
