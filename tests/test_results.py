@@ -251,3 +251,14 @@ def test_the_recorded_precision_wins_over_the_derived_one(project, tmp_path):
     save_record(str(project / "reports"), "mine", tmp_path / "results", repo=str(project))
     facts = read_provenance("mine", tmp_path / "results")
     assert (facts["precision"], facts["precision_source"]) == ("bf16", "models/model_card.json")
+
+
+def test_the_checkpoints_recorded_precision_is_read_where_the_card_has_none(project, tmp_path):
+    import torch
+
+    torch.save(
+        {"format": "x", "numerics": {"precision": "bf16", "channels_last": True}}, project / "models" / "frozen.pt"
+    )
+    save_record(str(project / "reports"), "mine", tmp_path / "results", repo=str(project))
+    facts = read_provenance("mine", tmp_path / "results")
+    assert (facts["precision"], facts["precision_source"]) == ("bf16", "models/frozen.pt")

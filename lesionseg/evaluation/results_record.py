@@ -111,7 +111,7 @@ def reconstructed_command(name: str | None, params: dict, baseline: dict | None)
 
 
 def _first_key(tree, key: str):
-    """The value of ``key`` anywhere in nested dicts (depth first), else None."""
+    """The value of ``key`` anywhere in nested dicts (depth first), else None (also for ``tree`` None)."""
     if isinstance(tree, dict):
         if key in tree:
             return tree[key]
@@ -150,9 +150,9 @@ def precision(run: RunFiles, params: dict, card: dict | None, here: dict) -> tup
     recorded = _first_key(card, "precision") if card else None
     if isinstance(recorded, str) and recorded:
         return str(recorded), MODEL_CARD
-    checkpoint = _read_checkpoint(run)
-    if checkpoint is not None and isinstance(checkpoint.get("precision"), str):
-        return str(checkpoint["precision"]), FIRST_CHECKPOINT
+    recorded = _first_key(_read_checkpoint(run), "precision")  # e.g. under the checkpoint's "numerics"
+    if isinstance(recorded, str) and recorded:
+        return recorded, FIRST_CHECKPOINT
     runtime = params.get("runtime", {})
     amp, device = runtime.get("amp"), str(runtime.get("device", "auto"))
     if amp in (False, "off", "fp32"):
