@@ -1,4 +1,4 @@
-"""The ``lesionseg`` command: summary, predict, evaluate, export, compare, ci-report, recipe."""
+"""The ``lesionseg`` command: summary, predict, evaluate, export, compare, ci-report, recipe, results."""
 
 from __future__ import annotations
 
@@ -235,6 +235,41 @@ def cmd_ci_report(args) -> int:
     return 0
 
 
+def cmd_results_save(args) -> int:
+    from lesionseg.evaluation.results_record import save_record
+
+    name = args.name or Path(args.exp).name
+    if Path(args.exp).is_dir() and not args.name:
+        print("lesionseg results save: a reports folder needs --name (the record's name)", file=sys.stderr)
+        return 2
+    target = save_record(args.exp, name, args.results_dir, args.repo, args.command_line, args.wall_seconds)
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    print(f"wrote {target}/ ({size / 1024:.0f} KiB): commit it, then `lesionseg results render`")
+    return 0
+
+
+def cmd_results_render(args) -> int:
+    from lesionseg import atomic
+    from lesionseg.evaluation.results_tables import missing_records, pages, render_page
+
+    differ = []
+    for page in args.pages or pages(Path(".")):
+        text = Path(page).read_text(encoding="utf-8")
+        rendered = render_page(text, str(page), args.results_dir)
+        for name in missing_records(text, str(page), args.results_dir):
+            print(f"{page}: no record {args.results_dir / name}/ yet: its table says so", file=sys.stderr)
+        if rendered != text:
+            differ.append(str(page))
+            if not args.check:
+                atomic.write_text(Path(page), rendered)
+    if args.check:
+        for page in differ:
+            print(f"{page}: its results tables differ from the records' (run `lesionseg results render`)")
+        return 1 if differ else 0
+    print(f"rendered: {', '.join(differ)}" if differ else "every results table is up to date")
+    return 0
+
+
 def _inference_options(p: argparse.ArgumentParser, batch_size: int) -> None:
     # Defaults (None) come from the model: the settings it was evaluated with, else the plain model's.
     p.add_argument("--threshold", type=float, help="probability threshold (model's setting, else 0.5)")
@@ -378,6 +413,41 @@ def build_parser() -> argparse.ArgumentParser:
         "`--except evaluate` is the recipe's training with the default inference",
     )
     p.set_defaults(func=cmd_recipe)
+
+    results = sub.add_parser(
+        "results",
+        help="records of finished experiments (results/<name>/) and the docs' tables rendered from them",
+    )
+    actions = results.add_subparsers(dest="action", required=True)
+    p = actions.add_parser(
+        "save",
+        help="write results/<name>/: params as run, metrics, per-image tables, provenance (no images or weights)",
+        description="Record a finished experiment: EXP is a DVC experiment name or git revision (read through "
+        "DVC, as compare reads it) or a reports folder on disk (the workspace's: reports, with --name).",
+    )
+    p.add_argument("exp", metavar="EXP")
+    p.add_argument("--name", help="the record's name (default: EXP)")
+    p.add_argument(
+        "--command",
+        dest="command_line",
+        metavar="LINE",
+        help="the exact `dvc exp run` line that made it (default: reconstructed from the params that differ "
+        "from params.yaml at the commit)",
+    )
+    p.add_argument("--wall-seconds", type=float, help="the run's measured wall time (default: the training phases')")
+    p.add_argument("--results-dir", type=Path, default=Path("results"), help="where records live (default results/)")
+    p.add_argument("--repo", default=".", help="the repository the experiment belongs to (default .)")
+    p.set_defaults(func=cmd_results_save)
+    p = actions.add_parser(
+        "render",
+        help="render every results table of README.md and docs/ from the records",
+        description="Rewrite each `<!-- results:KIND RECORD... -->` ... `<!-- /results -->` region of the pages "
+        "(default: README.md and docs/*.md) from results/<record>/.",
+    )
+    p.add_argument("pages", nargs="*", type=Path, metavar="PAGE")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming each page that differs")
+    p.add_argument("--results-dir", type=Path, default=Path("results"), help="where records live (default results/)")
+    p.set_defaults(func=cmd_results_render)
     return parser
 
 

@@ -412,3 +412,145 @@ def test_a_recipe_substitution_expands_to_its_options():
     assert not any(w.startswith("evaluate.") for w in expand("lesionseg recipe reference --except evaluate"))
     assert expand("lesionseg recipe missing") is None
     assert expand("date +%s") is None
+
+
+# --- Results tables: rendered from committed records, and none without one ----------------------------------------
+#
+# Every `<!-- results:... -->` region of README.md and docs/ must be what `lesionseg results render` makes of the
+# records in results/ (a missing record is an error), and a table row holding a score (0.8613, +0.0049) outside a
+# region has no record: only the history page may keep such numbers.
+
+# Pages other engineers are changing while these records come in: their research tables move to the history page
+# or into regions at the merge. Each must still hold unrecorded rows, so an entry cannot outlive its reason.
+PAGES_WITH_OLD_TABLES = {"docs/other-clinics.md"}
+
+
+def test_every_results_table_is_what_the_records_render(monkeypatch):
+    from lesionseg.evaluation.results_tables import pages, regions, render_page
+
+    monkeypatch.chdir(REPO)  # the tables name their records as the command does, from the repository root
+    rendered = 0
+    for page in pages(REPO):
+        where = str(page.relative_to(REPO))
+        text = page.read_text(encoding="utf-8")
+        rendered += len(regions(text, where))
+        assert render_page(text, where, Path("results")) == text, (
+            f"{where}: its results tables differ from the records': run `lesionseg results render`"
+        )
+    assert rendered >= 1  # the README's
+
+
+def test_no_results_table_without_a_record():
+    from lesionseg.evaluation.results_tables import HISTORY_PAGE, pages, unrecorded_rows
+
+    for page in pages(REPO):
+        where = str(page.relative_to(REPO))
+        rows = unrecorded_rows(page.read_text(encoding="utf-8"))
+        if where == HISTORY_PAGE:
+            continue
+        if where in PAGES_WITH_OLD_TABLES:
+            assert rows, f"{where} has no unrecorded table left: take it out of PAGES_WITH_OLD_TABLES"
+            continue
+        assert not rows, (
+            f"{where}, lines {rows}: scores in a table no record renders: put the table in a "
+            f"`<!-- results:... -->` region (lesionseg results render) or move it to {HISTORY_PAGE}"
+        )
+
+
+# --- What the docs say about the code, checked against the code ---------------------------------------------------
+
+MAKE_TARGET = re.compile(r"^([\w.-]+):(?!=)", re.MULTILINE)
+
+
+def makefile() -> tuple[dict[str, str], dict[str, str]]:
+    """The Makefile's targets (name -> the recipe's text, prerequisites included) and its simple variables."""
+    text = (REPO / "Makefile").read_text()
+    variables = dict(re.findall(r"^(\w+) :?= (.*)$", text, re.MULTILINE))
+    targets, current = {}, None
+    for line in text.splitlines():
+        match = MAKE_TARGET.match(line)
+        if match:
+            current = match.group(1)
+            targets[current] = line
+        elif current and line.startswith("\t"):
+            targets[current] += "\n" + line
+        elif not line.strip() or line.startswith("#"):
+            current = None if not line.strip() else current
+    return targets, variables
+
+
+def test_every_make_target_the_docs_name_exists():
+    targets, _ = makefile()
+    named = {
+        (page.name, target)
+        for page in docs_pages()
+        for target in re.findall(r"`make ([\w-]+)[^`]*`|^make ([\w-]+)", page.read_text(), re.MULTILINE)
+    }
+    missing = sorted((page, t) for page, pair in named for t in pair if t and t not in targets)
+    assert not missing, f"the docs name make targets the Makefile lacks: {missing}"
+
+
+def test_a_make_target_described_with_its_pytest_markers_says_the_makefiles():
+    """`make test-fast ... pytest -m "not slow"` where the Makefile runs `-m "not slow and not services"`: wrong."""
+    targets, variables = makefile()
+    checked = 0
+    for page in docs_pages():
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            # A commands-table row (| `make T` | what it does |) or a commented command (make T   # what it does).
+            match = re.match(r"(?:\| `make ([\w-]+)` \||make ([\w-]+)\s+#).*?pytest -m \"([^\"]+)\"", line)
+            if not match:
+                continue
+            target, said = match.group(1) or match.group(2), match.group(3)
+            recipe = targets[target]
+            markers = [variables[name].split('"')[1] for name in ("FAST", "SLOW") if f"$({name})" in recipe]
+            assert said in markers, f"{page.name}:{number}: `make {target}` runs pytest -m {markers}, not {said!r}"
+            if "ruff" in recipe.splitlines()[0]:  # ruff is a prerequisite: the description says so
+                assert "ruff" in line, f"{page.name}:{number}: `make {target}` runs ruff first"
+            checked += 1
+    assert checked >= 2  # the README's commands table and docs/development.md
+
+
+def test_the_code_map_names_every_module():
+    text = (REPO / "docs" / "development.md").read_text()
+    code_map = text[text.index("## Code map") :]
+    modules = [p for p in (REPO / "lesionseg").rglob("*.py") if p.name != "__init__.py"]
+    missing = sorted(str(p.relative_to(REPO)) for p in modules if f"`{p.name}`" not in code_map)
+    assert not missing, f"docs/development.md's code map does not name {missing}"
+
+
+def test_the_pyfunc_overrides_in_the_docs_are_the_codes():
+    import ast
+
+    tree = ast.parse((REPO / "lesionseg" / "serving" / "export.py").read_text())
+    (settings,) = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PYFUNC_SETTINGS"
+    ]
+    text = " ".join((REPO / "docs" / "predict.md").read_text().split())
+    sentence = text[text.index("`params` can override") :].split(".")[0]
+    assert set(re.findall(r"`(\w+)`", sentence)) - {"params"} == set(settings), sentence
+
+
+def stage_params(stage: str) -> list[str]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["params"]
+
+
+def test_the_cv_score_settings_in_the_docs_are_the_stages_params():
+    text = " ".join((REPO / "docs" / "cross-validation.md").read_text().split())
+    sentence = text[text.index("The inference settings (") :].split(")")[0]
+    named = {word.removeprefix("evaluate.") for word in re.findall(r"`([\w.]+)`", sentence)}
+    params = {p.removeprefix("evaluate.") for p in stage_params("cv_score") if p.startswith("evaluate.")}
+    assert params - {"external"} <= named, f"docs/cross-validation.md: cv_score's params {params - named} unnamed"
+
+
+def test_the_recipe_keys_in_the_reference_page_are_the_recipes():
+    text = " ".join((REPO / "docs" / "reference.md").read_text().split())
+    sentence = text[text.index("The recipe keys (") :].split(") are")[0]
+    patterns = re.findall(r"`([\w.*]+)`", sentence)
+
+    def covered(key):
+        return any(key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in patterns)
+
+    missing = [key for key in recipe_file("reference") if not covered(key)]
+    assert not missing, f"docs/reference.md's recipe keys do not cover {missing}"

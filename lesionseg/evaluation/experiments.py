@@ -89,6 +89,7 @@ class RunFiles:
             from fsspec.implementations.local import LocalFileSystem
 
             self.fs, self.root, self.rev = LocalFileSystem(), str(Path(source).resolve()), None
+            self.repo_root = str(Path(repo).resolve())
             return
         from dvc.api import DVCFileSystem
 
@@ -103,6 +104,7 @@ class RunFiles:
             ) from exc
         if not found:
             raise ValueError(f"no {reports_dir}/ at revision or experiment {source!r}")
+        self.repo_root = ""  # DVC's file system: paths are relative to the repository at the revision
 
     def where(self, relative: str) -> str:
         """``relative`` as a message names it: a path on disk, or ``rev:reports/...``."""
@@ -118,6 +120,18 @@ class RunFiles:
         except FileNotFoundError as exc:
             raise DataError(self.where(relative), "no such file") from exc
 
+    def read_repo_text(self, path: str) -> str | None:
+        """A file of the repository the run belongs to (``params.yaml``, ``dvc.lock``, ``models/...``), at the
+        revision or in ``repo`` on disk; None if there is none."""
+        try:
+            return self.fs.read_text(posixpath.join(self.repo_root, path) if self.repo_root else path)
+        except FileNotFoundError:
+            return None
+
+    def csv_names(self, relative: str) -> list[str]:
+        """Names of the CSV files directly inside ``relative``, sorted."""
+        return [posixpath.basename(p) for p in self._entries(relative, "file") if p.endswith(".csv")]
+
     def _entries(self, relative: str, kind: str) -> list[str]:
         entries = self.fs.ls(posixpath.join(self.root, relative), detail=True)
         return sorted(e["name"] for e in entries if e["type"] == kind)
@@ -129,11 +143,11 @@ class RunFiles:
     def tables(self, relative: str) -> dict[str, pd.DataFrame]:
         """Model name (file stem) -> per-image table, from the CSV files directly inside ``relative``."""
         tables = {}
-        for path in self._entries(relative, "file"):
-            if path.endswith(".csv"):
-                with self.fs.open(path) as f:
-                    name = posixpath.splitext(posixpath.basename(path))[0]
-                    tables[name] = check_table(pd.read_csv(f), self.where(posixpath.relpath(path, self.root)))
+        for name in self.csv_names(relative):
+            with self.fs.open(posixpath.join(self.root, relative, name)) as f:
+                tables[posixpath.splitext(name)[0]] = check_table(
+                    pd.read_csv(f), self.where(posixpath.join(relative, name))
+                )
         return tables
 
 
@@ -145,35 +159,38 @@ class RunEvaluations:
     tables: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
 
 
-def read_evaluations(run: RunFiles, set_name: str | None = None) -> RunEvaluations:
-    """Every evaluation of the layout found in ``run`` (with ``set_name``: only that external set's)."""
-    found, order = RunEvaluations(run.label), _pipeline_order(run)
-
-    def add(evaluation: str, relative: str) -> None:
-        tables = run.tables(relative)
-        if tables:
-            ranked = sorted(tables, key=lambda name: order.get(name, len(order)))  # stable: files' order after
-            found.tables[evaluation] = {name: tables[name] for name in ranked}
-
-    sets: dict[str, list[tuple[str, str]]] = {}
+def evaluation_folders(run: RunFiles, set_name: str | None = None) -> list[tuple[str, str]]:
+    """``(evaluation, folder relative to the reports folder)`` of every evaluation of the layout found in
+    ``run``, in the layout's order (with ``set_name``: only that external set's)."""
+    found, sets = [], {}
     if run.is_dir(PER_IMAGE):
         if not set_name:
-            add(TEST, PER_IMAGE)
+            found.append((TEST, PER_IMAGE))
         for name in run.subfolders(PER_IMAGE):
             sets.setdefault(name, []).append((external_evaluation(name), f"{PER_IMAGE}/{name}"))
     if run.is_dir(CV_PER_IMAGE) and not set_name:
-        add(CV_OUT_OF_FOLD, CV_PER_IMAGE)
+        found.append((CV_OUT_OF_FOLD, CV_PER_IMAGE))
     if run.is_dir(CV_EXTERNAL):
         for name in run.subfolders(CV_EXTERNAL):
             sets.setdefault(name, []).append((fold_mean_evaluation(name), f"{CV_EXTERNAL}/{name}"))
     for name, places in sets.items():
         if set_name in (None, name):
-            for evaluation, relative in places:
-                add(evaluation, relative)
+            found += places
     return found
 
 
-def _pipeline_order(run: RunFiles) -> dict[str, int]:
+def read_evaluations(run: RunFiles, set_name: str | None = None) -> RunEvaluations:
+    """Every evaluation of the layout found in ``run`` (with ``set_name``: only that external set's)."""
+    found, order = RunEvaluations(run.label), pipeline_order(run)
+    for evaluation, relative in evaluation_folders(run, set_name):
+        tables = run.tables(relative)
+        if tables:
+            ranked = sorted(tables, key=lambda name: order.get(name, len(order)))  # stable: files' order after
+            found.tables[evaluation] = {name: tables[name] for name in ranked}
+    return found
+
+
+def pipeline_order(run: RunFiles) -> dict[str, int]:
     """Model name -> rank in the pipeline's order (frozen, each fine-tuning level, cv_ensemble), as the metrics
     files list the models; empty when there are none."""
     names = []

@@ -1,0 +1,174 @@
+"""The results tables of README.md and docs/, rendered from committed records (``results/<name>/``).
+
+A table lives in a marked region of a page; ``lesionseg results render`` rewrites everything between the
+markers from the records the opening marker names, and a test fails when a page differs from what it renders:
+
+    <!-- results:scores default-full -->
+    ... generated ...
+    <!-- /results -->
+
+Kinds (options after the records, ``key=value``; ``metric`` defaults to ``orig_jaccard``):
+
+- ``scores RECORD``: per model, the mean of the per-image metric on every evaluation the record has (test
+  split, each external set, out of fold, fold-model means), with its 95% bootstrap interval
+  (:func:`lesionseg.evaluation.stats.mean_interval`); ``models=a,b`` keeps those models.
+- ``change A B``: the paired change B - A of every model on every evaluation both records have, as
+  ``lesionseg compare results/A results/B --md`` prints it (:func:`~lesionseg.evaluation.experiments.compare_runs`);
+  ``models=a,b`` keeps those models.
+
+Under each table: the records it was rendered from, each with the command that made it; a region whose
+record is not committed yet renders as a line saying so (:func:`missing_records` lists them). A Markdown table
+holding a score (a number like 0.8613 or +0.0049) outside a region has no record: :func:`unrecorded_rows`
+finds it, so the docs test can refuse it (the history page, :data:`HISTORY_PAGE`, is where old numbers live).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lesionseg.evaluation.compare import DEFAULT_METRIC, format_markdown
+from lesionseg.evaluation.experiments import compare_runs, read_run
+from lesionseg.evaluation.results_record import RESULTS_DIR, read_provenance, record_path
+from lesionseg.evaluation.stats import mean_interval
+
+REGION = re.compile(r"^<!-- results:(?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- /results -->$", re.M | re.S)
+OPEN_MARKER = re.compile(r"^<!-- results:", re.M)
+HISTORY_PAGE = "docs/history.md"
+RENDER_COMMAND = "lesionseg results render"
+# A score as the tables print them: four decimals, optionally signed (a change); not a time or a count.
+SCORE = re.compile(r"(?<![\w.])[+-]?0\.\d{4}(?![\d])")
+FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
+KINDS = {"scores": 1, "change": 2}  # kind -> number of records it names
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A region's opening marker, parsed: ``kind``, the ``records`` it is rendered from, its options."""
+
+    kind: str
+    records: tuple[str, ...]
+    options: dict[str, str]
+
+    @classmethod
+    def parse(cls, spec: str, where: str) -> TableSpec:
+        kind, *words = spec.split()
+        records = tuple(w for w in words if "=" not in w)
+        options = dict(w.split("=", 1) for w in words if "=" in w)
+        if kind not in KINDS:
+            raise ValueError(f"{where}: unknown results table kind {kind!r} (kinds: {', '.join(KINDS)})")
+        if len(records) != KINDS[kind]:
+            raise ValueError(f"{where}: a {kind} table names {KINDS[kind]} record(s), got {list(records)}")
+        unknown = set(options) - {"metric", "models"}
+        if unknown:
+            raise ValueError(f"{where}: unknown option(s) {sorted(unknown)} (metric=, models=)")
+        return cls(kind, records, options)
+
+    @property
+    def metric(self) -> str:
+        return self.options.get("metric", DEFAULT_METRIC)
+
+    @property
+    def models(self) -> list[str] | None:
+        return self.options["models"].split(",") if "models" in self.options else None
+
+
+def _interval_cell(scores) -> str:
+    mean, (low, high) = mean_interval(scores)
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def scores_table(record: str, metric: str, models: list[str] | None, results_dir: Path) -> str:
+    """Per model (rows) and evaluation (columns, with their image counts): mean ``metric`` [95% interval]."""
+    run = read_run(str(record_path(record, results_dir)))
+    names = models or list(dict.fromkeys(m for tables in run.tables.values() for m in tables))
+    heads = [f"{evaluation} ({len(next(iter(tables.values())))})" for evaluation, tables in run.tables.items()]
+    rows = [f"| model | {' | '.join(heads)} |", "|---|" + "--:|" * len(heads)]
+    for name in names:
+        cells = [_interval_cell(tables[name][metric]) if name in tables else "-" for tables in run.tables.values()]
+        rows.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(rows)
+
+
+def change_table(a: str, b: str, metric: str, models: list[str] | None, results_dir: Path) -> str:
+    """``lesionseg compare results/A results/B --md``: the paired change of each model on each evaluation."""
+    runs = [read_run(str(record_path(name, results_dir))) for name in (a, b)]
+    return format_markdown(compare_runs(*runs, metric, models).results, labels=(a, b))
+
+
+def _footnote(spec: TableSpec, results_dir: Path) -> str:
+    made = []
+    for name in spec.records:
+        facts = read_provenance(name, results_dir)
+        how = f"`{facts['command']}`" if facts.get("command") else "command not recorded"
+        details = [f"commit {facts['git_commit'][:7]}" if facts.get("git_commit") else None, facts.get("precision")]
+        machine = facts.get("machine") or {}
+        details.append(machine.get("gpu") or machine.get("cpu"))
+        made.append(f"`{record_path(name, results_dir).as_posix()}/` ({how}; {', '.join(d for d in details if d)})")
+    what = "mean per-image" if spec.kind == "scores" else "paired change B - A of per-image"
+    return f"{what} `{spec.metric}`, 95% bootstrap intervals; from {'; '.join(made)}. Regenerate: `{RENDER_COMMAND}`."
+
+
+def render_table(spec: TableSpec, results_dir: Path = RESULTS_DIR) -> str:
+    """The Markdown of one region: its table and the line naming its records and command."""
+    missing = [name for name in spec.records if not record_path(name, results_dir).is_dir()]
+    if missing:  # a table waiting for its experiment: says so, and holds no number
+        names = ", ".join(f"`{record_path(name, results_dir).as_posix()}/`" for name in missing)
+        return (
+            f"*No record {names} committed yet: when the experiment has finished, "
+            f"`lesionseg results save <exp> --name {missing[0]}`, commit it, then `{RENDER_COMMAND}`.*\n"
+        )
+    if spec.kind == "scores":
+        table = scores_table(spec.records[0], spec.metric, spec.models, results_dir)
+    else:
+        table = change_table(*spec.records, spec.metric, spec.models, results_dir)
+    return f"{table}\n\n{_footnote(spec, results_dir)}\n"
+
+
+def regions(text: str, where: str) -> list[tuple[TableSpec, re.Match]]:
+    """Each region of a page with its parsed marker; an opening marker without its close is an error."""
+    found = [
+        (TableSpec.parse(m["spec"], f"{where}:{text.count(chr(10), 0, m.start()) + 1}"), m)
+        for m in REGION.finditer(text)
+    ]
+    if len(OPEN_MARKER.findall(text)) != len(found):
+        raise ValueError(f"{where}: a `<!-- results:... -->` marker without its `<!-- /results -->`")
+    return found
+
+
+def render_page(text: str, where: str, results_dir: Path = RESULTS_DIR) -> str:
+    """``text`` with every region's body rendered anew."""
+    out, last = [], 0
+    for spec, match in regions(text, where):
+        out += [text[last : match.start("body")], render_table(spec, results_dir)]
+        last = match.end("body")
+    return "".join(out) + text[last:]
+
+
+def unrecorded_rows(text: str) -> list[int]:
+    """Line numbers of Markdown table rows outside the regions that hold a score: numbers no record renders.
+    Rows inside fenced blocks are examples of a command's output, not tables of the page, and are skipped."""
+    inside = set()
+    for match in REGION.finditer(text):
+        first = text.count("\n", 0, match.start()) + 1
+        inside.update(range(first, first + match.group(0).count("\n") + 1))
+    rows, fence = [], None
+    for number, line in enumerate(text.splitlines(), 1):
+        opening = FENCE.match(line)
+        if opening and (fence is None or opening.group(1).startswith(fence)):
+            fence = opening.group(1) if fence is None else None
+        elif fence is None and number not in inside and line.lstrip().startswith("|") and SCORE.search(line):
+            rows.append(number)
+    return rows
+
+
+def missing_records(text: str, where: str, results_dir: Path = RESULTS_DIR) -> list[str]:
+    """The records a page's regions name that ``results_dir`` lacks."""
+    named = [name for spec, _ in regions(text, where) for name in spec.records]
+    return [name for name in dict.fromkeys(named) if not record_path(name, results_dir).is_dir()]
+
+
+def pages(root: Path) -> list[Path]:
+    """README.md and every docs page."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
