@@ -45,15 +45,22 @@ def fullres_counts(
     """Per-image ``(N, 4)`` confusion counts at each image's original resolution (with ``zoom``, of the
     composed logits, :func:`~lesionseg.model.zoom.compose_logits`)."""
     rows = []
-    cut = logit(threshold)
     for i in range(len(split)):
         height, width = (int(v) for v in split.orig_sizes[i])
-        pred = compose_logits(logits, zoom, i, height, width)[0, 0] > cut
-        if postprocess.active:
-            pred = torch.from_numpy(clean_mask(pred.numpy(), postprocess))
-        truth = torch.from_numpy(split.fullres_mask(i))
-        rows.append(confusion_counts(pred[None], truth[None]))
+        full = compose_logits(logits, zoom, i, height, width)[0, 0]
+        rows.append(mask_counts(full, torch.from_numpy(split.fullres_mask(i)), threshold, postprocess))
     return torch.cat(rows)
+
+
+def mask_counts(
+    logits: torch.Tensor, truth: torch.Tensor, threshold: float, postprocess: PostprocessConfig
+) -> torch.Tensor:
+    """``(1, 4)`` confusion counts of one image's mask (``logits`` ``(H, W)`` above the ``threshold``
+    probability, then ``postprocess``) against its ``truth`` (bool ``(H, W)``)."""
+    pred = logits > logit(threshold)
+    if postprocess.active:
+        pred = torch.from_numpy(clean_mask(pred.numpy(), postprocess))
+    return confusion_counts(pred[None], truth[None])
 
 
 def evaluate_model(
