@@ -1,17 +1,17 @@
 """How many images calibration needs: calibrate on ``--n`` random images of a labelled folder, score the rest.
 
 The model runs once over the whole folder with its stored settings (flip TTA, zoom, clean-up) and every
-threshold of ``lesionseg calibrate``'s grid is scored per image at original resolution
-(:func:`lesionseg.evaluation.calibrate.threshold_search`). Each draw then applies the command's rule
-(:func:`~lesionseg.evaluation.calibrate.choose_threshold`: best threshold on the draw, adopted only when the
-held-out gain's interval lies above 0) to ``--n`` images and scores the other images at the threshold it
-stores; the gain is their mean IoU change over the stored threshold. ``--erode PX`` first shrinks every mask by
-that many pixels at original resolution: a tight annotator's folder. With the zoom on, the held-out images are
-re-thresholded with the second pass's crops placed at the stored threshold (the command re-evaluates its
-choice; here that would cost a forward pass per draw).
+threshold of ``lesionseg calibrate``'s grid is scored per image at original resolution, as
+:func:`lesionseg.evaluation.calibrate.threshold_search` does (one pass serves every ``--erode``). Each draw
+then applies the command's rule (:func:`~lesionseg.evaluation.calibrate.choose_threshold`: best threshold on
+the draw, adopted only when the held-out gain's interval lies above 0) to ``--n`` images and scores the other
+images at the threshold it stores; the gain is their mean IoU change over the stored threshold. ``--erode PX``
+shrinks every mask by that many pixels at original resolution: a tight annotator's folder (0: the masks as
+drawn). With the zoom on, the held-out images are re-thresholded with the second pass's crops placed at the
+stored threshold (the command re-evaluates its choice; here that would cost a forward pass per draw).
 
     python scripts/calibration_gain.py --checkpoint models/model.pt --images ../shared/data/isic2018-extra \\
-        --erode 8 --n 5 10 20 --draws 2000
+        --erode 8 0 --n 5 10 20
 """
 
 from __future__ import annotations
@@ -28,18 +28,23 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lesionseg.data.cache import Split, encode_mask  # noqa: E402
+from lesionseg.data.cache import Split  # noqa: E402
 from lesionseg.data.external import ExternalSet, prepare_external  # noqa: E402
-from lesionseg.evaluation.calibrate import choose_threshold, threshold_search  # noqa: E402
+from lesionseg.evaluation.calibrate import (  # noqa: E402
+    choose_threshold,
+    full_resolution_logits,
+    search_grid,
+    threshold_ious,
+)
 from lesionseg.model.checkpoint import inference_settings, load_model  # noqa: E402
 
 
-def eroded(split: Split, pixels: int) -> Split:
-    """``split`` with every original-resolution mask shrunk by ``pixels`` (8-connected erosion steps)."""
-    if pixels <= 0:
-        return split
-    masks = [ndimage.binary_erosion(split.fullres_mask(i), iterations=pixels) for i in range(len(split))]
-    return Split.from_arrays(split.images, split.masks, split.ids, split.orig_sizes, [encode_mask(m) for m in masks])
+def styles(split: Split, erosions: list[int]):
+    """For each image, its mask as drawn eroded by each of ``erosions`` pixels (0: as drawn; 8-connected steps
+    at original resolution), as bool tensors."""
+    for i in range(len(split)):
+        mask = split.fullres_mask(i)
+        yield [torch.from_numpy(ndimage.binary_erosion(mask, iterations=e) if e > 0 else mask) for e in erosions]
 
 
 def draws(iou: np.ndarray, stored: int, n: int, count: int, seed: int) -> dict:
@@ -82,7 +87,7 @@ def main() -> None:
     parser.add_argument("--masks", type=Path)
     parser.add_argument("--erode", type=int, nargs="+", default=[0], help="mask erosion(s) in pixels; 0 = as drawn")
     parser.add_argument("--n", type=int, nargs="+", default=[10], help="calibration set size(s)")
-    parser.add_argument("--draws", type=int, default=2000)
+    parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -92,24 +97,33 @@ def main() -> None:
     settings = inference_settings(checkpoint)
     split, _ = prepare_external(ExternalSet("set", args.images, args.masks), checkpoint["preprocessing"]["size"], 0)
     results = {"checkpoint": str(args.checkpoint), "images": str(args.images), "settings": vars(settings), "sets": []}
-    for pixels in args.erode:
-        start = time.perf_counter()
-        search = threshold_search(model.eval(), eroded(split, pixels), settings)
-        means = search.iou.mean(0)
+    start = time.perf_counter()
+    thresholds = search_grid(settings.threshold)
+    stored = int(np.flatnonzero(np.isclose(thresholds, settings.threshold))[0])
+    images, _ = full_resolution_logits(model.eval(), split, settings)
+    # (styles, N, T): one forward pass and one clean-up per threshold serve every annotator's style.
+    iou = np.stack(
+        [
+            threshold_ious(logits, truths, thresholds, settings.postprocess)
+            for logits, truths in zip(images, styles(split, args.erode))
+        ],
+        axis=1,
+    )
+    for pixels, style in zip(args.erode, iou):
+        means = style.mean(0)
         entry = {
             "erode": pixels,
             "images": len(split),
-            "iou_stored": float(means[search.stored]),
-            "best_threshold_all": float(search.thresholds[means.argmax()]),
+            "iou_stored": float(means[stored]),
+            "best_threshold_all": float(thresholds[means.argmax()]),
             "iou_best_all": float(means.max()),
             "search_seconds": time.perf_counter() - start,
             "by_n": [],
         }
         for n in args.n:
-            entry["by_n"].append(draws(search.iou, search.stored, n, args.draws, args.seed))
-            entry["by_n"][-1]["chosen_threshold_median"] = float(
-                search.thresholds[entry["by_n"][-1]["chosen_column_median"]]
-            )
+            drawn = draws(style, stored, n, args.draws, args.seed)
+            drawn["chosen_threshold_median"] = float(thresholds[drawn.pop("chosen_column_median")])
+            entry["by_n"].append(drawn)
         results["sets"].append(entry)
         print(json.dumps(entry), flush=True)
     if args.json:

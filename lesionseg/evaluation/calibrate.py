@@ -6,7 +6,7 @@ boundary inwards (a loose annotator: a lower one). :func:`calibrate` runs the mo
 flip TTA and zoom-in second pass (:func:`~lesionseg.model.zoom.predict_two_pass`, as ``predict`` and evaluation
 do), composes each image's logits at its original resolution and scores every threshold of a fine grid from
 them, after the model's clean-up: the per-image IoU (the ISIC definition) is computed exactly as evaluation
-computes it (:func:`~lesionseg.evaluation.evaluate.mask_counts`), only the threshold changes.
+computes it (:func:`~lesionseg.evaluation.evaluate.predicted_mask`), only the threshold changes.
 
 A threshold chosen on ten images fits those ten better than any other by construction. The guard against that
 optimism: each image is scored at the threshold chosen on the *other* images (leave-one-out), and the new
@@ -25,6 +25,7 @@ threshold, the share of these images' masks that the stored review threshold fla
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -33,11 +34,11 @@ import torch
 
 from lesionseg import __version__
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.evaluate import evaluate_model, mask_counts
-from lesionseg.evaluation.metrics import per_image_scores
+from lesionseg.evaluation.evaluate import evaluate_model, predicted_mask
+from lesionseg.evaluation.metrics import confusion_counts, per_image_scores
 from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, needs_review, review_threshold
 from lesionseg.evaluation.stats import PairedComparison, paired_difference
-from lesionseg.model.postprocess import InferenceConfig
+from lesionseg.model.postprocess import InferenceConfig, PostprocessConfig
 from lesionseg.model.quality import mask_quality
 from lesionseg.model.zoom import compose_logits, composed_at_input_size, predict_two_pass
 
@@ -64,6 +65,32 @@ def search_grid(stored: float, grid=THRESHOLD_GRID) -> np.ndarray:
     return np.unique(np.round(np.append(np.asarray(grid, dtype=float), stored), 6))
 
 
+def full_resolution_logits(
+    model: torch.nn.Module, split: Split, settings: InferenceConfig, batch_size: int = 32, device=None
+) -> tuple[Iterator[torch.Tensor], torch.Tensor]:
+    """Run the model once over ``split`` with ``settings`` (flip TTA, the zoom-in second pass at its threshold):
+    each image's logits at its original resolution ``(H, W)``, composed as evaluation composes them (one at a
+    time: a folder of large photographs need not fit in memory), and each mask's quality at the stored
+    threshold ``(N,)``."""
+    zoom = settings.zoom_config
+    first, second = predict_two_pass(model, split.images, zoom, settings.threshold, settings.tta, batch_size, device)
+    quality = mask_quality(torch.sigmoid(composed_at_input_size(first, second)), settings.threshold)
+    sizes = [(int(h), int(w)) for h, w in split.orig_sizes]
+    return (compose_logits(first, second, i, h, w)[0, 0] for i, (h, w) in enumerate(sizes)), quality
+
+
+def threshold_ious(logits: torch.Tensor, truths, thresholds, postprocess: PostprocessConfig) -> np.ndarray:
+    """Per-image IoU ``(len(truths), T)`` of one image's mask at each of ``thresholds`` (``logits`` ``(H, W)``,
+    then ``postprocess``) against each of ``truths`` (bool ``(H, W)`` tensors: its masks as drawn, or as
+    another annotator would)."""
+    rows = [[] for _ in truths]
+    for threshold in thresholds:
+        pred = predicted_mask(logits, float(threshold), postprocess)[None]
+        for row, truth in zip(rows, truths):
+            row.append(confusion_counts(pred, truth[None]))
+    return np.stack([per_image_scores(torch.cat(row))["jaccard"].numpy() for row in rows])
+
+
 def threshold_search(
     model: torch.nn.Module,
     split: Split,
@@ -72,22 +99,18 @@ def threshold_search(
     batch_size: int = 32,
     device=None,
 ) -> ThresholdSearch:
-    """Run the model once over ``split`` with ``settings`` (TTA, zoom at its threshold) and score every
+    """Run the model once over ``split`` with ``settings`` (:func:`full_resolution_logits`) and score every
     threshold of :func:`search_grid` at each image's original resolution after ``settings``' clean-up."""
     thresholds = search_grid(settings.threshold, grid)
-    zoom = settings.zoom_config
-    first, second = predict_two_pass(model, split.images, zoom, settings.threshold, settings.tta, batch_size, device)
-    rows = []
-    for i in range(len(split)):
-        height, width = (int(v) for v in split.orig_sizes[i])
-        logits = compose_logits(first, second, i, height, width)[0, 0]
-        truth = torch.from_numpy(split.fullres_mask(i))
-        counts = torch.cat([mask_counts(logits, truth, float(t), settings.postprocess) for t in thresholds])
-        rows.append(per_image_scores(counts)["jaccard"].numpy())
-    probabilities = torch.sigmoid(composed_at_input_size(first, second))
-    quality = mask_quality(probabilities, settings.threshold).numpy()
+    images, quality = full_resolution_logits(model, split, settings, batch_size, device)
+    iou = np.stack(
+        [
+            threshold_ious(logits, [torch.from_numpy(split.fullres_mask(i))], thresholds, settings.postprocess)[0]
+            for i, logits in enumerate(images)
+        ]
+    )
     stored = int(np.flatnonzero(np.isclose(thresholds, settings.threshold))[0])
-    return ThresholdSearch(list(split.ids), thresholds, np.stack(rows), stored, quality)
+    return ThresholdSearch(list(split.ids), thresholds, iou, stored, quality.numpy())
 
 
 def best_column(iou: np.ndarray, stored: int) -> int:

@@ -48,19 +48,18 @@ def fullres_counts(
     for i in range(len(split)):
         height, width = (int(v) for v in split.orig_sizes[i])
         full = compose_logits(logits, zoom, i, height, width)[0, 0]
-        rows.append(mask_counts(full, torch.from_numpy(split.fullres_mask(i)), threshold, postprocess))
+        truth = torch.from_numpy(split.fullres_mask(i))
+        rows.append(confusion_counts(predicted_mask(full, threshold, postprocess)[None], truth[None]))
     return torch.cat(rows)
 
 
-def mask_counts(
-    logits: torch.Tensor, truth: torch.Tensor, threshold: float, postprocess: PostprocessConfig
-) -> torch.Tensor:
-    """``(1, 4)`` confusion counts of one image's mask (``logits`` ``(H, W)`` above the ``threshold``
-    probability, then ``postprocess``) against its ``truth`` (bool ``(H, W)``)."""
+def predicted_mask(logits: torch.Tensor, threshold: float, postprocess: PostprocessConfig) -> torch.Tensor:
+    """One image's mask, bool ``(H, W)``: ``logits`` ``(H, W)`` above the ``threshold`` probability, then
+    ``postprocess``."""
     pred = logits > logit(threshold)
     if postprocess.active:
         pred = torch.from_numpy(clean_mask(pred.numpy(), postprocess))
-    return confusion_counts(pred[None], truth[None])
+    return pred
 
 
 def evaluate_model(

@@ -132,6 +132,11 @@ def _gain(entry: dict) -> str:
     return f"{entry['delta']:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
+def _review(settings: dict) -> str:
+    threshold = settings.get("review_threshold")
+    return "none" if threshold is None else f"{threshold:.4g}"
+
+
 def calibration_markdown(calibration: dict) -> list[str]:
     """The card's calibration section (``lesionseg calibrate``'s record)."""
     before, after = calibration["before"], calibration["after"]
@@ -140,8 +145,8 @@ def calibration_markdown(calibration: dict) -> list[str]:
     if calibration["adopted"]:
         verdict = (
             f"The held-out gain's interval lies above 0: the model stores threshold {after['threshold']:g} "
-            f"(was {before['threshold']:g}) and review threshold {after['review_threshold']} (was "
-            f"{before['review_threshold']}). The results below were measured with the settings before calibration."
+            f"(was {before['threshold']:g}) and review threshold {_review(after)} (was {_review(before)}). The "
+            "results below were measured with the settings before calibration."
         )
     else:
         verdict = "The held-out gain's interval does not lie above 0: the stored settings were kept."
