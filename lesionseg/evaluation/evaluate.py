@@ -45,15 +45,21 @@ def fullres_counts(
     """Per-image ``(N, 4)`` confusion counts at each image's original resolution (with ``zoom``, of the
     composed logits, :func:`~lesionseg.model.zoom.compose_logits`)."""
     rows = []
-    cut = logit(threshold)
     for i in range(len(split)):
         height, width = (int(v) for v in split.orig_sizes[i])
-        pred = compose_logits(logits, zoom, i, height, width)[0, 0] > cut
-        if postprocess.active:
-            pred = torch.from_numpy(clean_mask(pred.numpy(), postprocess))
+        full = compose_logits(logits, zoom, i, height, width)[0, 0]
         truth = torch.from_numpy(split.fullres_mask(i))
-        rows.append(confusion_counts(pred[None], truth[None]))
+        rows.append(confusion_counts(predicted_mask(full, threshold, postprocess)[None], truth[None]))
     return torch.cat(rows)
+
+
+def predicted_mask(logits: torch.Tensor, threshold: float, postprocess: PostprocessConfig) -> torch.Tensor:
+    """One image's mask, bool ``(H, W)``: ``logits`` ``(H, W)`` above the ``threshold`` probability, then
+    ``postprocess``."""
+    pred = logits > logit(threshold)
+    if postprocess.active:
+        pred = torch.from_numpy(clean_mask(pred.numpy(), postprocess))
+    return pred
 
 
 def evaluate_model(

@@ -62,6 +62,12 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path, metadata: 
                         for k, default in (("colour_constancy", "none"), ("minkowski_p", 6.0))
                     }
                 ),
+                # A model calibrated to a clinic (lesionseg calibrate): on what its settings were chosen.
+                **(
+                    {"lesionseg.calibration": json.dumps(checkpoint["calibration"])}
+                    if "calibration" in checkpoint
+                    else {}
+                ),
                 **(metadata or {}),
             },
         )

@@ -10,6 +10,9 @@ the ONNX metadata (``lesionseg.model_card``).
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from lesionseg.errors import DataError
 
 INTENDED_USE = (
     "Research use: segmenting the lesion in dermoscopic images of single skin lesions (the ISIC challenge "
@@ -80,7 +83,7 @@ def model_card(
     for member in members:
         if member.get("numerics", {}) not in numerics:
             numerics.append(member.get("numerics", {}))
-    return {
+    card = {
         "name": f"lesionseg {name}",
         "model": {
             "architecture": "U-Net decoder on a torchvision MobileNetV2 encoder (ImageNet weights), four encoder "
@@ -101,6 +104,73 @@ def model_card(
         "provenance": provenance,
         "lesionseg_version": checkpoint.get("lesionseg_version"),
     }
+    if "calibration" in checkpoint:
+        card["calibration"] = checkpoint["calibration"]
+    return card
+
+
+def read_card(path: Path) -> dict:
+    """A model card JSON (the export stage's ``models/model_card.json``); :class:`DataError` naming the file
+    when it is missing or not a card."""
+    path = Path(path)
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"not a readable model card ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(card, dict) or not isinstance(card.get("model"), dict):
+        raise DataError(path, "not a lesionseg model card (no model section)")
+    return card
+
+
+def calibrated_card(card: dict, package: dict) -> dict:
+    """The card of ``package``, a model ``lesionseg calibrate`` made from the one ``card`` describes: the same
+    card with ``package``'s inference settings and its ``calibration`` record (its results stay those of the
+    settings before calibration, and the page says so)."""
+    return {
+        **card,
+        "model": {**card["model"], "inference": package["inference"]},
+        "calibration": package["calibration"],
+    }
+
+
+def _gain(entry: dict) -> str:
+    low, high = entry["ci95"]
+    return f"{entry['delta']:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def _review(settings: dict) -> str:
+    threshold = settings.get("review_threshold")
+    return "none" if threshold is None else f"{threshold:.4g}"
+
+
+def calibration_markdown(calibration: dict) -> list[str]:
+    """The card's calibration section (``lesionseg calibrate``'s record)."""
+    before, after = calibration["before"], calibration["after"]
+    low, high, count = calibration["searched"]["threshold"]
+    folder = calibration["images"] + (f" (masks {calibration['masks']})" if calibration.get("masks") else "")
+    if calibration["adopted"]:
+        verdict = (
+            f"The held-out gain's interval lies above 0: the model stores threshold {after['threshold']:g} "
+            f"(was {before['threshold']:g}) and review threshold {_review(after)} (was {_review(before)}). The "
+            "results below were measured with the settings before calibration."
+        )
+    else:
+        verdict = "The held-out gain's interval does not lie above 0: the stored settings were kept."
+    return [
+        "## Calibration",
+        "",
+        f"Calibrated by `lesionseg calibrate` on {calibration['n']} labelled images of `{folder}`: "
+        f"{', '.join(calibration['ids'])}.",
+        "",
+        f"Thresholds searched: {count} from {low:g} to {high:g}. Mean per-image IoU on these images "
+        f"{calibration['iou_before']:.4f} at the stored threshold {before['threshold']:g}, "
+        f"{calibration['iou_best']:.4f} at the best, {calibration['best_threshold']:g}: in-sample gain "
+        f"{_gain(calibration['in_sample_gain'])}; held out (each image at the threshold chosen on the others) "
+        f"{_gain(calibration['held_out_gain'])} (paired 95% bootstrap intervals).",
+        "",
+        verdict,
+        "",
+    ]
 
 
 def _numerics_line(numerics: dict) -> str:
@@ -178,6 +248,8 @@ def card_markdown(card: dict) -> str:
         for evaluation, values in review.get("by_evaluation", {}).items():
             shown = ", ".join(f"{k.removeprefix('review_')} {v:.3f}" for k, v in values.items())
             lines.append(f"- {evaluation}: {shown}")
+    if card.get("calibration"):
+        lines += ["", *calibration_markdown(card["calibration"])]
     lines += [
         "",
         "## Intended use and limitations",

@@ -1,0 +1,254 @@
+"""Calibration to a clinic's annotation style: the threshold that fits a few of its own labelled masks.
+
+Clinics draw the lesion's edge differently: where one clinic's annotators draw tight, a model trained on ISIC's
+masks predicts lesions that are systematically too large there, and a higher probability threshold moves its
+boundary inwards (a loose annotator: a lower one). :func:`calibrate` runs the model once per image, with its own
+flip TTA and zoom-in second pass (:func:`~lesionseg.model.zoom.predict_two_pass`, as ``predict`` and evaluation
+do), composes each image's logits at its original resolution and scores every threshold of a fine grid from
+them, after the model's clean-up: the per-image IoU (the ISIC definition) is computed exactly as evaluation
+computes it (:func:`~lesionseg.evaluation.evaluate.predicted_mask`), only the threshold changes.
+
+A threshold chosen on ten images fits those ten better than any other by construction. The guard against that
+optimism: each image is scored at the threshold chosen on the *other* images (leave-one-out), and the new
+threshold is adopted only when the paired 95% bootstrap interval of that held-out gain over the stored
+threshold (:func:`~lesionseg.evaluation.stats.paired_difference`) lies above 0; otherwise the stored settings
+stay. The in-sample gain at the chosen threshold is reported beside it (the model card shows both).
+
+With the zoom-in second pass on, the search scores the second pass's crops as the stored threshold placed them;
+the chosen threshold's in-sample scores come from a second, real evaluation of the calibrated settings
+(:func:`~lesionseg.evaluation.evaluate.evaluate_model`), so the reported gain is what the written model does.
+
+The review threshold moves with the settings, since a mask's quality is measured against the threshold
+(:func:`~lesionseg.model.quality.mask_quality`): it becomes the quality quantile that flags, at the new
+threshold, the share of these images' masks that the stored review threshold flagged at the stored one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lesionseg import __version__
+from lesionseg.data.cache import Split
+from lesionseg.evaluation.evaluate import evaluate_model, predicted_mask
+from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, needs_review, review_threshold
+from lesionseg.evaluation.stats import PairedComparison, paired_difference
+from lesionseg.metrics import confusion_counts, per_image_scores
+from lesionseg.model.postprocess import InferenceConfig, PostprocessConfig
+from lesionseg.model.quality import mask_quality
+from lesionseg.model.zoom import compose_logits, composed_at_input_size, predict_two_pass
+
+# Probability thresholds searched: 0.05 to 0.95 in steps of 0.01 (the stored threshold is added if not on it).
+THRESHOLD_GRID = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
+MIN_IMAGES = 3  # leave-one-out needs at least two images to choose on
+
+
+@dataclass(frozen=True)
+class ThresholdSearch:
+    """Per-image IoU at original resolution ``iou`` ``(N, T)`` for each of ``thresholds`` ``(T,)``, with the
+    model's TTA, zoom and clean-up; ``stored``: the column of the stored threshold; ``quality`` ``(N,)``: each
+    mask's quality at the stored threshold."""
+
+    ids: list[str]
+    thresholds: np.ndarray
+    iou: np.ndarray
+    stored: int
+    quality: np.ndarray
+
+
+def search_grid(stored: float, grid=THRESHOLD_GRID) -> np.ndarray:
+    """The thresholds searched: ``grid`` and ``stored``, sorted, without repeats."""
+    return np.unique(np.round(np.append(np.asarray(grid, dtype=float), stored), 6))
+
+
+def full_resolution_logits(
+    model: torch.nn.Module, split: Split, settings: InferenceConfig, batch_size: int = 32, device=None
+) -> tuple[Iterator[torch.Tensor], torch.Tensor]:
+    """Run the model once over ``split`` with ``settings`` (flip TTA, the zoom-in second pass at its threshold):
+    each image's logits at its original resolution ``(H, W)``, composed as evaluation composes them (one at a
+    time: a folder of large photographs need not fit in memory), and each mask's quality at the stored
+    threshold ``(N,)``."""
+    zoom = settings.zoom_config
+    first, second = predict_two_pass(model, split.images, zoom, settings.threshold, settings.tta, batch_size, device)
+    quality = mask_quality(torch.sigmoid(composed_at_input_size(first, second)), settings.threshold)
+    sizes = [(int(h), int(w)) for h, w in split.orig_sizes]
+    return (compose_logits(first, second, i, h, w)[0, 0] for i, (h, w) in enumerate(sizes)), quality
+
+
+def threshold_ious(logits: torch.Tensor, truths, thresholds, postprocess: PostprocessConfig) -> np.ndarray:
+    """Per-image IoU ``(len(truths), T)`` of one image's mask at each of ``thresholds`` (``logits`` ``(H, W)``,
+    then ``postprocess``) against each of ``truths`` (bool ``(H, W)`` tensors: its masks as drawn, or as
+    another annotator would)."""
+    rows = [[] for _ in truths]
+    for threshold in thresholds:
+        pred = predicted_mask(logits, float(threshold), postprocess)[None]
+        for row, truth in zip(rows, truths):
+            row.append(confusion_counts(pred, truth[None]))
+    return np.stack([per_image_scores(torch.cat(row))["jaccard"].numpy() for row in rows])
+
+
+def threshold_search(
+    model: torch.nn.Module,
+    split: Split,
+    settings: InferenceConfig,
+    grid=THRESHOLD_GRID,
+    batch_size: int = 32,
+    device=None,
+) -> ThresholdSearch:
+    """Run the model once over ``split`` with ``settings`` (:func:`full_resolution_logits`) and score every
+    threshold of :func:`search_grid` at each image's original resolution after ``settings``' clean-up."""
+    thresholds = search_grid(settings.threshold, grid)
+    images, quality = full_resolution_logits(model, split, settings, batch_size, device)
+    iou = np.stack(
+        [
+            threshold_ious(logits, [torch.from_numpy(split.fullres_mask(i))], thresholds, settings.postprocess)[0]
+            for i, logits in enumerate(images)
+        ]
+    )
+    stored = int(np.flatnonzero(np.isclose(thresholds, settings.threshold))[0])
+    return ThresholdSearch(list(split.ids), thresholds, iou, stored, quality.numpy())
+
+
+def best_column(iou: np.ndarray, stored: int) -> int:
+    """The column (threshold) of ``iou`` ``(N, T)`` with the highest mean; of equal means, the one nearest
+    ``stored`` (no move without a reason)."""
+    means = iou.mean(0)
+    tied = np.flatnonzero(means >= means.max() - 1e-12)
+    return int(tied[np.argmin(np.abs(tied - stored))])
+
+
+def leave_one_out(iou: np.ndarray, stored: int) -> np.ndarray:
+    """Each image's IoU ``(N,)`` at the threshold :func:`best_column` chooses on the other images."""
+    everyone = np.arange(len(iou))
+    return np.array([iou[i, best_column(iou[everyone != i], stored)] for i in everyone])
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The ``best`` column of a search, the ``held_out`` gain (leave-one-out) over the ``stored`` one, and
+    whether it is ``adopted``: a move whose held-out gain's paired 95% interval lies above 0."""
+
+    best: int
+    held_out: PairedComparison
+    adopted: bool
+
+
+def choose_threshold(iou: np.ndarray, stored: int) -> Choice:
+    """The calibration rule on per-image IoU ``iou`` ``(N, T)`` (columns: thresholds; ``stored``: the stored
+    one's): :func:`best_column`, judged by :func:`leave_one_out` (N >= 3)."""
+    best = best_column(iou, stored)
+    held_out = paired_difference(iou[:, stored], leave_one_out(iou, stored))
+    return Choice(best, held_out, best != stored and held_out.ci95[0] > 0)
+
+
+def moved_review_threshold(quality_before, quality_after, before: float | None) -> float | None:
+    """The review threshold for masks of quality ``quality_after`` (at the new threshold) that flags the share
+    of masks that ``before`` flags of ``quality_before`` (the same images at the stored threshold); ``None``
+    stays ``None``; when every mask was flagged, 1 (every mask short of perfect quality)."""
+    if before is None:
+        return None
+    share = float(needs_review(quality_before, before).mean())
+    return 1.0 if share >= 1.0 else review_threshold(quality_after, share)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The outcome: ``before`` (the stored settings), ``after`` (the settings to store: ``before`` unless
+    ``adopted``), the ``best`` threshold on these images, per-image IoU at the stored and at the best
+    threshold (``iou_before``, ``iou_best``), the ``in_sample`` gain (best against stored, on the images it was
+    chosen on) and the ``held_out`` gain (leave-one-out) whose interval decides."""
+
+    ids: list[str]
+    before: InferenceConfig
+    after: InferenceConfig
+    best: float
+    adopted: bool
+    iou_before: np.ndarray
+    iou_best: np.ndarray
+    in_sample: PairedComparison
+    held_out: PairedComparison
+    thresholds: np.ndarray
+
+    def record(self, images: Path, masks: Path | None = None) -> dict:
+        """The ``calibration`` entry stored with the calibrated model (and shown by its model card)."""
+
+        def gain(comparison: PairedComparison) -> dict:
+            return {"delta": comparison.delta, "ci95": list(comparison.ci95), "p_value": comparison.p_value}
+
+        return {
+            "images": str(Path(images).resolve()),
+            "masks": str(Path(masks).resolve()) if masks is not None else None,
+            "n": len(self.ids),
+            "ids": list(self.ids),
+            "searched": {
+                "threshold": [float(self.thresholds.min()), float(self.thresholds.max()), len(self.thresholds)]
+            },
+            "before": asdict(self.before),
+            "after": asdict(self.after),
+            "adopted": self.adopted,
+            "best_threshold": self.best,
+            "iou_before": float(self.iou_before.mean()),
+            "iou_best": float(self.iou_best.mean()),
+            "in_sample_gain": gain(self.in_sample),
+            "held_out_gain": gain(self.held_out),
+            "lesionseg_version": __version__,
+        }
+
+
+def calibrate(
+    model: torch.nn.Module,
+    split: Split,
+    settings: InferenceConfig,
+    grid=THRESHOLD_GRID,
+    batch_size: int = 32,
+    device=None,
+) -> Calibration:
+    """Choose the threshold for ``split``'s annotation style (see the module doc); ``settings``: the model's
+    stored inference settings, which stay unless the held-out gain's interval lies above 0."""
+    if len(split) < MIN_IMAGES:
+        raise ValueError(f"calibration needs at least {MIN_IMAGES} labelled images, got {len(split)}")
+    search = threshold_search(model, split, settings, grid, batch_size, device)
+    choice = choose_threshold(search.iou, search.stored)
+    iou_before = search.iou[:, search.stored]
+    candidate = replace(settings, threshold=float(search.thresholds[choice.best]))
+    if choice.best == search.stored:
+        iou_best, quality_best = iou_before, search.quality
+    else:  # the real evaluation of the candidate settings (with the zoom on, its crops follow the threshold)
+        _, table = evaluate_model(
+            model,
+            split,
+            batch_size,
+            device,
+            settings.tta,
+            settings.postprocess,
+            candidate.threshold,
+            zoom=settings.zoom_config,
+        )
+        iou_best, quality_best = table[IOU_COLUMN].to_numpy(), table[QUALITY_COLUMN].to_numpy()
+    after = settings
+    if choice.adopted:
+        review = moved_review_threshold(search.quality, quality_best, settings.review_threshold)
+        after = replace(candidate, review_threshold=review)
+    return Calibration(
+        search.ids,
+        settings,
+        after,
+        candidate.threshold,
+        choice.adopted,
+        iou_before,
+        iou_best,
+        paired_difference(iou_before, iou_best),
+        choice.held_out,
+        search.thresholds,
+    )
+
+
+def calibrated_model(checkpoint: dict, calibration: Calibration, images: Path, masks: Path | None = None) -> dict:
+    """``checkpoint`` (a model's dict, an exported ensemble too) with the settings ``calibration`` chose stored
+    as its ``inference`` (what ``predict``, ``evaluate``, the pyfunc and the ONNX export read) and the
+    ``calibration`` record; the weights are the same."""
+    return {**checkpoint, "inference": asdict(calibration.after), "calibration": calibration.record(images, masks)}
