@@ -224,6 +224,8 @@ def test_render_fills_each_region_from_the_records_through_the_comparison(record
         "| model | test (12) | cv out-of-fold (12) | external extra (8) | external extra, fold-model mean (8) |" in page
     )
     assert f"`{records.as_posix()}/a/` (`dvc exp run -n a`; " in page and "lesionseg results render" in page
+    wall = read_provenance("a", records)["wall_seconds"]
+    assert f"{wall:,.0f} s wall" in page  # the run's own time travels with its numbers
     assert render_page(page, "page.md", records) == page  # rendering is deterministic: a second pass changes nothing
     assert unrecorded_rows(page) == [page.splitlines().index("| typed | 0.8613 |") + 1]
 

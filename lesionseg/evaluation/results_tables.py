@@ -104,7 +104,10 @@ def _footnote(spec: TableSpec, results_dir: Path) -> str:
         how = f"`{facts['command']}`" if facts.get("command") else "command not recorded"
         details = [f"commit {facts['git_commit'][:7]}" if facts.get("git_commit") else None, facts.get("precision")]
         machine = facts.get("machine") or {}
-        details.append(machine.get("gpu") or machine.get("cpu"))
+        cores = f"{machine['cpu_count']} cores" if not machine.get("gpu") and machine.get("cpu_count") else None
+        details.append(", ".join(filter(None, [machine.get("gpu") or machine.get("cpu"), cores])) or None)
+        if facts.get("wall_seconds"):  # the run's own time, so no CPU or GPU time is typed into a page by hand
+            details.append(f"{facts['wall_seconds']:,.0f} s wall")
         made.append(f"`{record_path(name, results_dir).as_posix()}/` ({how}; {', '.join(d for d in details if d)})")
     what = "mean per-image" if spec.kind == "scores" else "paired change B - A of per-image"
     return f"{what} `{spec.metric}`, 95% bootstrap intervals; from {'; '.join(made)}. Regenerate: `{RENDER_COMMAND}`."
