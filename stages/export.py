@@ -18,7 +18,7 @@ from lesionseg import atomic, tracking
 from lesionseg.evaluation.experiments import read_tables
 from lesionseg.evaluation.records import parse_metrics
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
-from lesionseg.model.checkpoint import package_model, read_checkpoint
+from lesionseg.model.checkpoint import first_member, package_model, read_checkpoint
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.model import parameter_counts_by_level
 from lesionseg.model.postprocess import InferenceConfig
@@ -30,7 +30,7 @@ from stages.params import ParamError, get, load_params, repo_root
 from stages.runlog import mlflow_setup
 
 
-def review_threshold(metrics: Path, model: str) -> float | None:
+def stored_review_threshold(metrics: Path, model: str) -> float | None:
     """The review threshold the evaluate stage chose for ``model``; None (with a note) if it has none."""
     record = parse_metrics(metrics.read_text(), metrics).get(model)
     if record is None or record.review_threshold is None:
@@ -69,7 +69,7 @@ def run() -> None:
         tta=get(params, "evaluate.tta"),
         keep_largest=get(params, "evaluate.keep_largest"),
         fill_holes=get(params, "evaluate.fill_holes"),
-        review_threshold=review_threshold(args.metrics, chosen),
+        review_threshold=stored_review_threshold(args.metrics, chosen),
         zoom=get(params, "evaluate.zoom.enabled"),
         zoom_margin=get(params, "evaluate.zoom.margin"),
         zoom_max_share=get(params, "evaluate.zoom.max_share"),
@@ -109,7 +109,7 @@ def recipe_of(package: dict, frozen: Path) -> dict:
     """What made the model, as its checkpoints record it: the architecture's config, the input size, each
     training phase's config (the frozen phase's from ``frozen``, the frozen checkpoint it was tuned from), the
     precision and layout each phase's training step used, and the inference settings."""
-    member = package["members"][0] if "members" in package else package
+    member = first_member(package)
     frozen_checkpoint = read_checkpoint(frozen)
     phases = {"frozen": frozen_checkpoint.get("train_config")}
     numerics = {"frozen": frozen_checkpoint.get("numerics", {})}
@@ -157,7 +157,7 @@ def review_by_evaluation(metrics: Path, model: str) -> dict[str, dict]:
 def cv_summary(cv_metrics: Path, package: dict, model: str) -> dict | None:
     """The CV estimate of the exported model's recipe: the CV summary of its level (of the ensemble's members)."""
     summary = json.loads(cv_metrics.read_text())
-    level = package["members"][0]["unfreeze"] if "members" in package else package["unfreeze"]
+    level = first_member(package)["unfreeze"]
     name = model if model in summary else ("frozen" if level == "0" else f"finetune_{level}")
     if name not in summary:
         return None

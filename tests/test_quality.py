@@ -231,7 +231,7 @@ def test_risk_coverage_figure(tmp_path):
 
 
 def test_export_stage_takes_the_evaluate_stages_threshold(tmp_path, capsys):
-    from stages.export import review_threshold as exported_threshold
+    from stages.export import stored_review_threshold as exported_threshold
 
     metrics = tmp_path / "metrics.json"
     metrics.write_text('{"finetune_all": {"orig_jaccard": 0.8, "review_threshold": 0.61}, "frozen": {"loss": 0.3}}')

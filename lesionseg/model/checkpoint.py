@@ -65,6 +65,12 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
     atomic.torch_save(checkpoint, path)
 
 
+def first_member(package: dict) -> dict:
+    """The checkpoint of one model, or an ensemble package's first member: what describes the architecture,
+    level and training of the model (an ensemble's members share them, :func:`package_model` checks)."""
+    return package["members"][0] if "members" in package else package
+
+
 def read_checkpoint(path: Path) -> dict:
     """The checkpoint dict, validated (``weights_only=True``)."""
     path = Path(path)

@@ -13,7 +13,7 @@ import torch
 
 from lesionseg import atomic
 from lesionseg.evaluation.review import needs_review
-from lesionseg.model.checkpoint import inference_settings, load_model, load_models
+from lesionseg.model.checkpoint import first_member, inference_settings, load_model, load_models
 from lesionseg.model.postprocess import InferenceConfig, ZoomConfig, clean_mask
 from lesionseg.model.quality import mask_quality
 from lesionseg.model.zoom import composed_at_input_size, predict_two_pass
@@ -49,7 +49,7 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path, metadata: 
             dynamo=False,
         )
         settings = asdict(inference_settings(checkpoint))
-        model_config = (checkpoint["members"][0] if "members" in checkpoint else checkpoint)["model_config"]
+        model_config = first_member(checkpoint)["model_config"]
         _add_metadata(
             tmp,
             {
