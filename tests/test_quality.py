@@ -48,30 +48,12 @@ def test_certain_masks_score_high_and_ambiguous_low():
     assert q[1] == pytest.approx(1 - 4 * 64 / (30 * 32))
 
 
-def test_members_disagreeing_lower_the_score():
-    p = square(0.99)
-    agree = torch.stack([p, p])
-    flipped = p.clone()
-    flipped[..., 16:24, 16:48] = 0.2  # one member misses 8 rows of the lesion (its mean 0.595 stays uncertain)
-    disagree = torch.stack([p, flipped])
-    mean = disagree.mean(0)
-    assert mask_quality(p, members=agree) == 1.0
-    assert mask_quality(mean, members=disagree) < mask_quality(p)
-    # Disagreement counts even where the mean is clear of the threshold's margin.
-    sure = square(0.95)
-    members = torch.stack([sure, sure, sure, sure.where(sure < 0.5, torch.tensor(0.45))])
-    assert members.mean(0)[0, 0, 20, 20] > 0.8
-    assert mask_quality(members.mean(0), members=members) < 0.5
-
-
 def test_quality_range_and_bad_shapes():
     torch.manual_seed(0)
     q = mask_quality(torch.rand(5, 1, 16, 16))
     assert q.shape == (5,) and bool(((q >= 0) & (q <= 1)).all())
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         mask_quality(torch.rand(5, 16, 16))
-    with pytest.raises(ValueError, match="members"):
-        mask_quality(torch.rand(5, 1, 16, 16), members=torch.rand(2, 4, 1, 16, 16))
     with pytest.raises(ValueError, match="margin"):
         mask_quality(torch.rand(1, 1, 4, 4), threshold=1.0)
     with pytest.raises(ValueError, match="margin"):

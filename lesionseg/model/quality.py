@@ -3,8 +3,9 @@
 A mask is likely right when the network is sure of nearly every pixel: its
 probability field is close to 0 or 1 everywhere except a thin band along the
 boundary. A mask is likely wrong when a large part of the predicted lesion is
-neither clearly lesion nor clearly skin, or when the flip-TTA (or ensemble)
-members disagree on which side of the threshold a pixel lies.
+neither clearly lesion nor clearly skin. (Members' disagreement, flip-TTA passes
+or ensemble models on both sides of the threshold, was measured as a further
+signal and added nothing: docs/predict.md, "Which masks to check".)
 
 :func:`mask_quality` is the one definition: ``lesionseg predict``, evaluation
 (per-image tables), the cross-validation out-of-fold tables and the MLflow
@@ -27,16 +28,13 @@ def mask_quality(
     probabilities: torch.Tensor,
     threshold: float = 0.5,
     margin: float = UNCERTAIN_MARGIN,
-    members: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Quality of each predicted mask in ``[0, 1]``, higher = more likely right; float32 ``(N,)``.
 
     ``probabilities``: lesion probabilities ``(N, 1, H, W)`` (after TTA averaging, if any), the mask being
-    ``probabilities > threshold``. ``members``: optionally the members' probabilities ``(M, N, 1, H, W)``
-    (flip-TTA passes or ensemble models) whose mean is ``probabilities``.
+    ``probabilities > threshold``.
 
-    A pixel is *uncertain* when its probability lies less than ``margin`` from ``threshold``, or (with
-    ``members``) when the members fall on both sides of ``threshold``. The score is
+    A pixel is *uncertain* when its probability lies less than ``margin`` from ``threshold``. The score is
     ``1 - uncertain / predicted area``, clipped to ``[0, 1]``: 1 for a mask every pixel of which is clear, 0
     when the uncertain pixels are as many as the predicted lesion's, and 0 for an empty mask (every image
     shows a lesion, so nothing found is a failure).
@@ -47,13 +45,6 @@ def mask_quality(
         raise ValueError(f"need a threshold in (0, 1) and a margin > 0, got threshold {threshold}, margin {margin}")
     p = probabilities.float()
     uncertain = (p - threshold).abs() < margin
-    if members is not None:
-        if members.ndim != 5 or members.shape[1:] != probabilities.shape:
-            raise ValueError(
-                f"expected members (M, {', '.join(map(str, probabilities.shape))}), got {tuple(members.shape)}"
-            )
-        above = members.float() > threshold
-        uncertain |= above.any(0) & ~above.all(0)
     area = (p > threshold).flatten(1).sum(1).float()
     share = uncertain.flatten(1).sum(1).float() / area.clamp(min=1)
     return torch.where(area > 0, (1 - share).clamp(0, 1), torch.zeros_like(area))

@@ -144,7 +144,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def mask_quality(probabilities: np.ndarray, threshold: float = 0.5, margin: float = UNCERTAIN_MARGIN) -> float:
     """numpy version of :func:`lesionseg.model.quality.mask_quality` (the definition) for one probability map
-    ``(H, W)`` as ``predict`` computes it (no members): ``1 - uncertain / predicted area``, clipped to [0, 1],
+    ``(H, W)`` as ``predict`` computes it: ``1 - uncertain / predicted area``, clipped to [0, 1],
     where a pixel is uncertain when its probability lies less than ``margin`` from ``threshold``; 0 for an
     empty mask."""
     area = int((probabilities > threshold).sum())
