@@ -230,6 +230,19 @@ def test_render_fills_each_region_from_the_records_through_the_comparison(record
     assert unrecorded_rows(page) == [page.splitlines().index("| typed | 0.8613 |") + 1]
 
 
+def test_review_table_reads_the_review_scores_of_each_evaluation(records):
+    metrics_path = records / "b" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    review = {"review_auroc": 0.9123, "review_caught": 0.8, "review_flagged": 0.25, "review_accepted_jaccard": 0.81}
+    metrics["finetune_all"].update(review)
+    metrics["finetune_all"]["external"]["extra"].update({**review, "review_auroc": 0.7})
+    metrics_path.write_text(json.dumps(metrics))
+    table = render_table(TableSpec.parse("review b models=finetune_all", "p.md:1"), records)
+    assert "| test | finetune_all | 12 | 0.7000 | 0.912 | 80% | 25% | 0.8100 |" in table
+    assert "| external extra | finetune_all | 8 | 0.6000 | 0.700 | 80% | 25% | 0.8100 |" in table
+    assert "frozen" not in table.split("\n\n")[0]  # models= keeps the one asked for
+
+
 def test_render_errors_name_the_page_and_the_record(records, tmp_path, capsys):
     waiting = render_table(TableSpec.parse("scores missing", "p.md:1"), records)
     assert "No record" in waiting and "results save <exp> --name missing" in waiting

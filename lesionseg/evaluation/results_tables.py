@@ -15,6 +15,9 @@ Kinds (options after the records, ``key=value``; ``metric`` defaults to ``orig_j
 - ``change A B``: the paired change B - A of every model on every evaluation both records have, as
   ``lesionseg compare results/A results/B --md`` prints it (:func:`~lesionseg.evaluation.experiments.compare_runs`);
   ``models=a,b`` keeps those models.
+- ``review RECORD``: per model and evaluation (test split, each external set), how well the review flag
+  separates failed masks (IoU < 0.7) from the rest at the exported threshold: the evaluate stage's
+  ``review_*`` scores in the record's ``metrics.json``; ``models=a,b`` keeps those models.
 
 Under each table: the records it was rendered from, each with the command that made it; a region whose
 record is not committed yet renders as a line saying so (:func:`missing_records` lists them). A Markdown table
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from lesionseg.evaluation.compare import DEFAULT_METRIC, format_markdown
 from lesionseg.evaluation.experiments import compare_runs, read_run
+from lesionseg.evaluation.records import parse_metrics
 from lesionseg.evaluation.results_record import RESULTS_DIR, read_provenance, record_path
 from lesionseg.evaluation.stats import mean_interval
 
@@ -40,7 +44,7 @@ RENDER_COMMAND = "lesionseg results render"
 # A score as the tables print them: four decimals, optionally signed (a change); not a time or a count.
 SCORE = re.compile(r"(?<![\w.])[+-]?0\.\d{4}(?![\d])")
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
-KINDS = {"scores": 1, "change": 2}  # kind -> number of records it names
+KINDS = {"scores": 1, "change": 2, "review": 1}  # kind -> number of records it names
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,27 @@ def change_table(a: str, b: str, metric: str, models: list[str] | None, results_
     return format_markdown(compare_runs(*runs, metric, models).results, labels=(a, b))
 
 
+def review_table(record: str, models: list[str] | None, results_dir: Path) -> str:
+    """Per model and evaluation: masks, mean IoU, and the review flag's AUROC for IoU < 0.7, share of failures
+    caught, share flagged and mean IoU of the masks not flagged (``metrics.json``'s ``review_*``)."""
+    path = record_path(record, results_dir) / "metrics.json"
+    records = parse_metrics(path.read_text(encoding="utf-8"), path)
+    test_tables = read_run(str(record_path(record, results_dir))).tables["test"]
+    head = ["evaluation", "model", "masks", "mean IoU", "AUROC (IoU < 0.7)", "failures caught", "flagged"]
+    rows = [f"| {' | '.join(head)} | IoU of accepted masks |", "|---|---|--:|--:|--:|--:|--:|--:|"]
+    for name in models or list(records):
+        scored = [("test", len(test_tables[name]) if name in test_tables else None, records[name].test)]
+        scored += [(f"external {s}", v.get("n"), v) for s, v in records[name].external.items()]
+        for evaluation, n, scores in scored:
+            if "review_auroc" not in scores:
+                continue
+            cells = [evaluation, name, f"{n}", f"{scores['orig_jaccard']:.4f}", f"{scores['review_auroc']:.3f}"]
+            cells += [f"{scores['review_caught']:.0%}", f"{scores['review_flagged']:.0%}"]
+            cells.append(f"{scores['review_accepted_jaccard']:.4f}")
+            rows.append(f"| {' | '.join(cells)} |")
+    return "\n".join(rows)
+
+
 def _footnote(spec: TableSpec, results_dir: Path) -> str:
     made = []
     for name in spec.records:
@@ -109,8 +134,12 @@ def _footnote(spec: TableSpec, results_dir: Path) -> str:
         if facts.get("wall_seconds"):  # the run's own time, so no CPU or GPU time is typed into a page by hand
             details.append(f"{facts['wall_seconds']:,.0f} s wall")
         made.append(f"`{record_path(name, results_dir).as_posix()}/` ({how}; {', '.join(d for d in details if d)})")
-    what = "mean per-image" if spec.kind == "scores" else "paired change B - A of per-image"
-    return f"{what} `{spec.metric}`, 95% bootstrap intervals; from {'; '.join(made)}. Regenerate: `{RENDER_COMMAND}`."
+    what = {
+        "scores": f"mean per-image `{spec.metric}`, 95% bootstrap intervals",
+        "change": f"paired change B - A of per-image `{spec.metric}`, 95% bootstrap intervals",
+        "review": "the review flag at each model's stored review threshold (failure: IoU < 0.7)",
+    }[spec.kind]
+    return f"{what}; from {'; '.join(made)}. Regenerate: `{RENDER_COMMAND}`."
 
 
 def render_table(spec: TableSpec, results_dir: Path = RESULTS_DIR) -> str:
@@ -124,6 +153,8 @@ def render_table(spec: TableSpec, results_dir: Path = RESULTS_DIR) -> str:
         )
     if spec.kind == "scores":
         table = scores_table(spec.records[0], spec.metric, spec.models, results_dir)
+    elif spec.kind == "review":
+        table = review_table(spec.records[0], spec.models, results_dir)
     else:
         table = change_table(*spec.records, spec.metric, spec.models, results_dir)
     return f"{table}\n\n{_footnote(spec, results_dir)}\n"
