@@ -11,6 +11,11 @@ its scores under the model's ``external.<set>`` key, per-image tables in
 validation-split masks (the ensemble's: of its member model's out-of-fold masks, from ``cv_score``); every
 split's review metrics (``review_*``) and the tables' ``review`` column are at that threshold.
 
+An external set named in ``evaluate.calibrate`` (set -> image count) calibrates: that many of its images, drawn
+with ``evaluate.calibrate_seed``, choose the settings (:func:`~lesionseg.evaluation.calibrate.calibrate`, from
+each model's evaluation settings) and are never scored; the other images are scored as trained (``<set>``) and
+as calibrated (``<set>_calibrated``), paired on the same images (``cv_score`` scores the whole set as trained).
+
 MLflow: each model's test scores go to its run under this execution's parent
 run as ``test_<metric>`` (validation-split scores as ``evaluate_val_<metric>``,
 an external set's as ``<set>_<metric>``); the metrics file and per-image
@@ -19,23 +24,32 @@ tables go to the parent run.
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 
 from lesionseg import atomic, tracking
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.evaluate import TEST_TABLE, add_review, evaluate_checkpoint, evaluate_with_external
+from lesionseg.evaluation.calibrate import CalibrationDraw, calibrated_external
+from lesionseg.evaluation.evaluate import (
+    CALIBRATED_SUFFIX,
+    EXTERNAL_KEY,
+    TEST_TABLE,
+    add_review,
+    evaluate_checkpoint,
+    evaluate_with_external,
+)
 from lesionseg.evaluation.records import ModelMetrics, metrics_json
 from lesionseg.evaluation.selection import pipeline_checkpoints
-from lesionseg.model.checkpoint import load_models
+from lesionseg.model.checkpoint import load_model, load_models
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.inference import select_device
 from lesionseg.model.model import count_parameters
-from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig
+from lesionseg.model.postprocess import InferenceConfig, PostprocessConfig, ZoomConfig
 from stages.external_sets import load_external_sets
 from stages.launch import main, work
-from stages.params import build, get, load_params
+from stages.params import ParamError, build, get, load_params
 from stages.runlog import mlflow_setup, run_tags
 
 HEADLINE = ("orig_jaccard", "orig_dice")  # also logged on the parent run, to compare executions
@@ -47,6 +61,45 @@ def write_tables(per_image_dir: Path, model: str, tables: dict) -> None:
         path = per_image_dir / (f"{model}.csv" if split_name == TEST_TABLE else f"{split_name}/{model}.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_text(path, table.to_csv(index=False, float_format="%.6f"))
+
+
+def calibration_draws(params: dict, external: dict) -> dict[str, CalibrationDraw]:
+    """``evaluate.calibrate`` (set -> image count) and ``evaluate.calibrate_seed`` checked against the prepared
+    ``external`` sets: set -> its draw."""
+    value, seed = get(params, "evaluate.calibrate") or {}, get(params, "evaluate.calibrate_seed")
+    if not isinstance(value, dict):
+        raise ParamError("params.yaml: evaluate.calibrate must map an external set's name to an image count")
+    if type(seed) is not int:
+        raise ParamError(f"params.yaml: evaluate.calibrate_seed must be an integer, got {seed!r}")
+    draws = {}
+    for name, images in value.items():
+        key = f"params.yaml: evaluate.calibrate.{name}"
+        if name not in external:
+            raise ParamError(f"{key}: no such set in evaluate.external")
+        if name + CALIBRATED_SUFFIX in external:
+            raise ParamError(f"{key}: its calibrated scores would be named like the set {name + CALIBRATED_SUFFIX}")
+        if type(images) is not int or not 0 < images < len(external[name]):
+            raise ParamError(f"{key} must be an image count below the set's {len(external[name])}, got {images!r}")
+        try:
+            draws[name] = CalibrationDraw(images, seed)
+        except ValueError as exc:
+            raise ParamError(f"{key}: {exc}") from exc
+    return draws
+
+
+def score_calibrated(
+    model, metrics: dict, tables: dict, external: dict, draws: dict, settings: InferenceConfig, batch_size: int, device
+) -> None:
+    """In place: each set of ``draws`` scored on its held-out images as trained and as calibrated
+    (:func:`~lesionseg.evaluation.calibrate.calibrated_external`), in ``evaluate.external``'s order."""
+    scored = dict(metrics.get(EXTERNAL_KEY, {}))
+    for name, draw in draws.items():
+        set_metrics, set_tables = calibrated_external(model, name, external[name], draw, settings, batch_size, device)
+        scored.update(set_metrics)
+        tables.update(set_tables)
+    if scored:
+        order = [key for name in external for key in (name, name + CALIBRATED_SUFFIX)]
+        metrics[EXTERNAL_KEY] = {key: scored[key] for key in order if key in scored}
 
 
 def run() -> None:
@@ -71,6 +124,16 @@ def run() -> None:
     test, val = Split.load(args.data / "test.pt"), Split.load(args.data / "val.pt")
     ensemble = json.loads(args.cv_ensemble.read_text())
     external = load_external_sets(params, args.external)
+    draws = calibration_draws(params, external)
+    as_trained = {name: split for name, split in external.items() if name not in draws}  # scored whole
+    settings = InferenceConfig(  # the evaluation settings, from which calibration starts
+        tta=tta,
+        keep_largest=postprocess.keep_largest,
+        fill_holes=postprocess.fill_holes,
+        zoom=zoom.enabled,
+        zoom_margin=zoom.margin,
+        zoom_max_share=zoom.max_share,
+    )
     parent = mlflow_setup(params)
 
     all_metrics, trained_in = {}, {}
@@ -85,10 +148,14 @@ def run() -> None:
                     tta,
                     postprocess,
                     val_split=val,
-                    external=external,
+                    external=as_trained,
                     review_fraction=review_fraction,
                     zoom=zoom,
                 )
+                if draws:
+                    model = load_model(path)[0].to(device)
+                    own = replace(settings, review_threshold=metrics.get("review_threshold"))
+                    score_calibrated(model, metrics, tables, external, draws, own, batch_size, device)
                 all_metrics[name] = ModelMetrics.from_json(metrics, name)
                 trained_in[name] = checkpoint["extra"].get("mlflow_run_id")
                 write_tables(per_image_dir, name, tables)
@@ -96,9 +163,11 @@ def run() -> None:
                 model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
                 model.to(device)
                 metrics, tables = evaluate_with_external(
-                    model, test, external, batch_size, device, tta, postprocess, zoom
+                    model, test, as_trained, batch_size, device, tta, postprocess, zoom
                 )
                 add_review(metrics, tables, ensemble.get("review_threshold"))
+                own = replace(settings, review_threshold=ensemble.get("review_threshold"))
+                score_calibrated(model, metrics, tables, external, draws, own, batch_size, device)
                 if ensemble.get("review_threshold") is not None:
                     metrics["review_threshold"] = ensemble["review_threshold"]
                 metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
@@ -117,6 +186,8 @@ def run() -> None:
         with tracking.start_run("", {}, run_id=parent):
             mlflow.log_params({"evaluate.test_images": len(test), "evaluate.val_images": len(val)})
             mlflow.log_params({f"evaluate.{set_name}_images": len(split) for set_name, split in external.items()})
+            mlflow.log_params({f"evaluate.{name}_calibration_images": draw.images for name, draw in draws.items()})
+            mlflow.log_params({"evaluate.calibrate_seed": get(params, "evaluate.calibrate_seed")} if draws else {})
             for name, record in all_metrics.items():
                 tracking.log_flat(f"{name}.test_", {k: record.test[k] for k in HEADLINE})
                 for set_name, set_scores in record.external.items():

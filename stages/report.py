@@ -8,6 +8,7 @@ import mlflow
 from lesionseg import tracking
 from lesionseg.data.cache import Split
 from lesionseg.evaluation import report
+from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX
 from lesionseg.evaluation.experiments import read_tables
 from lesionseg.evaluation.records import parse_metrics
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
@@ -37,6 +38,7 @@ def run() -> None:
     chosen = choose_model(checkpoints, get(params, "report.model"))
     model, _ = load_model(checkpoints[chosen])
     external = load_external_sets(params, args.external)
+    scored = [*external, *(name + CALIBRATED_SUFFIX for name in get(params, "evaluate.calibrate") or {})]
     with work():
         report.write_report(
             model,
@@ -49,7 +51,7 @@ def run() -> None:
             samples=get(params, "report.samples"),
             per_image=read_tables(args.per_image),
             external=external,
-            external_per_image={name: read_tables(args.per_image / name) for name in external},
+            external_per_image={name: read_tables(args.per_image / name) for name in scored},
         )
 
     parent = mlflow_setup(params)

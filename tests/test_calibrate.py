@@ -14,13 +14,18 @@ from lesionseg.cli import main as cli_main
 from lesionseg.data.external import ExternalSet, prepare_external
 from lesionseg.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from lesionseg.evaluation.calibrate import (
+    CalibrationDraw,
     best_column,
     calibrate,
+    calibrated_external,
+    draw_calibration,
     leave_one_out,
     moved_review_threshold,
     threshold_search,
 )
 from lesionseg.evaluation.evaluate import evaluate_model
+from lesionseg.evaluation.records import ModelMetrics
+from lesionseg.evaluation.report import CALIBRATION_COLUMN, comparison_table
 from lesionseg.evaluation.review import needs_review
 from lesionseg.model.checkpoint import inference_settings, make_checkpoint, read_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
@@ -251,3 +256,28 @@ def test_bad_input_names_the_file_and_writes_nothing(tmp_path, checkpoint, capsy
     assert err[-1].startswith("lesionseg calibrate: ") and message in err[-1]
     assert str(card if problem == "bad card" else folder) in err[-1]
     assert out.read_bytes() == b"an earlier file" and not (tmp_path / "calibrated_card.md").exists()
+
+
+def test_the_pipeline_scores_a_set_as_trained_and_calibrated_on_its_other_images(tmp_path, model):
+    """``evaluate.calibrate.clinic: 6``: six images drawn with the seed calibrate, the other six alone are scored,
+    as trained and as calibrated (paired on the same images); the comparison table shows the paired change."""
+    split = clinic(tmp_path / "clinic", list(range(50, 62)), -2)
+    draw = CalibrationDraw(6, seed=3)
+    chosen, held_out = draw_calibration(split, draw)
+    again, _ = draw_calibration(split, draw)
+    assert chosen.ids == again.ids and chosen.ids != draw_calibration(split, CalibrationDraw(6, seed=4))[0].ids
+    assert sorted(chosen.ids + held_out.ids) == sorted(split.ids) and len(held_out) == 6
+    metrics, tables = calibrated_external(model, "clinic", split, draw, STORED)
+    assert list(metrics) == list(tables) == ["clinic", "clinic_calibrated"]
+    for table in tables.values():  # no calibration image is scored; both settings on the same images
+        assert list(table["id"]) == held_out.ids and not set(table["id"]) & set(chosen.ids)
+    trained, calibrated = metrics["clinic"], metrics["clinic_calibrated"]
+    assert trained["n"] == calibrated["n"] == 6 and calibrated["calibration_images"] == 6
+    assert calibrated["adopted"] == 1 and calibrated["threshold"] > STORED.threshold  # the tight annotator's
+    assert calibrated["orig_jaccard"] > trained["orig_jaccard"] + 0.02 and "review_flagged" in calibrated
+    # The calibrated model is what `lesionseg calibrate` on those six images writes.
+    assert calibrate(model, chosen, STORED).after.threshold == calibrated["threshold"]
+    record = ModelMetrics(test={"orig_jaccard": 0.8}, external=metrics)
+    table = comparison_table({"m": record}, {"m": tables["clinic"]}, {k: {"m": t} for k, t in tables.items()})
+    change = table[f"clinic_calibrated {CALIBRATION_COLUMN}"][0]
+    assert float(change.split()[0]) == pytest.approx(calibrated["orig_jaccard"] - trained["orig_jaccard"], abs=6e-4)

@@ -20,7 +20,7 @@ REFERENCE = load_recipe(REPO / "recipes" / "reference.yaml")
 NOT_RECIPE = ("download.", "data.", "runtime.", "cv.", "report.", "export.", "mlflow.")
 NOT_RECIPE_KEYS = {
     "train.encoder_weights", "train.seed", "finetune.seed", "evaluate.batch_size", "evaluate.external",
-    "evaluate.mask_suffix", "evaluate.review_fraction",
+    "evaluate.mask_suffix", "evaluate.review_fraction", "evaluate.calibrate", "evaluate.calibrate_seed",
 }  # fmt: skip
 RECIPE_KEYS = {"data.size"} | {k for k in PARAMS if not k.startswith(NOT_RECIPE) and k not in NOT_RECIPE_KEYS}
 

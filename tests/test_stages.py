@@ -86,6 +86,35 @@ def test_bad_unfreeze_levels(value):
         unfreeze_levels(value)
 
 
+def test_calibrate_params_are_checked_against_the_external_sets(tmp_path):
+    from lesionseg.data.external import ExternalSet, prepare_external
+    from lesionseg.evaluation.calibrate import CalibrationDraw
+    from stages.evaluate import calibration_draws  # imports MLflow: only here
+
+    sets = {"clinic": prepare_external(ExternalSet("clinic", make_external_set(tmp_path / "c", n=5)), 32)[0]}
+
+    def draws(calibrate, seed=0, external=sets):
+        params = with_value("evaluate.calibrate", calibrate)
+        params["evaluate"]["calibrate_seed"] = seed
+        return calibration_draws(params, external)
+
+    assert draws({"clinic": 3}, seed=7) == {"clinic": CalibrationDraw(3, 7)} and draws({}) == {}
+    assert calibration_draws(PARAMS, sets) == {}  # none by default
+    for value, message in [
+        ({"other": 3}, "evaluate.calibrate.other: no such set"),
+        ({"clinic": 5}, "evaluate.calibrate.clinic must be an image count below the set's 5"),
+        ({"clinic": 2}, "images must be at least 3"),
+        ({"clinic": "3"}, "must be an image count"),
+        ([3], "must map an external set's name"),
+    ]:
+        with pytest.raises(ParamError, match=message):
+            draws(value)
+    with pytest.raises(ParamError, match="named like the set clinic_calibrated"):
+        draws({"clinic": 3}, external={**sets, "clinic_calibrated": sets["clinic"]})
+    with pytest.raises(ParamError, match="calibrate_seed must be an integer"):
+        draws({"clinic": 3}, seed=None)
+
+
 def test_stage_with_bad_param_fails_at_start_naming_the_key(tmp_path):
     project = params_project(tmp_path / "project", data__size=-5)
     result = run_stage(project, "prepare", "--raw", "raw", "--out", "prepared", check=False)

@@ -21,6 +21,10 @@ the chosen threshold's in-sample scores come from a second, real evaluation of t
 The review threshold moves with the settings, since a mask's quality is measured against the threshold
 (:func:`~lesionseg.model.quality.mask_quality`): it becomes the quality quantile that flags, at the new
 threshold, the share of these images' masks that the stored review threshold flagged at the stored one.
+
+In the pipeline (:func:`calibrated_external`) a few images of an external set, drawn with a seed, calibrate and
+only the others are scored, once with the stored settings and once with the calibrated ones: the two scores are
+paired on the same held-out images, and no calibration image is ever scored.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from lesionseg import __version__
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.evaluate import evaluate_model, predicted_mask
+from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX, TEST_TABLE, add_review, evaluate_model, predicted_mask
 from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, needs_review, review_threshold
 from lesionseg.evaluation.stats import PairedComparison, paired_difference
 from lesionseg.metrics import confusion_counts, per_image_scores
@@ -252,3 +257,62 @@ def calibrated_model(checkpoint: dict, calibration: Calibration, images: Path, m
     as its ``inference`` (what ``predict``, ``evaluate``, the pyfunc and the ONNX export read) and the
     ``calibration`` record; the weights are the same."""
     return {**checkpoint, "inference": asdict(calibration.after), "calibration": calibration.record(images, masks)}
+
+
+@dataclass(frozen=True)
+class CalibrationDraw:
+    """How many of an external set's ``images`` calibrate, drawn at random with ``seed``; the rest are scored."""
+
+    images: int
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.images < MIN_IMAGES:
+            raise ValueError(f"images must be at least {MIN_IMAGES} (calibration's minimum), got {self.images!r}")
+
+
+def draw_calibration(split: Split, draw: CalibrationDraw) -> tuple[Split, Split]:
+    """``(calibration images, held-out images)`` of ``split``: ``draw.images`` drawn with ``draw.seed``, the
+    rest; each part in ``split``'s order. At least one image must be left to score."""
+    if draw.images >= len(split):
+        raise ValueError(f"{draw.images} calibration images leave none to score of the set's {len(split)}")
+    chosen = np.random.default_rng(draw.seed).permutation(len(split))[: draw.images]
+    calibration = np.isin(np.arange(len(split)), chosen)
+    return split.subset(np.flatnonzero(calibration)), split.subset(np.flatnonzero(~calibration))
+
+
+def calibrated_external(
+    model: torch.nn.Module,
+    name: str,
+    split: Split,
+    draw: CalibrationDraw,
+    settings: InferenceConfig,
+    batch_size: int = 32,
+    device=None,
+) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
+    """External set ``name`` scored as trained and as calibrated on a few of its own images: :func:`calibrate`
+    on the images of :func:`draw_calibration` with the model's ``settings``, then the held-out images alone
+    scored with ``settings`` (under ``name``) and with the calibrated settings (under ``name`` +
+    :data:`~lesionseg.evaluation.evaluate.CALIBRATED_SUFFIX`), each with its review metrics at its own review
+    threshold. Returns ``(metrics, per-image tables)`` keyed by those two names, as
+    :func:`~lesionseg.evaluation.evaluate.evaluate_external` returns them (``n``: held-out images); the
+    calibrated entry also holds ``calibration_images``, the ``threshold`` used and whether calibration
+    ``adopted`` it (1; 0: the guard kept the stored settings)."""
+    calibration_part, held_out = draw_calibration(split, draw)
+    calibration = calibrate(model, calibration_part, settings, batch_size=batch_size, device=device)
+    facts = {
+        name: {},
+        name + CALIBRATED_SUFFIX: {
+            "calibration_images": len(calibration_part),
+            "threshold": calibration.after.threshold,
+            "adopted": int(calibration.adopted),
+        },
+    }
+    metrics, tables = {}, {}
+    for key, used in zip(facts, (settings, calibration.after)):
+        scores, table = evaluate_model(
+            model, held_out, batch_size, device, used.tta, used.postprocess, used.threshold, used.zoom_config
+        )
+        add_review(scores, {TEST_TABLE: table}, used.review_threshold)
+        metrics[key], tables[key] = {"n": len(held_out), **facts[key], **scores}, table
+    return metrics, tables

@@ -31,6 +31,8 @@ from lesionseg.training.losses import DiceBCELoss
 ORIGINAL_PREFIX = "orig_"
 VALIDATION_PREFIX = "val_"
 EXTERNAL_KEY = "external"  # a model's metrics.json entry: external set name -> its scores
+# An external set's entry (and per-image folder) as calibrated on a few of its images (calibrate.calibrated_external)
+CALIBRATED_SUFFIX = "_calibrated"
 TEST_TABLE = "test"
 ZOOMED_COLUMN = "zoomed"  # per-image table, with the zoom on: whether the image got the second pass
 

@@ -16,6 +16,7 @@ from lesionseg import atomic  # noqa: E402
 from lesionseg.data.cache import Split  # noqa: E402
 from lesionseg.evaluation.compare import NO_CHANGE, paired_change, verdict  # noqa: E402
 from lesionseg.evaluation.drawing import error_map, overlay  # noqa: E402
+from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX  # noqa: E402
 from lesionseg.evaluation.records import ModelMetrics  # noqa: E402
 from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, REVIEW_COLUMN, risk_coverage  # noqa: E402
 from lesionseg.evaluation.stats import IndependentComparison, format_change, independent_difference  # noqa: E402
@@ -36,6 +37,7 @@ COMPARISON_COLUMNS = {
 
 CHANGE_COLUMN = "IoU change vs frozen [95% CI]"
 DROP_COLUMN = "IoU change vs test [95% CI]"
+CALIBRATION_COLUMN = "IoU change vs as trained [95% CI]"  # a calibrated set's, paired on its held-out images
 WORST_CASES = 8
 BASELINE_MODEL = "frozen"
 
@@ -53,7 +55,9 @@ def comparison_table(
     change of per-image IoU against the frozen model (see :mod:`lesionseg.evaluation.stats`).
     Every external set in a model's metrics adds a column of its IoU and,
     with ``external_per_image`` (set -> model -> table), one of the drop from
-    the test split's IoU with its 95% interval (independent samples).
+    the test split's IoU with its 95% interval (independent samples). A set calibrated on a few of its images
+    (``<set>_calibrated``) adds, with both sets' tables, the paired change from ``<set>`` (the same held-out
+    images as trained).
     """
     rows = [
         {"model": name, "lr": _known(m.lr), **m.test, **{f"params_{k}": v for k, v in m.params.items()}}
@@ -73,6 +77,14 @@ def comparison_table(
         if per_image and tables:
             table[f"{set_name} {DROP_COLUMN}"] = [
                 format_change(drop(per_image[m], tables[m])) if m in per_image and m in tables else "" for m in metrics
+            ]
+        as_trained = (external_per_image or {}).get(set_name.removesuffix(CALIBRATED_SUFFIX), {})
+        if set_name.endswith(CALIBRATED_SUFFIX) and tables and as_trained:
+            table[f"{set_name} {CALIBRATION_COLUMN}"] = [
+                format_change(paired_change(as_trained[m], tables[m], "orig_jaccard", f"{m} on {set_name}"))
+                if m in as_trained and m in tables
+                else ""
+                for m in metrics
             ]
     return table
 
