@@ -93,7 +93,7 @@ def test_a_changed_library_function_makes_dvc_rerun_the_stages_that_load_it(pipe
     lesionseg/metrics.py, which picks each phase's best epoch, is a changed dependency of the training
     stages, so `dvc repro` cannot keep checkpoints made by the old code; undone, the pipeline is up to date."""
     project, env, _ = pipeline
-    metrics_py = project / "lesionseg" / "evaluation" / "metrics.py"
+    metrics_py = project / "lesionseg" / "metrics.py"
     original = metrics_py.read_text()
     try:
         metrics_py.write_text(original.replace("def summarize(", "def summarize(  # changed\n", 1))
