@@ -6,11 +6,12 @@
   with cross-validation off, no other children;
 - with ``--cv-pairs N``: ``reports/cv/metrics.json`` has every trained model (not the ensemble),
   each scored out of fold on N pairs in ``cv.folds`` folds;
-- with ``--external SET N``: every model has the external set's scores on N images in
+- with ``--external SET N`` (repeatable): every model has the external set's scores on N images in
   ``reports/metrics.json``, per-image tables in ``reports/per_image/SET/``, and the same IoU on its
-  MLflow run (``SET_orig_jaccard``).
+  MLflow run (``SET_orig_jaccard``). A set calibrated in the pipeline (``evaluate.calibrate``) is two
+  such sets on the same held-out images: ``SET`` as trained and ``SET_calibrated``.
 
-Usage: python scripts/check_ci_run.py NAME [--models M ...] [--cv-pairs N] [--external SET N]
+Usage: python scripts/check_ci_run.py NAME [--models M ...] [--cv-pairs N] [--external SET N ...]
 """
 
 import argparse
@@ -25,7 +26,7 @@ import yaml
 ENSEMBLE = "cv_ensemble"  # lesionseg.model.ensemble.ENSEMBLE_NAME; not imported: that would import torch
 
 
-def check(name: str, models: list[str] | None, cv_pairs: int | None, external=None) -> list[str]:
+def check(name: str, models: list[str] | None, cv_pairs: int | None, externals=()) -> list[str]:
     problems = []
     params = yaml.safe_load(Path("params.yaml").read_text())
     metrics = json.loads(Path("reports/metrics.json").read_text())
@@ -60,8 +61,8 @@ def check(name: str, models: list[str] | None, cv_pairs: int | None, external=No
         for model, values in cv.items():
             if values.get("n") != cv_pairs or values.get("folds") != folds:
                 problems.append(f"reports/cv/metrics.json: {model} n={values.get('n')} folds={values.get('folds')}")
-    if external:
-        set_name, n = external[0], int(external[1])
+    for set_name, n in externals:
+        n = int(n)
         logged_set = dict(zip(children["tags.mlflow.runName"], children.get(f"metrics.{set_name}_orig_jaccard", [])))
         for model, values in metrics.items():
             scores = values.get("external", {}).get(set_name, {})
@@ -79,7 +80,8 @@ def main() -> int:
     parser.add_argument("name", help="the DVC experiment (and MLflow parent run) name")
     parser.add_argument("--models", nargs="+", help="expected models of reports/metrics.json, in order")
     parser.add_argument("--cv-pairs", type=int, help="expected out-of-fold pairs per model (cv.folds > 0)")
-    parser.add_argument("--external", nargs=2, metavar=("SET", "N"), help="an external set and its image count")
+    external_help = "an external set and its image count (repeatable)"
+    parser.add_argument("--external", nargs=2, action="append", default=[], metavar=("SET", "N"), help=external_help)
     args = parser.parse_args()
     problems = check(args.name, args.models, args.cv_pairs, args.external)
     for problem in problems:
