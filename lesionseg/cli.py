@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -29,15 +28,14 @@ def cmd_summary(args) -> int:
 def _load_for_inference(args):
     """The model of ``--checkpoint`` on ``--device``, its checkpoint dict, and its stored inference
     settings with the command line's overrides."""
-    from lesionseg.model.checkpoint import inference_settings, load_models
+    from lesionseg.model.checkpoint import load_models, stored_settings
     from lesionseg.model.inference import select_device
+    from lesionseg.model.settings import OVERRIDABLE
 
     device = select_device(args.device)
     model, checkpoint = load_models(args.checkpoint)
     model.to(device)
-    flags = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom")
-    chosen = {k: getattr(args, k, None) for k in flags}
-    settings = dataclasses.replace(inference_settings(checkpoint), **{k: v for k, v in chosen.items() if v is not None})
+    settings = stored_settings(checkpoint).override({k: getattr(args, k, None) for k in OVERRIDABLE})
     return model, checkpoint, settings, device
 
 
@@ -74,16 +72,12 @@ def cmd_predict(args) -> int:
         paths,
         checkpoint["preprocessing"]["size"],
         args.output,
-        threshold=settings.threshold,
-        tta=settings.tta,
-        postprocess=settings.postprocess,
+        settings,
         overlays=args.overlay,
         batch_size=args.batch_size,
         device=device,
         progress=not args.quiet,
-        review_threshold=settings.review_threshold,
         review_only=args.review_only,
-        zoom=settings.zoom_config,
         overwrite=args.overwrite,
     )
     ok = len(paths) - len(summary.failed)
@@ -104,12 +98,13 @@ def cmd_predict(args) -> int:
 def _describe(settings, checkpoint: dict) -> str:
     from lesionseg.model.checkpoint import has_inference_settings
 
+    cleanup, zoom = settings.postprocess, settings.zoom
     described = (
         f"tta={'on' if settings.tta else 'off'}, threshold={settings.threshold:g}, "
-        f"keep_largest={'on' if settings.keep_largest else 'off'}, fill_holes={'on' if settings.fill_holes else 'off'}"
+        f"keep_largest={'on' if cleanup.keep_largest else 'off'}, fill_holes={'on' if cleanup.fill_holes else 'off'}"
     )
-    if settings.zoom:
-        described += f", zoom=on (margin {settings.zoom_margin:g}, box < {settings.zoom_max_share:g} of the image)"
+    if zoom.enabled:
+        described += f", zoom=on (margin {zoom.margin:g}, box < {zoom.max_share:g} of the image)"
     else:
         described += ", zoom=off"
     if not has_inference_settings(checkpoint):  # a training checkpoint: say where the settings came from
@@ -126,26 +121,13 @@ def cmd_evaluate(args) -> int:
     model, checkpoint, settings, device = _load_for_inference(args)
     spec = ExternalSet(args.name, args.images, args.masks, args.mask_suffix)
     split, pairing = prepare_external(spec, checkpoint["preprocessing"]["size"], args.workers)
-    metrics, table = evaluate_model(
-        model,
-        split,
-        args.batch_size,
-        device,
-        settings.tta,
-        settings.postprocess,
-        settings.threshold,
-        zoom=settings.zoom_config,
-    )
+    metrics, table = evaluate_model(model, split, settings, args.batch_size, device)
     add_review(metrics, {TEST_TABLE: table}, settings.review_threshold)
     if args.per_image:
         atomic.write_text(args.per_image, table.to_csv(index=False, float_format="%.6f"))
     if args.json:
         stored = has_inference_settings(checkpoint)
-        print(
-            json.dumps(
-                {"n": len(split), **metrics, "settings": dataclasses.asdict(settings), "settings_stored": stored}
-            )
-        )
+        print(json.dumps({"n": len(split), **metrics, "settings": settings.record(), "settings_stored": stored}))
     else:
         print(
             f"{len(split)} image(s) of {args.images} ({_describe(settings, checkpoint)}): "

@@ -30,13 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lesionseg.data.cache import Split  # noqa: E402
 from lesionseg.data.external import ExternalSet, prepare_external  # noqa: E402
-from lesionseg.evaluation.calibrate import (  # noqa: E402
-    choose_threshold,
-    full_resolution_logits,
-    search_grid,
-    threshold_ious,
-)
-from lesionseg.model.checkpoint import inference_settings, load_model  # noqa: E402
+from lesionseg.evaluation.calibrate import choose_threshold, search_grid, threshold_ious  # noqa: E402
+from lesionseg.model.checkpoint import load_model, stored_settings  # noqa: E402
+from lesionseg.model.predict import predict  # noqa: E402
 
 
 def styles(split: Split, erosions: list[int]):
@@ -94,18 +90,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, checkpoint = load_model(args.checkpoint)
-    settings = inference_settings(checkpoint)
+    settings = stored_settings(checkpoint)
     split, _ = prepare_external(ExternalSet("set", args.images, args.masks), checkpoint["preprocessing"]["size"], 0)
-    results = {"checkpoint": str(args.checkpoint), "images": str(args.images), "settings": vars(settings), "sets": []}
+    stored = settings.record()
+    results = {"checkpoint": str(args.checkpoint), "images": str(args.images), "settings": stored, "sets": []}
     start = time.perf_counter()
     thresholds = search_grid(settings.threshold)
     stored = int(np.flatnonzero(np.isclose(thresholds, settings.threshold))[0])
-    images, _ = full_resolution_logits(model.eval(), split, settings)
+    prediction = predict(model, split.images, settings)
+    sizes = [(int(h), int(w)) for h, w in split.orig_sizes]
     # (styles, N, T): one forward pass and one clean-up per threshold serve every annotator's style.
     iou = np.stack(
         [
-            threshold_ious(logits, truths, thresholds, settings.postprocess)
-            for logits, truths in zip(images, styles(split, args.erode))
+            threshold_ious(prediction.logits(i, *size), truths, settings, thresholds)
+            for i, (size, truths) in enumerate(zip(sizes, styles(split, args.erode)))
         ],
         axis=1,
     )

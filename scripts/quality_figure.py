@@ -32,7 +32,8 @@ from lesionseg.data.external import ExternalSet, prepare_external  # noqa: E402
 from lesionseg.evaluation import review  # noqa: E402
 from lesionseg.evaluation.crossval import score_fold  # noqa: E402
 from lesionseg.evaluation.report import plot_risk_coverage  # noqa: E402
-from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig  # noqa: E402
+from lesionseg.model.quality import needs_review  # noqa: E402
+from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig  # noqa: E402
 from lesionseg.training.folds import folds_from_manifest  # noqa: E402
 
 
@@ -59,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluate = yaml.safe_load((args.run / "params.yaml").read_text())["evaluate"]
     fraction = args.review_fraction if args.review_fraction is not None else evaluate.get("review_fraction", 0.2)
-    post = PostprocessConfig(evaluate["keep_largest"], evaluate["fill_holes"])
-    zoom = ZoomConfig(**evaluate.get("zoom", {}))  # a run from before the zoom-in second pass: off
+    settings = InferenceSettings(
+        tta=evaluate["tta"],
+        postprocess=PostprocessConfig(evaluate["keep_largest"], evaluate["fill_holes"]),
+        zoom=ZoomConfig(**evaluate.get("zoom", {})),  # a run from before the zoom-in second pass: off
+    )
     if args.external is None:
         external = dict(evaluate.get("external") or {})
     else:
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     oof, scored = [], {name: [] for name in sets}
     for fold in folds:  # as the cv_score stage scores them
         checkpoint = {args.model: args.run / f"models/cv/fold{fold.index}/{args.model}.pt"}
-        heldout, external_tables = score_fold(checkpoint, fold, sets, 32, None, evaluate["tta"], post, zoom)
+        heldout, external_tables = score_fold(checkpoint, fold, sets, settings)
         oof.append(heldout[args.model])
         for name in sets:
             scored[name].append(external_tables[name][args.model])
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     curves = {"CV out of fold": pd.concat(oof)}
     curves.update({f"{name} ({len(folds)} fold models)": pd.concat(tables) for name, tables in scored.items()})
     for table in curves.values():
-        table[review.REVIEW_COLUMN] = review.needs_review(table[review.QUALITY_COLUMN], threshold)
+        table[review.REVIEW_COLUMN] = needs_review(table[review.QUALITY_COLUMN], threshold)
     plot_risk_coverage(curves, f"Risk-coverage, {len(folds)} fold models ({args.model})", args.out)
     print(f"{args.out}: {shrink(args.out, args.out, max_kb=args.max_kb) // 1024} KB", file=sys.stderr)
     return 0

@@ -26,15 +26,16 @@ from lesionseg.evaluation.calibrate import (
 from lesionseg.evaluation.evaluate import evaluate_model
 from lesionseg.evaluation.records import ModelMetrics
 from lesionseg.evaluation.report import CALIBRATION_COLUMN, comparison_table
-from lesionseg.evaluation.review import needs_review
-from lesionseg.model.checkpoint import inference_settings, make_checkpoint, read_checkpoint, save_checkpoint
+from lesionseg.model.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint, stored_settings
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.model.postprocess import InferenceConfig
+from lesionseg.model.quality import needs_review
+from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
 from lesionseg.serving.model_card import card_markdown, model_card
 from tests.helpers import lesion_pair
 
 GRID = np.round(np.arange(0.1, 0.91, 0.02), 2)  # coarser than the command's: the tests stay fast
-STORED = InferenceConfig(keep_largest=True, fill_holes=True, review_threshold=0.9)
+CLEANUP = PostprocessConfig(keep_largest=True, fill_holes=True)
+STORED = InferenceSettings(postprocess=CLEANUP, review_threshold=0.9)
 
 
 class DarknessModel(nn.Module):
@@ -81,9 +82,7 @@ def clinic(folder, seeds, offset: int = 0, jitter: int = 1):
 
 
 def held_out_iou(model, split, settings):
-    return evaluate_model(
-        model, split, tta=settings.tta, postprocess=settings.postprocess, threshold=settings.threshold
-    )[0]["orig_jaccard"]
+    return evaluate_model(model, split, settings)[0]["orig_jaccard"]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +98,7 @@ def test_the_threshold_follows_the_annotators_style(tmp_path, model, offset, dir
     assert np.sign(result.after.threshold - STORED.threshold) == direction  # tight: higher, loose: lower
     assert result.in_sample.delta > 0.02 and result.iou_best.mean() > result.iou_before.mean()
     # The clean-up and the rest of the settings stay; only the threshold (and the review threshold) move.
-    assert (result.after.keep_largest, result.after.fill_holes, result.after.tta) == (True, True, False)
+    assert (result.after.postprocess, result.after.tta, result.after.zoom) == (CLEANUP, False, ZoomConfig())
     # Images the threshold was not chosen on, drawn the same way, gain too.
     rest = clinic(tmp_path / "rest", list(range(100, 110)), offset)
     assert held_out_iou(model, rest, result.after) > held_out_iou(model, rest, STORED) + 0.02
@@ -115,15 +114,15 @@ def test_the_search_scores_each_threshold_as_evaluation_does(tmp_path, model):
     """With TTA and the zoom-in second pass: the stored threshold's column is evaluate's per-image IoU (the zoom's
     crops are placed at that threshold); without the zoom every column is."""
     split = clinic(tmp_path / "c", [40, 41, 42], -1)
-    zoomed = InferenceConfig(tta=True, keep_largest=True, fill_holes=True, zoom=True, zoom_max_share=1.0)
+    zoomed = InferenceSettings(tta=True, postprocess=CLEANUP, zoom=ZoomConfig(enabled=True, max_share=1.0))
     search = threshold_search(model, split, zoomed, GRID)
-    _, table = evaluate_model(model, split, tta=True, postprocess=zoomed.postprocess, zoom=zoomed.zoom_config)
+    _, table = evaluate_model(model, split, zoomed)
     assert table["zoomed"].all()
     np.testing.assert_allclose(search.iou[:, search.stored], table["orig_jaccard"], atol=1e-9)
     np.testing.assert_allclose(search.quality, table["quality"], atol=1e-6)
     plain = threshold_search(model, split, STORED, GRID)
     column = int(np.flatnonzero(np.isclose(plain.thresholds, 0.7))[0])
-    _, table = evaluate_model(model, split, postprocess=STORED.postprocess, threshold=0.7)
+    _, table = evaluate_model(model, split, InferenceSettings(threshold=0.7, postprocess=CLEANUP))
     np.testing.assert_allclose(plain.iou[:, column], table["orig_jaccard"], atol=1e-9)
 
 
@@ -148,11 +147,11 @@ def test_the_review_threshold_keeps_the_share_it_flagged():
 
 def test_the_moved_review_threshold_flags_as_many_calibration_masks(tmp_path, model):
     split = clinic(tmp_path / "c", list(range(50, 60)), -2)
-    stored = InferenceConfig(keep_largest=True, fill_holes=True, review_threshold=0.85)
+    stored = InferenceSettings(postprocess=CLEANUP, review_threshold=0.85)
     result = calibrate(model, split, stored, GRID)
     assert result.adopted
     flagged_before = needs_review(threshold_search(model, split, stored, GRID).quality, 0.85).sum()
-    _, table = evaluate_model(model, split, postprocess=stored.postprocess, threshold=result.after.threshold)
+    _, table = evaluate_model(model, split, InferenceSettings(threshold=result.after.threshold, postprocess=CLEANUP))
     assert needs_review(table["quality"], result.after.review_threshold).sum() == flagged_before
 
 
@@ -166,7 +165,7 @@ def checkpoint(tmp_path):
     config = ModelConfig(encoder_weights="none")
     torch.manual_seed(0)
     path = tmp_path / "model.pt"
-    save_checkpoint({**make_checkpoint(build_model(config, 0), config, 64, 1, {}), "inference": vars(STORED)}, path)
+    save_checkpoint({**make_checkpoint(build_model(config, 0), config, 64, 1, {}), "inference": STORED.record()}, path)
     return path
 
 
@@ -192,9 +191,9 @@ def test_the_command_writes_a_model_that_every_path_reads(tmp_path, checkpoint, 
     calibrated, original = read_checkpoint(out), read_checkpoint(checkpoint)
     record = calibrated["calibration"]
     assert record["n"] == 4 and record["ids"] == ["case1", "case2", "case3", "case4"]
-    assert record["images"] == str(folder.resolve()) and record["before"] == vars(STORED)
+    assert record["images"] == str(folder.resolve()) and record["before"] == STORED.record()
     assert ("kept the stored settings" in printed) == (not record["adopted"])
-    assert vars(inference_settings(calibrated)) == record["after"]  # where predict, the pyfunc and ONNX read
+    assert stored_settings(calibrated).record() == record["after"]  # where predict, the pyfunc and ONNX read
     assert all(torch.equal(calibrated["state_dict"][k], v) for k, v in original["state_dict"].items())
 
     assert cli_main(["evaluate", "--checkpoint", str(out), "--images", str(folder), "--workers", "0", "--json"]) == 0

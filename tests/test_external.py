@@ -14,6 +14,7 @@ from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
 from lesionseg.model.checkpoint import load_model, make_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
+from lesionseg.model.settings import InferenceSettings
 from tests.helpers import lesion_pair
 
 
@@ -145,7 +146,7 @@ def test_evaluate_command_scores_a_folder_like_the_pipeline(tmp_path, checkpoint
 
     model, _ = load_model(checkpoint)
     split, _ = prepare_external(ExternalSet("clinic", folder), 64)
-    expected, table = evaluate_model(model, split, tta=True, postprocess=result_postprocess(result))
+    expected, table = evaluate_model(model, split, InferenceSettings.from_record(result["settings"]))
     assert result["orig_jaccard"] == pytest.approx(expected["orig_jaccard"])
     written = pd.read_csv(out)
     assert list(written["id"]) == ["a", "b", "c"]
@@ -154,12 +155,6 @@ def test_evaluate_command_scores_a_folder_like_the_pipeline(tmp_path, checkpoint
     assert cli_main([*argv, "--no-tta", "--threshold", "0.7"]) == 0
     changed = json.loads(capsys.readouterr().out)
     assert changed["settings"]["tta"] is False and changed["settings"]["threshold"] == 0.7
-
-
-def result_postprocess(result):
-    from lesionseg.model.postprocess import PostprocessConfig
-
-    return PostprocessConfig(result["settings"]["keep_largest"], result["settings"]["fill_holes"])
 
 
 def test_evaluate_command_errors_name_the_file(tmp_path, checkpoint, capsys):

@@ -9,7 +9,7 @@ import torch
 
 from lesionseg.cli import main
 from lesionseg.data.cache import Split, encode_mask
-from lesionseg.evaluation.evaluate import score_logits
+from lesionseg.evaluation.evaluate import score_prediction
 from lesionseg.evaluation.lesion_size import (
     LESION_SHARE_COLUMN,
     lesion_share,
@@ -17,6 +17,8 @@ from lesionseg.evaluation.lesion_size import (
     size_bin_scores,
     split_by_size,
 )
+from lesionseg.model.predict import Prediction
+from lesionseg.model.settings import InferenceSettings
 
 SHARES = np.array([0.01, 0.0499, 0.05, 0.1, 0.15, 0.39, 0.4, 1.0])
 
@@ -61,7 +63,7 @@ def test_evaluation_records_each_true_lesion_share_and_the_bin_means():
     split = Split.from_arrays(images, masks, [f"ISIC_{i:07d}" for i in range(4)], [(size, size)] * 4, blobs)
     logits = torch.full((4, 1, size, size), -5.0)
     logits[:, :, :10, :10] = 5.0  # the same 10 x 10 prediction for every image
-    metrics, table = score_logits(logits, split)
+    metrics, table = score_prediction(Prediction.from_logits(InferenceSettings(), logits), split)
     assert table[LESION_SHARE_COLUMN].tolist() == pytest.approx([0.01, 0.04, 0.25, 1.0])
     assert table["orig_jaccard"].tolist() == pytest.approx([0.04, 0.16, 1.0, 0.25])
     assert metrics["orig_jaccard_size_lt5"] == pytest.approx(0.10)

@@ -9,7 +9,7 @@ import pytest
 from lesionseg.evaluation.stats import mean_interval
 from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model, parameter_counts_by_level
-from lesionseg.model.postprocess import InferenceConfig
+from lesionseg.model.settings import InferenceSettings
 from lesionseg.serving.model_card import card_markdown, card_results, model_card
 
 
@@ -45,7 +45,7 @@ def test_mean_interval_is_scipys_bootstrap_of_the_mean():
 def test_the_card_describes_the_exported_model(tmp_path):
     config = ModelConfig(encoder_weights="none")
     save_checkpoint(make_checkpoint(build_model(config, 4), config, 64, 3, {}), tmp_path / "m.pt")
-    package = package_model([tmp_path / "m.pt"], InferenceConfig(tta=True, review_threshold=0.5))
+    package = package_model([tmp_path / "m.pt"], InferenceSettings(tta=True, review_threshold=0.5))
     card = model_card(
         name="finetune_all",
         checkpoint=package,

@@ -18,11 +18,11 @@ from lesionseg.data.images import model_input
 from lesionseg.data.normalize import normalize_batch
 from lesionseg.errors import DataError
 from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
-from lesionseg.model.inference import predict_logits
+from lesionseg.model.inference import flip_averaged_logits, plain_logits
 from lesionseg.model.model import ModelConfig
-from lesionseg.model.postprocess import InferenceConfig
 from lesionseg.model.quality import UNCERTAIN_MARGIN
 from lesionseg.model.quality import mask_quality as torch_quality
+from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
 from lesionseg.model.zoom import zoom_pass
 from lesionseg.serving import onnx_reference
 from lesionseg.serving.export import export_onnx, predict_masks_with_quality
@@ -59,14 +59,16 @@ def test_reference_matches_predict_and_the_pyfunc(images, tmp_path, tta, zoom):
     # images get the second pass and some do not (both branches are compared). A random network's quality
     # on its zoomed crops is 0 throughout, so there the masks carry the comparison.
     model, pixels = checkpoint(images, tmp_path, lesion_share=0.2 if zoom else None)
-    plain = InferenceConfig(tta=tta, keep_largest=True, fill_holes=True, zoom=zoom, zoom_max_share=0.45)
+    cleanup, zoomed = PostprocessConfig(keep_largest=True, fill_holes=True), ZoomConfig(enabled=zoom, max_share=0.45)
+    plain = InferenceSettings(tta=tta, postprocess=cleanup, zoom=zoomed)
     torch_path = predict_masks_with_quality(model, pixels, plain)
     if zoom:
-        first = predict_logits(model, normalize_batch(torch.from_numpy(pixels)), tta)
-        boxes = zoom_pass(model, torch.from_numpy(pixels), first, plain.zoom_config, tta=tta).boxes
+        forward = flip_averaged_logits if tta else plain_logits
+        first = forward(model, normalize_batch(torch.from_numpy(pixels)))
+        boxes = zoom_pass(model, torch.from_numpy(pixels), first, plain).boxes
         assert 0 < sum(box is not None for box in boxes) < len(boxes)
         assert not np.array_equal(
-            torch_path["mask"], predict_masks_with_quality(model, pixels, replace(plain, zoom=False))["mask"]
+            torch_path["mask"], predict_masks_with_quality(model, pixels, replace(plain, zoom=ZoomConfig()))["mask"]
         )
     else:
         assert np.ptp(torch_path["quality"]) > 0 and (torch_path["quality"] < 1).any()  # varied: the test can fail
@@ -104,13 +106,13 @@ def test_colour_constancy_is_inside_the_graph(images, tmp_path):
     export_onnx(tmp_path / "train.pt", tmp_path / "model.onnx")
     reference = onnx_reference.OnnxModel(tmp_path / "model.onnx")
     predictions = [reference.predict(p) for p in pixels]
-    expected = predict_masks_with_quality(model, pixels, InferenceConfig())
+    expected = predict_masks_with_quality(model, pixels, InferenceSettings())
     assert np.abs(np.array([p.quality for p in predictions]) - expected["quality"]).max() < 1e-4
     assert all(np.array_equal(p.mask, m.astype(bool)) for p, m in zip(predictions, expected["mask"]))
     # The graph does correct the colours: the same network without the step gives other logits.
     bare = copy.deepcopy(model)
     bare.colour = torch.nn.Identity()
-    uncorrected = predict_logits(bare, normalize_batch(torch.from_numpy(pixels[:1])))[0, 0].numpy()
+    uncorrected = plain_logits(bare, normalize_batch(torch.from_numpy(pixels[:1])))[0, 0].numpy()
     assert np.abs(reference.logits(pixels[0]) - uncorrected).max() > 0.1
 
 

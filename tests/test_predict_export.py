@@ -19,10 +19,11 @@ from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
 from lesionseg.metrics import confusion_counts, summarize
 from lesionseg.model.checkpoint import load_model, load_models, make_checkpoint, package_model, save_checkpoint
-from lesionseg.model.inference import predict_uint8
+from lesionseg.model.inference import flip_averaged_logits, predict_uint8
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.model.postprocess import InferenceConfig, PostprocessConfig, ZoomConfig, clean_mask
+from lesionseg.model.postprocess import clean_mask
 from lesionseg.model.quality import mask_quality
+from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
 from lesionseg.model.zoom import zoom_pass
 from lesionseg.serving.export import log_pyfunc_model
 from lesionseg.training.train import TrainConfig, train_model
@@ -50,14 +51,14 @@ def test_predict_matches_evaluate_at_original_resolution(trained, tmp_path, clea
     root, raw, splits = trained
     model, _ = load_model(root / "model.pt")
     postprocess = PostprocessConfig(keep_largest=cleanup, fill_holes=cleanup)
-    zoom_config = ZoomConfig(enabled=zoom)
-    metrics, table = evaluate_model(model, splits["test"], postprocess=postprocess, zoom=zoom_config)
+    settings = InferenceSettings(postprocess=postprocess, zoom=ZoomConfig(enabled=zoom))
+    metrics, table = evaluate_model(model, splits["test"], settings)
     if zoom:  # the second pass changes some of these masks: the comparison covers it
         first = predict_uint8(model, splits["test"].images)
-        boxes = zoom_pass(model, splits["test"].images, first, zoom_config).boxes
+        boxes = zoom_pass(model, splits["test"].images, first, settings).boxes
         assert any(box is not None for box in boxes)
         assert table["zoomed"].tolist() == [box is not None for box in boxes]
-        _, plain = evaluate_model(model, splits["test"], postprocess=postprocess)
+        _, plain = evaluate_model(model, splits["test"], InferenceSettings(postprocess=postprocess))
         assert not np.array_equal(plain["orig_accuracy"], table["orig_accuracy"])
     images = raw / TEST_IMAGES / TEST_IMAGES
     options = [
@@ -109,7 +110,7 @@ def test_predict_overlay_tta_and_bad_inputs(trained, tmp_path, capsys):
 def test_predict_defaults_to_the_settings_stored_with_the_model(trained, tmp_path, capsys):
     root, raw, splits = trained
     images = raw / TEST_IMAGES / TEST_IMAGES
-    plain = InferenceConfig(tta=False, keep_largest=False, fill_holes=False)
+    plain = InferenceSettings()
     save_checkpoint(package_model([root / "model.pt"], plain), tmp_path / "plain.pt")
     args = ["predict", "--quiet", str(images)]
     assert main([*args, "--checkpoint", str(tmp_path / "plain.pt"), "--output", str(tmp_path / "a")]) == 0
@@ -123,7 +124,7 @@ def test_predict_defaults_to_the_settings_stored_with_the_model(trained, tmp_pat
     assert main([*args, "--checkpoint", str(root / "model.pt"), "--output", str(tmp_path / "c"), *recipe]) == 0
     assert "tta=on, threshold=0.5, keep_largest=on, fill_holes=on" in capsys.readouterr().out
     model, _ = load_model(root / "model.pt")
-    expected, _ = evaluate_model(model, splits["test"], tta=False)
+    expected, _ = evaluate_model(model, splits["test"])
     counts = []
     for isic_id in splits["test"].ids:
         pred = np.asarray(Image.open(tmp_path / "a" / f"{isic_id}_mask.png")) > 127
@@ -146,7 +147,7 @@ def test_ensemble_of_checkpoints_predicts_and_exports(trained, tmp_path):
         mean_probability = torch.stack([torch.sigmoid(m(x)) for m in members]).mean(0)
         assert torch.allclose(torch.sigmoid(ensemble.eval()(x)), mean_probability, atol=1e-5)
     # The same ensemble packaged as one exported file loads to the same model.
-    save_checkpoint(package_model(paths, InferenceConfig()), tmp_path / "ens.pt")
+    save_checkpoint(package_model(paths, InferenceSettings()), tmp_path / "ens.pt")
     packaged, _ = load_model(tmp_path / "ens.pt")
     with torch.no_grad():
         assert torch.allclose(packaged.eval()(x), ensemble(x), atol=1e-6)
@@ -176,7 +177,7 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
         assert np.abs(onnx_logits - model(x).detach().numpy()).max() < 1e-4
     meta = session.get_modelmeta().custom_metadata_map
     assert '"size": 64' in meta["lesionseg.preprocessing"]
-    # A training checkpoint stores no settings: the plain model's (InferenceConfig's defaults).
+    # A training checkpoint stores no settings: the plain model's (InferenceSettings' defaults).
     assert json.loads(meta["lesionseg.inference"]) == {
         "tta": False,
         "threshold": 0.5,
@@ -191,7 +192,8 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
 
 def test_mlflow_pyfunc_roundtrip(trained, tmp_path):
     root, _, splits = trained
-    settings = InferenceConfig(tta=True, keep_largest=True, fill_holes=False, threshold=0.4, review_threshold=0.9)
+    largest = PostprocessConfig(keep_largest=True)
+    settings = InferenceSettings(tta=True, threshold=0.4, postprocess=largest, review_threshold=0.9)
     save_checkpoint(package_model([root / "model.pt"], settings), tmp_path / "exported.pt")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
@@ -202,7 +204,7 @@ def test_mlflow_pyfunc_roundtrip(trained, tmp_path):
     loaded = mlflow.pyfunc.load_model(uri)
     batch = splits["test"].images[:3].numpy()
     model, _ = load_model(root / "model.pt")
-    logits = predict_uint8(model, splits["test"].images[:3], tta=True)
+    logits = predict_uint8(model, splits["test"].images[:3], forward=flip_averaged_logits)
     # Default: masks with the stored settings (TTA, threshold 0.4, largest component).
     masks = loaded.predict(batch)
     expected = np.stack([clean_mask(p > 0.4, settings.postprocess) for p in torch.sigmoid(logits)[:, 0].numpy()])

@@ -16,15 +16,14 @@ from lesionseg.evaluation.evaluate import evaluate_checkpoint
 from lesionseg.evaluation.records import ModelMetrics
 from lesionseg.evaluation.review import (
     failure_auroc,
-    needs_review,
     review_metrics,
     review_threshold,
     risk_coverage,
 )
 from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
 from lesionseg.model.model import ModelConfig
-from lesionseg.model.postprocess import InferenceConfig
-from lesionseg.model.quality import mask_quality
+from lesionseg.model.quality import mask_quality, needs_review
+from lesionseg.model.settings import InferenceSettings
 from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree, stretched_model
 
 
@@ -82,7 +81,7 @@ def test_review_threshold_flags_the_chosen_share():
     with pytest.raises(ValueError):
         review_threshold(quality, 1.0)
     with pytest.raises(ValueError, match="review_threshold"):
-        InferenceConfig(review_threshold=1.5)
+        InferenceSettings(review_threshold=1.5)
 
 
 def test_failure_auroc_hand_example_and_scipy():
@@ -168,7 +167,7 @@ def test_predict_writes_the_quality_table_and_review_only(untrained, tmp_path, c
     images = raw / TEST_IMAGES / TEST_IMAGES
     args = ["predict", "--quiet", str(images)]
     # A model exported before review thresholds existed: it still predicts, and says it flags nothing.
-    old = package_model([root / "model.pt"], InferenceConfig())
+    old = package_model([root / "model.pt"], InferenceSettings())
     del old["inference"]["review_threshold"]
     save_checkpoint(old, tmp_path / "old.pt")
     assert main([*args, "--checkpoint", str(tmp_path / "old.pt"), "--output", str(tmp_path / "a")]) == 0
@@ -187,7 +186,9 @@ def test_predict_writes_the_quality_table_and_review_only(untrained, tmp_path, c
 
     # Exported with a threshold between the scores: exactly the masks below it are flagged, and written.
     threshold = float(np.median(table["quality"]))
-    save_checkpoint(package_model([root / "model.pt"], InferenceConfig(review_threshold=threshold)), tmp_path / "m.pt")
+    save_checkpoint(
+        package_model([root / "model.pt"], InferenceSettings(review_threshold=threshold)), tmp_path / "m.pt"
+    )
     out = tmp_path / "b"
     assert main([*args, "--checkpoint", str(tmp_path / "m.pt"), "--output", str(out), "--review-only"]) == 0
     flagged = pd.read_csv(out / "quality.csv")

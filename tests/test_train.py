@@ -10,7 +10,7 @@ from lesionseg.model import inference
 from lesionseg.model.checkpoint import FORMAT, load_model, package_model, read_checkpoint, save_checkpoint
 from lesionseg.model.inference import Numerics, predict_uint8, resolve_numerics
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.model.postprocess import InferenceConfig
+from lesionseg.model.settings import InferenceSettings
 from lesionseg.serving.model_card import card_markdown, model_card
 from lesionseg.training.phases import phase_params
 from lesionseg.training.train import HISTORY_COLUMNS, TrainConfig, lr_factor, make_optimizer, train_model
@@ -252,7 +252,7 @@ def test_amp_auto_trains_in_bf16_on_a_bf16_cpu_and_records_it(splits, tmp_path, 
 
     card = model_card(
         name="frozen",
-        checkpoint=package_model([tmp_path / "native" / "ckpt.pt"], InferenceConfig()),
+        checkpoint=package_model([tmp_path / "native" / "ckpt.pt"], InferenceSettings()),
         parameter_counts={},
         recipe={},
         data={},

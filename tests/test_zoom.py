@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesionseg.data.normalize import normalize_float
+from lesionseg.model.boxes import box_at, lesion_box, zoom_box
 from lesionseg.model.inference import upsample_logits
-from lesionseg.model.postprocess import ZoomConfig, box_at, lesion_box, zoom_box
+from lesionseg.model.settings import InferenceSettings, ZoomConfig
 from lesionseg.model.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass
 
 
@@ -84,7 +85,7 @@ def test_the_model_sees_the_box_resized_to_its_input_size_with_the_same_tta():
     model = Recorder()
     first = model(normalize_float(images.permute(0, 3, 1, 2).float()))
     model.seen.clear()
-    second = zoom_pass(model, images, first, ZoomConfig(enabled=True), tta=True)
+    second = zoom_pass(model, images, first, InferenceSettings(tta=True, zoom=ZoomConfig(enabled=True)))
     assert second.boxes == [(11, 31, 30, 50), None]
     assert len(model.seen) == 4 and all(len(x) == 1 for x in model.seen)  # identity and three flips, one image
     crop = images[0, 11:30, 31:50].permute(2, 0, 1)[None].float()

@@ -2,11 +2,11 @@
 
 Clinics draw the lesion's edge differently: where one clinic's annotators draw tight, a model trained on ISIC's
 masks predicts lesions that are systematically too large there, and a higher probability threshold moves its
-boundary inwards (a loose annotator: a lower one). :func:`calibrate` runs the model once per image, with its own
-flip TTA and zoom-in second pass (:func:`~lesionseg.model.zoom.predict_two_pass`, as ``predict`` and evaluation
-do), composes each image's logits at its original resolution and scores every threshold of a fine grid from
+boundary inwards (a loose annotator: a lower one). :func:`calibrate` runs the model once per image with its stored
+settings (:func:`~lesionseg.model.predict.predict`, as ``predict`` and evaluation do: flip TTA, the zoom-in second
+pass), takes each image's logits at its original resolution and scores every threshold of a fine grid from
 them, after the model's clean-up: the per-image IoU (the ISIC definition) is computed exactly as evaluation
-computes it (:func:`~lesionseg.evaluation.evaluate.predicted_mask`), only the threshold changes.
+computes it (:func:`~lesionseg.model.predict.mask_from_logits`), only the threshold changes.
 
 A threshold chosen on ten images fits those ten better than any other by construction. The guard against that
 optimism: each image is scored at the threshold chosen on the *other* images (leave-one-out), and the new
@@ -29,8 +29,7 @@ paired on the same held-out images, and no calibration image is ever scored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +38,14 @@ import torch
 
 from lesionseg import __version__
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX, TEST_TABLE, add_review, evaluate_model, predicted_mask
-from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, needs_review, review_threshold
+from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX, TEST_TABLE, add_review, evaluate_model
+from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, review_threshold
 from lesionseg.evaluation.stats import PairedComparison, paired_difference
 from lesionseg.metrics import confusion_counts, per_image_scores
-from lesionseg.model.postprocess import InferenceConfig, PostprocessConfig
-from lesionseg.model.quality import mask_quality
-from lesionseg.model.zoom import compose_logits, composed_at_input_size, predict_two_pass
+from lesionseg.model.checkpoint import with_settings
+from lesionseg.model.predict import mask_from_logits, predict
+from lesionseg.model.quality import needs_review
+from lesionseg.model.settings import InferenceSettings
 
 # Probability thresholds searched: 0.05 to 0.95 in steps of 0.01 (the stored threshold is added if not on it).
 THRESHOLD_GRID = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
@@ -70,27 +70,13 @@ def search_grid(stored: float, grid=THRESHOLD_GRID) -> np.ndarray:
     return np.unique(np.round(np.append(np.asarray(grid, dtype=float), stored), 6))
 
 
-def full_resolution_logits(
-    model: torch.nn.Module, split: Split, settings: InferenceConfig, batch_size: int = 32, device=None
-) -> tuple[Iterator[torch.Tensor], torch.Tensor]:
-    """Run the model once over ``split`` with ``settings`` (flip TTA, the zoom-in second pass at its threshold):
-    each image's logits at its original resolution ``(H, W)``, composed as evaluation composes them (one at a
-    time: a folder of large photographs need not fit in memory), and each mask's quality at the stored
-    threshold ``(N,)``."""
-    zoom = settings.zoom_config
-    first, second = predict_two_pass(model, split.images, zoom, settings.threshold, settings.tta, batch_size, device)
-    quality = mask_quality(torch.sigmoid(composed_at_input_size(first, second)), settings.threshold)
-    sizes = [(int(h), int(w)) for h, w in split.orig_sizes]
-    return (compose_logits(first, second, i, h, w)[0, 0] for i, (h, w) in enumerate(sizes)), quality
-
-
-def threshold_ious(logits: torch.Tensor, truths, thresholds, postprocess: PostprocessConfig) -> np.ndarray:
-    """Per-image IoU ``(len(truths), T)`` of one image's mask at each of ``thresholds`` (``logits`` ``(H, W)``,
-    then ``postprocess``) against each of ``truths`` (bool ``(H, W)`` tensors: its masks as drawn, or as
-    another annotator would)."""
+def threshold_ious(logits: torch.Tensor, truths, settings: InferenceSettings, thresholds) -> np.ndarray:
+    """Per-image IoU ``(len(truths), T)`` of one image's mask from ``logits`` ``(H, W)`` with ``settings`` at each
+    of ``thresholds`` in place of its own, against each of ``truths`` (bool ``(H, W)`` tensors: its masks as
+    drawn, or as another annotator would)."""
     rows = [[] for _ in truths]
     for threshold in thresholds:
-        pred = predicted_mask(logits, float(threshold), postprocess)[None]
+        pred = mask_from_logits(logits, replace(settings, threshold=float(threshold)))[None]
         for row, truth in zip(rows, truths):
             row.append(confusion_counts(pred, truth[None]))
     return np.stack([per_image_scores(torch.cat(row))["jaccard"].numpy() for row in rows])
@@ -99,23 +85,27 @@ def threshold_ious(logits: torch.Tensor, truths, thresholds, postprocess: Postpr
 def threshold_search(
     model: torch.nn.Module,
     split: Split,
-    settings: InferenceConfig,
+    settings: InferenceSettings,
     grid=THRESHOLD_GRID,
     batch_size: int = 32,
     device=None,
 ) -> ThresholdSearch:
-    """Run the model once over ``split`` with ``settings`` (:func:`full_resolution_logits`) and score every
-    threshold of :func:`search_grid` at each image's original resolution after ``settings``' clean-up."""
+    """Run the model once over ``split`` with ``settings`` (:func:`~lesionseg.model.predict.predict`: flip TTA,
+    the zoom-in second pass at the stored threshold) and score every threshold of :func:`search_grid` at each
+    image's original resolution after ``settings``' clean-up (the logits composed one image at a time: a folder
+    of large photographs need not fit in memory)."""
     thresholds = search_grid(settings.threshold, grid)
-    images, quality = full_resolution_logits(model, split, settings, batch_size, device)
+    prediction = predict(model, split.images, settings, batch_size, device)
     iou = np.stack(
         [
-            threshold_ious(logits, [torch.from_numpy(split.fullres_mask(i))], thresholds, settings.postprocess)[0]
-            for i, logits in enumerate(images)
+            threshold_ious(
+                prediction.logits(i, int(h), int(w)), [torch.from_numpy(split.fullres_mask(i))], settings, thresholds
+            )[0]
+            for i, (h, w) in enumerate(split.orig_sizes)
         ]
     )
     stored = int(np.flatnonzero(np.isclose(thresholds, settings.threshold))[0])
-    return ThresholdSearch(list(split.ids), thresholds, iou, stored, quality.numpy())
+    return ThresholdSearch(list(split.ids), thresholds, iou, stored, prediction.quality)
 
 
 def best_column(iou: np.ndarray, stored: int) -> int:
@@ -168,8 +158,8 @@ class Calibration:
     chosen on) and the ``held_out`` gain (leave-one-out) whose interval decides."""
 
     ids: list[str]
-    before: InferenceConfig
-    after: InferenceConfig
+    before: InferenceSettings
+    after: InferenceSettings
     best: float
     adopted: bool
     iou_before: np.ndarray
@@ -192,8 +182,8 @@ class Calibration:
             "searched": {
                 "threshold": [float(self.thresholds.min()), float(self.thresholds.max()), len(self.thresholds)]
             },
-            "before": asdict(self.before),
-            "after": asdict(self.after),
+            "before": self.before.record(),
+            "after": self.after.record(),
             "adopted": self.adopted,
             "best_threshold": self.best,
             "iou_before": float(self.iou_before.mean()),
@@ -207,7 +197,7 @@ class Calibration:
 def calibrate(
     model: torch.nn.Module,
     split: Split,
-    settings: InferenceConfig,
+    settings: InferenceSettings,
     grid=THRESHOLD_GRID,
     batch_size: int = 32,
     device=None,
@@ -223,16 +213,7 @@ def calibrate(
     if choice.best == search.stored:
         iou_best, quality_best = iou_before, search.quality
     else:  # the real evaluation of the candidate settings (with the zoom on, its crops follow the threshold)
-        _, table = evaluate_model(
-            model,
-            split,
-            batch_size,
-            device,
-            settings.tta,
-            settings.postprocess,
-            candidate.threshold,
-            zoom=settings.zoom_config,
-        )
+        _, table = evaluate_model(model, split, candidate, batch_size, device)
         iou_best, quality_best = table[IOU_COLUMN].to_numpy(), table[QUALITY_COLUMN].to_numpy()
     after = settings
     if choice.adopted:
@@ -256,7 +237,7 @@ def calibrated_model(checkpoint: dict, calibration: Calibration, images: Path, m
     """``checkpoint`` (a model's dict, an exported ensemble too) with the settings ``calibration`` chose stored
     as its ``inference`` (what ``predict``, ``evaluate``, the pyfunc and the ONNX export read) and the
     ``calibration`` record; the weights are the same."""
-    return {**checkpoint, "inference": asdict(calibration.after), "calibration": calibration.record(images, masks)}
+    return {**with_settings(checkpoint, calibration.after), "calibration": calibration.record(images, masks)}
 
 
 @dataclass(frozen=True)
@@ -286,7 +267,7 @@ def calibrated_external(
     name: str,
     split: Split,
     draw: CalibrationDraw,
-    settings: InferenceConfig,
+    settings: InferenceSettings,
     batch_size: int = 32,
     device=None,
 ) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
@@ -310,9 +291,7 @@ def calibrated_external(
     }
     metrics, tables = {}, {}
     for key, used in zip(facts, (settings, calibration.after)):
-        scores, table = evaluate_model(
-            model, held_out, batch_size, device, used.tta, used.postprocess, used.threshold, used.zoom_config
-        )
+        scores, table = evaluate_model(model, held_out, used, batch_size, device)
         add_review(scores, {TEST_TABLE: table}, used.review_threshold)
         metrics[key], tables[key] = {"n": len(held_out), **facts[key], **scores}, table
     return metrics, tables

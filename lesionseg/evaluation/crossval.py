@@ -16,7 +16,7 @@ from lesionseg.data.cache import Split
 from lesionseg.evaluation.evaluate import ORIGINAL_PREFIX, evaluate_external, evaluate_model
 from lesionseg.metrics import THRESHOLDED_JACCARD_CUTOFF
 from lesionseg.model.checkpoint import load_model
-from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig
+from lesionseg.model.settings import InferenceSettings
 from lesionseg.training.folds import Fold
 
 # Metrics aggregated over folds (original resolution, the official definitions).
@@ -27,24 +27,22 @@ def score_fold(
     checkpoints: dict[str, Path],
     fold: Fold,
     sets: dict[str, Split] | None = None,
+    settings: InferenceSettings = InferenceSettings(),
     batch_size: int = 32,
     device=None,
-    tta: bool = False,
-    postprocess: PostprocessConfig = PostprocessConfig(),
-    zoom: ZoomConfig = ZoomConfig(),
 ) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, pd.DataFrame]]]:
-    """One fold's models (model name -> checkpoint), each loaded once, scored on the fold's held-out pairs and
-    on every external set (``sets``: name -> split). Returns ``(model -> held-out per-image table with a
-    ``fold`` column, set -> model -> per-image table)``."""
+    """One fold's models (model name -> checkpoint), each loaded once, scored with ``settings`` on the fold's
+    held-out pairs and on every external set (``sets``: name -> split). Returns ``(model -> held-out per-image
+    table with a ``fold`` column, set -> model -> per-image table)``."""
     heldout: dict[str, pd.DataFrame] = {}
     external: dict[str, dict[str, pd.DataFrame]] = {name: {} for name in sets or {}}
     for name, path in checkpoints.items():
         model, _ = load_model(path)
         model = model.to(device) if device else model
-        _, table = evaluate_model(model, fold.heldout, batch_size, device, tta, postprocess, zoom=zoom)
+        _, table = evaluate_model(model, fold.heldout, settings, batch_size, device)
         table.insert(1, "fold", fold.index)
         heldout[name] = table
-        scored = evaluate_external(model, sets or {}, batch_size, device, tta, postprocess, zoom=zoom)[1]
+        scored = evaluate_external(model, sets or {}, settings, batch_size, device)[1]
         for set_name, set_table in scored.items():
             external[set_name][name] = set_table
     return heldout, external

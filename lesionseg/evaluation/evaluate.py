@@ -1,8 +1,9 @@
 """Evaluate a model on a prepared split, at model and at original resolution.
 
 Original-resolution metrics follow the official ISIC scorer: the logits are
-upsampled (bilinear) to each image's original size, thresholded at
-probability 0.5, and compared with the original mask.
+upsampled (bilinear) to each image's original size, thresholded (probability
+0.5 unless the settings say otherwise), and compared with the original mask.
+The masks come from :func:`lesionseg.model.predict.predict`, as everywhere else.
 """
 
 from __future__ import annotations
@@ -12,20 +13,13 @@ import torch
 
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.lesion_size import LESION_SHARE_COLUMN, lesion_share, size_bin_scores
-from lesionseg.evaluation.review import (
-    IOU_COLUMN,
-    QUALITY_COLUMN,
-    REVIEW_COLUMN,
-    needs_review,
-    review_metrics,
-    review_threshold,
-)
+from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, REVIEW_COLUMN, review_metrics, review_threshold
 from lesionseg.metrics import confusion_counts, per_image_scores, summarize
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.model import count_parameters
-from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig, clean_mask, clean_masks, logit
-from lesionseg.model.quality import mask_quality
-from lesionseg.model.zoom import ZoomPass, compose_logits, composed_at_input_size, predict_two_pass
+from lesionseg.model.predict import Prediction, predict
+from lesionseg.model.quality import needs_review
+from lesionseg.model.settings import InferenceSettings
 from lesionseg.training.losses import DiceBCELoss
 
 ORIGINAL_PREFIX = "orig_"
@@ -37,59 +31,21 @@ TEST_TABLE = "test"
 ZOOMED_COLUMN = "zoomed"  # per-image table, with the zoom on: whether the image got the second pass
 
 
-def fullres_counts(
-    logits: torch.Tensor,
-    split: Split,
-    postprocess: PostprocessConfig = PostprocessConfig(),
-    threshold: float = 0.5,
-    zoom: ZoomPass | None = None,
-):
-    """Per-image ``(N, 4)`` confusion counts at each image's original resolution (with ``zoom``, of the
-    composed logits, :func:`~lesionseg.model.zoom.compose_logits`)."""
-    rows = []
-    for i in range(len(split)):
-        height, width = (int(v) for v in split.orig_sizes[i])
-        full = compose_logits(logits, zoom, i, height, width)[0, 0]
-        truth = torch.from_numpy(split.fullres_mask(i))
-        rows.append(confusion_counts(predicted_mask(full, threshold, postprocess)[None], truth[None]))
-    return torch.cat(rows)
-
-
-def predicted_mask(logits: torch.Tensor, threshold: float, postprocess: PostprocessConfig) -> torch.Tensor:
-    """One image's mask, bool ``(H, W)``: ``logits`` ``(H, W)`` above the ``threshold`` probability, then
-    ``postprocess``."""
-    pred = logits > logit(threshold)
-    if postprocess.active:
-        pred = torch.from_numpy(clean_mask(pred.numpy(), postprocess))
-    return pred
-
-
 def evaluate_model(
     model: torch.nn.Module,
     split: Split,
+    settings: InferenceSettings = InferenceSettings(),
     batch_size: int = 32,
     device=None,
-    tta: bool = False,
-    postprocess: PostprocessConfig = PostprocessConfig(),
-    threshold: float = 0.5,
-    zoom: ZoomConfig = ZoomConfig(),
 ) -> tuple[dict, pd.DataFrame]:
-    """:func:`score_logits` of ``model``'s logits on ``split`` (flip-averaged with ``tta``; with
-    ``zoom.enabled``, the zoom-in second pass's, :mod:`lesionseg.model.zoom`)."""
-    logits, second = predict_two_pass(model, split.images, zoom, threshold, tta, batch_size, device)
-    return score_logits(logits, split, postprocess, threshold, second)
+    """:func:`score_prediction` of ``model``'s :func:`~lesionseg.model.predict.predict` on ``split``."""
+    return score_prediction(predict(model, split.images, settings, batch_size, device), split)
 
 
-def score_logits(
-    logits: torch.Tensor,
-    split: Split,
-    postprocess: PostprocessConfig = PostprocessConfig(),
-    threshold: float = 0.5,
-    zoom: ZoomPass | None = None,
-) -> tuple[dict, pd.DataFrame]:
-    """Metrics dict and a per-image table for logits ``(N, 1, S, S)`` of ``split``'s images.
+def score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.DataFrame]:
+    """Metrics dict and a per-image table for the prediction of ``split``'s images.
 
-    Metrics: ``loss`` (DiceBCE at model resolution), ``jaccard``, ``dice``,
+    Metrics: ``loss`` (DiceBCE at model resolution, of the logits), ``jaccard``, ``dice``,
     ``accuracy``, ``sensitivity``, ``specificity``, ``jaccard_micro``,
     ``jaccard_thresholded`` at model resolution, and the same with the
     ``orig_`` prefix at original resolution (the official definition), and
@@ -97,16 +53,13 @@ def score_logits(
     The table has one row per image (``id``, ``height``, ``width``, the
     per-image scores at both resolutions, the true lesion's ``lesion_share`` of
     the image, the mask's ``quality``, see :func:`~lesionseg.model.quality.mask_quality`, and with
-    ``zoom`` whether the image was ``zoomed``). ``postprocess`` applies to the
-    thresholded masks at both resolutions (the loss uses the raw logits);
-    ``threshold`` is the probability above which a pixel is lesion. With ``zoom`` (the second pass on these
-    logits) every score is of the composed logits (:func:`~lesionseg.model.zoom.compose_logits`).
+    the zoom on whether the image was ``zoomed``). Every score is of the prediction's masks, its settings'
+    threshold and clean-up applied at both resolutions.
     """
     target = split.masks[:, None].float()
-    full = fullres_counts(logits, split, postprocess, threshold, zoom)
-    logits = composed_at_input_size(logits, zoom)
-    small = confusion_counts(clean_masks(logits > logit(threshold), postprocess), target > 0)
-    metrics = {"loss": float(DiceBCELoss()(logits, target)), **summarize(small)}
+    full = fullres_counts(prediction, split)
+    small = confusion_counts(prediction.input_masks(), target > 0)
+    metrics = {"loss": float(DiceBCELoss()(prediction.input_logits, target)), **summarize(small)}
     metrics.update({ORIGINAL_PREFIX + k: v for k, v in summarize(full).items()})
     table = pd.DataFrame(
         {"id": split.ids, "height": split.orig_sizes[:, 0].numpy(), "width": split.orig_sizes[:, 1].numpy()}
@@ -118,10 +71,20 @@ def score_logits(
     tp, _, fn, _ = full.unbind(1)
     table[LESION_SHARE_COLUMN] = lesion_share((tp + fn).numpy(), full.sum(1).numpy())
     metrics.update(size_bin_scores(table, ORIGINAL_PREFIX + "jaccard"))
-    table[QUALITY_COLUMN] = mask_quality(torch.sigmoid(logits), threshold).numpy()
-    if zoom is not None:
-        table[ZOOMED_COLUMN] = [box is not None for box in zoom.boxes]
+    table[QUALITY_COLUMN] = prediction.quality
+    if prediction.settings.zoom.enabled:
+        table[ZOOMED_COLUMN] = prediction.zoomed
     return metrics, table
+
+
+def fullres_counts(prediction: Prediction, split: Split) -> torch.Tensor:
+    """Per-image ``(N, 4)`` confusion counts of the prediction's masks at each image's original resolution."""
+    rows = []
+    for i in range(len(split)):
+        height, width = (int(v) for v in split.orig_sizes[i])
+        truth = torch.from_numpy(split.fullres_mask(i))
+        rows.append(confusion_counts(prediction.mask(i, height, width)[None], truth[None]))
+    return torch.cat(rows)
 
 
 def add_review(metrics: dict, tables: dict[str, pd.DataFrame], threshold: float | None) -> None:
@@ -139,14 +102,12 @@ def add_review(metrics: dict, tables: dict[str, pd.DataFrame], threshold: float 
 def evaluate_checkpoint(
     path,
     split: Split,
+    settings: InferenceSettings = InferenceSettings(),
     batch_size: int = 32,
     device=None,
-    tta: bool = False,
-    postprocess: PostprocessConfig = PostprocessConfig(),
     val_split: Split | None = None,
     external: dict[str, Split] | None = None,
     review_fraction: float | None = None,
-    zoom: ZoomConfig = ZoomConfig(),
 ) -> tuple[dict, dict[str, pd.DataFrame], dict]:
     """:func:`evaluate_model` on a checkpoint's model, with the report's extra keys.
 
@@ -162,9 +123,9 @@ def evaluate_checkpoint(
     """
     model, checkpoint = load_model(path)
     model = model.to(device) if device else model
-    metrics, tables = evaluate_with_external(model, split, external, batch_size, device, tta, postprocess, zoom)
+    metrics, tables = evaluate_with_external(model, split, external, settings, batch_size, device)
     if val_split is not None:
-        val_metrics, val_table = evaluate_model(model, val_split, batch_size, device, tta, postprocess, zoom=zoom)
+        val_metrics, val_table = evaluate_model(model, val_split, settings, batch_size, device)
         if review_fraction is not None:
             threshold = review_threshold(val_table[QUALITY_COLUMN], review_fraction)
             add_review(metrics, tables, threshold)
@@ -181,20 +142,16 @@ def evaluate_with_external(
     model: torch.nn.Module,
     split: Split,
     external: dict[str, Split] | None = None,
+    settings: InferenceSettings = InferenceSettings(),
     batch_size: int = 32,
     device=None,
-    tta: bool = False,
-    postprocess: PostprocessConfig = PostprocessConfig(),
-    zoom: ZoomConfig = ZoomConfig(),
 ) -> tuple[dict, dict[str, pd.DataFrame]]:
     """:func:`evaluate_model` on ``split`` plus every external set (under ``metrics[EXTERNAL_KEY]``);
     the per-image tables keyed ``"test"`` and by set name."""
-    metrics, table = evaluate_model(model, split, batch_size, device, tta, postprocess, zoom=zoom)
+    metrics, table = evaluate_model(model, split, settings, batch_size, device)
     tables = {TEST_TABLE: table}
     if external:
-        metrics[EXTERNAL_KEY], external_tables = evaluate_external(
-            model, external, batch_size, device, tta, postprocess, zoom=zoom
-        )
+        metrics[EXTERNAL_KEY], external_tables = evaluate_external(model, external, settings, batch_size, device)
         tables.update(external_tables)
     return metrics, tables
 
@@ -202,16 +159,13 @@ def evaluate_with_external(
 def evaluate_external(
     model: torch.nn.Module,
     sets: dict[str, Split],
+    settings: InferenceSettings = InferenceSettings(),
     batch_size: int = 32,
     device=None,
-    tta: bool = False,
-    postprocess: PostprocessConfig = PostprocessConfig(),
-    threshold: float = 0.5,
-    zoom: ZoomConfig = ZoomConfig(),
 ) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
     """Every external set scored like the test split: ``({name: metrics + "n"}, {name: per-image table})``."""
     metrics, tables = {}, {}
     for name, split in sets.items():
-        scores, tables[name] = evaluate_model(model, split, batch_size, device, tta, postprocess, threshold, zoom)
+        scores, tables[name] = evaluate_model(model, split, settings, batch_size, device)
         metrics[name] = {"n": len(split), **scores}
     return metrics, tables

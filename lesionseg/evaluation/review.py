@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import mannwhitneyu
 
+from lesionseg.model.quality import needs_review
+
 FAILURE_IOU = 0.7  # a mask with IoU below this is a failure a reviewer should catch
 QUALITY_COLUMN = "quality"
 REVIEW_COLUMN = "review"
@@ -30,14 +32,6 @@ def review_threshold(quality, fraction: float) -> float:
     if quality.size == 0:
         raise ValueError("no quality scores to choose a review threshold on")
     return float(np.quantile(quality, fraction))
-
-
-def needs_review(quality, threshold: float | None) -> np.ndarray:
-    """Bool per mask: ``quality < threshold``; all False when there is no threshold (``None``)."""
-    quality = np.asarray(quality, dtype=float)
-    if threshold is None:
-        return np.zeros(quality.shape, dtype=bool)
-    return quality < threshold
 
 
 def failure_auroc(quality, iou, failure_iou: float = FAILURE_IOU) -> float:

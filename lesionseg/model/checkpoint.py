@@ -10,7 +10,7 @@ the MLflow run id). Loaded with ``weights_only=True``.
 
 An exported model (:func:`package_model`, written by the export stage as
 ``models/model.pt``) is the same dict plus ``inference`` (the settings it was
-evaluated with, see :class:`~lesionseg.model.postprocess.InferenceConfig`); an
+evaluated with, in their stored form: :meth:`~lesionseg.model.settings.InferenceSettings.record`); an
 exported ensemble holds its members' checkpoints under ``members`` instead of
 one ``state_dict``.
 """
@@ -28,7 +28,7 @@ from lesionseg.errors import DataError, unreadable_torch_file
 from lesionseg.model.encoder import NO_WEIGHTS
 from lesionseg.model.ensemble import EnsembleModel
 from lesionseg.model.model import LesionSegModel, ModelConfig, build_model, count_parameters, level_name
-from lesionseg.model.postprocess import InferenceConfig
+from lesionseg.model.settings import InferenceSettings
 
 FORMAT = "lesionseg-checkpoint-v1"
 
@@ -125,27 +125,33 @@ def _same_preprocessing(paths, checkpoints) -> None:
             raise DataError(path, f"preprocessing differs from {paths[0]}'s; an ensemble needs one input size")
 
 
-def package_model(paths: list[Path], inference: InferenceConfig) -> dict:
-    """The exported model: the checkpoint at ``paths`` (several: an ensemble of them) with ``inference``."""
+def package_model(paths: list[Path], settings: InferenceSettings) -> dict:
+    """The exported model: the checkpoint at ``paths`` (several: an ensemble of them) with ``settings``."""
     paths = [Path(p) for p in paths]
     members = [read_checkpoint(p) for p in paths]
     _same_preprocessing(paths, members)
     if len(members) == 1:
-        return {**members[0], "inference": asdict(inference)}
-    return {
+        return with_settings(members[0], settings)
+    package = {
         "format": FORMAT,
         "lesionseg_version": __version__,
         "members": members,
         "preprocessing": members[0]["preprocessing"],
-        "inference": asdict(inference),
         "extra": {"member_files": [str(p) for p in paths]},
     }
+    return with_settings(package, settings)
 
 
-def inference_settings(checkpoint: dict) -> InferenceConfig:
-    """The settings stored with an exported model; the plain model's (:class:`InferenceConfig` defaults) for a
+def with_settings(checkpoint: dict, settings: InferenceSettings) -> dict:
+    """``checkpoint`` (a model's dict, or an exported ensemble's) storing ``settings`` as its ``inference``: the
+    one place settings are written into a model (:func:`stored_settings` reads them)."""
+    return {**checkpoint, "inference": settings.record()}
+
+
+def stored_settings(checkpoint: dict) -> InferenceSettings:
+    """The settings stored with an exported model; the plain model's (:class:`InferenceSettings` defaults) for a
     training checkpoint, which stores none (:func:`has_inference_settings`)."""
-    return InferenceConfig(**checkpoint.get("inference", {}))
+    return InferenceSettings.from_record(checkpoint.get("inference", {}))
 
 
 def has_inference_settings(checkpoint: dict) -> bool:

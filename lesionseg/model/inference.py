@@ -1,5 +1,5 @@
-"""Batched inference on prepared uint8 images, optional flip TTA; the device, and the number format and memory layout
-the training step uses on it.
+"""Batched logits of prepared uint8 images, plain or flip-averaged (TTA); the device, and the number format and
+memory layout the training step uses on it.
 
 ``runtime.amp`` asks for ``auto``, ``bf16`` or ``off``, ``runtime.channels_last`` for ``auto``, ``true`` or
 ``false``; :func:`resolve_numerics` turns the requests into what a device uses (:class:`Numerics`), which the
@@ -15,6 +15,7 @@ the training used, so evaluation, ``predict``, the pyfunc and the ONNX reference
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesionseg.data.normalize import normalize_batch
+from lesionseg.model.settings import InferenceSettings
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -121,18 +123,28 @@ def autocast(device: torch.device, enabled: bool = True):
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Logits ``(N, 1, H, W)`` float32 for normalised ``x`` ``(N, 3, H, W)``.
+def plain_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``(N, 1, H, W)`` float32 for normalised ``x`` ``(N, 3, H, W)``."""
+    return model(x).float()
 
-    With ``tta`` the logits of the image and its horizontal, vertical and
-    double flip are averaged (each flipped back first).
-    """
-    if not tta:
-        return model(x).float()
+
+@torch.no_grad()
+def flip_averaged_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Flip TTA: the mean of the logits ``(N, 1, H, W)`` of ``x`` and of its horizontal, vertical and double
+    flip, each flipped back first."""
     total = model(x).float()
     for dims in ((-1,), (-2,), (-2, -1)):
         total += model(x.flip(dims)).float().flip(dims)
     return total / 4
+
+
+LogitsFunction = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def logits_function(settings: InferenceSettings) -> LogitsFunction:
+    """How the settings run the network on a batch: :func:`flip_averaged_logits` with TTA, else
+    :func:`plain_logits`."""
+    return flip_averaged_logits if settings.tta else plain_logits
 
 
 @torch.no_grad()
@@ -141,10 +153,11 @@ def predict_uint8(
     images: torch.Tensor,
     batch_size: int = 32,
     device: torch.device | None = None,
-    tta: bool = False,
     amp: bool = True,
+    forward: LogitsFunction = plain_logits,
 ) -> torch.Tensor:
-    """Logits on the CPU, ``(N, 1, S, S)``, for uint8 ``(N, S, S, 3)`` images, in eval mode."""
+    """Logits on the CPU, ``(N, 1, S, S)``, for uint8 ``(N, S, S, 3)`` images, in eval mode, each normalised
+    batch run through ``forward`` (:func:`logits_function`; the plain network by default)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -152,7 +165,7 @@ def predict_uint8(
     for start in range(0, len(images), batch_size):
         batch = normalize_batch(images[start : start + batch_size].to(device))
         with autocast(device, amp):
-            out.append(predict_logits(model, batch, tta).cpu())
+            out.append(forward(model, batch).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 1, *images.shape[1:3])
 

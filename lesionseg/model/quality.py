@@ -15,7 +15,12 @@ gets the same score everywhere.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where used: needs_review serves the torch-free ONNX reference too
+    import torch
 
 # A pixel whose probability lies within this distance of the threshold is "neither clearly lesion nor clearly
 # skin". Chosen on predictions no model was trained on (docs/predict.md, "Which masks to check"): for telling
@@ -43,8 +48,18 @@ def mask_quality(
         raise ValueError(f"expected probabilities (N, 1, H, W), got shape {tuple(probabilities.shape)}")
     if not 0.0 < threshold < 1.0 or margin <= 0.0:
         raise ValueError(f"need a threshold in (0, 1) and a margin > 0, got threshold {threshold}, margin {margin}")
+    import torch
+
     p = probabilities.float()
     uncertain = (p - threshold).abs() < margin
     area = (p > threshold).flatten(1).sum(1).float()
     share = uncertain.flatten(1).sum(1).float() / area.clamp(min=1)
     return torch.where(area > 0, (1 - share).clamp(0, 1), torch.zeros_like(area))
+
+
+def needs_review(quality, threshold: float | None) -> np.ndarray:
+    """Bool per mask: ``quality < threshold``; all False when there is no threshold (``None``)."""
+    quality = np.asarray(quality, dtype=float)
+    if threshold is None:
+        return np.zeros(quality.shape, dtype=bool)
+    return quality < threshold

@@ -13,9 +13,8 @@ cross-validation scoring, ``lesionseg predict``, the MLflow pyfunc, the ONNX ref
 pixels: on ``isic2018-extra`` cropping the 128 px input scores within 0.002 IoU of cropping the original
 (docs/other-clinics.md, "Small lesions"); the gain comes from the lesion filling the frame.
 
-:func:`predict_two_pass` runs both passes on a batch (:func:`zoom_pass` the second); :func:`compose_logits`
-gives one image's logits at any resolution (the crop's logits resized onto the box), which evaluation and
-``predict`` threshold.
+:func:`zoom_pass` runs the second pass on a batch (:func:`lesionseg.model.predict.predict` runs both);
+:func:`compose_logits` gives one image's logits at any resolution (the crop's logits resized onto the box).
 """
 
 from __future__ import annotations
@@ -27,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesionseg.data.normalize import normalize_float
-from lesionseg.model.inference import autocast, predict_logits, predict_uint8, upsample_logits
-from lesionseg.model.postprocess import Box, ZoomConfig, box_at, logit, zoom_box
+from lesionseg.model.boxes import Box, box_at, zoom_box
+from lesionseg.model.inference import autocast, logits_function, upsample_logits
+from lesionseg.model.settings import InferenceSettings
 
 
 def crop_input(images: torch.Tensor, box: Box) -> torch.Tensor:
@@ -54,68 +54,51 @@ def zoom_pass(
     model: nn.Module,
     images: torch.Tensor,
     first_logits: torch.Tensor,
-    config: ZoomConfig,
-    threshold: float = 0.5,
-    tta: bool = False,
+    settings: InferenceSettings,
     batch_size: int = 32,
     device: torch.device | None = None,
     amp: bool = True,
 ) -> ZoomPass:
     """The second pass for uint8 ``images`` ``(N, S, S, 3)`` given the first pass's ``first_logits``
-    ``(N, 1, S, S)`` (the lesion: probability above ``threshold``); the model runs in eval mode, with flip
-    TTA if ``tta``, as the first pass did."""
-    size, cut = images.shape[1], logit(threshold)
-    boxes = [zoom_box((logits[0] > cut).numpy(), config) for logits in first_logits]
+    ``(N, 1, S, S)``: each image's box (:func:`~lesionseg.model.boxes.zoom_box` of the lesion, probability above
+    ``settings.threshold``, with ``settings.zoom``) cropped and run in eval mode with the settings' flip TTA, as
+    the first pass was."""
+    size = images.shape[1]
+    boxes = [zoom_box((logits[0] > settings.cut).numpy(), settings.zoom) for logits in first_logits]
     out = torch.zeros(len(images), 1, size, size)
     todo = [i for i, box in enumerate(boxes) if box is not None]
     device = device or next(model.parameters()).device
+    forward = logits_function(settings)
     was_training = model.training
     model.eval()
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         batch = torch.cat([crop_input(images[i], boxes[i]) for i in chunk]).to(device)
         with autocast(device, amp):
-            out[chunk] = predict_logits(model, batch, tta).cpu()
+            out[chunk] = forward(model, batch).cpu()
     model.train(was_training)
     return ZoomPass(boxes, out)
 
 
-def predict_two_pass(
-    model: nn.Module,
-    images: torch.Tensor,
-    zoom: ZoomConfig,
-    threshold: float = 0.5,
-    tta: bool = False,
-    batch_size: int = 32,
-    device: torch.device | None = None,
-) -> tuple[torch.Tensor, ZoomPass | None]:
-    """The first pass's logits ``(N, 1, S, S)`` for uint8 ``images`` ``(N, S, S, 3)``
-    (:func:`~lesionseg.model.inference.predict_uint8`) and, with ``zoom.enabled``, the second pass on them
-    (:func:`zoom_pass`; else ``None``): what evaluation, ``predict`` and the pyfunc all run."""
-    logits = predict_uint8(model, images, batch_size, device, tta=tta)
-    second = zoom_pass(model, images, logits, zoom, threshold, tta, batch_size, device) if zoom.enabled else None
-    return logits, second
-
-
 def compose_logits(
-    first_logits: torch.Tensor, zoom: ZoomPass | None, index: int, height: int, width: int
+    first_logits: torch.Tensor, second_pass: ZoomPass | None, index: int, height: int, width: int
 ) -> torch.Tensor:
     """Image ``index``'s logits ``(1, 1, height, width)``: the first pass's upsampled (bilinear), with the
     zoom pass's crop logits resized onto its box (box edges scaled from model-input pixels and rounded)."""
     logits = upsample_logits(first_logits[index : index + 1], height, width)
-    box = zoom.boxes[index] if zoom is not None else None
+    box = second_pass.boxes[index] if second_pass is not None else None
     if box is None:
         return logits
     y0, x0, y1, x1 = box_at(box, first_logits.shape[-1], height, width)
     logits = logits.clone()
-    logits[..., y0:y1, x0:x1] = upsample_logits(zoom.logits[index : index + 1], y1 - y0, x1 - x0)
+    logits[..., y0:y1, x0:x1] = upsample_logits(second_pass.logits[index : index + 1], y1 - y0, x1 - x0)
     return logits
 
 
-def composed_at_input_size(first_logits: torch.Tensor, zoom: ZoomPass | None) -> torch.Tensor:
+def composed_at_input_size(first_logits: torch.Tensor, second_pass: ZoomPass | None) -> torch.Tensor:
     """All images' :func:`compose_logits` at the model's input size ``(N, 1, S, S)`` (the first pass's own
     logits when nothing was zoomed)."""
-    if zoom is None or all(box is None for box in zoom.boxes):
+    if second_pass is None or all(box is None for box in second_pass.boxes):
         return first_logits
     size = first_logits.shape[-1]
-    return torch.cat([compose_logits(first_logits, zoom, i, size, size) for i in range(len(first_logits))])
+    return torch.cat([compose_logits(first_logits, second_pass, i, size, size) for i in range(len(first_logits))])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import mlflow
@@ -12,11 +11,9 @@ import numpy as np
 import torch
 
 from lesionseg import atomic
-from lesionseg.evaluation.review import needs_review
-from lesionseg.model.checkpoint import first_member, inference_settings, load_model, load_models
-from lesionseg.model.postprocess import InferenceConfig, ZoomConfig, clean_mask
-from lesionseg.model.quality import mask_quality
-from lesionseg.model.zoom import composed_at_input_size, predict_two_pass
+from lesionseg.model.checkpoint import first_member, load_model, load_models, stored_settings
+from lesionseg.model.predict import Prediction, predict
+from lesionseg.model.settings import OVERRIDABLE, InferenceSettings
 
 ONNX_OPSET = 17
 
@@ -27,7 +24,7 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path, metadata: 
     exported ensemble) become one graph whose logits are those of the mean probability.
     The model's metadata holds the preprocessing (``lesionseg.preprocessing``) and the
     inference settings to apply around it (``lesionseg.inference``: flip TTA, threshold,
-    clean-up; see :class:`~lesionseg.model.postprocess.InferenceConfig`); the colour constancy
+    clean-up, zoom, review threshold; :meth:`~lesionseg.model.settings.InferenceSettings.record`); the colour constancy
     step (``lesionseg.colour_constancy``) is inside the graph; ``metadata`` adds entries (the export stage:
     ``lesionseg.model_card``). Returns the preprocessing dict."""
     paths = checkpoint_paths if isinstance(checkpoint_paths, (list, tuple)) else [checkpoint_paths]
@@ -48,7 +45,7 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path, metadata: 
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
-        settings = asdict(inference_settings(checkpoint))
+        settings = stored_settings(checkpoint).record()
         model_config = first_member(checkpoint)["model_config"]
         _add_metadata(
             tmp,
@@ -84,43 +81,34 @@ def _add_metadata(path: Path, props: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-@torch.no_grad()
-def predict_probabilities(
-    model: torch.nn.Module, images: np.ndarray, tta: bool = False, zoom: ZoomConfig = ZoomConfig(), threshold=0.5
-) -> np.ndarray:
-    """uint8 ``(N, S, S, 3)`` -> lesion probabilities float32 ``(N, S, S)`` (model in eval mode); with
-    ``zoom.enabled`` the zoom-in second pass's composed at the input size (its lesion: above ``threshold``)."""
-    pixels = torch.as_tensor(np.asarray(images), dtype=torch.uint8)
-    logits = composed_at_input_size(*predict_two_pass(model, pixels, zoom, threshold, tta))
+def predict_probabilities(model: torch.nn.Module, images: np.ndarray, settings: InferenceSettings) -> np.ndarray:
+    """uint8 ``(N, S, S, 3)`` -> lesion probabilities float32 ``(N, S, S)`` with ``settings``' TTA and zoom-in
+    second pass (no threshold or clean-up)."""
+    logits = _predict(model, images, settings).input_logits
     return torch.sigmoid(logits)[:, 0].numpy().astype(np.float32)
 
 
-def _probabilities(model: torch.nn.Module, images: np.ndarray, settings: InferenceConfig) -> np.ndarray:
-    return predict_probabilities(model, images, settings.tta, settings.zoom_config, settings.threshold)
-
-
-def predict_masks(model: torch.nn.Module, images: np.ndarray, settings: InferenceConfig) -> np.ndarray:
+def predict_masks(model: torch.nn.Module, images: np.ndarray, settings: InferenceSettings) -> np.ndarray:
     """uint8 ``(N, S, S, 3)`` -> uint8 masks ``(N, S, S)`` (1 = lesion) with all of ``settings`` applied."""
-    return _masks(_probabilities(model, images, settings), settings)
-
-
-def _masks(probabilities: np.ndarray, settings: InferenceConfig) -> np.ndarray:
-    return np.stack([clean_mask(p > settings.threshold, settings.postprocess) for p in probabilities]).astype(np.uint8)
+    return _masks(_predict(model, images, settings))
 
 
 def predict_masks_with_quality(
-    model: torch.nn.Module, images: np.ndarray, settings: InferenceConfig
+    model: torch.nn.Module, images: np.ndarray, settings: InferenceSettings
 ) -> dict[str, np.ndarray]:
     """uint8 ``(N, S, S, 3)`` -> ``{"mask": uint8 (N, S, S), "quality": float32 (N,), "review": bool (N,)}``:
     :func:`predict_masks`, each mask's :func:`~lesionseg.model.quality.mask_quality` and whether it is below
     ``settings.review_threshold`` (all False without one)."""
-    probabilities = _probabilities(model, images, settings)
-    quality = mask_quality(torch.from_numpy(probabilities)[:, None], settings.threshold).numpy()
-    return {
-        "mask": _masks(probabilities, settings),
-        "quality": quality.astype(np.float32),
-        "review": needs_review(quality, settings.review_threshold),
-    }
+    prediction = _predict(model, images, settings)
+    return {"mask": _masks(prediction), "quality": prediction.quality.astype(np.float32), "review": prediction.review}
+
+
+def _predict(model: torch.nn.Module, images: np.ndarray, settings: InferenceSettings) -> Prediction:
+    return predict(model, torch.as_tensor(np.asarray(images), dtype=torch.uint8), settings)
+
+
+def _masks(prediction: Prediction) -> np.ndarray:
+    return prediction.input_masks()[:, 0].numpy().astype(np.uint8)
 
 
 class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
@@ -141,22 +129,19 @@ class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.model, checkpoint = load_model(Path(context.artifacts["checkpoint"]))
         self.model.eval()
-        self.settings = inference_settings(checkpoint)
+        self.settings = stored_settings(checkpoint)
 
     def predict(self, context, model_input, params=None):
         params = dict(params or {})
         output = params.pop("output", "mask")
-        settings = replace(self.settings, **{k: v for k, v in params.items() if k in PYFUNC_SETTINGS})
+        settings = self.settings.override({k: v for k, v in params.items() if k in OVERRIDABLE})
         if output == "probabilities":
-            return _probabilities(self.model, model_input, settings)
+            return predict_probabilities(self.model, model_input, settings)
         if output == "mask_quality":
             return predict_masks_with_quality(self.model, model_input, settings)
         if output != "mask":
             raise ValueError(f"output must be 'mask', 'mask_quality' or 'probabilities', got {output!r}")
         return predict_masks(self.model, model_input, settings)
-
-
-PYFUNC_SETTINGS = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom")
 
 
 def log_pyfunc_model(checkpoint_path: Path, documents: list[Path] = (), name: str = "model") -> str:
@@ -170,9 +155,9 @@ def log_pyfunc_model(checkpoint_path: Path, documents: list[Path] = (), name: st
     model, checkpoint = load_model(checkpoint_path)
     size = checkpoint["preprocessing"]["size"]
     example = np.zeros((1, size, size, 3), dtype=np.uint8)
-    settings = inference_settings(checkpoint)
+    settings = stored_settings(checkpoint)
     # A param's default must have a type: review_threshold is a param only where the model stores one.
-    stored = {k: getattr(settings, k) for k in PYFUNC_SETTINGS}
+    stored = {k: v for k, v in settings.record().items() if k in OVERRIDABLE}
     defaults = {"output": "mask", **{k: v for k, v in stored.items() if v is not None}}
     signature = mlflow.models.infer_signature(example, predict_masks(model.eval(), example, settings), defaults)
     info = mlflow.pyfunc.log_model(

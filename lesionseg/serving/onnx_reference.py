@@ -11,14 +11,16 @@ Pillow, SciPy and onnxruntime only (this module imports no torch; neither do the
 2. the graph runs on the image and, with flip TTA (``lesionseg.inference``), on its horizontal, vertical
    and double flip; the logits, flipped back, are averaged;
 3. with the zoom-in second pass stored on (:mod:`lesionseg.model.zoom`): the box of the largest predicted
-   component, widened by the stored margin on each side (:func:`~lesionseg.model.postprocess.zoom_box`;
+   component, widened by the stored margin on each side (:func:`~lesionseg.model.boxes.zoom_box`;
    none when it covers the stored ``zoom_max_share`` of the image or more), is cropped from the ``S`` x ``S``
    input, resized to ``S`` x ``S`` (bilinear, not rounded: :func:`crop_input`) and run as in 2; its logits
    replace the first pass's over the box (:func:`compose_logits`, at every resolution below);
 4. the mask's quality is computed on the sigmoid of those logits at ``S`` x ``S`` (:func:`mask_quality`),
    and the mask is flagged for review when it is below the stored review threshold;
-5. the logits are resized to the original size (bilinear, half-pixel centres: :func:`upsample_logits`), their
-   sigmoid thresholded, and the mask cleaned up (largest component, holes filled) as stored.
+5. the logits are resized to the original size (bilinear, half-pixel centres: :func:`upsample_logits`), cut at
+   the stored threshold's logit, and the mask cleaned up (largest component, holes filled) as stored.
+
+Steps 2-5 mirror :func:`lesionseg.model.predict.predict` and its :meth:`~lesionseg.model.predict.Prediction.mask`.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from PIL import Image
 
 from lesionseg.data.images import image_size, model_input, resize_input
 from lesionseg.errors import DataError
-from lesionseg.evaluation.review import needs_review
-from lesionseg.model.postprocess import Box, InferenceConfig, box_at, clean_mask, logit, zoom_box
+from lesionseg.model.boxes import Box, box_at, zoom_box
+from lesionseg.model.postprocess import clean_mask
+from lesionseg.model.quality import UNCERTAIN_MARGIN, needs_review
+from lesionseg.model.settings import InferenceSettings
 
-UNCERTAIN_MARGIN = 0.2  # lesionseg.model.quality.UNCERTAIN_MARGIN
 METADATA_KEYS = ("lesionseg.preprocessing", "lesionseg.inference")
 FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both: the order of predict_logits
 
@@ -72,7 +75,7 @@ class OnnxModel:
             self.size = int(preprocessing["size"])
             self.mean = np.asarray(preprocessing["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
             self.std = np.asarray(preprocessing["std"], dtype=np.float32).reshape(1, 3, 1, 1)
-            self.settings = InferenceConfig(**json.loads(meta["lesionseg.inference"]))
+            self.settings = InferenceSettings.from_record(json.loads(meta["lesionseg.inference"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(self.path, f"unusable lesionseg metadata ({type(exc).__name__}: {exc})") from exc
 
@@ -100,14 +103,14 @@ class OnnxModel:
             width, height = image_size(image)
             pixels = model_input(image, self.size)
         settings = self.settings
+        cut = np.float32(settings.cut)  # the threshold's logit, compared in float32 as torch compares it
         logits = self.logits(pixels)
-        box = zoom_box(logits > np.float32(logit(settings.threshold)), settings.zoom_config)
+        box = zoom_box(logits > cut, settings.zoom)
         crop_logits = None if box is None else self.logits(crop_input(pixels, box))
         quality = mask_quality(
             sigmoid(compose_logits(logits, box, crop_logits, self.size, self.size)), settings.threshold
         )
-        probabilities = sigmoid(compose_logits(logits, box, crop_logits, height, width))
-        mask = clean_mask(probabilities > settings.threshold, settings.postprocess)
+        mask = clean_mask(compose_logits(logits, box, crop_logits, height, width) > cut, settings.postprocess)
         return OnnxPrediction(mask, quality, bool(needs_review(quality, settings.review_threshold)))
 
 

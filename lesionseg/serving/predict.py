@@ -18,10 +18,8 @@ from lesionseg.data.external import IMAGE_EXTENSIONS, MASK_SUFFIXES
 from lesionseg.data.images import image_size, load_image, model_input
 from lesionseg.errors import DataError
 from lesionseg.evaluation.drawing import overlay
-from lesionseg.evaluation.review import needs_review
-from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig, clean_mask
-from lesionseg.model.quality import mask_quality
-from lesionseg.model.zoom import compose_logits, composed_at_input_size, predict_two_pass
+from lesionseg.model.predict import predict
+from lesionseg.model.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -203,23 +201,20 @@ def predict_files(
     paths: list[Path],
     size: int,
     output_dir: Path,
+    settings: InferenceSettings = InferenceSettings(),
     *,
-    threshold: float = 0.5,
-    tta: bool = False,
-    postprocess: PostprocessConfig = PostprocessConfig(),
     overlays: bool = False,
     batch_size: int = 8,
     device=None,
     progress: bool = True,
-    review_threshold: float | None = None,
     review_only: bool = False,
-    zoom: ZoomConfig = ZoomConfig(),
     overwrite: bool = False,
 ) -> PredictSummary:
     """Write ``<name>_mask.png`` (0/255, original size) and optionally ``<name>_overlay.png`` per input, ``name``
     its stem unless stems clash (:func:`output_names`), and :data:`QUALITY_TABLE`: per image its ``file``, its
     ``mask``'s name, mask ``quality`` (:func:`~lesionseg.model.quality.mask_quality` at model resolution),
-    ``review`` (``yes`` when the quality is below ``review_threshold``; empty without one) and ``mask_area_px``
+    ``review`` (``yes`` when the quality is below ``settings.review_threshold``; empty without one) and
+    ``mask_area_px``
     (lesion pixels of the mask). With ``review_only`` only the flagged images' masks (and overlays) are written.
 
     All output names are decided and checked first (:func:`plan_outputs`, which raises :class:`DataError` before
@@ -228,11 +223,9 @@ def predict_files(
     interrupted run are predict's own on the next (:func:`earlier_outputs`), and again with the scores at the end.
 
     Images are resized to the checkpoint's ``size`` exactly as the prepare stage
-    does, run through the model ``batch_size`` at a time, and the logits are
-    upsampled to each image's original size before thresholding, as in
-    evaluation, then ``postprocess`` cleans the mask. With ``zoom.enabled`` the zoom-in second pass runs as
-    in evaluation (:mod:`lesionseg.model.zoom`). Unreadable inputs are logged and listed in ``summary.failed``;
-    the others still run.
+    does and run through :func:`~lesionseg.model.predict.predict` with ``settings``, ``batch_size`` at a time:
+    each mask is taken at the image's original size, as evaluation takes it. Unreadable inputs are logged and
+    listed in ``summary.failed``; the others still run.
     """
     output_dir = Path(output_dir)
     outputs = plan_outputs(paths, output_dir, overlays=overlays, overwrite=overwrite)
@@ -250,20 +243,18 @@ def predict_files(
                     summary.failed[str(output.image)] = exc.problem
             if loaded:
                 batch = torch.from_numpy(np.stack([pixels for _, _, pixels in loaded]))
-                logits, second = predict_two_pass(model, batch, zoom, threshold, tta, batch_size, device)
-                quality = mask_quality(torch.sigmoid(composed_at_input_size(logits, second)), threshold).numpy()
-                flagged = needs_review(quality, review_threshold)
-                for index, ((output, (width, height), _), score, review) in enumerate(zip(loaded, quality, flagged)):
-                    probs = torch.sigmoid(compose_logits(logits, second, index, height, width))[0, 0]
-                    mask = clean_mask((probs > threshold).numpy(), postprocess)
+                prediction = predict(model, batch, settings, batch_size, device)
+                for index, (output, (width, height), _) in enumerate(loaded):
+                    review = bool(prediction.review[index])
+                    mask = prediction.mask(index, height, width).numpy()
                     if review or not review_only:
                         summary.written += _write_outputs(output, mask, output_dir, overlays)
-                    verdict = "" if review_threshold is None else ("yes" if review else "no")
+                    verdict = "" if settings.review_threshold is None else ("yes" if review else "no")
                     summary.rows.append(
                         {
                             "file": str(output.image),
                             "mask": output.mask,
-                            "quality": float(score),
+                            "quality": float(prediction.quality[index]),
                             "review": verdict,
                             "mask_area_px": int(mask.sum()),
                         }
