@@ -211,9 +211,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from lesionseg.evaluation.compare import format_markdown, format_text
-    from lesionseg.evaluation.experiments import compare_runs, one_model, read_run
+    from lesionseg.evaluation.compare import compare_runs, format_markdown, format_text, one_model
     from lesionseg.evaluation.lesion_size import split_by_size
+    from lesionseg.evaluation.runs import read_run
 
     a, b = (read_run(source, args.set, args.per_image_dir, args.reports_dir) for source in (args.a, args.b))
     if Path(args.a).is_file() and Path(args.b).is_file():
@@ -254,11 +254,12 @@ def cmd_recipe(args) -> int:
 
 
 def cmd_ci_report(args) -> int:
-    from lesionseg.evaluation.ci_report import read_run, write_report
+    from lesionseg.evaluation.ci_report import write_change_report
+    from lesionseg.evaluation.runs import read_pipeline_run
 
-    base = read_run(args.base, args.base_label, args.reports_dir)
-    head = read_run(args.head, args.head_label, args.reports_dir)
-    markdown = write_report(base, head, args.out, args.metric, args.note or [])
+    base = read_pipeline_run(args.base, args.base_label, args.reports_dir)
+    head = read_pipeline_run(args.head, args.head_label, args.reports_dir)
+    markdown = write_change_report(base, head, args.out, args.metric, args.note or [])
     if args.append_to:  # e.g. $GITHUB_STEP_SUMMARY, which other steps write to as well
         with open(args.append_to, "a", encoding="utf-8") as summary:
             summary.write(markdown)

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 from lesionseg import atomic, tracking
-from lesionseg.evaluation.experiments import read_tables
 from lesionseg.evaluation.records import parse_metrics
+from lesionseg.evaluation.runs import read_tables
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import first_member, package_model, read_checkpoint
 from lesionseg.model.ensemble import ENSEMBLE_NAME

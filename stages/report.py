@@ -7,10 +7,10 @@ import mlflow
 
 from lesionseg import tracking
 from lesionseg.data.cache import Split
-from lesionseg.evaluation import report
 from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX
-from lesionseg.evaluation.experiments import read_tables
+from lesionseg.evaluation.pipeline_report import load_histories, write_pipeline_report
 from lesionseg.evaluation.records import parse_metrics
+from lesionseg.evaluation.runs import read_tables
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.model.checkpoint import load_model
 from stages.external_sets import load_external_sets
@@ -40,12 +40,12 @@ def run() -> None:
     external = load_external_sets(params, args.external)
     scored = [*external, *(name + CALIBRATED_SUFFIX for name in get(params, "evaluate.calibrate") or {})]
     with work():
-        report.write_report(
+        write_pipeline_report(
             model,
             chosen,
             Split.load(args.data / "test.pt"),
             parse_metrics(args.metrics.read_text(), args.metrics),
-            report.load_histories(args.histories),
+            load_histories(args.histories),
             args.figures,
             args.table,
             samples=get(params, "report.samples"),

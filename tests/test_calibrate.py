@@ -23,9 +23,9 @@ from lesionseg.evaluation.calibrate import (
     moved_review_threshold,
     threshold_search,
 )
+from lesionseg.evaluation.comparison_table import CALIBRATION_COLUMN, comparison_table
 from lesionseg.evaluation.evaluate import evaluate_model
 from lesionseg.evaluation.records import ModelMetrics
-from lesionseg.evaluation.report import CALIBRATION_COLUMN, comparison_table
 from lesionseg.model.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint, stored_settings
 from lesionseg.model.model import ModelConfig, build_model
 from lesionseg.model.quality import needs_review

@@ -12,9 +12,10 @@ from lesionseg.data.download import ARCHIVES, DownloadConfig, download_and_extra
 from lesionseg.data.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS, pair_images_and_masks
 from lesionseg.data.synthetic import write_archives
 from lesionseg.errors import DataError
-from lesionseg.evaluation.ci_report import REPORT_MARKER, change_chart, metrics_diff, read_run
+from lesionseg.evaluation.ci_report import REPORT_MARKER, change_chart, metrics_diff
 from lesionseg.evaluation.compare import ModelComparison
 from lesionseg.evaluation.records import ModelMetrics
+from lesionseg.evaluation.runs import read_pipeline_run
 from lesionseg.evaluation.stats import PairedComparison
 
 IDS = [f"ISIC_{i:07d}" for i in range(40)]
@@ -124,10 +125,10 @@ def test_ci_report_bad_input_names_the_file(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == message
     (run / "metrics.json").write_text("{not json")
     with pytest.raises(DataError, match=r"metrics.json: not valid JSON"):
-        read_run(str(run))
+        read_pipeline_run(str(run))
     (run / "metrics.json").write_text("[1, 2]")
     with pytest.raises(DataError, match=r"metrics.json: not a metrics file"):
-        read_run(str(run))
+        read_pipeline_run(str(run))
 
 
 def test_synthetic_archives_are_deterministic_and_read_like_the_official_ones(tmp_path):

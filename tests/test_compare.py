@@ -17,11 +17,12 @@ from lesionseg.evaluation.compare import (
     WORSE,
     ImageMismatchError,
     compare_models,
+    compare_runs,
     paired_change,
     verdict,
 )
-from lesionseg.evaluation.experiments import RunEvaluations, compare_runs, evaluation_of, read_run
 from lesionseg.evaluation.records import ModelMetrics, metrics_json, parse_metrics
+from lesionseg.evaluation.runs import Run, evaluation_of, read_run
 from lesionseg.evaluation.stats import PairedComparison
 
 IDS = [f"ISIC_{i:07d}" for i in range(30)]
@@ -117,7 +118,7 @@ def test_verdict_reads_the_interval(ci95, expected):
 
 
 def test_report_uses_the_one_comparison():
-    from lesionseg.evaluation.report import CHANGE_COLUMN, comparison_table, verdicts
+    from lesionseg.evaluation.comparison_table import CHANGE_COLUMN, comparison_table, verdicts
 
     rng = np.random.default_rng(2)
     frozen = table(rng.uniform(0.5, 0.8, 30))
@@ -221,14 +222,14 @@ def test_compare_runs_on_every_shared_evaluation(two_experiments):
 
 def test_compare_runs_errors_name_both_sides(tmp_path):
     tables = {"finetune_all": table([0.5, 0.6, 0.7])}
-    cv_only, test_only = RunEvaluations("exp-a", {"cv out-of-fold": tables}), RunEvaluations("exp-b", {"test": tables})
+    cv_only, test_only = Run("exp-a", {"cv out-of-fold": tables}), Run("exp-b", {"test": tables})
     with pytest.raises(
         ValueError, match=r"^exp-a and exp-b have no evaluation in common \(exp-a: \['cv out-of-fold'\]"
     ):
         compare_runs(cv_only, test_only)
-    other = RunEvaluations("exp-b", {"test": {"frozen": table([0.5, 0.6, 0.7])}})
+    other = Run("exp-b", {"test": {"frozen": table([0.5, 0.6, 0.7])}})
     with pytest.raises(ValueError, match="no model of exp-a is also in exp-b on any evaluation both have"):
-        compare_runs(RunEvaluations("exp-a", {"test": tables}), other)
+        compare_runs(Run("exp-a", {"test": tables}), other)
 
 
 # `lesionseg compare`

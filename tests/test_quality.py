@@ -202,7 +202,7 @@ def test_predict_writes_the_quality_table_and_review_only(untrained, tmp_path, c
 
 
 def test_risk_coverage_figure(tmp_path):
-    from lesionseg.evaluation.report import plot_risk_coverage
+    from lesionseg.evaluation.figures import plot_risk_coverage
 
     rng = np.random.default_rng(2)
     quality = rng.random(40)

@@ -13,8 +13,7 @@ import yaml
 
 from lesionseg.cli import main
 from lesionseg.errors import DataError
-from lesionseg.evaluation.compare import format_markdown
-from lesionseg.evaluation.experiments import compare_runs, read_run
+from lesionseg.evaluation.compare import compare_runs, format_markdown
 from lesionseg.evaluation.results_record import read_provenance, reconstructed_command, save_record
 from lesionseg.evaluation.results_tables import (
     SCORE,
@@ -24,6 +23,7 @@ from lesionseg.evaluation.results_tables import (
     render_table,
     unrecorded_rows,
 )
+from lesionseg.evaluation.runs import read_run
 from lesionseg.evaluation.stats import mean_interval
 
 IDS = [f"ISIC_{i:07d}" for i in range(12)]

@@ -2,7 +2,8 @@
 
 Each side (base, head) is one pipeline run's reports: ``metrics.json`` and ``per_image/<model>.csv``,
 as the evaluate stage writes them under ``reports/``, read from a folder or through DVC at a git
-revision or DVC experiment. The report (Markdown, for the job summary and the pull-request comment) has:
+revision or DVC experiment (:func:`lesionseg.evaluation.runs.read_pipeline_run`). The report (Markdown,
+for the job summary and the pull-request comment) has:
 
 1. the paired change of each model on both sides (:func:`lesionseg.evaluation.compare.compare_models`):
    means, change (head - base), its 95% bootstrap interval, Wilcoxon p and a verdict;
@@ -15,45 +16,16 @@ revision or DVC experiment. The report (Markdown, for the job summary and the pu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from lesionseg import atomic
-from lesionseg.errors import DataError
 from lesionseg.evaluation.compare import DEFAULT_METRIC, ModelComparison, compare_models, format_markdown
-from lesionseg.evaluation.experiments import METRICS_FILE, PER_IMAGE, REPORTS_DIR, TEST, RunFiles
-from lesionseg.evaluation.records import ModelMetrics, parse_metrics
+from lesionseg.evaluation.records import ModelMetrics
+from lesionseg.evaluation.runs import TEST, Run
 
 # First line of the report: the workflow finds its earlier comment by it and edits that one.
 REPORT_MARKER = "<!-- lesionseg-ci-report -->"
 CHART_WIDTH = 61  # characters of the text chart's axis; odd, so 0 can sit in the middle
-
-
-@dataclass(frozen=True)
-class RunReports:
-    """One pipeline run's test results: ``metrics`` model -> record, ``per_image`` model -> table."""
-
-    label: str
-    metrics: dict[str, ModelMetrics]
-    per_image: dict[str, pd.DataFrame]
-
-
-def read_run(source: str, label: str | None = None, reports_dir: str = REPORTS_DIR, repo: str = ".") -> RunReports:
-    """A run's reports from a folder holding ``metrics.json`` and ``per_image/`` (e.g. ``reports``),
-    else from ``reports_dir`` at the git revision or DVC experiment ``source``."""
-    if Path(source).is_dir() and not (Path(source) / METRICS_FILE).is_file():
-        raise DataError(source, f"no {METRICS_FILE} here: not a pipeline run's reports folder")
-    run = RunFiles(source, reports_dir, repo)
-    metrics = parse_metrics(run.read_text(METRICS_FILE), run.where(METRICS_FILE))
-    per_image = run.tables(PER_IMAGE)
-    if not per_image:
-        raise DataError(run.where(PER_IMAGE), "no per-image CSV files here")
-    # The pipeline's model order (frozen, then each fine-tuning level), not the files' alphabetical one.
-    ordered = {name: per_image[name] for name in metrics if name in per_image}
-    ordered.update((name, table) for name, table in per_image.items() if name not in ordered)
-    return RunReports(label or source, metrics, ordered)
 
 
 def metrics_diff(base: dict[str, ModelMetrics], head: dict[str, ModelMetrics]) -> dict[str, list[tuple]]:
@@ -116,13 +88,17 @@ def _value(value: float | None, signed: bool = False) -> str:
 
 
 def format_report(
-    base: RunReports, head: RunReports, metric: str = DEFAULT_METRIC, notes: list[str] = ()
+    base: Run, head: Run, metric: str = DEFAULT_METRIC, notes: list[str] = ()
 ) -> tuple[str, list[ModelComparison]]:
-    """The report's Markdown and the paired results it shows (one per model on both sides, on the test split)."""
-    results = compare_models(base.per_image, head.per_image, metric, evaluation=TEST)
+    """The report's Markdown and the paired results it shows (one per model on both sides, on the test split).
+
+    ``base``, ``head``: pipeline runs with their metrics and test tables
+    (:func:`~lesionseg.evaluation.runs.read_pipeline_run`)."""
+    base_tables, head_tables = base.tables[TEST], head.tables[TEST]
+    results = compare_models(base_tables, head_tables, metric, evaluation=TEST)
     only = {
-        "base": [m for m in base.per_image if m not in head.per_image],
-        "head": [m for m in head.per_image if m not in base.per_image],
+        "base": [m for m in base_tables if m not in head_tables],
+        "head": [m for m in head_tables if m not in base_tables],
     }
     lines = [
         REPORT_MARKER,
@@ -166,7 +142,7 @@ def format_report(
 
 def plot_change(results: list[ModelComparison], path: Path, metric: str = DEFAULT_METRIC) -> None:
     """The chart of :func:`change_chart` as an image: change and 95% interval per model."""
-    from lesionseg.evaluation.report import plt, save_figure
+    from lesionseg.evaluation.figures import plt, save_figure  # matplotlib only when the chart is drawn
 
     fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(results) + 1.5))
     y = range(len(results))
@@ -181,8 +157,8 @@ def plot_change(results: list[ModelComparison], path: Path, metric: str = DEFAUL
     save_figure(fig, path)
 
 
-def write_report(
-    base: RunReports, head: RunReports, out_dir: Path, metric: str = DEFAULT_METRIC, notes: list[str] = ()
+def write_change_report(
+    base: Run, head: Run, out_dir: Path, metric: str = DEFAULT_METRIC, notes: list[str] = ()
 ) -> str:
     """Write ``report.md`` and ``change.png`` into ``out_dir`` (created); returns the Markdown."""
     markdown, results = format_report(base, head, metric, notes)

@@ -5,7 +5,8 @@ A per-image table has an ``id`` column (one row per image) and score columns, as
 stages write them (``reports/per_image/<model>.csv`` and so on). Two tables are paired by image id,
 whatever their row order (:func:`paired_change`); the statistics are
 :func:`lesionseg.evaluation.stats.paired_difference`'s. A side of :func:`compare_models` is a mapping
-model name -> table; models on both sides are compared.
+model name -> table; models on both sides are compared. :func:`compare_runs` compares two runs
+(:class:`~lesionseg.evaluation.runs.Run`) on every evaluation both have.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from lesionseg.evaluation.runs import Run
 from lesionseg.evaluation.stats import PairedComparison, paired_difference
 
 DEFAULT_METRIC = "orig_jaccard"
@@ -107,6 +109,61 @@ def compare_models(
         ModelComparison(evaluation, name, paired_change(a[name], b[name], metric, f"{name} on {evaluation}"))
         for name in names
     ]
+
+
+def one_model(a: Run, b: Run) -> tuple[Run, Run]:
+    """Two sides of one table each (two CSV files, e.g. two models of one run) as one model
+    ``"<name A> vs <name B>"``, so that they are compared whatever their names."""
+    ((evaluation_a, tables_a),), ((evaluation_b, tables_b),) = a.tables.items(), b.tables.items()
+    ((name_a, table_a),), ((name_b, table_b),) = tables_a.items(), tables_b.items()
+    evaluation = evaluation_a if evaluation_a == evaluation_b else f"{evaluation_a} vs {evaluation_b}"
+    label = f"{name_a} vs {name_b}"
+    return Run(a.label, {evaluation: {label: table_a}}), Run(b.label, {evaluation: {label: table_b}})
+
+
+@dataclass
+class RunComparison:
+    """:func:`compare_runs`' results (evaluation by evaluation, models in A's order) and what it skipped."""
+
+    results: list[ModelComparison]
+    notes: list[str]
+
+
+def compare_runs(a: Run, b: Run, metric: str = DEFAULT_METRIC, models=None) -> RunComparison:
+    """The paired change (B - A) of every model (or of ``models``) on every evaluation both runs have.
+
+    An evaluation or a model on one side only is skipped with a note. Raises ``ValueError`` naming both
+    runs when they have no evaluation in common or no model is compared at all, and
+    :class:`ImageMismatchError` when a model's two tables score different images.
+    """
+    common = [e for e in a.tables if e in b.tables]
+    if not common:
+        raise ValueError(
+            f"{a.label} and {b.label} have no evaluation in common "
+            f"({a.label}: {list(a.tables) or 'none'}; {b.label}: {list(b.tables) or 'none'})"
+        )
+    notes = [
+        f"{e}: only in {run.label}, skipped"
+        for run, other in ((a, b), (b, a))
+        for e in run.tables
+        if e not in other.tables
+    ]
+    results = []
+    for evaluation in common:
+        left, right = a.tables[evaluation], b.tables[evaluation]
+        wanted = list(models) if models else [*left, *(m for m in right if m not in left)]
+        for run, tables in ((a, left), (b, right)):
+            missing = [m for m in wanted if m not in tables]
+            if missing:
+                notes.append(f"{evaluation}: {', '.join(missing)} not in {run.label}, not compared")
+        names = [m for m in wanted if m in left and m in right]
+        if names:
+            results += compare_models(left, right, metric, names, evaluation)
+    if not results:
+        raise ValueError(
+            f"no model of {a.label} is also in {b.label} on any evaluation both have ({', '.join(common)})"
+        )
+    return RunComparison(results, notes)
 
 
 def _header(labels: tuple[str, str]) -> tuple[str, ...]:

@@ -1,10 +1,10 @@
 """A finished experiment as a small committed record: ``results/<name>/``, the scores only (kilobytes).
 
 ``lesionseg results save <exp>`` writes one from a DVC experiment or git revision (read through DVC's cache,
-as ``lesionseg compare`` reads experiments: :class:`~lesionseg.evaluation.experiments.RunFiles`) or from a
+as ``lesionseg compare`` reads experiments: :class:`~lesionseg.evaluation.runs.RunFiles`) or from a
 reports folder on disk (the workspace's ``reports``). A record is itself a reports folder, laid out as the
 pipeline lays out ``reports/``, so everything that reads runs reads records (``lesionseg compare
-results/a results/b``, :func:`~lesionseg.evaluation.experiments.read_run`):
+results/a results/b``, :func:`~lesionseg.evaluation.runs.read_run`):
 
 ====================================  ===========================================================
 ``metrics.json``, ``cv/metrics.json``  the evaluate and cv_score stages' metrics, as written
@@ -37,7 +37,14 @@ import yaml
 
 from lesionseg import atomic
 from lesionseg.errors import DataError
-from lesionseg.evaluation.experiments import CV_METRICS_FILE, METRICS_FILE, REPORTS_DIR, RunFiles, evaluation_folders
+from lesionseg.evaluation.runs import (
+    CV_METRICS_FILE,
+    METRICS_FILE,
+    REPORTS_DIR,
+    RunFiles,
+    evaluation_folders,
+    pipeline_run_files,
+)
 from lesionseg.recipes import flatten, override_value
 
 RESULTS_DIR = Path("results")
@@ -267,9 +274,7 @@ def save_record(
     """Write ``results_dir/name/`` from ``source`` (a DVC experiment or git revision of ``repo``, or a
     reports folder of ``repo`` on disk) and return it. An earlier record of that name is replaced only once
     the new one is complete (:func:`lesionseg.atomic.atomic_dir`)."""
-    run = RunFiles(source, REPORTS_DIR, repo)
-    if not run.rev and not Path(source, METRICS_FILE).is_file():
-        raise DataError(source, f"no {METRICS_FILE} here: not a pipeline run's reports folder")
+    run = pipeline_run_files(source, REPORTS_DIR, repo)
     params, params_source = params_as_run(run)
     target = record_path(name, results_dir)
     with atomic.atomic_dir(target) as staging:

@@ -13,7 +13,7 @@ Kinds (options after the records, ``key=value``; ``metric`` defaults to ``orig_j
   split, each external set, out of fold, fold-model means), with its 95% bootstrap interval
   (:func:`lesionseg.evaluation.stats.mean_interval`); ``models=a,b`` keeps those models.
 - ``change A B``: the paired change B - A of every model on every evaluation both records have, as
-  ``lesionseg compare results/A results/B --md`` prints it (:func:`~lesionseg.evaluation.experiments.compare_runs`);
+  ``lesionseg compare results/A results/B --md`` prints it (:func:`~lesionseg.evaluation.compare.compare_runs`);
   ``models=a,b`` keeps those models.
 - ``review RECORD``: per model and evaluation (test split, each external set), how well the review flag
   separates failed masks (IoU < 0.7) from the rest at the exported threshold: the evaluate stage's
@@ -31,10 +31,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lesionseg.evaluation.compare import DEFAULT_METRIC, format_markdown
-from lesionseg.evaluation.experiments import compare_runs, read_run
+from lesionseg.evaluation.compare import DEFAULT_METRIC, compare_runs, format_markdown
 from lesionseg.evaluation.records import parse_metrics
 from lesionseg.evaluation.results_record import RESULTS_DIR, read_provenance, record_path
+from lesionseg.evaluation.runs import read_run
 from lesionseg.evaluation.stats import mean_interval
 
 REGION = re.compile(r"^<!-- results:(?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- /results -->$", re.M | re.S)

@@ -1,8 +1,9 @@
-"""A pipeline run's per-image tables, by evaluation, and the comparison of two runs on every evaluation both have.
+"""A pipeline run's records, and the one reader of them (``lesionseg compare``, ``lesionseg ci-report``,
+``lesionseg results``).
 
-A run is a reports folder (``reports``: ``per_image/`` and ``cv/``) on disk, or the reports folder as DVC
-tracks it at a git revision or DVC experiment (read from DVC's cache through ``dvc.api.DVCFileSystem``).
-Its evaluations (model -> per-image table each):
+A run is a reports folder (``reports``: ``metrics.json``, ``per_image/`` and ``cv/``) on disk, or the reports
+folder as DVC tracks it at a git revision or DVC experiment (read from DVC's cache through
+``dvc.api.DVCFileSystem``). Its evaluations (model -> per-image table each):
 
 ==========================================  ====================================================
 ``test``                                    ``per_image/<model>.csv``
@@ -12,6 +13,10 @@ Its evaluations (model -> per-image table each):
 ``external <set>, fold-model mean``         ``cv/external/<set>/<model>.csv`` (per image, the mean
                                             over the fold models)
 ==========================================  ====================================================
+
+:func:`read_run` reads every source ``lesionseg compare`` takes (also a folder of per-image CSVs or one CSV
+file); :func:`read_pipeline_run` reads a pipeline run's reports with their ``metrics.json``, as the change
+report of ``lesionseg ci-report`` needs them. Both return a :class:`Run`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from lesionseg.errors import DataError
-from lesionseg.evaluation.compare import DEFAULT_METRIC, ModelComparison, compare_models
+from lesionseg.evaluation.records import ModelMetrics, parse_metrics
 
 REPORTS_DIR = "reports"
 PER_IMAGE = "per_image"
@@ -151,12 +156,23 @@ class RunFiles:
         return tables
 
 
+def pipeline_run_files(source: str, reports_dir: str = REPORTS_DIR, repo: str = ".") -> RunFiles:
+    """:class:`RunFiles` of a pipeline run's reports: ``DataError`` for a folder without ``metrics.json``
+    (at a revision, a missing one is named when it is read)."""
+    if Path(source).is_dir() and not (Path(source) / METRICS_FILE).is_file():
+        raise DataError(source, f"no {METRICS_FILE} here: not a pipeline run's reports folder")
+    return RunFiles(source, reports_dir, repo)
+
+
 @dataclass
-class RunEvaluations:
-    """A run's per-image tables: evaluation -> model -> table, in the layout's order."""
+class Run:
+    """One run's records: ``tables`` evaluation -> model -> per-image table, in the layout's order, and
+    ``metrics`` model -> its ``metrics.json`` record where the run was read with them
+    (:func:`read_pipeline_run`; :func:`read_run`'s sources need have none: a folder of CSVs)."""
 
     label: str
     tables: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
+    metrics: dict[str, ModelMetrics] = field(default_factory=dict)
 
 
 def evaluation_folders(run: RunFiles, set_name: str | None = None) -> list[tuple[str, str]]:
@@ -179,10 +195,11 @@ def evaluation_folders(run: RunFiles, set_name: str | None = None) -> list[tuple
     return found
 
 
-def read_evaluations(run: RunFiles, set_name: str | None = None) -> RunEvaluations:
-    """Every evaluation of the layout found in ``run`` (with ``set_name``: only that external set's)."""
-    found, order = RunEvaluations(run.label), pipeline_order(run)
-    for evaluation, relative in evaluation_folders(run, set_name):
+def read_evaluations(run: RunFiles, folders: list[tuple[str, str]], label: str | None = None) -> Run:
+    """The tables of ``folders`` (``(evaluation, folder)`` pairs, e.g. :func:`evaluation_folders`) in ``run``,
+    models in the pipeline's order; a folder without CSV files is left out."""
+    found, order = Run(label or run.label), pipeline_order(run)
+    for evaluation, relative in folders:
         tables = run.tables(relative)
         if tables:
             ranked = sorted(tables, key=lambda name: order.get(name, len(order)))  # stable: files' order after
@@ -208,83 +225,45 @@ def read_run(
     per_image_dir: str | None = None,
     reports_dir: str = REPORTS_DIR,
     repo: str = ".",
-) -> RunEvaluations:
+) -> Run:
     """One side of ``lesionseg compare``: ``source`` is a reports folder, a git revision or DVC experiment
-    (its ``reports_dir``), a folder of per-image CSVs or one CSV file.
+    (its ``reports_dir``), a folder of per-image CSVs or one CSV file; no ``metrics``.
 
     ``per_image_dir`` (a folder inside the repository, read at the revision) and a folder or file of CSVs
     give one evaluation, named by :func:`evaluation_of`; ``set_name`` then picks its subfolder. A reports
-    folder or revision gives every evaluation of :func:`read_evaluations` (``set_name``: that set's only).
+    folder or revision gives every evaluation of :func:`evaluation_folders` (``set_name``: that set's only).
     """
     path = Path(source)
     if path.is_file():
-        return RunEvaluations(source, {evaluation_of(str(path.resolve().parent)): read_tables(path)})
+        return Run(source, {evaluation_of(str(path.resolve().parent)): read_tables(path)})
     if path.is_dir() and not any((path / sub).is_dir() for sub in (PER_IMAGE, "cv")):
         folder = path / set_name if set_name else path
         evaluation = external_evaluation(set_name) if set_name else evaluation_of(str(folder.resolve()))
-        return RunEvaluations(source, {evaluation: read_tables(folder)})
+        return Run(source, {evaluation: read_tables(folder)})
     if path.is_dir() or per_image_dir is None:
-        return read_evaluations(RunFiles(source, reports_dir, repo), set_name)
+        run = RunFiles(source, reports_dir, repo)
+        return read_evaluations(run, evaluation_folders(run, set_name))
     folder = posixpath.join(per_image_dir, set_name) if set_name else per_image_dir
     run = RunFiles(source, folder, repo)
     tables = run.tables("")
     if not tables:
         raise ValueError(f"no per-image CSV files in {folder}/ at {source!r}")
-    return RunEvaluations(source, {evaluation_of(folder): tables})
+    return Run(source, {evaluation_of(folder): tables})
 
 
-def one_model(a: RunEvaluations, b: RunEvaluations) -> tuple[RunEvaluations, RunEvaluations]:
-    """Two sides of one table each (two CSV files, e.g. two models of one run) as one model
-    ``"<name A> vs <name B>"``, so that they are compared whatever their names."""
-    ((evaluation_a, tables_a),), ((evaluation_b, tables_b),) = a.tables.items(), b.tables.items()
-    ((name_a, table_a),), ((name_b, table_b),) = tables_a.items(), tables_b.items()
-    evaluation = evaluation_a if evaluation_a == evaluation_b else f"{evaluation_a} vs {evaluation_b}"
-    label = f"{name_a} vs {name_b}"
-    return RunEvaluations(a.label, {evaluation: {label: table_a}}), RunEvaluations(
-        b.label, {evaluation: {label: table_b}}
-    )
+def read_pipeline_run(source: str, label: str | None = None, reports_dir: str = REPORTS_DIR, repo: str = ".") -> Run:
+    """A pipeline run's ``metrics`` and test-split tables (``label``: the run's name, else ``source``), from a
+    folder holding ``metrics.json`` and ``per_image/`` (e.g. ``reports``), else from ``reports_dir`` at the git
+    revision or DVC experiment ``source``. ``DataError`` when there is no ``metrics.json``, it is not a metrics
+    file, or there are no per-image CSV files.
 
-
-@dataclass
-class RunComparison:
-    """:func:`compare_runs`' results (evaluation by evaluation, models in A's order) and what it skipped."""
-
-    results: list[ModelComparison]
-    notes: list[str]
-
-
-def compare_runs(a: RunEvaluations, b: RunEvaluations, metric: str = DEFAULT_METRIC, models=None) -> RunComparison:
-    """The paired change (B - A) of every model (or of ``models``) on every evaluation both runs have.
-
-    An evaluation or a model on one side only is skipped with a note. Raises ``ValueError`` naming both
-    runs when they have no evaluation in common or no model is compared at all, and
-    :class:`~lesionseg.evaluation.compare.ImageMismatchError` when a model's two tables score different images.
+    Only the test split's tables: they are what a change report compares, and a revision's other outputs
+    need not be in DVC's cache.
     """
-    common = [e for e in a.tables if e in b.tables]
-    if not common:
-        raise ValueError(
-            f"{a.label} and {b.label} have no evaluation in common "
-            f"({a.label}: {list(a.tables) or 'none'}; {b.label}: {list(b.tables) or 'none'})"
-        )
-    notes = [
-        f"{e}: only in {run.label}, skipped"
-        for run, other in ((a, b), (b, a))
-        for e in run.tables
-        if e not in other.tables
-    ]
-    results = []
-    for evaluation in common:
-        left, right = a.tables[evaluation], b.tables[evaluation]
-        wanted = list(models) if models else [*left, *(m for m in right if m not in left)]
-        for run, tables in ((a, left), (b, right)):
-            missing = [m for m in wanted if m not in tables]
-            if missing:
-                notes.append(f"{evaluation}: {', '.join(missing)} not in {run.label}, not compared")
-        names = [m for m in wanted if m in left and m in right]
-        if names:
-            results += compare_models(left, right, metric, names, evaluation)
-    if not results:
-        raise ValueError(
-            f"no model of {a.label} is also in {b.label} on any evaluation both have ({', '.join(common)})"
-        )
-    return RunComparison(results, notes)
+    files = pipeline_run_files(source, reports_dir, repo)
+    metrics = parse_metrics(files.read_text(METRICS_FILE), files.where(METRICS_FILE))
+    run = read_evaluations(files, [(TEST, PER_IMAGE)], label)
+    if TEST not in run.tables:
+        raise DataError(files.where(PER_IMAGE), "no per-image CSV files here")
+    run.metrics = metrics
+    return run
