@@ -224,10 +224,10 @@ def _pipeline_rate(model, config, train, val, images):
     """A function training ``model`` one more epoch with :func:`train_model` in a folder it is given; it
     returns the epoch's images/s (the history's ``seconds``: training, validation and checkpointing)."""
     from lesionseg.model.model import ModelConfig
-    from lesionseg.training.train import train_model
+    from lesionseg.training.train import TrainingJob, train_model
 
     def rate(tmp: Path) -> float:
-        result = train_model(model, ModelConfig("none"), train, val, config, tmp / "c.pt", tmp / "h.csv")
+        result = train_model(TrainingJob(model, ModelConfig("none"), train, val, config, tmp / "c.pt", tmp / "h.csv"))
         return images / float(result.history["seconds"].iloc[0])
 
     return rate
