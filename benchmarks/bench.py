@@ -224,10 +224,10 @@ def _pipeline_rate(model, config, train, val, images):
     """A function training ``model`` one more epoch with :func:`train_model` in a folder it is given; it
     returns the epoch's images/s (the history's ``seconds``: training, validation and checkpointing)."""
     from lesionseg.model.model import ModelConfig
-    from lesionseg.training.train import train_model
+    from lesionseg.training.train import TrainingJob, train_model
 
     def rate(tmp: Path) -> float:
-        result = train_model(model, ModelConfig("none"), train, val, config, tmp / "c.pt", tmp / "h.csv")
+        result = train_model(TrainingJob(model, ModelConfig("none"), train, val, config, tmp / "c.pt", tmp / "h.csv"))
         return images / float(result.history["seconds"].iloc[0])
 
     return rate
@@ -281,8 +281,9 @@ def quality_cost(size, count, batch, tta=True):
     seconds its :func:`mask_quality` calls take within it (median of :data:`REPEATS` interleaved rounds)."""
     from unittest import mock
 
-    from lesionseg.model.postprocess import PostprocessConfig
+    from lesionseg.model import predict as model_predict
     from lesionseg.model.quality import mask_quality
+    from lesionseg.model.settings import InferenceSettings, PostprocessConfig
     from lesionseg.serving import predict
 
     model = _model(0).eval()
@@ -299,12 +300,12 @@ def quality_cost(size, count, batch, tta=True):
 
     with tempfile.TemporaryDirectory() as tmp:
         paths, out = _photos(Path(tmp) / "photos", 1024, 768, count), Path(tmp) / "out"
-        options = {"tta": tta, "postprocess": PostprocessConfig(True, True), "review_threshold": 0.5}
+        settings = InferenceSettings(tta=tta, postprocess=PostprocessConfig(True, True), review_threshold=0.5)
 
         def run(score) -> float:
             start = time.perf_counter()
-            with mock.patch.object(predict, "mask_quality", score):
-                predict.predict_files(model, paths, size, out, batch_size=batch, progress=False, **options)
+            with mock.patch.object(model_predict, "mask_quality", score):
+                predict.predict_files(model, paths, size, out, settings, batch_size=batch, progress=False)
             return time.perf_counter() - start
 
         run(mask_quality)  # warm-up
@@ -330,7 +331,7 @@ def zoom_cost(size, count, batch, tta=True):
     from unittest import mock
 
     from lesionseg.model import zoom
-    from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig
+    from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
     from lesionseg.serving import predict
 
     model = _model(0).eval()
@@ -340,12 +341,13 @@ def zoom_cost(size, count, batch, tta=True):
 
     with tempfile.TemporaryDirectory() as tmp:
         paths, out = _photos(Path(tmp) / "photos", 1024, 768, count), Path(tmp) / "out"
-        options = {"tta": tta, "postprocess": PostprocessConfig(True, True), "batch_size": batch, "progress": False}
+        cleanup = PostprocessConfig(True, True)
 
         def run(enabled: bool) -> float:
+            settings = InferenceSettings(tta=tta, postprocess=cleanup, zoom=ZoomConfig(enabled=enabled))
             start = time.perf_counter()
             with mock.patch.object(zoom, "zoom_box", central_half):
-                predict.predict_files(model, paths, size, out, zoom=ZoomConfig(enabled=enabled), **options)
+                predict.predict_files(model, paths, size, out, settings, batch_size=batch, progress=False)
             return time.perf_counter() - start
 
         run(True)  # warm-up
@@ -388,7 +390,7 @@ def _isolated(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=128)
@@ -416,78 +418,104 @@ def main() -> None:
     e2e_args.add_argument("--bare-steps", type=int, default=20, help="bare training steps per timed round")
     e2e_args.add_argument("--keep", type=Path, help="keep the scratch project, logs and timing files here")
     e2e_args.add_argument("--json", type=Path, help="also write the result here")
-    args = parser.parse_args()
-    parts = set(args.parts.split(","))
+    return parser
 
-    result = {"device": args.device, "size": args.size, "batch_size": args.batch_size, "torch": torch.__version__}
-    formats = tuple(args.formats.split(","))
-    if unknown := set(formats) - set(FORMATS):
-        parser.error(f"--formats: unknown {sorted(unknown)}; choose from {', '.join(FORMATS)}")
-    result.update({"augment_on": args.augment_on, "formats": formats})
-    result.update({"num_workers": args.num_workers, "val_fraction": args.val_fraction, "rounds": args.rounds})
-    for name, level in (("frozen", 0), ("all", "all")) if "train" in parts else ():
-        steps = max(1, args.images // args.batch_size)  # a bare "epoch" of the same size
-        result[name] = _isolated(
-            train_ratio,
-            level,
-            args.device,
-            args.size,
-            args.batch_size,
-            steps,
-            args.images,
-            formats,
-            args.augment_on,
-            args.num_workers,
-            args.val_fraction,
-            args.rounds,
-        )
-    for batch in (1, args.batch_size) if "infer" in parts else ():
+
+def _train_parts(args, formats: tuple[str, ...]) -> dict:
+    """:func:`train_ratio` at the frozen encoder and with all layers, each in a fresh process."""
+    steps = max(1, args.images // args.batch_size)  # a bare "epoch" of the same size
+    options = (args.images, formats, args.augment_on, args.num_workers, args.val_fraction, args.rounds)
+    return {
+        name: _isolated(train_ratio, level, args.device, args.size, args.batch_size, steps, *options)
+        for name, level in (("frozen", 0), ("all", "all"))
+    }
+
+
+def _infer_parts(args) -> dict:
+    """Inference images/s and peak memory at batch 1 and at the training batch size."""
+    result = {}
+    for batch in (1, args.batch_size):
         infer = _isolated(inference, args.device, args.size, batch, max(4, 64 // batch))
         result[f"infer_ips_batch{batch}"] = round(infer["ips"], 1)
         result[f"infer_peak_rss_mb_batch{batch}"] = infer["peak_rss_mb"]
-    for width, height in ((1024, 768), (4288, 2848)) if "prepare" in parts else ():
+    return result
+
+
+def _prepare_parts(args) -> dict:
+    """Prepare's images/s, peak memory and agreement with the in-process path, at two photo sizes."""
+    result = {}
+    for width, height in ((1024, 768), (4288, 2848)):
         count = args.prepare_count if width < 2000 else max(8, args.prepare_count // 5)
         prep = _isolated(prepare, width, height, count, args.size, args.workers)
         result[f"prepare_ips_{width}x{height}"] = round(prep["ips"], 1)
         result[f"prepare_peak_rss_mb_{width}x{height}"] = prep["peak_rss_mb"]
         result[f"prepare_identical_{width}x{height}"] = prep["identical_to_plain_path"]
+    return result
 
-    if "quality" in parts:  # predict's own batch size (8), as `lesionseg predict` runs
-        result["quality"] = _isolated(quality_cost, args.size, args.quality_count, 8)
-    if "zoom" in parts:
-        result["zoom"] = _isolated(zoom_cost, args.size, args.quality_count, 8)
 
-    if "e2e" in parts:
-        import e2e
+def _e2e_part(args) -> dict:
+    """A real ``dvc repro`` in a scratch copy of the project (``benchmarks/e2e.py``)."""
+    import e2e
 
-        def bare_rate(level, size, batch, runtime):
-            amp, layout = runtime["amp"], runtime["channels_last"]
-            return _isolated(bare_train_ips, level, args.device, size, batch, args.bare_steps, amp, layout)
+    def bare_rate(level, size, batch, runtime):
+        amp, layout = runtime["amp"], runtime["channels_last"]
+        return _isolated(bare_train_ips, level, args.device, size, batch, args.bare_steps, amp, layout)
 
-        weights = args.weights if args.weights in ("imagenet", "none") else str(Path(args.weights).resolve())
-        result["e2e"] = e2e.run_e2e(
-            args.source,
-            weights,
-            e2e.parse_overrides(args.set),
-            args.device,
-            bare_rate,
-            keep=args.keep,
-            generated=tuple(int(n) for n in args.generate.split(",")),
-        )
-    if args.device.startswith("cuda"):  # only now: CUDA must not be initialised before the parts are forked
-        result["gpu"] = torch.cuda.get_device_name(0)
-    print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    weights = args.weights if args.weights in ("imagenet", "none") else str(Path(args.weights).resolve())
+    return e2e.run_e2e(
+        args.source,
+        weights,
+        e2e.parse_overrides(args.set),
+        args.device,
+        bare_rate,
+        keep=args.keep,
+        generated=tuple(int(n) for n in args.generate.split(",")),
+    )
+
+
+def _print_table(result: dict) -> None:
+    """The result as a readable table on stderr (the e2e part as :func:`e2e.print_table` shows it)."""
     print(f"\n{'part':<34}{'value':>12}", file=sys.stderr)
     for key, value in result.items():
         if key == "e2e":
+            import e2e
+
             e2e.print_table(value)
         elif isinstance(value, dict):
             for sub, v in value.items():
                 print(f"{key + '.' + sub:<34}{str(v):>12}", file=sys.stderr)
         else:
             print(f"{key:<34}{str(value):>12}", file=sys.stderr)
+
+
+def main() -> None:
+    parser = _parser()
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    formats = tuple(args.formats.split(","))
+    if unknown := set(formats) - set(FORMATS):
+        parser.error(f"--formats: unknown {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+    result = {"device": args.device, "size": args.size, "batch_size": args.batch_size, "torch": torch.__version__}
+    result.update({"augment_on": args.augment_on, "formats": formats})
+    result.update({"num_workers": args.num_workers, "val_fraction": args.val_fraction, "rounds": args.rounds})
+    if "train" in parts:
+        result.update(_train_parts(args, formats))
+    if "infer" in parts:
+        result.update(_infer_parts(args))
+    if "prepare" in parts:
+        result.update(_prepare_parts(args))
+    if "quality" in parts:  # predict's own batch size (8), as `lesionseg predict` runs
+        result["quality"] = _isolated(quality_cost, args.size, args.quality_count, 8)
+    if "zoom" in parts:
+        result["zoom"] = _isolated(zoom_cost, args.size, args.quality_count, 8)
+    if "e2e" in parts:
+        result["e2e"] = _e2e_part(args)
+    if args.device.startswith("cuda"):  # only now: CUDA must not be initialised before the parts are forked
+        result["gpu"] = torch.cuda.get_device_name(0)
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    _print_table(result)
 
 
 if __name__ == "__main__":

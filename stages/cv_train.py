@@ -68,14 +68,11 @@ def train(params: dict, manifest: dict, args, fold_dir: Path) -> list:
     deferred = runlog.deferred(params, inputs, "stages.cv_train")
     results = []
 
-    def runner(name, model, arch, train, val, config, checkpoint, history):
+    def runner(name, job):
         from lesionseg.training.phases import train_phase
 
         tags = {**runlog.run_tags(name), "lesionseg.fold": fold.index}
-        result = train_phase(
-            f"fold{fold.index}/{name}", model, arch, train, val, config, checkpoint, history, tags, cv_run,
-            deferred=deferred,
-        )  # fmt: skip
+        result = train_phase(f"fold{fold.index}/{name}", job, tags, cv_run, deferred=deferred)
         results.append(result)
         return result
 

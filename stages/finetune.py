@@ -15,6 +15,7 @@ from lesionseg.model.checkpoint import load_model
 from lesionseg.model.model import ModelConfig, level_name
 from lesionseg.tracking import INIT_FROM_TAG
 from lesionseg.training.phases import train_phase
+from lesionseg.training.train import TrainingJob
 from stages import runlog
 from stages.configs import train_config, unfreeze_levels
 from stages.distributed import distributed_rank
@@ -55,17 +56,13 @@ def run() -> None:
                     args.frozen, f"expected the frozen-encoder (level 0) checkpoint, got level {frozen['unfreeze']}"
                 )
             model_config = ModelConfig(**frozen["model_config"])
+            checkpoint, history = models_dir / f"{name}.pt", histories_dir / f"{name}.csv"
+            job = TrainingJob(model, model_config, train_split, val_split, config, checkpoint, history)
             images = len(train_split) * config.epochs
             with work(phase=name, unfreeze=level_name(level), images=images):
                 result = train_phase(
                     name,
-                    model,
-                    model_config,
-                    train_split,
-                    val_split,
-                    config,
-                    models_dir / f"{name}.pt",
-                    histories_dir / f"{name}.csv",
+                    job,
                     {**run_tags(name), INIT_FROM_TAG: frozen["extra"].get("mlflow_run_id")},
                     parent_run_id=parent,
                     deferred=deferred,

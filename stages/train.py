@@ -10,7 +10,7 @@ from pathlib import Path
 from lesionseg.data.cache import Split
 from lesionseg.model.model import build_model
 from lesionseg.training.phases import train_phase
-from lesionseg.training.train import seed_everything
+from lesionseg.training.train import TrainingJob, seed_everything
 from stages import configs, runlog
 from stages.distributed import distributed_rank
 from stages.launch import main, work
@@ -40,13 +40,7 @@ def run() -> None:
     with work(phase="frozen", unfreeze="0", images=len(train_split) * config.epochs):
         result = train_phase(
             "frozen",
-            model,
-            model_config,
-            train_split,
-            val_split,
-            config,
-            args.checkpoint,
-            args.history,
+            TrainingJob(model, model_config, train_split, val_split, config, args.checkpoint, args.history),
             run_tags("frozen"),
             parent_run_id=parent,
             deferred=runlog.deferred(params, inputs, "stages.train") if main_rank else None,

@@ -26,7 +26,7 @@ from lesionseg.model.quality import mask_quality
 from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
 from lesionseg.model.zoom import zoom_pass
 from lesionseg.serving.export import log_pyfunc_model
-from lesionseg.training.train import TrainConfig, train_model
+from lesionseg.training.train import TrainConfig, TrainingJob, train_model
 from tests.helpers import TEST_IMAGES, TEST_MASKS, lesion_pair, make_raw_tree
 
 
@@ -40,7 +40,8 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(ModelConfig("none"), unfreeze="all")
     config = TrainConfig(epochs=2, batch_size=4, progress=False, device="cpu")
-    train_model(model, ModelConfig("none"), splits["train"], splits["val"], config, root / "model.pt", root / "h.csv")
+    train, val = splits["train"], splits["val"]
+    train_model(TrainingJob(model, ModelConfig("none"), train, val, config, root / "model.pt", root / "h.csv"))
     return root, raw, splits
 
 

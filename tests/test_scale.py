@@ -76,7 +76,7 @@ def test_a_store_that_does_not_answer_never_costs_the_training(tmp_path, monkeyp
     from lesionseg.model.model import ModelConfig, build_model
     from lesionseg.tracking import TrackingError
     from lesionseg.training.phases import Deferred, train_phase
-    from lesionseg.training.train import TrainConfig
+    from lesionseg.training.train import TrainConfig, TrainingJob
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     # A refused connection, as from a dead server; the previous URI (and MLFLOW_TRACKING_URI) restored after.
@@ -88,8 +88,8 @@ def test_a_store_that_does_not_answer_never_costs_the_training(tmp_path, monkeyp
 
     def phase(out: Path, deferred=None):
         model = build_model(ModelConfig("none"), unfreeze=0)
-        args = (model, ModelConfig("none"), train, val, config, out / "c.pt", out / "h.csv", {})
-        return train_phase("frozen", *args, parent_run_id=None, deferred=deferred)
+        job = TrainingJob(model, ModelConfig("none"), train, val, config, out / "c.pt", out / "h.csv")
+        return train_phase("frozen", job, {}, parent_run_id=None, deferred=deferred)
 
     with pytest.raises(TrackingError, match="stopped answering.*phase frozen was trained and saved"):
         phase(tmp_path / "plain")

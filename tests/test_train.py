@@ -13,7 +13,14 @@ from lesionseg.model.model import ModelConfig, build_model
 from lesionseg.model.settings import InferenceSettings
 from lesionseg.serving.model_card import card_markdown, model_card
 from lesionseg.training.phases import phase_params
-from lesionseg.training.train import HISTORY_COLUMNS, TrainConfig, lr_factor, make_optimizer, train_model
+from lesionseg.training.train import (
+    HISTORY_COLUMNS,
+    TrainConfig,
+    TrainingJob,
+    lr_factor,
+    make_optimizer,
+    train_model,
+)
 from tests.helpers import make_raw_tree
 
 FAST = dict(epochs=2, batch_size=4, progress=False, device="cpu", seed=5)
@@ -28,20 +35,18 @@ def splits(tmp_path_factory):
     return {name: Split.load(root / "prepared" / f"{name}.pt") for name in ("train", "val", "test")}
 
 
+def _job(model, splits, config, folder) -> TrainingJob:
+    """Train ``model`` on the synthetic splits; checkpoint and history in ``folder``."""
+    return TrainingJob(
+        model, ModelConfig("none"), splits["train"], splits["val"], config, folder / "ckpt.pt", folder / "history.csv"
+    )
+
+
 def _train(splits, tmp_path, unfreeze=0, **overrides):
     torch.manual_seed(0)
     model = build_model(ModelConfig(encoder_weights="none"), unfreeze=unfreeze)
     config = TrainConfig(**{**FAST, **overrides})
-    result = train_model(
-        model,
-        ModelConfig("none"),
-        splits["train"],
-        splits["val"],
-        config,
-        tmp_path / "ckpt.pt",
-        tmp_path / "history.csv",
-        checkpoint_extra={"run": "x"},
-    )
+    result = train_model(_job(model, splits, config, tmp_path), checkpoint_extra={"run": "x"})
     return model, result
 
 
@@ -49,16 +54,7 @@ def test_training_writes_best_checkpoint_and_history(splits, tmp_path):
     rows = []
     torch.manual_seed(0)
     model = build_model(ModelConfig(encoder_weights="none"))
-    result = train_model(
-        model,
-        ModelConfig("none"),
-        splits["train"],
-        splits["val"],
-        TrainConfig(**FAST),
-        tmp_path / "ckpt.pt",
-        tmp_path / "history.csv",
-        on_epoch=rows.append,
-    )
+    result = train_model(_job(model, splits, TrainConfig(**FAST), tmp_path), on_epoch=rows.append)
     history = pd.read_csv(tmp_path / "history.csv")
     assert list(history.columns) == list(HISTORY_COLUMNS) and len(history) == 2 == len(rows)
     assert history["val_jaccard"].max() == pytest.approx(result.best_metrics["jaccard"])

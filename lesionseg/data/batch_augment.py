@@ -28,6 +28,9 @@ ImageCompression            JPEG at quality U{40..95} (``torchvision.io``, on th
 Normalize                   ImageNet mean/std
 ==========================  ===========================================================
 
+``scale_limit`` and ``rotate_limit`` are :class:`~lesionseg.data.augmentation.AugmentConfig` fields (params.yaml's
+``augment`` section); the fixed ranges are that module's ``*_LIMIT`` constants, which both paths read.
+
 Each image draws its own parameters, as it would in a CPU loader. Values are
 kept on the uint8 grid after every step (as albumentations' uint8 maths does),
 so the two paths agree in distribution, not pixel for pixel: they use

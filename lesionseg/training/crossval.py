@@ -9,19 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from lesionseg.data.cache import Split
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.model import LesionSegModel, ModelConfig, build_model, level_name
 from lesionseg.training.folds import Fold
-from lesionseg.training.train import TrainConfig, TrainResult, seed_everything, train_model
+from lesionseg.training.train import TrainConfig, TrainingJob, TrainResult, seed_everything, train_model
 
-# (name, model, model_config, train split, validation split, config, checkpoint path, history path) -> result;
-# :func:`lesionseg.training.train.train_model` without its optional arguments, or a wrapper that also logs the phase.
-PhaseRunner = Callable[[str, LesionSegModel, ModelConfig, Split, Split, TrainConfig, Path, Path], TrainResult]
+# (phase name, job) -> result: :func:`lesionseg.training.train.train_model` without its optional arguments, or a
+# wrapper that also logs the phase.
+PhaseRunner = Callable[[str, TrainingJob], TrainResult]
 
 
-def plain_runner(name, model, model_config, train, val, config, checkpoint_path, history_path) -> TrainResult:
-    return train_model(model, model_config, train, val, config, checkpoint_path, history_path)
+def plain_runner(name: str, job: TrainingJob) -> TrainResult:
+    return train_model(job)
 
 
 def train_fold(
@@ -38,17 +37,17 @@ def train_fold(
     one fold is one unit of work, finished or not, so that a killed cross-validation keeps the folds it
     finished). Returns model name -> checkpoint path."""
     folder = Path(folder)
-    checkpoints = {"frozen": folder / "frozen.pt"}
+
+    def phase(name: str, model: LesionSegModel, config: TrainConfig) -> Path:
+        """Train one phase with ``runner``; returns its checkpoint."""
+        checkpoint, history = folder / f"{name}.pt", folder / f"{name}.csv"
+        runner(name, TrainingJob(model, model_config, fold.train, fold.val, config, checkpoint, history))
+        return checkpoint
+
     seed_everything(frozen_config.seed)  # the decoder's initial weights: the same fold model on every run
-    model = build_model(model_config, unfreeze=0)
-    runner(
-        "frozen", model, model_config, fold.train, fold.val, frozen_config, checkpoints["frozen"], folder / "frozen.csv"
-    )
+    checkpoints = {"frozen": phase("frozen", build_model(model_config, unfreeze=0), frozen_config)}
     for level in levels:
         name = f"finetune_{level_name(level)}"
         model, _ = load_model(checkpoints["frozen"], unfreeze=level)
-        checkpoints[name] = folder / f"{name}.pt"
-        runner(
-            name, model, model_config, fold.train, fold.val, finetune_config, checkpoints[name], folder / f"{name}.csv"
-        )
+        checkpoints[name] = phase(name, model, finetune_config)
     return checkpoints

@@ -23,12 +23,11 @@ from pathlib import Path
 import pandas as pd
 
 from lesionseg import atomic, tracking
-from lesionseg.data.cache import Split
 from lesionseg.model.checkpoint import read_checkpoint, save_checkpoint
 from lesionseg.model.inference import resolve_numerics, select_device
 from lesionseg.model.model import LesionSegModel, ModelConfig, count_parameters, level_name
 from lesionseg.training.distributed import Distributed
-from lesionseg.training.train import TrainConfig, TrainResult, train_model
+from lesionseg.training.train import TrainConfig, TrainingJob, TrainResult, train_model
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +83,14 @@ def phase_params(model: LesionSegModel, model_config: ModelConfig, config: Train
 
 def train_phase(
     name: str,
-    model: LesionSegModel,
-    model_config: ModelConfig,
-    train_split: Split,
-    val_split: Split,
-    config: TrainConfig,
-    checkpoint_path: Path,
-    history_path: Path,
+    job: TrainingJob,
     tags: dict,
     parent_run_id: str | None = None,
     *,
     deferred: Deferred | None = None,
     distributed: Distributed | None = None,
 ) -> TrainResult:
-    """Train ``model`` at its unfreeze level inside an MLflow run named ``name``.
+    """Train ``job.model`` at its unfreeze level inside an MLflow run named ``name``.
 
     Logs the params, parameter counts, per-epoch history (epoch as step), best
     validation metrics, the history CSV and the checkpoint; the checkpoint
@@ -112,63 +105,66 @@ def train_phase(
     rank 0 talks to MLflow and writes files (one run per phase).
     """
     if distributed is not None and not distributed.is_main:
-        return train_model(
-            model, model_config, train_split, val_split, config, checkpoint_path, history_path, distributed=distributed
-        )
-    tags = {**tags, "lesionseg.unfreeze": level_name(model.unfreeze_level)}
+        return train_model(job, distributed=distributed)
+    tags = {**tags, "lesionseg.unfreeze": level_name(job.model.unfreeze_level)}
     if distributed is not None:
         tags["lesionseg.world_size"] = distributed.world_size
     entry = deferred.entry(name) if deferred is not None else None
     if entry is not None and (entry / "state.json").is_file():
-        return _complete_deferred(name, entry, checkpoint_path, history_path, tags, parent_run_id)
+        return _complete_deferred(name, entry, job.checkpoint_path, job.history_path, tags, parent_run_id)
 
-    params = phase_params(model, model_config, config, train_split.size)
-    counts = count_parameters(model)
+    params = phase_params(job.model, job.model_config, job.config, job.train_split.size)
+    counts = count_parameters(job.model)
     run = tracking.PhaseRun.start(name, tags, parent_run_id)
     run.log_params(params)
     run.log_metrics("params_", counts_in_logging_order(counts))
     result = train_model(
-        model,
-        model_config,
-        train_split,
-        val_split,
-        config,
-        checkpoint_path,
-        history_path,
+        job,
         on_epoch=lambda row: run.log_metrics("", row, step=int(row["epoch"])),
         checkpoint_extra={"mlflow_run_id": run.run_id, "parent_run_id": parent_run_id},
         distributed=distributed,
     )
     run.log_metrics("best_val_", result.best_metrics)
-    run.log_artifact(history_path)
-    run.log_artifact(checkpoint_path, "checkpoint")
+    run.log_artifact(job.history_path)
+    run.log_artifact(job.checkpoint_path, "checkpoint")
     run.finish()
-    if run.ok:
-        return result
-    where = f"{checkpoint_path} and {history_path}"
+    if not run.ok:
+        result.logging_error = _defer_logging(name, job, entry, _pending_state(name, run, params, counts, result))
+    return result
+
+
+def _pending_state(name: str, run: tracking.PhaseRun, params: dict, counts: dict, result: TrainResult) -> dict:
+    """What :func:`_complete_deferred` needs to log a trained phase the store did not take (``state.json``)."""
+    return {
+        "name": name,
+        "run_id": run.run_id,
+        "params": {k: str(v) for k, v in params.items()},
+        "param_counts": counts,
+        "best_epoch": result.best_epoch,
+        "best_metrics": result.best_metrics,
+        "error": run.error,
+        "store": tracking.server(),
+    }
+
+
+def _defer_logging(name: str, job: TrainingJob, entry: Path | None, state: dict) -> str:
+    """The error to report once the store stopped answering during a trained phase, after keeping ``state``
+    and a copy of the outputs in ``entry`` for the next run to take up. Without an ``entry`` nothing can take
+    it up: raises :class:`~lesionseg.tracking.TrackingError` (the outputs are written)."""
+    where = f"{job.checkpoint_path} and {job.history_path}"
     if entry is not None:
         with atomic.atomic_dir(entry) as tmp:
-            shutil.copyfile(checkpoint_path, tmp / "checkpoint.pt")
-            shutil.copyfile(history_path, tmp / "history.csv")
-            state = {
-                "name": name,
-                "run_id": run.run_id,
-                "params": {k: str(v) for k, v in params.items()},
-                "param_counts": counts,
-                "best_epoch": result.best_epoch,
-                "best_metrics": result.best_metrics,
-                "error": run.error,
-                "store": tracking.server(),
-            }
+            shutil.copyfile(job.checkpoint_path, tmp / "checkpoint.pt")
+            shutil.copyfile(job.history_path, tmp / "history.csv")
             atomic.write_json(tmp / "state.json", state)
         where += f"; its MLflow logging waits in {entry}"
-    result.logging_error = (
-        f"MLflow tracking store {tracking.server()} stopped answering ({run.error}); "
+    error = (
+        f"MLflow tracking store {state['store']} stopped answering ({state['error']}); "
         f"phase {name} was trained and saved to {where}"
     )
-    if entry is None:  # nothing to take it up later: fail now, the outputs are written
-        raise tracking.TrackingError(result.logging_error)
-    return result
+    if entry is None:
+        raise tracking.TrackingError(error)
+    return error
 
 
 def _complete_deferred(

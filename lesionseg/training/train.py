@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from lesionseg.data.dataset import SegmentationDataset, train_transform
 from lesionseg.metrics import confusion_counts, summarize
 from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
 from lesionseg.model.inference import (
+    Numerics,
     amp_request,
     autocast_for,
     channels_last_request,
@@ -233,32 +234,74 @@ class _OnDevice:
             yield images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
 
 
-def train_model(
-    model: LesionSegModel,
-    model_config: ModelConfig,
-    train_split: Split,
-    val_split: Split,
-    config: TrainConfig,
-    checkpoint_path: Path,
-    history_path: Path,
-    on_epoch: Callable[[dict], None] | None = None,
-    checkpoint_extra: dict | None = None,
-    distributed: ddp.Distributed | None = None,
-) -> TrainResult:
-    """Train ``model`` at its current unfreeze level.
+@dataclass(frozen=True)
+class TrainingJob:
+    """One phase's training: ``model`` (trained in place, at its current unfreeze level) with its architecture
+    ``model_config``, the splits it trains and validates on, the phase's settings, and where the best checkpoint
+    and the per-epoch history go."""
 
-    Writes the best checkpoint (by validation per-image Jaccard) to
-    ``checkpoint_path`` and the per-epoch history (columns
-    ``HISTORY_COLUMNS``) to ``history_path`` as CSV, both atomically at the
-    end of the phase.
-    ``on_epoch`` receives each history row (e.g. to log it to MLflow).
+    model: LesionSegModel
+    model_config: ModelConfig
+    train_split: Split
+    val_split: Split
+    config: TrainConfig
+    checkpoint_path: Path
+    history_path: Path
 
-    ``distributed``: this process is one rank of a ``torchrun`` job (process
-    group already initialised): DistributedDataParallel over global batches
-    of ``config.batch_size``; only rank 0 validates, calls ``on_epoch`` and
-    writes (see :mod:`lesionseg.training.distributed`). At the end every rank's
-    weights are compared; the checkpoint's ``extra.distributed`` records them.
-    """
+
+@dataclass
+class TrainingSetup:
+    """What the epoch loop needs, built once per phase by :func:`set_up_training`."""
+
+    device: torch.device
+    numerics: Numerics  # the training step's precision and memory layout on ``device``
+    batches: Iterable  # one epoch of augmented (images, masks) batches per iteration (:func:`training_batches`)
+    model: LesionSegModel  # the eager module (BatchNorm synchronised under DDP): what the optimizer updates
+    trained: torch.nn.Module  # ``model``, or its DDP wrapper: what is put in training mode
+    step_model: torch.nn.Module  # ``trained``, compiled unless ``compile`` is eager: what the step calls
+    loss_fn: DiceBCELoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per optimizer step
+    ema: AveragedModel | None  # the weights' moving average, if ``ema_decay`` > 0
+    cuda_graphs: bool  # the compiled step replays CUDA graphs: each step must be marked
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """What is validated and checkpointed: the eager model, or its moving average."""
+        return self.model if self.ema is None else self.ema.module
+
+
+@dataclass
+class EpochTotals:
+    """One training epoch's sums over all ranks' shards, on the training device: ``loss_sum`` (scalar: each
+    batch's mean loss times its images), ``seen`` (scalar: images) and ``counts`` (int64 ``(N, 4)``: each image's
+    TP, FP, FN, TN, from the step's own logits)."""
+
+    loss_sum: torch.Tensor
+    seen: torch.Tensor
+    counts: torch.Tensor
+
+    def metrics(self) -> dict:
+        """The history's training columns."""
+        summary = summarize(self.counts.cpu())
+        loss = float(self.loss_sum / self.seen)
+        return {"train_loss": loss, "train_jaccard": summary["jaccard"], "train_dice": summary["dice"]}
+
+
+@dataclass
+class BestEpoch:
+    """The best epoch so far by validation Jaccard, its validation metrics and its checkpoint (held in memory)."""
+
+    epoch: int
+    metrics: dict
+    checkpoint: dict
+
+
+def set_up_training(job: TrainingJob, distributed: ddp.Distributed | None) -> TrainingSetup:
+    """Seed, pick the device and numerics, move the model there and build the batches, the DDP wrapper, the
+    compiled step, the optimizer, its schedule and the moving average, in that order (the seeded draws follow
+    it)."""
+    config, model = job.config, job.model
     seed_everything(config.seed)
     device = select_device(config.device)
     if distributed is not None and device.type == "cuda":
@@ -266,11 +309,9 @@ def train_model(
     numerics = resolve_numerics(config.amp, config.channels_last, device)
     log.info("training step: %s, channels_last %s (asked: amp %s)", numerics.precision, numerics.channels_last,
              config.amp)  # fmt: skip
-    memory_format = numerics.memory_format
-    model.to(device, memory_format=memory_format)
-    main = distributed is None or distributed.is_main
-    batches = training_batches(train_split, config, device, distributed)
-    trained = model  # what the optimizer steps: the model, or its DDP wrapper
+    model.to(device, memory_format=numerics.memory_format)
+    batches = training_batches(job.train_split, config, device, distributed)
+    trained = model
     if distributed is not None:
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -285,79 +326,134 @@ def train_model(
     ema = None
     if config.ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    return TrainingSetup(
+        device, numerics, batches, model, trained, step_model, loss_fn, optimizer, scheduler, ema, cuda_graphs
+    )
 
+
+def train_one_epoch(
+    setup: TrainingSetup, epoch: int, config: TrainConfig, distributed: ddp.Distributed | None
+) -> EpochTotals:
+    """One pass over ``setup.batches``: a step per batch (forward, loss, backward, optimizer and schedule,
+    moving average). With ``distributed``, the totals are summed over all ranks."""
+    setup.trained.train()  # the DDP wrapper passes it on; frozen stages stay in eval mode
+    loss_sum = torch.zeros((), device=setup.device)
+    seen = torch.zeros((), device=setup.device)
+    counts = []
+    progress = tqdm(
+        setup.batches, desc=f"epoch {epoch}/{config.epochs}", disable=None if config.progress else True, leave=False
+    )
+    for images, masks in progress:
+        images = images.contiguous(memory_format=setup.numerics.memory_format)
+        if setup.cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        with autocast_for(setup.numerics.precision, setup.device):
+            logits = setup.step_model(images)
+        loss = setup.loss_fn(logits, masks)
+        setup.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        setup.optimizer.step()
+        setup.scheduler.step()
+        if setup.ema is not None:
+            setup.ema.update_parameters(setup.model)
+        # Accumulate on the device: no host sync per step.
+        loss_sum += loss.detach() * len(images)
+        seen += len(images)
+        counts.append(confusion_counts(logits.detach() > 0, masks > 0))
+    counts = torch.cat(counts)
+    if distributed is not None:  # the epoch's numbers over all ranks' shards
+        torch.distributed.all_reduce(loss_sum)
+        torch.distributed.all_reduce(seen)
+        counts = ddp.all_gather_rows(counts, distributed.world_size)
+    return EpochTotals(loss_sum, seen, counts)
+
+
+def validate(setup: TrainingSetup, val_split: Split, config: TrainConfig) -> dict:
+    """Validation loss and metrics of ``setup.evaluated`` (:func:`evaluate_split`)."""
+    # Validation is inference: bf16 on CUDA if the step is, fp32 on the CPU (the evaluate stage's numbers).
+    bf16 = setup.numerics.precision == "bf16"
+    return evaluate_split(setup.evaluated, val_split, setup.loss_fn, config.batch_size * 2, setup.device, bf16)
+
+
+def history_row(epoch: int, totals: EpochTotals, val: dict, lr: float, seconds: float, numerics: Numerics) -> dict:
+    """One epoch's row of the history (``HISTORY_COLUMNS``): ``lr`` is the epoch's first step's, ``seconds``
+    its training and validation."""
+    return {
+        "epoch": epoch,
+        **totals.metrics(),
+        "val_loss": val["loss"],
+        "val_jaccard": val["jaccard"],
+        "val_dice": val["dice"],
+        "lr": lr,
+        "seconds": seconds,
+        "precision": numerics.precision,
+        "channels_last": numerics.channels_last,
+    }
+
+
+def train_model(
+    job: TrainingJob,
+    on_epoch: Callable[[dict], None] | None = None,
+    checkpoint_extra: dict | None = None,
+    distributed: ddp.Distributed | None = None,
+) -> TrainResult:
+    """Train ``job.model`` at its current unfreeze level.
+
+    Writes the best checkpoint (by validation per-image Jaccard) to
+    ``job.checkpoint_path`` and the per-epoch history (columns
+    ``HISTORY_COLUMNS``) to ``job.history_path`` as CSV, both atomically at the
+    end of the phase.
+    ``on_epoch`` receives each history row (e.g. to log it to MLflow).
+
+    ``distributed``: this process is one rank of a ``torchrun`` job (process
+    group already initialised): DistributedDataParallel over global batches
+    of ``config.batch_size``; only rank 0 validates, calls ``on_epoch`` and
+    writes (see :mod:`lesionseg.training.distributed`). At the end every rank's
+    weights are compared; the checkpoint's ``extra.distributed`` records them.
+    """
+    config = job.config
+    setup = set_up_training(job, distributed)
+    main = distributed is None or distributed.is_main
     rows, best = [], None
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        trained.train()  # the DDP wrapper passes it on; frozen stages stay in eval mode
-        loss_sum = torch.zeros((), device=device)
-        seen = torch.zeros((), device=device)
-        counts = []
-        lr = optimizer.param_groups[0]["lr"]
-        for images, masks in tqdm(
-            batches, desc=f"epoch {epoch}/{config.epochs}", disable=None if config.progress else True, leave=False
-        ):
-            images = images.contiguous(memory_format=memory_format)
-            if cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
-            with autocast_for(numerics.precision, device):
-                logits = step_model(images)
-            loss = loss_fn(logits, masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            # Accumulate on the device: no host sync per step.
-            loss_sum += loss.detach() * len(images)
-            seen += len(images)
-            counts.append(confusion_counts(logits.detach() > 0, masks > 0))
-        counts = torch.cat(counts)
-        if distributed is not None:  # the epoch's numbers over all ranks' shards
-            torch.distributed.all_reduce(loss_sum)
-            torch.distributed.all_reduce(seen)
-            counts = ddp.all_gather_rows(counts, distributed.world_size)
-        evaluated = model if ema is None else ema.module
+        lr = setup.optimizer.param_groups[0]["lr"]  # the epoch's first step's
+        totals = train_one_epoch(setup, epoch, config, distributed)
         if not main:
             continue
-        train_metrics = summarize(counts.cpu())
-        # Validation is inference: bf16 on CUDA if the step is, fp32 on the CPU (the evaluate stage's numbers).
-        val = evaluate_split(evaluated, val_split, loss_fn, config.batch_size * 2, device, numerics.precision == "bf16")
-        row = {
-            "epoch": epoch,
-            "train_loss": float(loss_sum / seen),
-            "train_jaccard": train_metrics["jaccard"],
-            "train_dice": train_metrics["dice"],
-            "val_loss": val["loss"],
-            "val_jaccard": val["jaccard"],
-            "val_dice": val["dice"],
-            "lr": lr,
-            "seconds": time.perf_counter() - start,
-            "precision": numerics.precision,
-            "channels_last": numerics.channels_last,
-        }
+        val = validate(setup, job.val_split, config)
+        row = history_row(epoch, totals, val, lr, time.perf_counter() - start, setup.numerics)
         rows.append(row)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-        if best is None or val["jaccard"] > best[1]["jaccard"]:
+        if best is None or val["jaccard"] > best.metrics["jaccard"]:
             # Kept in memory (a copy on the host) and written once at the end: no per-epoch disk I/O.
             checkpoint = make_checkpoint(
-                evaluated, model_config, train_split.size, epoch, val, checkpoint_extra, numerics=numerics.record()
+                setup.evaluated,
+                job.model_config,
+                job.train_split.size,
+                epoch,
+                val,
+                checkpoint_extra,
+                numerics=setup.numerics.record(),
             )
-            best = (epoch, val, checkpoint)
+            best = BestEpoch(epoch, val, checkpoint)
         if on_epoch is not None:
             on_epoch(row)
     if distributed is not None:
-        final = _check_ranks_agree(model if ema is None else ema.module, distributed)
+        final = _check_ranks_agree(setup.evaluated, distributed)
         if not main:
             return TrainResult(pd.DataFrame(columns=HISTORY_COLUMNS), 0, {})
-        best[2]["extra"]["distributed"] = final
-    checkpoint = best[2]
-    checkpoint["train_config"] = _plain(asdict(config))
-    save_checkpoint(checkpoint, checkpoint_path)
+        best.checkpoint["extra"]["distributed"] = final
+    return _write_outputs(job, best, rows)
+
+
+def _write_outputs(job: TrainingJob, best: BestEpoch, rows: list[dict]) -> TrainResult:
+    """Save the best checkpoint (with the phase's settings) and the history."""
+    best.checkpoint["train_config"] = _plain(asdict(job.config))
+    save_checkpoint(best.checkpoint, job.checkpoint_path)
     history = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
-    atomic.write_text(history_path, history.to_csv(index=False))
-    return TrainResult(history, best[0], best[1])
+    atomic.write_text(job.history_path, history.to_csv(index=False))
+    return TrainResult(history, best.epoch, best.metrics)
 
 
 def _check_ranks_agree(module: torch.nn.Module, distributed: ddp.Distributed) -> dict:
