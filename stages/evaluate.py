@@ -32,20 +32,13 @@ import mlflow
 from lesionseg import atomic, tracking
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.calibrate import CalibrationDraw, calibrated_external
-from lesionseg.evaluation.evaluate import (
-    CALIBRATED_SUFFIX,
-    EXTERNAL_KEY,
-    TEST_TABLE,
-    add_review,
-    evaluate_checkpoint,
-    evaluate_with_external,
-)
+from lesionseg.evaluation.cv_ensemble import evaluate_cv_ensemble
+from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX, EXTERNAL_KEY, TEST_TABLE, evaluate_checkpoint
 from lesionseg.evaluation.records import ModelMetrics, metrics_json
 from lesionseg.evaluation.selection import pipeline_checkpoints
-from lesionseg.model.checkpoint import load_model, load_models
+from lesionseg.model.checkpoint import load_model
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.inference import select_device
-from lesionseg.model.model import count_parameters
 from lesionseg.model.postprocess import InferenceConfig, PostprocessConfig, ZoomConfig
 from stages.external_sets import load_external_sets
 from stages.launch import main, work
@@ -160,18 +153,11 @@ def run() -> None:
                 trained_in[name] = checkpoint["extra"].get("mlflow_run_id")
                 write_tables(per_image_dir, name, tables)
             if ensemble["checkpoints"]:
-                model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
-                model.to(device)
-                metrics, tables = evaluate_with_external(
-                    model, test, as_trained, batch_size, device, tta, postprocess, zoom
+                metrics, tables, model = evaluate_cv_ensemble(
+                    ensemble, args.cv_models, test, as_trained, batch_size, device, tta, postprocess, zoom
                 )
-                add_review(metrics, tables, ensemble.get("review_threshold"))
                 own = replace(settings, review_threshold=ensemble.get("review_threshold"))
                 score_calibrated(model, metrics, tables, external, draws, own, batch_size, device)
-                if ensemble.get("review_threshold") is not None:
-                    metrics["review_threshold"] = ensemble["review_threshold"]
-                metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
-                metrics.update({"members": len(ensemble["checkpoints"]), "member_model": ensemble["model"]})
                 all_metrics[ENSEMBLE_NAME] = ModelMetrics.from_json(metrics, ENSEMBLE_NAME)
                 trained_in[ENSEMBLE_NAME] = ensemble.get("mlflow_run_id")
                 write_tables(per_image_dir, ENSEMBLE_NAME, tables)
