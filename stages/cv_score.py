@@ -34,7 +34,7 @@ from pathlib import Path
 from lesionseg import atomic
 from stages.external_sets import load_external_sets
 from stages.launch import main, work
-from stages.params import build, get, load_params
+from stages.params import get, load_params
 
 
 def run() -> None:
@@ -60,7 +60,7 @@ def run() -> None:
             atomic.write_json(args.ensemble, {"folds": 0, "model": None, "checkpoints": []})
             atomic.write_json(args.metrics, {})
             return
-        score_folds(params, manifest, trained_in, args, per_image_dir, external_dir)
+        score_and_write(params, manifest, trained_in, args, per_image_dir, external_dir)
 
 
 def trained_folds(models: Path, manifest: dict) -> dict[int, str | None]:
@@ -76,78 +76,38 @@ def trained_folds(models: Path, manifest: dict) -> dict[int, str | None]:
     return trained_in
 
 
-def score_folds(params: dict, manifest: dict, trained_in: dict, args, per_image_dir: Path, external_dir: Path) -> None:
+def score_and_write(params: dict, manifest: dict, trained_in: dict, args, per_image_dir: Path, external_dir: Path):
+    """Every fold model scored (:mod:`lesionseg.evaluation.crossval_results`), the results written and logged."""
     import mlflow
-    import pandas as pd
 
     from lesionseg import tracking
     from lesionseg.data.cache import Split
-    from lesionseg.evaluation.crossval import mean_over_folds, score_fold, summarize_folds
-    from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, review_metrics, review_threshold
+    from lesionseg.evaluation.crossval_results import crossval_results, score_folds
     from lesionseg.model.inference import select_device
-    from lesionseg.model.postprocess import PostprocessConfig, ZoomConfig
-    from lesionseg.training.folds import fold_checkpoints, folds_from_manifest
+    from lesionseg.training.folds import folds_from_manifest
     from stages.runlog import mlflow_setup, run_tags
+    from stages.settings import inference_settings
 
     parent = mlflow_setup(params)
     cv_run = tracking.child_run(parent, "cv", run_tags("cv"))
 
-    postprocess = build(PostprocessConfig, params, "evaluate")
-    zoom = build(ZoomConfig, params, "evaluate.zoom")
-    tta, batch_size = get(params, "evaluate.tta"), get(params, "evaluate.batch_size")
+    settings, batch_size = inference_settings(params), get(params, "evaluate.batch_size")
     device = select_device(get(params, "runtime.device"))
     pairs = Split.concat([Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")])
     folds = folds_from_manifest(pairs, manifest)
     sets = load_external_sets(params, args.external)
 
-    heldout: dict[str, list[pd.DataFrame]] = {}
-    external: dict[str, dict[str, list[pd.DataFrame]]] = {name: {} for name in sets}
     with work(folds=len(folds)):
-        for fold in folds:
-            checkpoints = fold_checkpoints(args.models, fold.index)
-            fold_heldout, fold_external = score_fold(
-                checkpoints, fold, sets, batch_size, device, tta, postprocess, zoom
-            )
-            for name, table in fold_heldout.items():
-                heldout.setdefault(name, []).append(table)
-            for set_name, tables in fold_external.items():
-                for name, table in tables.items():
-                    external[set_name].setdefault(name, []).append(table)
-
-    def review(table: pd.DataFrame, threshold: float) -> dict:
-        return review_metrics(table[QUALITY_COLUMN], table[IOU_COLUMN], threshold)
-
-    summary, thresholds = {}, {}
-    for name, parts in heldout.items():
-        table = pd.concat(parts).sort_values("id")
+        fold_scores = score_folds(folds, args.models, sets, settings, batch_size, device)
+    results = crossval_results(fold_scores, get(params, "evaluate.review_fraction"))
+    for name, table in results.out_of_fold.items():
         atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
-        summary[name] = summarize_folds(table)
-        thresholds[name] = review_threshold(table[QUALITY_COLUMN], get(params, "evaluate.review_fraction"))
-        summary[name]["review"] = {"threshold": thresholds[name], **review(table, thresholds[name])}
-    for set_name, models in external.items():
+    for set_name, models in results.external.items():
         (external_dir / set_name).mkdir()
-        for name, parts in models.items():
-            table = mean_over_folds(parts)
+        for name, table in models.items():
             atomic.write_text(external_dir / set_name / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
-            summary[name].setdefault("external", {})[set_name] = {
-                "n": len(table),
-                "folds": len(parts),
-                **{c: float(table[c].mean()) for c in ("orig_jaccard", "orig_dice")},
-                # each fold model's review metrics at the out-of-fold threshold, averaged over the folds that
-                # define them (review_metrics leaves out what a fold's images leave undefined)
-                **pd.DataFrame([review(part, thresholds[name]) for part in parts]).mean().dropna().to_dict(),
-            }
-    tuned = [name for name in summary if name != "frozen"] or list(summary)
-    best = max(tuned, key=lambda name: summary[name]["orig_jaccard"]["mean"])
-    checkpoints = [f"fold{fold.index}/{best}.pt" for fold in folds]
-    ensemble = {
-        "folds": len(folds),
-        "model": best,
-        "checkpoints": checkpoints,
-        "review_threshold": thresholds[best],
-        "mlflow_run_id": cv_run,
-    }
-    atomic.write_json(args.ensemble, ensemble)
+    summary, best = results.summary, results.ensemble["model"]
+    atomic.write_json(args.ensemble, {**results.ensemble, "mlflow_run_id": cv_run})
     atomic.write_json(args.metrics, summary)
 
     with tracking.model_run("cv", cv_run, parent, run_tags("cv")):

@@ -31,26 +31,19 @@ import mlflow
 
 from lesionseg import atomic, tracking
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.calibrate import CalibrationDraw, calibrated_external
-from lesionseg.evaluation.evaluate import (
-    CALIBRATED_SUFFIX,
-    EXTERNAL_KEY,
-    TEST_TABLE,
-    add_review,
-    evaluate_checkpoint,
-    evaluate_with_external,
-)
+from lesionseg.evaluation.calibrate import CalibrationDraw, score_calibrated_sets
+from lesionseg.evaluation.cv_ensemble import evaluate_cv_ensemble
+from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX, TEST_TABLE, evaluate_checkpoint
 from lesionseg.evaluation.records import ModelMetrics, metrics_json
 from lesionseg.evaluation.selection import pipeline_checkpoints
-from lesionseg.model.checkpoint import load_model, load_models
+from lesionseg.model.checkpoint import load_model
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.inference import select_device
-from lesionseg.model.model import count_parameters
-from lesionseg.model.postprocess import InferenceConfig, PostprocessConfig, ZoomConfig
 from stages.external_sets import load_external_sets
 from stages.launch import main, work
-from stages.params import ParamError, build, get, load_params
+from stages.params import ParamError, get, load_params
 from stages.runlog import mlflow_setup, run_tags
+from stages.settings import inference_settings
 
 HEADLINE = ("orig_jaccard", "orig_dice")  # also logged on the parent run, to compare executions
 
@@ -87,21 +80,6 @@ def calibration_draws(params: dict, external: dict) -> dict[str, CalibrationDraw
     return draws
 
 
-def score_calibrated(
-    model, metrics: dict, tables: dict, external: dict, draws: dict, settings: InferenceConfig, batch_size: int, device
-) -> None:
-    """In place: each set of ``draws`` scored on its held-out images as trained and as calibrated
-    (:func:`~lesionseg.evaluation.calibrate.calibrated_external`), in ``evaluate.external``'s order."""
-    scored = dict(metrics.get(EXTERNAL_KEY, {}))
-    for name, draw in draws.items():
-        set_metrics, set_tables = calibrated_external(model, name, external[name], draw, settings, batch_size, device)
-        scored.update(set_metrics)
-        tables.update(set_tables)
-    if scored:
-        order = [key for name in external for key in (name, name + CALIBRATED_SUFFIX)]
-        metrics[EXTERNAL_KEY] = {key: scored[key] for key in order if key in scored}
-
-
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, required=True)
@@ -116,24 +94,14 @@ def run() -> None:
     )
     args = parser.parse_args()
     params = load_params()
-    batch_size, tta = get(params, "evaluate.batch_size"), get(params, "evaluate.tta")
-    review_fraction = get(params, "evaluate.review_fraction")
-    postprocess = build(PostprocessConfig, params, "evaluate")
-    zoom = build(ZoomConfig, params, "evaluate.zoom")
+    batch_size, review_fraction = get(params, "evaluate.batch_size"), get(params, "evaluate.review_fraction")
+    settings = inference_settings(params)  # the evaluation settings, from which calibration starts
     device = select_device(get(params, "runtime.device"))
     test, val = Split.load(args.data / "test.pt"), Split.load(args.data / "val.pt")
     ensemble = json.loads(args.cv_ensemble.read_text())
     external = load_external_sets(params, args.external)
     draws = calibration_draws(params, external)
     as_trained = {name: split for name, split in external.items() if name not in draws}  # scored whole
-    settings = InferenceConfig(  # the evaluation settings, from which calibration starts
-        tta=tta,
-        keep_largest=postprocess.keep_largest,
-        fill_holes=postprocess.fill_holes,
-        zoom=zoom.enabled,
-        zoom_margin=zoom.margin,
-        zoom_max_share=zoom.max_share,
-    )
     parent = mlflow_setup(params)
 
     all_metrics, trained_in = {}, {}
@@ -143,35 +111,26 @@ def run() -> None:
                 metrics, tables, checkpoint = evaluate_checkpoint(
                     path,
                     test,
+                    settings,
                     batch_size,
                     device,
-                    tta,
-                    postprocess,
                     val_split=val,
                     external=as_trained,
                     review_fraction=review_fraction,
-                    zoom=zoom,
                 )
                 if draws:
                     model = load_model(path)[0].to(device)
                     own = replace(settings, review_threshold=metrics.get("review_threshold"))
-                    score_calibrated(model, metrics, tables, external, draws, own, batch_size, device)
+                    score_calibrated_sets(model, metrics, tables, external, draws, own, batch_size, device)
                 all_metrics[name] = ModelMetrics.from_json(metrics, name)
                 trained_in[name] = checkpoint["extra"].get("mlflow_run_id")
                 write_tables(per_image_dir, name, tables)
             if ensemble["checkpoints"]:
-                model, _ = load_models([args.cv_models / p for p in ensemble["checkpoints"]])
-                model.to(device)
-                metrics, tables = evaluate_with_external(
-                    model, test, as_trained, batch_size, device, tta, postprocess, zoom
+                metrics, tables, model = evaluate_cv_ensemble(
+                    ensemble, args.cv_models, test, as_trained, settings, batch_size, device
                 )
-                add_review(metrics, tables, ensemble.get("review_threshold"))
                 own = replace(settings, review_threshold=ensemble.get("review_threshold"))
-                score_calibrated(model, metrics, tables, external, draws, own, batch_size, device)
-                if ensemble.get("review_threshold") is not None:
-                    metrics["review_threshold"] = ensemble["review_threshold"]
-                metrics.update({f"params_{k}": v for k, v in count_parameters(model).items()})
-                metrics.update({"members": len(ensemble["checkpoints"]), "member_model": ensemble["model"]})
+                score_calibrated_sets(model, metrics, tables, external, draws, own, batch_size, device)
                 all_metrics[ENSEMBLE_NAME] = ModelMetrics.from_json(metrics, ENSEMBLE_NAME)
                 trained_in[ENSEMBLE_NAME] = ensemble.get("mlflow_run_id")
                 write_tables(per_image_dir, ENSEMBLE_NAME, tables)

@@ -38,7 +38,7 @@ import torch
 
 from lesionseg import __version__
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX, TEST_TABLE, add_review, evaluate_model
+from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX, EXTERNAL_KEY, TEST_TABLE, add_review, evaluate_model
 from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, review_threshold
 from lesionseg.evaluation.stats import PairedComparison, paired_difference
 from lesionseg.metrics import confusion_counts, per_image_scores
@@ -295,3 +295,25 @@ def calibrated_external(
         add_review(scores, {TEST_TABLE: table}, used.review_threshold)
         metrics[key], tables[key] = {"n": len(held_out), **facts[key], **scores}, table
     return metrics, tables
+
+
+def score_calibrated_sets(
+    model,
+    metrics: dict,
+    tables: dict,
+    external: dict,
+    draws: dict,
+    settings: InferenceSettings,
+    batch_size: int,
+    device,
+) -> None:
+    """In place: each set of ``draws`` scored on its held-out images as trained and as calibrated
+    (:func:`~lesionseg.evaluation.calibrate.calibrated_external`), in ``evaluate.external``'s order."""
+    scored = dict(metrics.get(EXTERNAL_KEY, {}))
+    for name, draw in draws.items():
+        set_metrics, set_tables = calibrated_external(model, name, external[name], draw, settings, batch_size, device)
+        scored.update(set_metrics)
+        tables.update(set_tables)
+    if scored:
+        order = [key for name in external for key in (name, name + CALIBRATED_SUFFIX)]
+        metrics[EXTERNAL_KEY] = {key: scored[key] for key in order if key in scored}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lesionseg.model.checkpoint import read_checkpoint
@@ -20,10 +21,23 @@ def choose_model(checkpoints: dict[str, Path], which: str = BEST_FINETUNED) -> s
         if which not in checkpoints:
             raise ValueError(f"model {which!r} not found; available: {sorted(checkpoints)} or {BEST_FINETUNED!r}")
         return which
-    candidates = [name for name in checkpoints if name != "frozen"] or list(checkpoints)
-    if not candidates:
+    if not checkpoints:
         raise ValueError("no checkpoints to choose from")
-    return max(candidates, key=lambda name: read_checkpoint(checkpoints[name])["metrics"]["jaccard"])
+    return best_finetuned(checkpoints, lambda name: read_checkpoint(checkpoints[name])["metrics"]["jaccard"])
+
+
+def best_finetuned(models: Iterable[str], score: Callable[[str], float]) -> str:
+    """The rule that picks the pipeline's best model: among ``models`` (names), the fine-tuned one with the
+    highest ``score`` (the frozen model if nothing was fine-tuned); the first of equals.
+
+    :func:`choose_model` ranks by validation Jaccard, the cross-validation ensemble
+    (:mod:`lesionseg.evaluation.crossval_results`) by CV Jaccard. ``score`` is a function, not a table, so that
+    only the candidates are scored (the frozen checkpoint is not read when a fine-tuned model exists)."""
+    names = list(models)
+    candidates = [name for name in names if name != "frozen"] or names
+    if not candidates:
+        raise ValueError("no models to choose from")
+    return max(candidates, key=score)
 
 
 def pipeline_checkpoints(frozen: Path, finetuned: Path) -> dict[str, Path]:
