@@ -34,9 +34,9 @@ def test_the_recipe_holds_each_phase_of_a_fine_tuned_model(checkpoints):
     assert recipe["input_size"] == 64 and recipe["model"]["encoder_weights"] == "none"
     assert recipe["inference"]["tta"] is True
     # an ensemble's recipe is its first member's; the frozen model's has the frozen phase only
-    ensemble = package_model([checkpoints["finetune_all"]] * 2, InferenceConfig())
+    ensemble = package_model([checkpoints["finetune_all"]] * 2, InferenceSettings())
     assert recipe_of(ensemble, checkpoints["frozen"])["phases"] == recipe["phases"]
-    frozen = recipe_of(package_model([checkpoints["frozen"]], InferenceConfig()), checkpoints["frozen"])
+    frozen = recipe_of(package_model([checkpoints["frozen"]], InferenceSettings()), checkpoints["frozen"])
     assert list(frozen["phases"]) == ["frozen"] and list(frozen["numerics"]) == ["frozen"]
 
 
@@ -88,11 +88,11 @@ def test_the_cv_summary_is_of_the_exported_models_level(tmp_path, checkpoints):
 
     path = tmp_path / "cv.json"
     path.write_text(json.dumps({"frozen": entry(0.5), "finetune_all": entry(0.7)}))
-    tuned = package_model([checkpoints["finetune_all"]], InferenceConfig())
+    tuned = package_model([checkpoints["finetune_all"]], InferenceSettings())
     expected = {"model": "finetune_all", "folds": 2, "n": 12, "mean": 0.7, "se": 0.01}
     assert cv_summary(path, tuned, "finetune_all") == expected
     assert cv_summary(path, tuned, "cv_ensemble") == expected  # the ensemble: its members' level
-    frozen = package_model([checkpoints["frozen"]], InferenceConfig())
+    frozen = package_model([checkpoints["frozen"]], InferenceSettings())
     assert cv_summary(path, frozen, "cv_ensemble")["mean"] == 0.5
     path.write_text(json.dumps({"frozen": entry(0.5)}))
     assert cv_summary(path, tuned, "finetune_all") is None  # CV did not train this level
