@@ -298,17 +298,20 @@ def calibrated_external(
 
 
 def score_calibrated_sets(
-    model,
+    model: torch.nn.Module,
     metrics: dict,
-    tables: dict,
-    external: dict,
-    draws: dict,
+    tables: dict[str, pd.DataFrame],
+    external: dict[str, Split],
+    draws: dict[str, CalibrationDraw],
     settings: InferenceSettings,
-    batch_size: int,
-    device,
+    batch_size: int = 32,
+    device=None,
 ) -> None:
-    """In place: each set of ``draws`` scored on its held-out images as trained and as calibrated
-    (:func:`~lesionseg.evaluation.calibrate.calibrated_external`), in ``evaluate.external``'s order."""
+    """In place, for a model's ``metrics`` and per-image ``tables`` (as
+    :func:`~lesionseg.evaluation.evaluate.evaluate_checkpoint` returns them): each external set that ``draws``
+    names (set -> its draw) scored on its held-out images as trained and as calibrated
+    (:func:`calibrated_external`, from the model's ``settings``), the entries of ``metrics[EXTERNAL_KEY]`` in
+    the order of ``external`` (every external set, name -> split), each set's calibrated entry after its own."""
     scored = dict(metrics.get(EXTERNAL_KEY, {}))
     for name, draw in draws.items():
         set_metrics, set_tables = calibrated_external(model, name, external[name], draw, settings, batch_size, device)
