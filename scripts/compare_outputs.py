@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 SKIPPED_FILES = {"dvc.log"}
-RUN_SPECIFIC_KEYS = {"mlflow_run_id", "git_commit"}
-RUN_SPECIFIC_LINE = re.compile(r"\b(mlflow_run_id|git_commit)\b")
+RUN_SPECIFIC_KEYS = {"mlflow_run_id", "parent_run_id", "git_commit"}
+RUN_SPECIFIC_LINE = re.compile(r"\b(mlflow_run_id|parent_run_id|git_commit)\b")
 TEMPORARY = re.compile(r"/tmp/tmp\.\w+|/tmp/tmp\w+")  # mktemp folders (GNU and Python styles)
 
 
