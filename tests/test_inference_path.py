@@ -127,3 +127,24 @@ def test_predict_gives_masks_at_any_size_with_quality_and_review():
     # a threshold above every probability: nothing is lesion
     none = predict(Brightness(), images, InferenceSettings(threshold=0.999))
     assert not none.input_masks().any()
+
+
+def test_the_stages_build_the_settings_from_the_evaluate_params():
+    import yaml
+
+    from stages.params import ParamError
+    from stages.settings import inference_settings
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    evaluate = params["evaluate"]
+    settings = inference_settings(params, review_threshold=0.3)
+    assert settings == InferenceSettings(
+        tta=evaluate["tta"],
+        postprocess=PostprocessConfig(evaluate["keep_largest"], evaluate["fill_holes"]),
+        zoom=ZoomConfig(**evaluate["zoom"]),
+        review_threshold=0.3,
+    )
+    with pytest.raises(ParamError, match="evaluate.tta"):
+        inference_settings({**params, "evaluate": {**evaluate, "tta": "yes"}})
+    with pytest.raises(ParamError, match=r"evaluate\.zoom\..*max_share"):
+        inference_settings({**params, "evaluate": {**evaluate, "zoom": {**evaluate["zoom"], "max_share": 0}}})
