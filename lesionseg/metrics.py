@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 THRESHOLDED_JACCARD_CUTOFF = 0.65
+COUNT_NAMES = ("tp", "fp", "fn", "tn")  # the columns of confusion_counts, in order
 
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

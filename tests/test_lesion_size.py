@@ -66,6 +66,10 @@ def test_evaluation_records_each_true_lesion_share_and_the_bin_means():
     metrics, table = score_prediction(Prediction.from_logits(InferenceSettings(), logits), split)
     assert table[LESION_SHARE_COLUMN].tolist() == pytest.approx([0.01, 0.04, 0.25, 1.0])
     assert table["orig_jaccard"].tolist() == pytest.approx([0.04, 0.16, 1.0, 0.25])
+    # the pixel counts behind the scores, so any other averaging can be recomputed from the table
+    counts = table[["orig_tp", "orig_fp", "orig_fn", "orig_tn"]].to_numpy()
+    assert counts.tolist() == [[4, 96, 0, 300], [16, 84, 0, 300], [100, 0, 0, 300], [100, 0, 300, 0]]
+    assert table[["tp", "fp", "fn", "tn"]].sum(axis=1).tolist() == [size * size] * 4
     assert metrics["orig_jaccard_size_lt5"] == pytest.approx(0.10)
     assert metrics["orig_jaccard_size_15_40"] == pytest.approx(1.0)
     assert metrics["orig_jaccard_size_ge40"] == pytest.approx(0.25)

@@ -14,7 +14,7 @@ import torch
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.lesion_size import LESION_SHARE_COLUMN, lesion_share, size_bin_scores
 from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, REVIEW_COLUMN, review_metrics, review_threshold
-from lesionseg.metrics import confusion_counts, per_image_scores, summarize
+from lesionseg.metrics import COUNT_NAMES, confusion_counts, per_image_scores, summarize
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.model import count_parameters
 from lesionseg.model.predict import Prediction, predict
@@ -51,7 +51,8 @@ def score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.Dat
     ``orig_`` prefix at original resolution (the official definition), and
     ``orig_jaccard`` per lesion-size bin (:func:`~lesionseg.evaluation.lesion_size.size_bin_scores`).
     The table has one row per image (``id``, ``height``, ``width``, the
-    per-image scores at both resolutions, the true lesion's ``lesion_share`` of
+    per-image scores and pixel counts (``tp``, ``fp``, ``fn``, ``tn``: any averaging can be recomputed
+    from them) at both resolutions, the true lesion's ``lesion_share`` of
     the image, the mask's ``quality``, see :func:`~lesionseg.model.quality.mask_quality`, and with
     the zoom on whether the image was ``zoomed``). Every score is of the prediction's masks, its settings'
     threshold and clean-up applied at both resolutions.
@@ -64,10 +65,11 @@ def score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.Dat
     table = pd.DataFrame(
         {"id": split.ids, "height": split.orig_sizes[:, 0].numpy(), "width": split.orig_sizes[:, 1].numpy()}
     )
-    for name, values in per_image_scores(small).items():
-        table[name] = values.numpy()
-    for name, values in per_image_scores(full).items():
-        table[ORIGINAL_PREFIX + name] = values.numpy()
+    for prefix, counts in (("", small), (ORIGINAL_PREFIX, full)):
+        for name, values in per_image_scores(counts).items():
+            table[prefix + name] = values.numpy()
+        for name, values in zip(COUNT_NAMES, counts.unbind(1)):
+            table[prefix + name] = values.numpy()
     tp, _, fn, _ = full.unbind(1)
     table[LESION_SHARE_COLUMN] = lesion_share((tp + fn).numpy(), full.sum(1).numpy())
     metrics.update(size_bin_scores(table, ORIGINAL_PREFIX + "jaccard"))
