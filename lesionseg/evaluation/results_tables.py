@@ -15,6 +15,10 @@ Kinds (options after the records, ``key=value``; ``metric`` defaults to ``orig_j
 - ``change A B``: the paired change B - A of every model on every evaluation both records have, as
   ``lesionseg compare results/A results/B --md`` prints it (:func:`~lesionseg.evaluation.compare.compare_runs`);
   ``models=a,b`` keeps those models.
+- ``reproduction RECORD averaging=NAME``: the reference report's table beside the record's, in the official
+  metric and in the report's averaging (:func:`lesionseg.evaluation.reproduction.reproduction_table`).
+- ``averaging RECORD``: the record's test scores under every candidate averaging, and which one fits the
+  report's IoU and Dice (:func:`lesionseg.evaluation.reproduction.averaging_table`).
 - ``review RECORD``: per model and evaluation (test split, each external set), how well the review flag
   separates failed masks (IoU < 0.7) from the rest at the exported threshold: the evaluate stage's
   ``review_*`` scores in the record's ``metrics.json``; ``models=a,b`` keeps those models.
@@ -33,6 +37,7 @@ from pathlib import Path
 
 from lesionseg.evaluation.compare import DEFAULT_METRIC, compare_runs, format_markdown
 from lesionseg.evaluation.records import parse_metrics
+from lesionseg.evaluation.reproduction import PUBLISHED_FILE, averaging_table, reproduction_table
 from lesionseg.evaluation.results_record import RESULTS_DIR, read_provenance, record_path
 from lesionseg.evaluation.runs import read_run
 from lesionseg.evaluation.stats import mean_interval
@@ -44,7 +49,8 @@ RENDER_COMMAND = "lesionseg results render"
 # A score as the tables print them: four decimals, optionally signed (a change); not a time or a count.
 SCORE = re.compile(r"(?<![\w.])[+-]?0\.\d{4}(?![\d])")
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
-KINDS = {"scores": 1, "change": 2, "review": 1}  # kind -> number of records it names
+KINDS = {"scores": 1, "change": 2, "review": 1, "reproduction": 1, "averaging": 1}  # kind -> records it names
+OPTIONS = {"metric", "models", "averaging"}
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,11 @@ class TableSpec:
             raise ValueError(f"{where}: unknown results table kind {kind!r} (kinds: {', '.join(KINDS)})")
         if len(records) != KINDS[kind]:
             raise ValueError(f"{where}: a {kind} table names {KINDS[kind]} record(s), got {list(records)}")
-        unknown = set(options) - {"metric", "models"}
+        unknown = set(options) - OPTIONS
         if unknown:
-            raise ValueError(f"{where}: unknown option(s) {sorted(unknown)} (metric=, models=)")
+            raise ValueError(f"{where}: unknown option(s) {sorted(unknown)} ({', '.join(o + '=' for o in OPTIONS)})")
+        if kind == "reproduction" and "averaging" not in options:
+            raise ValueError(f"{where}: a reproduction table names the report's averaging (averaging=)")
         return cls(kind, records, options)
 
     @property
@@ -138,6 +146,9 @@ def _footnote(spec: TableSpec, results_dir: Path) -> str:
         "scores": f"mean per-image `{spec.metric}`, 95% bootstrap intervals",
         "change": f"paired change B - A of per-image `{spec.metric}`, 95% bootstrap intervals",
         "review": "the review flag at each model's stored review threshold (failure: IoU < 0.7)",
+        "reproduction": f"the reference report's scores (`{PUBLISHED_FILE}`) beside ours on the test split, "
+        "95% bootstrap intervals (images resampled; batches for a per-batch averaging), CV out of fold",
+        "averaging": f"the reference report's scores (`{PUBLISHED_FILE}`); ours on the test split",
     }[spec.kind]
     return f"{what}; from {'; '.join(made)}. Regenerate: `{RENDER_COMMAND}`."
 
@@ -155,6 +166,10 @@ def render_table(spec: TableSpec, results_dir: Path = RESULTS_DIR) -> str:
         table = scores_table(spec.records[0], spec.metric, spec.models, results_dir)
     elif spec.kind == "review":
         table = review_table(spec.records[0], spec.models, results_dir)
+    elif spec.kind == "reproduction":
+        table = reproduction_table(spec.records[0], spec.options["averaging"], results_dir)
+    elif spec.kind == "averaging":
+        table = averaging_table(spec.records[0], results_dir)
     else:
         table = change_table(*spec.records, spec.metric, spec.models, results_dir)
     return f"{table}\n\n{_footnote(spec, results_dir)}\n"
