@@ -211,9 +211,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from lesionseg.evaluation.compare import compare_runs, format_markdown, format_text, one_model
     from lesionseg.evaluation.lesion_size import split_by_size
-    from lesionseg.evaluation.runs import read_run
+    from lesionseg.experiments.compare import compare_runs, format_markdown, format_text, one_model
+    from lesionseg.experiments.runs import read_run
 
     a, b = (read_run(source, args.set, args.per_image_dir, args.reports_dir) for source in (args.a, args.b))
     if Path(args.a).is_file() and Path(args.b).is_file():
@@ -254,8 +254,8 @@ def cmd_recipe(args) -> int:
 
 
 def cmd_ci_report(args) -> int:
-    from lesionseg.evaluation.ci_report import write_change_report
-    from lesionseg.evaluation.runs import read_pipeline_run
+    from lesionseg.experiments.runs import read_pipeline_run
+    from lesionseg.report.ci_report import write_change_report
 
     base = read_pipeline_run(args.base, args.base_label, args.reports_dir)
     head = read_pipeline_run(args.head, args.head_label, args.reports_dir)
@@ -268,7 +268,7 @@ def cmd_ci_report(args) -> int:
 
 
 def cmd_results_save(args) -> int:
-    from lesionseg.evaluation.results_record import save_record
+    from lesionseg.experiments.results_record import save_record
 
     name = args.name or Path(args.exp).name
     if Path(args.exp).is_dir() and not args.name:
@@ -282,7 +282,7 @@ def cmd_results_save(args) -> int:
 
 def cmd_results_render(args) -> int:
     from lesionseg import atomic
-    from lesionseg.evaluation.results_tables import missing_records, pages, render_page
+    from lesionseg.experiments.results_tables import missing_records, pages, render_page
 
     differ = []
     for page in args.pages or pages(Path(".")):

@@ -6,7 +6,7 @@ pair once, by the model that did not see it) and every external set, with the ru
 out-of-fold quality quantile that flags ``--review-fraction`` of the masks, and an external set's metrics are
 the mean over the fold models.
 Prints the review metrics (:func:`lesionseg.evaluation.review.review_metrics`) as JSON and draws the curves
-with the report's :func:`~lesionseg.evaluation.figures.plot_risk_coverage` (an external set's curve pools its
+with the report's :func:`~lesionseg.report.figures.plot_risk_coverage` (an external set's curve pools its
 images as scored by every fold model). The README's figure:
 
     python scripts/quality_figure.py --run <a project that ran cv_train> --out docs/img/risk_coverage.png
@@ -31,9 +31,9 @@ from lesionseg.data.cache import Split  # noqa: E402
 from lesionseg.data.external import ExternalSet, prepare_external  # noqa: E402
 from lesionseg.evaluation import review  # noqa: E402
 from lesionseg.evaluation.crossval import score_fold  # noqa: E402
-from lesionseg.evaluation.figures import plot_risk_coverage  # noqa: E402
 from lesionseg.model.quality import needs_review  # noqa: E402
 from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig  # noqa: E402
+from lesionseg.report.figures import plot_risk_coverage  # noqa: E402
 from lesionseg.training.folds import folds_from_manifest  # noqa: E402
 
 

@@ -34,8 +34,8 @@ from lesionseg.data.cache import Split
 from lesionseg.evaluation.calibrate import CalibrationDraw, score_calibrated_sets
 from lesionseg.evaluation.cv_ensemble import evaluate_cv_ensemble
 from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX, TEST_TABLE, evaluate_checkpoint
-from lesionseg.evaluation.records import ModelMetrics, metrics_json
 from lesionseg.evaluation.selection import pipeline_checkpoints
+from lesionseg.experiments.records import ModelMetrics, metrics_json
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.inference import select_device

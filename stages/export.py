@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 from lesionseg import atomic, tracking
-from lesionseg.evaluation.records import parse_metrics
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
+from lesionseg.experiments.records import parse_metrics
 from lesionseg.model.checkpoint import package_model
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.model import parameter_counts_by_level

@@ -8,11 +8,11 @@ import mlflow
 from lesionseg import tracking
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX
-from lesionseg.evaluation.pipeline_report import load_histories, write_pipeline_report
-from lesionseg.evaluation.records import parse_metrics
-from lesionseg.evaluation.runs import read_tables
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
+from lesionseg.experiments.records import parse_metrics
+from lesionseg.experiments.runs import read_tables
 from lesionseg.model.checkpoint import load_model
+from lesionseg.report.pipeline_report import load_histories, write_pipeline_report
 from stages.external_sets import load_external_sets
 from stages.launch import main, work
 from stages.params import get, load_params

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from lesionseg.evaluation.averaging import AVERAGINGS, BATCH_SIZE, averaged_scores, table_counts
-from lesionseg.evaluation.reproduction import averaging_table, reproduction_table, verdict
+from lesionseg.experiments.reproduction import averaging_table, reproduction_table, verdict
 
 # TP, FP, FN, TN of two images: IoU 0.5 on a small lesion, 0.9 on a large one
 TWO = np.array([[10, 5, 5, 80], [90, 5, 5, 0]])

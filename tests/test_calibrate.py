@@ -23,13 +23,13 @@ from lesionseg.evaluation.calibrate import (
     moved_review_threshold,
     threshold_search,
 )
-from lesionseg.evaluation.comparison_table import CALIBRATION_COLUMN, comparison_table
 from lesionseg.evaluation.evaluate import evaluate_model
-from lesionseg.evaluation.records import ModelMetrics
+from lesionseg.experiments.records import ModelMetrics
 from lesionseg.model.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint, stored_settings
 from lesionseg.model.model import ModelConfig, build_model
 from lesionseg.model.quality import needs_review
 from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
+from lesionseg.report.comparison_table import CALIBRATION_COLUMN, comparison_table
 from lesionseg.serving.model_card import card_markdown, model_card
 from tests.helpers import lesion_pair
 

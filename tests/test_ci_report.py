@@ -12,11 +12,11 @@ from lesionseg.data.download import ARCHIVES, DownloadConfig, download_and_extra
 from lesionseg.data.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS, pair_images_and_masks
 from lesionseg.data.synthetic import write_archives
 from lesionseg.errors import DataError
-from lesionseg.evaluation.ci_report import REPORT_MARKER, change_chart, metrics_diff
-from lesionseg.evaluation.compare import ModelComparison
-from lesionseg.evaluation.records import ModelMetrics
-from lesionseg.evaluation.runs import read_pipeline_run
 from lesionseg.evaluation.stats import PairedComparison
+from lesionseg.experiments.compare import ModelComparison
+from lesionseg.experiments.records import ModelMetrics
+from lesionseg.experiments.runs import read_pipeline_run
+from lesionseg.report.ci_report import REPORT_MARKER, change_chart, metrics_diff
 
 IDS = [f"ISIC_{i:07d}" for i in range(40)]
 

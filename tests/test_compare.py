@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from lesionseg.cli import main
-from lesionseg.evaluation.compare import (
+from lesionseg.evaluation.stats import PairedComparison
+from lesionseg.experiments.compare import (
     BETTER,
     NO_CHANGE,
     WORSE,
@@ -21,9 +22,8 @@ from lesionseg.evaluation.compare import (
     paired_change,
     verdict,
 )
-from lesionseg.evaluation.records import ModelMetrics, metrics_json, parse_metrics
-from lesionseg.evaluation.runs import Run, evaluation_of, read_run
-from lesionseg.evaluation.stats import PairedComparison
+from lesionseg.experiments.records import ModelMetrics, metrics_json, parse_metrics
+from lesionseg.experiments.runs import Run, evaluation_of, read_run
 
 IDS = [f"ISIC_{i:07d}" for i in range(30)]
 EXTRA_IDS = [f"EXTRA_{i:04d}" for i in range(20)]
@@ -118,7 +118,7 @@ def test_verdict_reads_the_interval(ci95, expected):
 
 
 def test_report_uses_the_one_comparison():
-    from lesionseg.evaluation.comparison_table import CHANGE_COLUMN, comparison_table, verdicts
+    from lesionseg.report.comparison_table import CHANGE_COLUMN, comparison_table, verdicts
 
     rng = np.random.default_rng(2)
     frozen = table(rng.uniform(0.5, 0.8, 30))

@@ -426,7 +426,7 @@ PAGES_WITH_OLD_TABLES: set[str] = set()
 
 
 def test_every_results_table_is_what_the_records_render(monkeypatch):
-    from lesionseg.evaluation.results_tables import pages, regions, render_page
+    from lesionseg.experiments.results_tables import pages, regions, render_page
 
     monkeypatch.chdir(REPO)  # the tables name their records as the command does, from the repository root
     rendered = 0
@@ -441,7 +441,7 @@ def test_every_results_table_is_what_the_records_render(monkeypatch):
 
 
 def test_no_results_table_without_a_record():
-    from lesionseg.evaluation.results_tables import HISTORY_PAGE, pages, unrecorded_rows
+    from lesionseg.experiments.results_tables import HISTORY_PAGE, pages, unrecorded_rows
 
     for page in pages(REPO):
         where = str(page.relative_to(REPO))

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Bottom to top. The top-level helpers below every layer: they import no layer.
 BASE = {"lesionseg/atomic.py", "lesionseg/errors.py", "lesionseg/metrics.py", "lesionseg/tracking.py"}
 BASE |= {"lesionseg/mlflow_view.py", "lesionseg/recipes.py", "lesionseg/__init__.py"}
-LAYERS = ("data", "model", "training", "evaluation", "serving")
+LAYERS = ("data", "model", "training", "evaluation", "experiments", "report", "serving")
 TOP = {"lesionseg/cli.py"}
 
 

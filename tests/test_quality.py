@@ -13,13 +13,13 @@ from lesionseg.cli import main
 from lesionseg.data.cache import Split
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.evaluation.evaluate import evaluate_checkpoint
-from lesionseg.evaluation.records import ModelMetrics
 from lesionseg.evaluation.review import (
     failure_auroc,
     review_metrics,
     review_threshold,
     risk_coverage,
 )
+from lesionseg.experiments.records import ModelMetrics
 from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
 from lesionseg.model.model import ModelConfig
 from lesionseg.model.quality import mask_quality, needs_review
@@ -202,7 +202,7 @@ def test_predict_writes_the_quality_table_and_review_only(untrained, tmp_path, c
 
 
 def test_risk_coverage_figure(tmp_path):
-    from lesionseg.evaluation.figures import plot_risk_coverage
+    from lesionseg.report.figures import plot_risk_coverage
 
     rng = np.random.default_rng(2)
     quality = rng.random(40)

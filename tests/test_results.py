@@ -13,9 +13,10 @@ import yaml
 
 from lesionseg.cli import main
 from lesionseg.errors import DataError
-from lesionseg.evaluation.compare import compare_runs, format_markdown
-from lesionseg.evaluation.results_record import read_provenance, reconstructed_command, save_record
-from lesionseg.evaluation.results_tables import (
+from lesionseg.evaluation.stats import mean_interval
+from lesionseg.experiments.compare import compare_runs, format_markdown
+from lesionseg.experiments.results_record import read_provenance, reconstructed_command, save_record
+from lesionseg.experiments.results_tables import (
     SCORE,
     TableSpec,
     missing_records,
@@ -23,8 +24,7 @@ from lesionseg.evaluation.results_tables import (
     render_table,
     unrecorded_rows,
 )
-from lesionseg.evaluation.runs import read_run
-from lesionseg.evaluation.stats import mean_interval
+from lesionseg.experiments.runs import read_run
 
 IDS = [f"ISIC_{i:07d}" for i in range(12)]
 EXTRA = [f"EXTRA_{i:03d}" for i in range(8)]

@@ -1,1 +1,1 @@
-"""Metrics, evaluation, mask clean-up, paired statistics, comparisons and the report."""
+"""How good a model is: evaluation, statistics, review flags, lesion sizes, calibration, cross-validation."""

@@ -2,7 +2,7 @@
 
 The out-of-fold per-image scores of all folds together cover every training
 pair once, each scored by the fold model that never saw it: what paired
-comparisons between recipes use (:mod:`lesionseg.evaluation.compare`).
+comparisons between recipes use (:mod:`lesionseg.experiments.compare`).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lesionseg.evaluation.records import parse_metrics
-from lesionseg.evaluation.runs import read_tables
+from lesionseg.experiments.records import parse_metrics
+from lesionseg.experiments.runs import read_tables
 from lesionseg.model.checkpoint import first_member, read_checkpoint
 
 

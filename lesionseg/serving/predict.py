@@ -17,9 +17,9 @@ from lesionseg import atomic
 from lesionseg.data.external import IMAGE_EXTENSIONS, MASK_SUFFIXES
 from lesionseg.data.images import image_size, load_image, model_input
 from lesionseg.errors import DataError
-from lesionseg.evaluation.drawing import overlay
 from lesionseg.model.predict import predict
 from lesionseg.model.settings import InferenceSettings
+from lesionseg.report.drawing import overlay
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""The report stage's outputs: the comparison table (:mod:`~lesionseg.evaluation.comparison_table`) and the
-figures (:mod:`~lesionseg.evaluation.figures`) of the pipeline's models, one of them shown on sample images."""
+"""The report stage's outputs: the comparison table (:mod:`~lesionseg.report.comparison_table`) and the
+figures (:mod:`~lesionseg.report.figures`) of the pipeline's models, one of them shown on sample images."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 
 from lesionseg import atomic
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.comparison_table import comparison_table, verdicts, write_table
-from lesionseg.evaluation.drawing import error_map, overlay
-from lesionseg.evaluation.figures import plot_comparison, plot_curves, plot_grid, plot_risk_coverage, plot_samples
-from lesionseg.evaluation.records import ModelMetrics
-from lesionseg.evaluation.samples import sample_predictions, worst_indices
+from lesionseg.experiments.records import ModelMetrics
+from lesionseg.report.comparison_table import comparison_table, verdicts, write_table
+from lesionseg.report.drawing import error_map, overlay
+from lesionseg.report.figures import plot_comparison, plot_curves, plot_grid, plot_risk_coverage, plot_samples
+from lesionseg.report.samples import sample_predictions, worst_indices
 
 
 def load_histories(paths: list[Path]) -> dict[str, pd.DataFrame]:

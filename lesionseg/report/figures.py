@@ -1,5 +1,5 @@
 """The report's matplotlib figures, drawn from arrays and tables: training curves, sample rows, panel grids,
-the model comparison chart and the risk-coverage figure (the arrays themselves: :mod:`lesionseg.evaluation.drawing`,
+the model comparison chart and the risk-coverage figure (the arrays themselves: :mod:`lesionseg.report.drawing`,
 which needs no matplotlib)."""
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ import yaml
 
 from lesionseg.errors import DataError
 from lesionseg.evaluation.averaging import AVERAGINGS, averaged_scores, table_counts
-from lesionseg.evaluation.results_record import record_path
-from lesionseg.evaluation.runs import CV_METRICS_FILE, read_run
 from lesionseg.evaluation.stats import mean_interval
+from lesionseg.experiments.results_record import record_path
+from lesionseg.experiments.runs import CV_METRICS_FILE, read_run
 
 PUBLISHED_FILE = Path("recipes/reference_report.yaml")
 OFFICIAL = "per_image"

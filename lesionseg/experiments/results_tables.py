@@ -13,12 +13,12 @@ Kinds (options after the records, ``key=value``; ``metric`` defaults to ``orig_j
   split, each external set, out of fold, fold-model means), with its 95% bootstrap interval
   (:func:`lesionseg.evaluation.stats.mean_interval`); ``models=a,b`` keeps those models.
 - ``change A B``: the paired change B - A of every model on every evaluation both records have, as
-  ``lesionseg compare results/A results/B --md`` prints it (:func:`~lesionseg.evaluation.compare.compare_runs`);
+  ``lesionseg compare results/A results/B --md`` prints it (:func:`~lesionseg.experiments.compare.compare_runs`);
   ``models=a,b`` keeps those models.
 - ``reproduction RECORD averaging=NAME``: the reference report's table beside the record's, in the official
-  metric and in the report's averaging (:func:`lesionseg.evaluation.reproduction.reproduction_table`).
+  metric and in the report's averaging (:func:`lesionseg.experiments.reproduction.reproduction_table`).
 - ``averaging RECORD``: the record's test scores under every candidate averaging, and which one fits the
-  report's IoU and Dice (:func:`lesionseg.evaluation.reproduction.averaging_table`).
+  report's IoU and Dice (:func:`lesionseg.experiments.reproduction.averaging_table`).
 - ``review RECORD``: per model and evaluation (test split, each external set), how well the review flag
   separates failed masks (IoU < 0.7) from the rest at the exported threshold: the evaluate stage's
   ``review_*`` scores in the record's ``metrics.json``; ``models=a,b`` keeps those models.
@@ -35,12 +35,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lesionseg.evaluation.compare import DEFAULT_METRIC, compare_runs, format_markdown
-from lesionseg.evaluation.records import parse_metrics
-from lesionseg.evaluation.reproduction import PUBLISHED_FILE, averaging_table, reproduction_table
-from lesionseg.evaluation.results_record import RESULTS_DIR, read_provenance, record_path
-from lesionseg.evaluation.runs import read_run
 from lesionseg.evaluation.stats import mean_interval
+from lesionseg.experiments.compare import DEFAULT_METRIC, compare_runs, format_markdown
+from lesionseg.experiments.records import parse_metrics
+from lesionseg.experiments.reproduction import PUBLISHED_FILE, averaging_table, reproduction_table
+from lesionseg.experiments.results_record import RESULTS_DIR, read_provenance, record_path
+from lesionseg.experiments.runs import read_run
 
 REGION = re.compile(r"^<!-- results:(?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- /results -->$", re.M | re.S)
 OPEN_MARKER = re.compile(r"^<!-- results:", re.M)

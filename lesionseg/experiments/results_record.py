@@ -1,10 +1,10 @@
 """A finished experiment as a small committed record: ``results/<name>/``, the scores only (kilobytes).
 
 ``lesionseg results save <exp>`` writes one from a DVC experiment or git revision (read through DVC's cache,
-as ``lesionseg compare`` reads experiments: :class:`~lesionseg.evaluation.runs.RunFiles`) or from a
+as ``lesionseg compare`` reads experiments: :class:`~lesionseg.experiments.runs.RunFiles`) or from a
 reports folder on disk (the workspace's ``reports``). A record is itself a reports folder, laid out as the
 pipeline lays out ``reports/``, so everything that reads runs reads records (``lesionseg compare
-results/a results/b``, :func:`~lesionseg.evaluation.runs.read_run`):
+results/a results/b``, :func:`~lesionseg.experiments.runs.read_run`):
 
 ====================================  ===========================================================
 ``metrics.json``, ``cv/metrics.json``  the evaluate and cv_score stages' metrics, as written
@@ -17,7 +17,7 @@ results/a results/b``, :func:`~lesionseg.evaluation.runs.read_run`):
 ====================================  ===========================================================
 
 No images, masks or weights: a record holds what the tables of the docs are rendered from
-(:mod:`lesionseg.evaluation.results_tables`).
+(:mod:`lesionseg.experiments.results_tables`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import yaml
 
 from lesionseg import atomic
 from lesionseg.errors import DataError
-from lesionseg.evaluation.runs import (
+from lesionseg.experiments.runs import (
     CV_METRICS_FILE,
     METRICS_FILE,
     REPORTS_DIR,

@@ -6,7 +6,7 @@ stages write them (``reports/per_image/<model>.csv`` and so on). Two tables are 
 whatever their row order (:func:`paired_change`); the statistics are
 :func:`lesionseg.evaluation.stats.paired_difference`'s. A side of :func:`compare_models` is a mapping
 model name -> table; models on both sides are compared. :func:`compare_runs` compares two runs
-(:class:`~lesionseg.evaluation.runs.Run`) on every evaluation both have.
+(:class:`~lesionseg.experiments.runs.Run`) on every evaluation both have.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from lesionseg.evaluation.runs import Run
 from lesionseg.evaluation.stats import PairedComparison, paired_difference
+from lesionseg.experiments.runs import Run
 
 DEFAULT_METRIC = "orig_jaccard"
 BETTER, WORSE, NO_CHANGE = "better", "worse", "no detectable change"

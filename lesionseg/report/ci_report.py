@@ -2,10 +2,10 @@
 
 Each side (base, head) is one pipeline run's reports: ``metrics.json`` and ``per_image/<model>.csv``,
 as the evaluate stage writes them under ``reports/``, read from a folder or through DVC at a git
-revision or DVC experiment (:func:`lesionseg.evaluation.runs.read_pipeline_run`). The report (Markdown,
+revision or DVC experiment (:func:`lesionseg.experiments.runs.read_pipeline_run`). The report (Markdown,
 for the job summary and the pull-request comment) has:
 
-1. the paired change of each model on both sides (:func:`lesionseg.evaluation.compare.compare_models`):
+1. the paired change of each model on both sides (:func:`lesionseg.experiments.compare.compare_models`):
    means, change (head - base), its 95% bootstrap interval, Wilcoxon p and a verdict;
 2. a chart of those changes and intervals, as text (a pull-request comment cannot show a local image)
    and as ``change.png`` beside the report (in the workflow's artifact);
@@ -19,9 +19,9 @@ import math
 from pathlib import Path
 
 from lesionseg import atomic
-from lesionseg.evaluation.compare import DEFAULT_METRIC, ModelComparison, compare_models, format_markdown
-from lesionseg.evaluation.records import ModelMetrics
-from lesionseg.evaluation.runs import TEST, Run
+from lesionseg.experiments.compare import DEFAULT_METRIC, ModelComparison, compare_models, format_markdown
+from lesionseg.experiments.records import ModelMetrics
+from lesionseg.experiments.runs import TEST, Run
 
 # First line of the report: the workflow finds its earlier comment by it and edits that one.
 REPORT_MARKER = "<!-- lesionseg-ci-report -->"
@@ -93,7 +93,7 @@ def format_report(
     """The report's Markdown and the paired results it shows (one per model on both sides, on the test split).
 
     ``base``, ``head``: pipeline runs with their metrics and test tables
-    (:func:`~lesionseg.evaluation.runs.read_pipeline_run`)."""
+    (:func:`~lesionseg.experiments.runs.read_pipeline_run`)."""
     base_tables, head_tables = base.tables[TEST], head.tables[TEST]
     results = compare_models(base_tables, head_tables, metric, evaluation=TEST)
     only = {
@@ -142,7 +142,7 @@ def format_report(
 
 def plot_change(results: list[ModelComparison], path: Path, metric: str = DEFAULT_METRIC) -> None:
     """The chart of :func:`change_chart` as an image: change and 95% interval per model."""
-    from lesionseg.evaluation.figures import plt, save_figure  # matplotlib only when the chart is drawn
+    from lesionseg.report.figures import plt, save_figure  # matplotlib only when the chart is drawn
 
     fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(results) + 1.5))
     y = range(len(results))

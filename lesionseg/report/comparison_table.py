@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from lesionseg import atomic
-from lesionseg.evaluation.compare import NO_CHANGE, paired_change, verdict
 from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX
-from lesionseg.evaluation.records import ModelMetrics
 from lesionseg.evaluation.stats import IndependentComparison, format_change, independent_difference
+from lesionseg.experiments.compare import NO_CHANGE, paired_change, verdict
+from lesionseg.experiments.records import ModelMetrics
 
 COMPARISON_COLUMNS = {
     "model": "Model",
@@ -89,7 +89,7 @@ def drop(test_table: pd.DataFrame, external_table: pd.DataFrame) -> IndependentC
 
 def change_from_baseline(per_image: dict[str, pd.DataFrame], name: str, base: str = BASELINE_MODEL):
     """Per-image test IoU (original resolution) of model ``name`` against model ``base``, paired by image
-    (:func:`~lesionseg.evaluation.compare.paired_change`)."""
+    (:func:`~lesionseg.experiments.compare.paired_change`)."""
     return paired_change(per_image[base], per_image[name], "orig_jaccard", f"{name} vs {base} on test")
 
 

@@ -1,0 +1,1 @@
+"""How runs differ and what was recorded: run records, paired comparisons, committed results and their tables."""
