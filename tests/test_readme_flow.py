@@ -150,3 +150,48 @@ def test_the_readme_flow_runs_as_written_in_a_fresh_shell(tmp_path):
     assert refs.count("/baseline\n") == 1 and refs.count("/finetune-lr\n") == 1, refs
     assert "baseline" in done.stdout and "finetune-lr" in done.stdout  # dvc exp show's rows
     assert re.search(r"finetune_all.*(better|worse|no detectable change)", done.stdout), done.stdout[-4000:]
+
+
+def _baseline_ref(project: Path) -> str:
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    found = [line.split()[0] for line in refs if line.endswith("/baseline")]
+    assert len(found) == 1, refs
+    return found[0]
+
+
+@pytest.mark.slow  # four dvc exp runs of a one-stage pipeline
+def test_make_repro_replaces_its_baseline_and_keeps_it_when_the_run_fails(tmp_path):
+    """scripts/repro.sh (make repro): one experiment `baseline` per commit, the newest; a failed run keeps the last."""
+    project = tmp_path / "p"
+    project.mkdir()
+    env = {**os.environ, **GIT_IDENTITY, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def run(*cmd, check=True):
+        done = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        assert not check or done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    (project / "params.yaml").write_text("x: 1\n")
+    fail_on_99 = "python -c \"import sys, yaml; sys.exit(yaml.safe_load(open('params.yaml'))['x'] == 99)\""
+    (project / "dvc.yaml").write_text(
+        f"stages:\n  s:\n    cmd: {fail_on_99} && echo ok > out.txt\n    params: [x]\n    outs: [out.txt]\n"
+    )
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "pipeline")
+    repro = str(REPO / "scripts" / "repro.sh")
+    run(repro, "baseline", "-S", "x=2")
+    first = _baseline_ref(project)
+    assert "replaces the earlier baseline" in run(repro, "baseline", "-S", "x=3").stdout
+    second = _baseline_ref(project)
+    assert second != first
+    failed = run(repro, "baseline", "-S", "x=99", check=False)
+    assert failed.returncode != 0 and "still the earlier one" in failed.stderr
+    assert _baseline_ref(project) == second
