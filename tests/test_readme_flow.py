@@ -107,6 +107,13 @@ def snapshot(dest: Path) -> Path:
     return dest
 
 
+def experiment_refs(project: Path) -> list[tuple[str, str]]:
+    """(commit, ref) of each DVC experiment of ``project``'s git repository."""
+    listing = ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"]
+    out = subprocess.run(listing, cwd=project, capture_output=True, text=True, check=True).stdout
+    return [tuple(line.split(" ", 1)) for line in out.splitlines()]
+
+
 def test_the_readme_script_is_the_readmes_blocks_with_only_the_data_and_schedule_changed():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     script = readme_script(readme, Path("/src"), Path("/venv"))
@@ -140,28 +147,15 @@ def test_the_readme_flow_runs_as_written_in_a_fresh_shell(tmp_path):
     )
     out = done.stdout + done.stderr
     assert done.returncode == 0, f"the README's flow failed (exit {done.returncode}):\n{script}\n---\n{out[-6000:]}"
-    refs = subprocess.run(
-        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
-        cwd=clone,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert refs.count("/baseline\n") == 1 and refs.count("/finetune-lr\n") == 1, refs
+    names = [ref.rsplit("/", 1)[-1] for _, ref in experiment_refs(clone)]
+    assert names.count("baseline") == 1 and names.count("finetune-lr") == 1, names
     assert "baseline" in done.stdout and "finetune-lr" in done.stdout  # dvc exp show's rows
     assert re.search(r"finetune_all.*(better|worse|no detectable change)", done.stdout), done.stdout[-4000:]
 
 
 def _baseline_ref(project: Path) -> str:
-    refs = subprocess.run(
-        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    found = [line.split()[0] for line in refs if line.endswith("/baseline")]
-    assert len(found) == 1, refs
+    found = [commit for commit, ref in experiment_refs(project) if ref.endswith("/baseline")]
+    assert len(found) == 1, found
     return found[0]
 
 
