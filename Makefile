@@ -7,17 +7,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lesionseg-installed
 
 SCALE_STAMP := $(VENV)/.lesionseg-scale-installed
-PG_BIN ?= /usr/lib/postgresql/15/bin
+# The newest PostgreSQL Debian/Ubuntu installed (Debian 12: 15, Ubuntu 24.04: 16); 16's path if there is none yet.
+PG_BIN ?= $(or $(lastword $(sort $(wildcard /usr/lib/postgresql/*/bin))),/usr/lib/postgresql/16/bin)
 
 .PHONY: setup repro reproduce-report test test-fast test-slow ruff lint format bench mlflow-ui clean clean-mlflow clean-venv setup-scale \
 	postgresql test-services services-up services-down ci-fixture ci-pipeline ci-base ci-report
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The torch build for this machine: CUDA with an NVIDIA GPU, else CPU (scripts/setup_venv.sh: uv's
+# --torch-backend=auto; pip and the configured index where PyTorch's wheel index cannot be reached).
+$(STAMP): pyproject.toml scripts/setup_venv.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	scripts/setup_venv.sh $(VENV) dev
 	touch $@
 
 # The team set-up (docs/scaling-out.md): the .[scale] extra in one resolver run with everything else
@@ -25,7 +27,7 @@ $(STAMP): pyproject.toml
 setup-scale: $(SCALE_STAMP) postgresql
 
 $(SCALE_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,scale]'
+	scripts/setup_venv.sh $(VENV) dev,scale
 	touch $@
 
 postgresql:
@@ -42,8 +44,12 @@ services-up: setup-scale
 services-down:
 	scripts/services.sh down
 
+# `make repro`: the pipeline as the DVC experiment REPRO_NAME of this commit (replacing an earlier one of that
+# name), so `lesionseg compare baseline <exp>` has a baseline to name; SET: -S options, e.g. local archives (README).
+REPRO_NAME ?= baseline
+SET ?=
 repro: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/repro.sh $(REPRO_NAME) $(SET)
 
 # The reference report's table (README, "The reference report, reproduced"): its recipe with 5-fold CV as the
 # experiment official-reference, its record, and the pages rendered from it. Official archives and torchvision's
@@ -167,7 +173,8 @@ MLFLOW_UI_PORT ?= 5000
 mlflow-ui: setup
 	$(BIN)/python scripts/mlflow_ui.py --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
 
-# Pipeline outputs and DVC's experiment state (not the DVC cache, the downloads or the MLflow store).
+# Pipeline outputs and DVC's experiment state, .dvc/tmp: queued experiments too (not the DVC cache, the downloads
+# or the MLflow store).
 clean:
 	rm -rf data/raw data/prepared models reports/history reports/per_image reports/figures reports/cv
 	rm -f data/external/*.pt data/external/*.json

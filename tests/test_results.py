@@ -106,13 +106,13 @@ def test_save_records_a_workspace_run_byte_for_byte(project, tmp_path):
     assert not (record / "history").exists()  # scores only
     params = yaml.safe_load((record / "params.yaml").read_text())
     assert params["train"]["epochs"] == 2  # as run (dvc.lock), not params.yaml's 25
-    assert params["evaluate"]["external"] == {"extra": "/data/extra"}
+    assert params["evaluate"]["external"] == {"extra": "@local/extra"}  # no machine-local path in a record
 
     facts = read_provenance("mine", tmp_path / "results")
     assert facts["git_commit"] == git(project, "rev-parse", "HEAD")
     assert facts["uncommitted_changes"] is False  # params.yaml as `dvc exp run -S` leaves it is not a code change
     assert facts["dvc_experiment"] is None and facts["mlflow_run_id"] == "abc123"
-    assert facts["command"] == "dvc exp run -S train.epochs=2 -S +evaluate.external.extra=/data/extra"
+    assert facts["command"] == "dvc exp run -S train.epochs=2 -S +evaluate.external.extra=@local/extra"
     assert facts["command_source"].startswith("reconstructed")
     assert facts["precision"] == "fp32" and "runtime.device=cpu" in facts["precision_source"]
     assert facts["wall_seconds"] == 73.5 and "training phases only" in facts["wall_seconds_source"]
@@ -136,6 +136,28 @@ def test_save_takes_the_given_command_and_wall_time_and_replaces_a_record_whole(
     assert main([*argv, "--repo", str(project)]) == 0
     assert not (results / "mine" / "cv" / "per_image").exists()
     assert [p.name for p in results.iterdir()] == ["mine"]  # no staging folder left
+
+
+def test_save_stores_data_beside_the_repository_relative_to_it_and_no_other_local_path(project, tmp_path):
+    """As a campaign run on absolute paths to ../shared leaves its params: the record holds ../shared/...,
+    which the README's commands use and every clone beside ../shared resolves; other absolute paths are masked."""
+    shared = tmp_path / "shared" / "data"
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    lock["stages"]["evaluate"]["params"]["params.yaml"]["evaluate.external"] = {"extra": f"{shared}/isic2018-extra/"}
+    lock["stages"]["train"]["params"]["params.yaml"]["train.encoder_weights"] = "/opt/weights/w.pth"
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock))
+    line = f"OMP_NUM_THREADS=1 dvc exp run -n x -S download.source={shared}/isic2016-dev -S 'model.tag=a b'"
+    save_record(str(project / "reports"), "mine", tmp_path / "results", repo=str(project), command=line)
+
+    params = yaml.safe_load((tmp_path / "results" / "mine" / "params.yaml").read_text())
+    assert params["evaluate"]["external"] == {"extra": "../shared/data/isic2018-extra"}
+    assert params["train"]["encoder_weights"] == "@local/w.pth"
+    facts = read_provenance("mine", tmp_path / "results")
+    assert facts["command"] == (
+        "OMP_NUM_THREADS=1 dvc exp run -n x -S download.source=../shared/data/isic2016-dev -S 'model.tag=a b'"
+    )
+    assert facts["source"] == "reports"
+    assert str(tmp_path) not in (tmp_path / "results" / "mine" / "provenance.json").read_text()
 
 
 def test_save_refuses_what_is_not_a_run(tmp_path, capsys):
@@ -176,7 +198,7 @@ def test_save_reads_a_dvc_experiment_as_compare_does(project, tmp_path, monkeypa
     facts = read_provenance("better", tmp_path / "results")
     assert facts["dvc_experiment"] == "better" and facts["uncommitted_changes"] is None
     assert facts["baseline_commit"] == git(project, "rev-parse", "HEAD") != facts["git_commit"]
-    assert facts["command"] == "dvc exp run -n better -S train.epochs=3 -S +evaluate.external.extra=/data/extra"
+    assert facts["command"] == "dvc exp run -n better -S train.epochs=3 -S +evaluate.external.extra=@local/extra"
     assert yaml.safe_load((record / "params.yaml").read_text())["train"]["epochs"] == 3
     table = "cv/external/extra/finetune_all.csv"
     assert (record / table).read_bytes() == (tmp_path / "experiment" / table).read_bytes()
@@ -224,10 +246,28 @@ def test_render_fills_each_region_from_the_records_through_the_comparison(record
         "| model | test (12) | cv out-of-fold (12) | external extra (8) | external extra, fold-model mean (8) |" in page
     )
     assert f"`{records.as_posix()}/a/` (`dvc exp run -n a`; " in page and "lesionseg results render" in page
-    wall = read_provenance("a", records)["wall_seconds"]
-    assert f"{wall:,.0f} s wall" in page  # the run's own time travels with its numbers
+    facts = read_provenance("a", records)
+    # the run's own time travels with its numbers, saying what it measured; and the commit it was run from
+    assert f"{facts['wall_seconds']:,.0f} s of training phases" in page and " s wall" not in page
+    assert facts["baseline_commit"] is None and "run from commit" not in page  # not a git repository: no commit
     assert render_page(page, "page.md", records) == page  # rendering is deterministic: a second pass changes nothing
     assert unrecorded_rows(page) == [page.splitlines().index("| typed | 0.8613 |") + 1]
+
+
+def test_cost_table_gives_each_records_machine_schedule_and_time(records):
+    line = "dvc exp run -n c -S train.epochs=2"
+    save_record(str(records.parent / "a" / "reports"), "c", records, repo=str(records.parent / "a"), command=line)
+    facts = read_provenance("c", records)
+    facts.update(wall_seconds=1640.0, wall_seconds_source="given (--wall-seconds)")
+    (records / "c" / "provenance.json").write_text(json.dumps(facts))
+    table = render_table(TableSpec.parse("cost a c", "p.md:1"), records)
+    a = read_provenance("a", records)
+    # a: 2 frozen epochs as run (dvc.lock), no fine-tuning epochs: 2 epochs in 73.5 s of training phases
+    assert f"| `a` | {a['machine']['cpu']}, {a['machine']['cpu_count']} cores | fp32 | " in table
+    assert "| 74 s of training phases | 36.8 |" in table
+    assert "| 1,640 s wall | - |" in table  # a whole run's time: no per-epoch figure from it
+    with pytest.raises(ValueError, match="one or more"):
+        TableSpec.parse("cost", "p.md:1")
 
 
 def test_review_table_reads_the_review_scores_of_each_evaluation(records):

@@ -30,7 +30,7 @@ import platform
 import posixpath
 import shlex
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import yaml
@@ -68,6 +68,46 @@ def _git(repo: str, *args: str) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return out.stdout.strip() or None
+
+
+def portable_path(value, repo_root: Path):
+    """``value`` as a record stores it: an absolute path beside the repository (under its parent folder, e.g.
+    ``/work/shared/data/x`` for ``/work/main``) relative to the repository root, as params' relative paths are
+    read (``../shared/data/x``); any other absolute path as ``@local/<its name>``, which no other machine has
+    either. Anything else (relative paths, URLs, ``sqlite:///`` URIs, numbers) unchanged."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    path, root = PurePosixPath(os.path.normpath(value)), PurePosixPath(repo_root)
+    if root.parent != PurePosixPath("/") and path.is_relative_to(root.parent):
+        return os.path.relpath(path, root)
+    return f"@local/{path.name}"
+
+
+def portable_params(tree, repo_root: Path):
+    """The params tree with every absolute path made :func:`portable_path`."""
+    if isinstance(tree, dict):
+        return {key: portable_params(value, repo_root) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [portable_params(value, repo_root) for value in tree]
+    return portable_path(tree, repo_root)
+
+
+def portable_command(command: str | None, repo_root: Path) -> str | None:
+    """A command line with the absolute paths of its words and of its ``key=value`` words' values made
+    :func:`portable_path`; unchanged (quoting too) where it has none."""
+    if not command:
+        return command
+    try:
+        words = shlex.split(command)
+    except ValueError:  # unbalanced quotes: not a command line to take apart
+        return command
+    out = []
+    for word in words:
+        key, eq, value = word.partition("=")
+        out.append(
+            f"{key}={portable_path(value, repo_root)}" if eq and "/" not in key else portable_path(word, repo_root)
+        )
+    return shlex.join(out) if out != words else command
 
 
 def params_as_run(run: RunFiles) -> tuple[dict, str]:
@@ -276,6 +316,9 @@ def save_record(
     the new one is complete (:func:`lesionseg.atomic.atomic_dir`)."""
     run = pipeline_run_files(source, REPORTS_DIR, repo)
     params, params_source = params_as_run(run)
+    # No machine-local path in a committed record: data beside the repository as a path relative to it.
+    root = Path(repo).resolve()
+    params = portable_params(params, root)
     target = record_path(name, results_dir)
     with atomic.atomic_dir(target) as staging:
         (staging / "cv").mkdir()
@@ -290,7 +333,9 @@ def save_record(
             f"# The params as run, from {params_source}; written by lesionseg results save.\n"
             + yaml.safe_dump(params, sort_keys=False)
         )
-        facts = provenance(run, source, repo, params, command, wall_seconds)
+        facts = provenance(run, source, repo, params, portable_command(command, root), wall_seconds)
+        facts["source"] = portable_path(facts["source"], root)
+        facts["command"] = portable_command(facts["command"], root)
         atomic.write_json(staging / PROVENANCE_FILE, {"record": name, "params_source": params_source, **facts})
     return target
 

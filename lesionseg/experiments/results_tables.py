@@ -19,11 +19,15 @@ Kinds (options after the records, ``key=value``; ``metric`` defaults to ``orig_j
   metric and in the report's averaging (:func:`lesionseg.experiments.reproduction.reproduction_table`).
 - ``averaging RECORD``: the record's test scores under every candidate averaging, and which one fits the
   report's IoU and Dice (:func:`lesionseg.experiments.reproduction.averaging_table`).
+- ``cost RECORD...``: what each run cost on its machine: the machine, precision, data set, schedule, models
+  trained, the recorded time (the whole ``dvc exp run``, or its training phases only) and, from the training
+  phases, the seconds per epoch; one row per record.
 - ``review RECORD``: per model and evaluation (test split, each external set), how well the review flag
   separates failed masks (IoU < 0.7) from the rest at the exported threshold: the evaluate stage's
   ``review_*`` scores in the record's ``metrics.json``; ``models=a,b`` keeps those models.
 
-Under each table: the records it was rendered from, each with the command that made it; a region whose
+Under each table: the records it was rendered from, each with the command that made it and the commit it was
+run from (the experiment's baseline commit: an experiment's own commit is not in the repository); a region whose
 record is not committed yet renders as a line saying so (:func:`missing_records` lists them). A Markdown table
 holding a score (a number like 0.8613 or +0.0049) outside a region has no record: :func:`unrecorded_rows`
 finds it, so the docs test can refuse it (the history page, :data:`HISTORY_PAGE`, is where old numbers live).
@@ -35,11 +39,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from lesionseg.evaluation.stats import mean_interval
 from lesionseg.experiments.compare import DEFAULT_METRIC, compare_runs, format_markdown
 from lesionseg.experiments.records import parse_metrics
 from lesionseg.experiments.reproduction import PUBLISHED_FILE, averaging_table, reproduction_table
-from lesionseg.experiments.results_record import RESULTS_DIR, read_provenance, record_path
+from lesionseg.experiments.results_record import PARAMS_FILE, RESULTS_DIR, read_provenance, record_path
 from lesionseg.experiments.runs import read_run
 
 REGION = re.compile(r"^<!-- results:(?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- /results -->$", re.M | re.S)
@@ -49,8 +55,10 @@ RENDER_COMMAND = "lesionseg results render"
 # A score as the tables print them: four decimals, optionally signed (a change); not a time or a count.
 SCORE = re.compile(r"(?<![\w.])[+-]?0\.\d{4}(?![\d])")
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
-KINDS = {"scores": 1, "change": 2, "review": 1, "reproduction": 1, "averaging": 1}  # kind -> records it names
+KINDS = {"scores": 1, "change": 2, "review": 1, "reproduction": 1, "averaging": 1, "cost": None}
+# kind -> number of records it names (None: one or more)
 OPTIONS = {"metric", "models", "averaging"}
+GIVEN_WALL = "given"  # provenance's wall_seconds_source for a time measured around the whole run
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,9 @@ class TableSpec:
         options = dict(w.split("=", 1) for w in words if "=" in w)
         if kind not in KINDS:
             raise ValueError(f"{where}: unknown results table kind {kind!r} (kinds: {', '.join(KINDS)})")
-        if len(records) != KINDS[kind]:
-            raise ValueError(f"{where}: a {kind} table names {KINDS[kind]} record(s), got {list(records)}")
+        if (len(records) != KINDS[kind]) if KINDS[kind] else not records:
+            count = KINDS[kind] or "one or more"
+            raise ValueError(f"{where}: a {kind} table names {count} record(s), got {list(records)}")
         unknown = set(options) - OPTIONS
         if unknown:
             raise ValueError(f"{where}: unknown option(s) {sorted(unknown)} ({', '.join(o + '=' for o in OPTIONS)})")
@@ -130,17 +139,55 @@ def review_table(record: str, models: list[str] | None, results_dir: Path) -> st
     return "\n".join(rows)
 
 
+def _machine(facts: dict) -> str | None:
+    machine = facts.get("machine") or {}
+    cores = f"{machine['cpu_count']} cores" if not machine.get("gpu") and machine.get("cpu_count") else None
+    return ", ".join(filter(None, [machine.get("gpu") or machine.get("cpu"), cores])) or None
+
+
+def _time(facts: dict) -> str | None:
+    """The recorded time and what it measured: the whole run (given to ``results save``) or its training phases."""
+    if not facts.get("wall_seconds"):
+        return None
+    whole = str(facts.get("wall_seconds_source", "")).startswith(GIVEN_WALL)
+    return f"{facts['wall_seconds']:,.0f} s {'wall' if whole else 'of training phases'}"
+
+
+def _levels(unfreeze) -> int:
+    return len(unfreeze) if isinstance(unfreeze, list) else 1
+
+
+def cost_table(records: tuple[str, ...], results_dir: Path) -> str:
+    """Per record: machine, precision, data set, schedule and models trained, the recorded time and what it
+    measured, and (training phases only) the seconds per epoch over every phase's epochs."""
+    head = ["record", "machine", "precision", "data", "epochs (frozen + fine-tuning)", "models trained", "time"]
+    rows = [f"| {' | '.join(head)} | s per epoch |", "|---|---|---|---|--:|--:|--:|--:|"]
+    for name in records:
+        facts = read_provenance(name, results_dir)
+        params = yaml.safe_load((record_path(name, results_dir) / PARAMS_FILE).read_text()) or {}
+        train, finetune, cv = params.get("train", {}), params.get("finetune", {}), params.get("cv", {})
+        levels = _levels(finetune.get("unfreeze"))
+        runs = 1 + (cv.get("folds") or 0)  # the main split, then each fold trains every phase again
+        epochs = runs * (train.get("epochs", 0) + levels * finetune.get("epochs", 0))
+        per_epoch = "-"
+        if facts.get("wall_seconds") and not str(facts.get("wall_seconds_source", "")).startswith(GIVEN_WALL):
+            per_epoch = f"{facts['wall_seconds'] / epochs:,.1f}" if epochs else "-"
+        source = str(params.get("download", {}).get("source", "")).rstrip("/")
+        cells = [f"`{name}`", _machine(facts) or "-", facts.get("precision") or "-", source.rsplit("/", 1)[-1]]
+        cells += [f"{train.get('epochs')} + {levels} x {finetune.get('epochs')}", f"{runs * (1 + levels)}"]
+        cells += [_time(facts) or "-", per_epoch]
+        rows.append(f"| {' | '.join(cells)} |")
+    return "\n".join(rows)
+
+
 def _footnote(spec: TableSpec, results_dir: Path) -> str:
     made = []
     for name in spec.records:
         facts = read_provenance(name, results_dir)
         how = f"`{facts['command']}`" if facts.get("command") else "command not recorded"
-        details = [f"commit {facts['git_commit'][:7]}" if facts.get("git_commit") else None, facts.get("precision")]
-        machine = facts.get("machine") or {}
-        cores = f"{machine['cpu_count']} cores" if not machine.get("gpu") and machine.get("cpu_count") else None
-        details.append(", ".join(filter(None, [machine.get("gpu") or machine.get("cpu"), cores])) or None)
-        if facts.get("wall_seconds"):  # the run's own time, so no CPU or GPU time is typed into a page by hand
-            details.append(f"{facts['wall_seconds']:,.0f} s wall")
+        commit = facts.get("baseline_commit")
+        details = [f"run from commit {commit[:7]}" if commit else None, facts.get("precision"), _machine(facts)]
+        details.append(_time(facts))  # the run's own time, so no CPU or GPU time is typed into a page by hand
         made.append(f"`{record_path(name, results_dir).as_posix()}/` ({how}; {', '.join(d for d in details if d)})")
     what = {
         "scores": f"mean per-image `{spec.metric}`, 95% bootstrap intervals",
@@ -149,6 +196,7 @@ def _footnote(spec: TableSpec, results_dir: Path) -> str:
         "reproduction": f"the reference report's scores (`{PUBLISHED_FILE}`) beside ours on the test split, "
         "95% bootstrap intervals (images resampled; batches for a per-batch averaging), CV out of fold",
         "averaging": f"the reference report's scores (`{PUBLISHED_FILE}`); ours on the test split",
+        "cost": "time as recorded by `lesionseg results save`",
     }[spec.kind]
     return f"{what}; from {'; '.join(made)}. Regenerate: `{RENDER_COMMAND}`."
 
@@ -170,6 +218,8 @@ def render_table(spec: TableSpec, results_dir: Path = RESULTS_DIR) -> str:
         table = reproduction_table(spec.records[0], spec.options["averaging"], results_dir)
     elif spec.kind == "averaging":
         table = averaging_table(spec.records[0], results_dir)
+    elif spec.kind == "cost":
+        table = cost_table(spec.records, results_dir)
     else:
         table = change_table(*spec.records, spec.metric, spec.models, results_dir)
     return f"{table}\n\n{_footnote(spec, results_dir)}\n"
