@@ -8,6 +8,7 @@ Everything is real: torchrun and DistributedDataParallel (gloo on CPU), an
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -167,7 +168,16 @@ def _torchrun(nproc: int, args: list, cwd: Path, store: Path, timeout: int) -> s
     a hang fails the test at ``timeout`` seconds."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    # A session of its own: on a hang, torchrun and its ranks are killed together, none left waiting.
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{nproc} ranks still running after {timeout} s (killed):\n{out[-2000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused_before_they_start(tmp_path, prepared):
