@@ -159,6 +159,12 @@ BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
+# On a machine with an NVIDIA GPU: the CUDA tests, the pipeline on the GPU, a 2-GPU DDP run where there are two,
+# and the benchmark's GPU rows, in under 8 minutes, into build/gpu-check/summary.{json,md} (docs/benchmarks.md).
+.PHONY: gpu-check
+gpu-check: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/gpu_check.py --out build/gpu-check
+
 # Debian's Chromium for the browser test of the MLflow UI (tests/browser.py; Playwright comes with .[dev] and
 # drives it, never downloading a browser of its own). Without it that test is skipped.
 .PHONY: browser

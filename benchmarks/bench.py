@@ -133,7 +133,8 @@ def bare_train_ips(level, device_name, size, batch, steps, amp="auto", channels_
 
 
 def bf16_is_native(device: torch.device) -> bool:
-    """Whether ``amp: auto`` would train in bf16 on ``device`` (CUDA, or a CPU with native bf16)."""
+    """Whether ``amp: auto`` would train in bf16 on ``device`` (an Ampere or later GPU, or a CPU with native bf16).
+    On CUDA it asks the device: call it in the process that measures, not before forking one."""
     from lesionseg.model.inference import resolve_numerics
 
     return resolve_numerics("auto", False, device).precision == "bf16"
@@ -169,7 +170,9 @@ def train_ratio(
     device = torch.device(device_name)
     names = [REFERENCE, *(f for f in formats if f != REFERENCE)]
     native = bf16_is_native(device)
-    skipped = {f: "bf16 is not native here (amp: auto resolves to fp32)" for f in names if "bf16" in f and not native}
+    skipped = {
+        f: "bf16 is not native here (amp: auto does not resolve to bf16)" for f in names if "bf16" in f and not native
+    }
     names = [f for f in names if f not in skipped]
     train, val = _random_split(images, size, 0), _random_split(max(1, round(images * val)), size, 1)
     bare_rates, pipeline_rates = {}, {}

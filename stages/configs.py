@@ -8,7 +8,7 @@ from lesionseg.model.model import ModelConfig, parse_unfreeze_level
 from lesionseg.training.train import TrainConfig
 from stages.params import ParamError, build, get, local_path
 
-RUNTIME_KEYS = ("device", "num_workers", "amp", "augment_on", "channels_last", "compile", "fused_optimizer")
+RUNTIME_KEYS = ("device", "num_workers", "amp", "tf32", "augment_on", "channels_last", "compile", "fused_optimizer")
 
 
 def train_config(params: dict, section: str) -> TrainConfig:

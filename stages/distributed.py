@@ -22,7 +22,7 @@ def nproc_per_node(params: dict) -> int:
     return value
 
 
-def distributed_rank(params: dict, module: str) -> distributed.Distributed | None:
+def distributed_rank(params: dict, module: str, section: str) -> distributed.Distributed | None:
     """``runtime.nproc_per_node`` > 1: run this stage as that many ``torchrun`` ranks.
 
     Called in the stage process that DVC started, it re-launches the stage
@@ -31,7 +31,9 @@ def distributed_rank(params: dict, module: str) -> distributed.Distributed | Non
     a rank, it joins the process group (NCCL on CUDA, gloo otherwise), leaves
     it again at exit, and returns the rank's
     :class:`~lesionseg.training.distributed.Distributed`. With 1 process it
-    returns None and the stage runs as before.
+    returns None and the stage runs as before. ``<section>.batch_size`` is
+    the global batch: one that does not split evenly over the processes is
+    refused before any is started.
     """
     if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
         ctx = distributed.Distributed(
@@ -45,6 +47,10 @@ def distributed_rank(params: dict, module: str) -> distributed.Distributed | Non
     nproc = nproc_per_node(params)
     if nproc == 1:
         return None
+    try:
+        distributed.local_batch_size(get(params, f"{section}.batch_size"), nproc)
+    except ValueError as exc:
+        raise ParamError(f"params.yaml: {section}.batch_size with runtime.nproc_per_node {nproc}: {exc}") from exc
     device = select_device(get(params, "runtime.device"))
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise ParamError(

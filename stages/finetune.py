@@ -36,7 +36,7 @@ def run() -> None:
     config = train_config(params, "finetune")
     inputs = [args.data / "train.pt", args.data / "val.pt", args.frozen]
     train_split, val_split = Split.load(inputs[0]), Split.load(inputs[1])
-    rank = distributed_rank(params, "stages.finetune")  # exits here when it re-launched under torchrun
+    rank = distributed_rank(params, "stages.finetune", "finetune")  # exits here when it re-launched under torchrun
     main_rank = rank is None or rank.is_main
     parent = mlflow_setup(params) if main_rank else None
     deferred = runlog.deferred(params, inputs, "stages.finetune") if main_rank else None

@@ -8,6 +8,7 @@ Everything is real: torchrun and DistributedDataParallel (gloo on CPU), an
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -149,6 +150,103 @@ def test_two_gloo_processes_train_one_phase(tmp_path, prepared):
     model, _ = load_model(project / "models" / "frozen.pt")
     logits = predict_uint8(model, torch.zeros(2, 64, 64, 3, dtype=torch.uint8), 2, torch.device("cpu"))
     assert logits.shape == (2, 1, 64, 64) and torch.isfinite(logits).all()
+
+
+def _dead_store(monkeypatch) -> None:
+    """Point MLflow at a port nothing listens on (a refused connection, as from a dead server), no retries; the
+    previous URI (and MLFLOW_TRACKING_URI) restored after."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    tracking_utils._tracking_uri = None  # so the environment variable decides
+
+
+def _torchrun(nproc: int, args: list, cwd: Path, store: Path, timeout: int) -> subprocess.CompletedProcess:
+    """``torchrun --standalone`` of ``args`` (``-m module ...``) with this checkout's code, logging to ``store``;
+    a hang fails the test at ``timeout`` seconds."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *map(str, args)]
+    # A session of its own: on a hang, torchrun and its ranks are killed together, none left waiting.
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{nproc} ranks still running after {timeout} s (killed):\n{out[-2000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused_before_they_start(tmp_path, prepared):
+    project = params_project(
+        tmp_path / "project", runtime__nproc_per_node=3, runtime__augment_on="device", runtime__device="cpu",
+        train__batch_size=16, train__encoder_weights="none",
+    )  # fmt: skip
+    result = run_stage(project, "train", "--data", prepared, "--checkpoint", "c.pt", "--history", "h.csv", check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "params.yaml: train.batch_size with runtime.nproc_per_node 3: batch_size 16 is the global batch" in (
+        result.stderr
+    )
+    assert "set it to 15 or 18, or a number of processes that divides it (2, 4, 8)" in result.stderr
+    assert "torch.distributed.run" not in result.stderr and not (project / "c.pt").exists()  # no rank started
+
+
+@pytest.mark.slow
+def test_three_gloo_ranks_with_device_augmentation_refuse_an_uneven_batch_or_train(tmp_path, prepared):
+    common = dict(
+        train__encoder_weights="none", train__epochs=1, runtime__device="cpu", runtime__augment_on="device",
+        runtime__nproc_per_node=3,
+    )  # fmt: skip
+    # 16 over 3 ranks, started by torchrun directly (past the stage's check): every rank refuses, none waits.
+    project = params_project(tmp_path / "uneven", train__batch_size=16, **common)
+    stage = ["-m", "stages.train", "--data", prepared, "--checkpoint", "c.pt", "--history", "h.csv"]
+    t0 = time.perf_counter()
+    result = _torchrun(3, stage, project, project / "mlflow.db", timeout=300)
+    print(f"\n3 ranks refusing batch 16: {time.perf_counter() - t0:.1f} s")
+    assert result.returncode != 0 and "set it to 15 or 18" in result.stdout + result.stderr
+    assert not (project / "c.pt").exists()
+    # 15: 5 rows per rank of every global batch; the epoch's totals gather, all ranks end with the same weights.
+    project = params_project(tmp_path / "even", train__batch_size=15, **common)
+    t0 = time.perf_counter()
+    result = run_stage(project, "train", "--data", prepared, "--checkpoint", "c.pt", "--history", "h.csv", timeout=600)
+    print(f"3 ranks training 1 epoch of 18 pairs: {time.perf_counter() - t0:.1f} s")
+    assert "all 3 ranks hold identical weights" in result.stderr
+    assert read_checkpoint(project / "c.pt")["extra"]["distributed"]["world_size"] == 3
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_deferred_logging_without_training(tmp_path, monkeypatch, prepared):
+    """Rank 0 takes up a pending MLflow log instead of training; rank 1 follows its decision instead of waiting
+    in the training's first collective."""
+    from lesionseg.data.cache import Split
+    from lesionseg.model.model import ModelConfig, build_model
+    from lesionseg.training.phases import Deferred, train_phase
+    from lesionseg.training.train import TrainConfig, TrainingJob
+
+    _dead_store(monkeypatch)
+    train, val = Split.load(prepared / "train.pt"), Split.load(prepared / "val.pt")
+    model = build_model(ModelConfig("none"), unfreeze=0)
+    config = TrainConfig(epochs=1, batch_size=8, device="cpu", progress=False)
+    job = TrainingJob(model, ModelConfig("none"), train, val, config, tmp_path / "first" / "c.pt", tmp_path / "h.csv")
+    key = "k" * 64
+    result = train_phase("frozen", job, {}, None, deferred=Deferred(tmp_path / "pending", key))
+    entry = tmp_path / "pending" / f"frozen-{key[:20]}"
+    assert "its MLflow logging waits in" in result.logging_error and (entry / "state.json").is_file()
+
+    out = tmp_path / "resumed"
+    args = ["-m", "tests.ddp_resume_rank", prepared, tmp_path / "pending", key, out]
+    t0 = time.perf_counter()
+    done = _torchrun(2, args, REPO, tmp_path / "mlflow.db", timeout=300)
+    print(f"\n2 ranks resuming deferred logging: {time.perf_counter() - t0:.1f} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 returned: best epoch 1, error None" in done.stdout
+    assert "rank 1 returned: best epoch 0" in done.stdout
+    assert not entry.exists()  # logged, and the pending entry removed
+    restored, first = read_checkpoint(out / "c.pt"), read_checkpoint(tmp_path / "first" / "c.pt")
+    assert all(torch.equal(restored["state_dict"][k], v) for k, v in first["state_dict"].items())
 
 
 def test_nproc_must_be_a_positive_integer(tmp_path, prepared):

@@ -199,6 +199,7 @@ def test_amp_and_channels_last_resolve_by_device_and_cpu(monkeypatch):
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)  # AVX2 only: bf16 would be emulated
     assert resolve_numerics("auto", "auto", cpu) == Numerics("fp32", False, "auto", "auto")
     assert resolve_numerics("bf16", True, cpu) == Numerics("bf16", True, "bf16", True)  # asked for: honoured
+    monkeypatch.setattr(inference, "cuda_has_native_bf16", lambda device: True)  # Ampere or later
     assert resolve_numerics("auto", "auto", cuda) == Numerics("bf16", False, "auto", "auto")
     assert resolve_numerics("auto", True, mps) == Numerics("fp32", True, "auto", True)
     # The former booleans: true = auto, false = off.
@@ -207,10 +208,11 @@ def test_amp_and_channels_last_resolve_by_device_and_cpu(monkeypatch):
         "channels_last": False,
         "amp_request": "auto",
         "channels_last_request": False,
+        "tf32": False,
     }
     assert resolve_numerics(False, False, cuda).precision == "fp32"
     assert TrainConfig(amp=True).amp == "auto" and TrainConfig(amp=False).amp == "off"
-    for bad in ("fp16", "on", None, 1):
+    for bad in ("fp8", "on", None, 1):
         with pytest.raises(ValueError, match="amp must be one of"):
             TrainConfig(amp=bad)
     for bad in ("yes", 1, None):
@@ -229,7 +231,13 @@ def test_amp_auto_trains_in_bf16_on_a_bf16_cpu_and_records_it(splits, tmp_path, 
     assert native.history["train_loss"].iloc[0] != without.history["train_loss"].iloc[0]
     assert native.history["train_loss"].iloc[0] == pytest.approx(without.history["train_loss"].iloc[0], rel=0.05)
 
-    record = {"precision": "bf16", "channels_last": True, "amp_request": "auto", "channels_last_request": "auto"}
+    record = {
+        "precision": "bf16",
+        "channels_last": True,
+        "amp_request": "auto",
+        "channels_last_request": "auto",
+        "tf32": False,
+    }
     history = pd.read_csv(tmp_path / "native" / "history.csv")
     assert list(history.columns) == list(HISTORY_COLUMNS)
     assert history[["precision", "channels_last"]].to_dict("records") == [{"precision": "bf16", "channels_last": True}]
@@ -258,6 +266,9 @@ def test_amp_auto_trains_in_bf16_on_a_bf16_cpu_and_records_it(splits, tmp_path, 
     assert card["model"]["training_numerics"] == [record]
     text = card_markdown(card)
     assert "Training step: bf16 autocast, channels-last (NHWC) memory layout (asked: runtime.amp auto" in text
-    # Inference on the CPU stays fp32 after a bf16 training: amp on or off, the same logits.
+    assert "in full fp32, no TF32 (runtime.tf32 false)." in text
+    # Inference stays fp32 after a bf16 training unless bf16 is asked for: the fp32 logits, or bf16's.
     images = splits["val"].images
-    assert torch.equal(predict_uint8(model, images, 2, amp=True), predict_uint8(model, images, 2, amp=False))
+    fp32 = predict_uint8(model, images, 2)
+    assert torch.equal(fp32, predict_uint8(model, images, 2, precision="fp32"))
+    assert not torch.equal(fp32, predict_uint8(model, images, 2, precision="bf16"))

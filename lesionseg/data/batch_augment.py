@@ -61,6 +61,7 @@ from lesionseg.data.augmentation import (
     lesion_crop_boxes,
 )
 from lesionseg.data.normalize import normalize_float
+from lesionseg.training.distributed import local_batch_size
 
 # The batched blur builds the 3- and 5-tap kernels that albumentations draws from BLUR_KERNEL_LIMIT.
 if BLUR_KERNEL_LIMIT != (3, 5):
@@ -268,7 +269,9 @@ class DeviceBatches:
     ``shard=(rank, world_size)``: ``batch_size`` is the global batch; every
     rank draws the same order (padded, like ``DistributedSampler``, to a
     multiple of ``world_size``) and yields its strided share of each global
-    batch, augmented with its own generator.
+    batch, augmented with its own generator. ``batch_size`` must split evenly
+    (:func:`~lesionseg.training.distributed.local_batch_size`), so every
+    rank's share of every batch, the last one too, has the same size.
     """
 
     def __init__(
@@ -283,18 +286,21 @@ class DeviceBatches:
     ):
         if images.shape[:3] != masks.shape:
             raise ValueError(f"images {tuple(images.shape)} and masks {tuple(masks.shape)} do not match")
+        self.rank, self.world_size = shard
+        local_batch_size(batch_size, self.world_size)
         device = torch.device(device)
         self.images, self.masks = images.to(device), masks.to(device)
         self.batch_size, self.augment = batch_size, augment
-        self.rank, self.world_size = shard
         self.order_generator = torch.Generator().manual_seed(seed)
-        self.augment_generator = torch.Generator(device=device).manual_seed(seed + self.rank)
+        self.augment_seed, self.augment_generator = seed + self.rank, None  # made on first use (see __iter__)
 
     def __len__(self) -> int:
         padded = math.ceil(len(self.images) / self.world_size) * self.world_size
         return math.ceil(padded / self.batch_size)
 
     def __iter__(self):
+        if self.augment_generator is None:  # the device's RNG is first touched here, not when the batches are set up
+            self.augment_generator = torch.Generator(device=self.images.device).manual_seed(self.augment_seed)
         order = torch.randperm(len(self.images), generator=self.order_generator)
         padded = math.ceil(len(order) / self.world_size) * self.world_size
         order = torch.cat([order, order[: padded - len(order)]]).to(self.images.device)

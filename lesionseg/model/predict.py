@@ -98,9 +98,11 @@ def predict(
     settings: InferenceSettings,
     batch_size: int = 32,
     device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> Prediction:
     """``model`` (put in eval mode for the call) on uint8 ``images`` ``(N, S, S, 3)`` with ``settings``, run
-    ``batch_size`` images at a time on ``device`` (default: the model's); see the module doc."""
-    first = predict_uint8(model, images, batch_size, device, forward=logits_function(settings))
-    second = zoom_pass(model, images, first, settings, batch_size, device) if settings.zoom.enabled else None
+    ``batch_size`` images at a time on ``device`` (default: the model's) in ``precision``: fp32 (the default) gives
+    one image one mask on every device; ``bf16``/``fp16`` autocast only when asked (see the module doc)."""
+    first = predict_uint8(model, images, batch_size, device, precision, logits_function(settings))
+    second = zoom_pass(model, images, first, settings, batch_size, device, precision) if settings.zoom.enabled else None
     return Prediction.from_logits(settings, first, second)

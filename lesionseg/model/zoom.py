@@ -27,7 +27,7 @@ from torch import nn
 
 from lesionseg.data.normalize import normalize_float
 from lesionseg.model.boxes import Box, box_at, zoom_box
-from lesionseg.model.inference import autocast, logits_function, upsample_logits
+from lesionseg.model.inference import inference_numerics, logits_function, upsample_logits
 from lesionseg.model.settings import InferenceSettings
 
 
@@ -57,12 +57,12 @@ def zoom_pass(
     settings: InferenceSettings,
     batch_size: int = 32,
     device: torch.device | None = None,
-    amp: bool = True,
+    precision: str = "fp32",
 ) -> ZoomPass:
     """The second pass for uint8 ``images`` ``(N, S, S, 3)`` given the first pass's ``first_logits``
     ``(N, 1, S, S)``: each image's box (:func:`~lesionseg.model.boxes.zoom_box` of the lesion, probability above
     ``settings.threshold``, with ``settings.zoom``) cropped and run in eval mode with the settings' flip TTA, as
-    the first pass was."""
+    the first pass was, in ``precision`` (:func:`~lesionseg.model.inference.inference_numerics`)."""
     size = images.shape[1]
     boxes = [zoom_box((logits[0] > settings.cut).numpy(), settings.zoom) for logits in first_logits]
     out = torch.zeros(len(images), 1, size, size)
@@ -74,7 +74,7 @@ def zoom_pass(
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         batch = torch.cat([crop_input(images[i], boxes[i]) for i in chunk]).to(device)
-        with autocast(device, amp):
+        with inference_numerics(device, precision):
             out[chunk] = forward(model, batch).cpu()
     model.train(was_training)
     return ZoomPass(boxes, out)

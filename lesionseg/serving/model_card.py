@@ -178,8 +178,12 @@ def _numerics_line(numerics: dict) -> str:
         return "Training step precision and layout: not recorded (a checkpoint from before lesionseg recorded them)."
     layout = "channels-last (NHWC)" if numerics["channels_last"] else "contiguous (NCHW)"
     asked = f"runtime.amp {numerics['amp_request']}, runtime.channels_last {numerics['channels_last_request']}"
-    precision = "bf16 autocast" if numerics["precision"] == "bf16" else numerics["precision"]
-    return f"Training step: {precision}, {layout} memory layout (asked: {asked})."
+    precision = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}.get(
+        numerics["precision"], numerics["precision"]
+    )
+    tf32 = {True: "; fp32 convolutions and matrix products on CUDA in TF32 (runtime.tf32 true)",
+            False: "; fp32 convolutions and matrix products in full fp32, no TF32 (runtime.tf32 false)"}  # fmt: skip
+    return f"Training step: {precision}, {layout} memory layout (asked: {asked}){tf32.get(numerics.get('tf32'), '')}."
 
 
 def _interval(entry: dict) -> str:

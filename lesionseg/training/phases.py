@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch.distributed
 
 from lesionseg import atomic, tracking
 from lesionseg.model.checkpoint import read_checkpoint, save_checkpoint
@@ -76,7 +77,8 @@ def phase_params(model: LesionSegModel, model_config: ModelConfig, config: Train
         "image_size": image_size,
     }
     params.update({name: getattr(config, name) for name in LOGGED_TRAIN_FIELDS})
-    params.update(resolve_numerics(config.amp, config.channels_last, select_device(config.device)).record())
+    numerics = resolve_numerics(config.amp, config.channels_last, select_device(config.device), config.tf32)
+    params.update(numerics.record())
     params.update({f"augment_{k}": v for k, v in asdict(config.augment).items()})
     return params
 
@@ -102,15 +104,24 @@ def train_phase(
     raises :class:`~lesionseg.tracking.TrackingError` once the checkpoint and
     history are written.
     ``distributed``: this process is one rank of a ``torchrun`` job; only
-    rank 0 talks to MLflow and writes files (one run per phase).
+    rank 0 talks to MLflow and writes files (one run per phase), and its
+    decision to take up deferred logging instead of training is every rank's.
     """
-    if distributed is not None and not distributed.is_main:
+    main = distributed is None or distributed.is_main
+    entry = deferred.entry(name) if deferred is not None and main else None
+    resume = entry is not None and (entry / "state.json").is_file()
+    if distributed is not None:  # one decision for all ranks: the others would wait in training's collectives
+        decision = [resume]
+        torch.distributed.broadcast_object_list(decision, src=0)
+        resume = decision[0]
+    if not main:
+        if resume:
+            return TrainResult.of_other_rank()
         return train_model(job, distributed=distributed)
     tags = {**tags, "lesionseg.unfreeze": level_name(job.model.unfreeze_level)}
     if distributed is not None:
         tags["lesionseg.world_size"] = distributed.world_size
-    entry = deferred.entry(name) if deferred is not None else None
-    if entry is not None and (entry / "state.json").is_file():
+    if resume:
         return _complete_deferred(name, entry, job.checkpoint_path, job.history_path, tags, parent_run_id)
 
     params = phase_params(job.model, job.model_config, job.config, job.train_split.size)

@@ -31,6 +31,7 @@ from lesionseg.model.inference import (
     predict_uint8,
     resolve_numerics,
     select_device,
+    tf32_mode,
 )
 from lesionseg.model.model import LesionSegModel, ModelConfig
 from lesionseg.training import distributed as ddp
@@ -41,8 +42,9 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "cosine")
 AUGMENT_ON = ("auto", "loader", "device")
-# torch.compile modes for the training step; "eager" = not compiled. "reduce-overhead" adds CUDA graphs on CUDA.
+# torch.compile modes for the training step; "eager" = not compiled.
 COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs on CUDA
 FUSED_OPTIMIZER = ("auto", "on", "off")
 FUSED_DEVICES = ("cuda", "cpu")  # where fused Adam/AdamW exist in every supported torch (>= 2.5)
 HISTORY_COLUMNS = (
@@ -67,8 +69,10 @@ class TrainConfig:
     ``scheduler``: ``constant`` or ``cosine`` (per-step cosine decay to 1% of
     ``lr``), either after ``warmup_epochs`` of linear warm-up. ``device``:
     ``auto`` (cuda, mps, cpu) or a torch device string. ``amp``: ``auto``
-    (bf16 autocast on CUDA and on a CPU with native bf16, else fp32), ``bf16``
-    or ``off``; ``true``/``false`` are aliases of ``auto``/``off``.
+    (bf16 autocast where the device computes bf16 natively, an Ampere or later GPU or a CPU with native bf16;
+    fp16 autocast with a gradient scaler on an older GPU; else fp32), ``bf16``, ``fp16`` (with the scaler)
+    or ``off``; ``true``/``false`` are aliases of ``auto``/``off``. ``tf32``: fp32 convolutions and matrix
+    products on CUDA in TF32 (off: full fp32).
     ``bce_weight``/``dice_weight`` weight the two loss terms.
     ``ema_decay``: if > 0, validate and checkpoint an exponential moving
     average of the weights (updated every step) instead of the raw weights.
@@ -79,9 +83,9 @@ class TrainConfig:
     layout for model and inputs: ``auto`` (on a CPU with native bf16 only), ``True`` or ``False``
     (:func:`~lesionseg.model.inference.resolve_numerics` has both choices; what they resolved to is recorded).
     ``compile``: ``eager`` (default) or a ``torch.compile`` mode for the
-    training step's forward and backward (``reduce-overhead``: CUDA graphs,
+    training step's forward and backward (``reduce-overhead`` and ``max-autotune``: CUDA graphs,
     for small batches whose GPU time is kernel launches); validation stays
-    eager. ``fused_optimizer``: the optimizer step as one fused kernel
+    eager and in fp32, as inference. ``fused_optimizer``: the optimizer step as one fused kernel
     (``auto``: on CUDA and the CPU; same update up to float rounding).
     """
 
@@ -103,6 +107,7 @@ class TrainConfig:
     fused_optimizer: str = "auto"
     device: str = "auto"
     amp: str | bool = "auto"
+    tf32: bool = False
     progress: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -133,6 +138,8 @@ class TrainConfig:
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
         object.__setattr__(self, "amp", amp_request(self.amp))  # the aliases true/false as auto/off
+        if not isinstance(self.tf32, bool):
+            raise ValueError(f"tf32 must be true or false, got {self.tf32!r}")
         channels_last_request(self.channels_last)
 
 
@@ -142,6 +149,11 @@ class TrainResult:
     best_epoch: int
     best_metrics: dict
     logging_error: str | None = None  # set by lesionseg.training.phases when the tracking store stopped answering
+
+    @classmethod
+    def of_other_rank(cls) -> TrainResult:
+        """What a rank other than 0 returns: rank 0 holds the history and the best epoch."""
+        return cls(pd.DataFrame(columns=HISTORY_COLUMNS), 0, {})
 
 
 def seed_everything(seed: int) -> None:
@@ -170,9 +182,9 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def evaluate_split(model: torch.nn.Module, split: Split, loss_fn, batch_size: int, device, amp: bool = True) -> dict:
-    """Loss and metrics (see :mod:`lesionseg.metrics`) at model resolution."""
-    logits = predict_uint8(model, split.images, batch_size, device, amp=amp)
+def evaluate_split(model: torch.nn.Module, split: Split, loss_fn, batch_size: int, device) -> dict:
+    """Loss and metrics (see :mod:`lesionseg.metrics`) at model resolution, from fp32 logits on every device."""
+    logits = predict_uint8(model, split.images, batch_size, device)
     target = split.masks[:, None].float()
     counts = confusion_counts(logits > 0, target > 0)
     return {"loss": float(loss_fn(logits, target)), **summarize(counts)}
@@ -264,6 +276,7 @@ class TrainingSetup:
     scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per optimizer step
     ema: AveragedModel | None  # the weights' moving average, if ``ema_decay`` > 0
     cuda_graphs: bool  # the compiled step replays CUDA graphs: each step must be marked
+    scaler: torch.amp.GradScaler  # loss scaling for fp16 (``numerics.scaled``); a pass-through otherwise
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -306,9 +319,9 @@ def set_up_training(job: TrainingJob, distributed: ddp.Distributed | None) -> Tr
     device = select_device(config.device)
     if distributed is not None and device.type == "cuda":
         device = torch.device("cuda", distributed.local_rank)
-    numerics = resolve_numerics(config.amp, config.channels_last, device)
-    log.info("training step: %s, channels_last %s (asked: amp %s)", numerics.precision, numerics.channels_last,
-             config.amp)  # fmt: skip
+    numerics = resolve_numerics(config.amp, config.channels_last, device, config.tf32)
+    log.info("training step: %s, channels_last %s, tf32 %s (asked: amp %s)", numerics.precision,
+             numerics.channels_last, numerics.tf32, config.amp)  # fmt: skip
     model.to(device, memory_format=numerics.memory_format)
     batches = training_batches(job.train_split, config, device, distributed)
     trained = model
@@ -320,15 +333,38 @@ def set_up_training(job: TrainingJob, distributed: ddp.Distributed | None) -> Tr
     optimizer = make_optimizer(model, config, device)
     # Only the training step is compiled; validation and checkpoints use the eager module (same weights).
     step_model = trained if config.compile == "eager" else torch.compile(trained, mode=config.compile)
-    cuda_graphs = config.compile == "reduce-overhead" and device.type == "cuda"
+    cuda_graphs = config.compile in CUDA_GRAPH_MODES and device.type == "cuda"
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, len(batches), config))
     # The average starts from the phase's initial weights; use_buffers also averages BatchNorm statistics.
     ema = None
     if config.ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=numerics.scaled)
     return TrainingSetup(
-        device, numerics, batches, model, trained, step_model, loss_fn, optimizer, scheduler, ema, cuda_graphs
+        device, numerics, batches, model, trained, step_model, loss_fn, optimizer, scheduler, ema, cuda_graphs, scaler
     )
+
+
+def forward_loss(setup: TrainingSetup, images: torch.Tensor, masks: torch.Tensor):
+    """The step's logits and loss for one batch, in the step's precision and layout."""
+    images = images.contiguous(memory_format=setup.numerics.memory_format)
+    if setup.cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
+        torch.compiler.cudagraph_mark_step_begin()
+    with autocast_for(setup.numerics.precision, setup.device):
+        logits = setup.step_model(images)
+    return logits, setup.loss_fn(logits, masks)
+
+
+def update(setup: TrainingSetup, loss: torch.Tensor) -> None:
+    """Backward and optimizer step (through the scaler: fp16's loss scaled, steps with inf/NaN gradients
+    skipped), the schedule and the moving average."""
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.scaler.scale(loss).backward()
+    setup.scaler.step(setup.optimizer)
+    setup.scaler.update()
+    setup.scheduler.step()
+    if setup.ema is not None:
+        setup.ema.update_parameters(setup.model)
 
 
 def train_one_epoch(
@@ -344,18 +380,9 @@ def train_one_epoch(
         setup.batches, desc=f"epoch {epoch}/{config.epochs}", disable=None if config.progress else True, leave=False
     )
     for images, masks in progress:
-        images = images.contiguous(memory_format=setup.numerics.memory_format)
-        if setup.cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
-            torch.compiler.cudagraph_mark_step_begin()
-        with autocast_for(setup.numerics.precision, setup.device):
-            logits = setup.step_model(images)
-        loss = setup.loss_fn(logits, masks)
-        setup.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        setup.optimizer.step()
-        setup.scheduler.step()
-        if setup.ema is not None:
-            setup.ema.update_parameters(setup.model)
+        with tf32_mode(setup.numerics.tf32):
+            logits, loss = forward_loss(setup, images, masks)
+            update(setup, loss)
         # Accumulate on the device: no host sync per step.
         loss_sum += loss.detach() * len(images)
         seen += len(images)
@@ -370,9 +397,8 @@ def train_one_epoch(
 
 def validate(setup: TrainingSetup, val_split: Split, config: TrainConfig) -> dict:
     """Validation loss and metrics of ``setup.evaluated`` (:func:`evaluate_split`)."""
-    # Validation is inference: bf16 on CUDA if the step is, fp32 on the CPU (the evaluate stage's numbers).
-    bf16 = setup.numerics.precision == "bf16"
-    return evaluate_split(setup.evaluated, val_split, setup.loss_fn, config.batch_size * 2, setup.device, bf16)
+    # Validation is inference: fp32 on every device, so the best epoch is picked on the evaluate stage's numbers.
+    return evaluate_split(setup.evaluated, val_split, setup.loss_fn, config.batch_size * 2, setup.device)
 
 
 def history_row(epoch: int, totals: EpochTotals, val: dict, lr: float, seconds: float, numerics: Numerics) -> dict:
@@ -442,7 +468,7 @@ def train_model(
     if distributed is not None:
         final = _check_ranks_agree(setup.evaluated, distributed)
         if not main:
-            return TrainResult(pd.DataFrame(columns=HISTORY_COLUMNS), 0, {})
+            return TrainResult.of_other_rank()
         best.checkpoint["extra"]["distributed"] = final
     return _write_outputs(job, best, rows)
 
