@@ -22,10 +22,10 @@ process so that its peak resident memory is its own. Run with
   whether its output equals the in-process path;
 - ``quality``: the share of ``lesionseg predict``'s time (:func:`lesionseg.serving.predict.predict_files` on
   generated 1024x768 JPEGs, flip TTA and clean-up, as the exported model predicts) spent computing the masks'
-  quality score (:func:`lesionseg.model.quality.mask_quality`, timed call by call), and predict's time with the
+  quality score (:func:`lesionseg.inference.quality.mask_quality`, timed call by call), and predict's time with the
   score replaced by zeros; median of 3 interleaved rounds after a warm-up;
 - ``zoom``: ``lesionseg predict``'s time (:func:`~lesionseg.serving.predict.predict_files` as above) with the
-  zoom-in second pass (:mod:`lesionseg.model.zoom`) on every image (its box fixed to the central half, the
+  zoom-in second pass (:mod:`lesionseg.inference.zoom`) on every image (its box fixed to the central half, the
   worst case: a real first pass skips large and empty masks) against without; median of 3 interleaved rounds;
 - ``e2e`` (not in the default parts): a real ``dvc repro`` in a scratch copy of
   the project on ``--source`` archives (else generated ones), timed per stage
@@ -89,7 +89,7 @@ def bare_steps(model, device, size, batch, steps, numerics):
     (the pipeline's optimizer, :func:`~lesionseg.training.train.make_optimizer`) on distinct random
     batches already on ``device``, in ``numerics``' precision and layout (the model already in that layout);
     it returns images/s."""
-    from lesionseg.model.inference import autocast_for
+    from lesionseg.runtime import autocast_for
     from lesionseg.training.losses import DiceBCELoss
     from lesionseg.training.train import TrainConfig, make_optimizer
 
@@ -121,8 +121,8 @@ def bare_steps(model, device, size, batch, steps, numerics):
 def bare_train_ips(level, device_name, size, batch, steps, amp="auto", channels_last="auto"):
     """Bare training images/s at unfreeze ``level`` in the precision and layout ``runtime.amp`` and
     ``runtime.channels_last`` resolve to on the device: median of 3 timed rounds after a warm-up round."""
-    from lesionseg.model.inference import resolve_numerics
     from lesionseg.model.model import parse_unfreeze_level
+    from lesionseg.runtime import resolve_numerics
 
     device = torch.device(device_name)
     numerics = resolve_numerics(amp, channels_last, device)
@@ -135,7 +135,7 @@ def bare_train_ips(level, device_name, size, batch, steps, amp="auto", channels_
 def bf16_is_native(device: torch.device) -> bool:
     """Whether ``amp: auto`` would train in bf16 on ``device`` (an Ampere or later GPU, or a CPU with native bf16).
     On CUDA it asks the device: call it in the process that measures, not before forking one."""
-    from lesionseg.model.inference import resolve_numerics
+    from lesionseg.runtime import resolve_numerics
 
     return resolve_numerics("auto", False, device).precision == "bf16"
 
@@ -164,7 +164,7 @@ def train_ratio(
     formats where bf16 is not native (:func:`bf16_is_native`) are reported as skipped: emulated bf16 is
     about 12x slower on an AVX2 CPU and would only stretch the run.
     """
-    from lesionseg.model.inference import resolve_numerics
+    from lesionseg.runtime import resolve_numerics
     from lesionseg.training.train import TrainConfig
 
     device = torch.device(device_name)
@@ -237,7 +237,7 @@ def _pipeline_rate(model, config, train, val, images):
 
 
 def inference(device, size, batch, steps):
-    from lesionseg.model.inference import predict_uint8
+    from lesionseg.inference.logits import predict_uint8
 
     device = torch.device(device)
     model = _model(0).to(device).eval()
@@ -284,9 +284,9 @@ def quality_cost(size, count, batch, tta=True):
     seconds its :func:`mask_quality` calls take within it (median of :data:`REPEATS` interleaved rounds)."""
     from unittest import mock
 
-    from lesionseg.model import predict as model_predict
-    from lesionseg.model.quality import mask_quality
-    from lesionseg.model.settings import InferenceSettings, PostprocessConfig
+    from lesionseg.inference import predict as model_predict
+    from lesionseg.inference.quality import mask_quality
+    from lesionseg.inference.settings import InferenceSettings, PostprocessConfig
     from lesionseg.serving import predict
 
     model = _model(0).eval()
@@ -333,8 +333,8 @@ def zoom_cost(size, count, batch, tta=True):
     on every image (median of :data:`REPEATS` interleaved rounds after a warm-up)."""
     from unittest import mock
 
-    from lesionseg.model import zoom
-    from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
+    from lesionseg.inference import zoom
+    from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig
     from lesionseg.serving import predict
 
     model = _model(0).eval()

@@ -28,9 +28,10 @@ def cmd_summary(args) -> int:
 def _load_for_inference(args):
     """The model of ``--checkpoint`` on ``--device``, its checkpoint dict, and its stored inference
     settings with the command line's overrides."""
-    from lesionseg.model.checkpoint import load_models, stored_settings
-    from lesionseg.model.inference import select_device
-    from lesionseg.model.settings import OVERRIDABLE
+    from lesionseg.inference.exported import stored_settings
+    from lesionseg.inference.settings import OVERRIDABLE
+    from lesionseg.model.checkpoint import load_models
+    from lesionseg.runtime import select_device
 
     device = select_device(args.device)
     model, checkpoint = load_models(args.checkpoint)
@@ -96,7 +97,7 @@ def cmd_predict(args) -> int:
 
 
 def _describe(settings, checkpoint: dict) -> str:
-    from lesionseg.model.checkpoint import has_inference_settings
+    from lesionseg.inference.exported import has_inference_settings
 
     cleanup, zoom = settings.postprocess, settings.zoom
     described = (
@@ -116,7 +117,7 @@ def cmd_evaluate(args) -> int:
     from lesionseg import atomic
     from lesionseg.data.external import ExternalSet, prepare_external
     from lesionseg.evaluation.evaluate import TEST_TABLE, add_review, evaluate_model
-    from lesionseg.model.checkpoint import has_inference_settings
+    from lesionseg.inference.exported import has_inference_settings
 
     model, checkpoint, settings, device = _load_for_inference(args)
     spec = ExternalSet(args.name, args.images, args.masks, args.mask_suffix)

@@ -33,7 +33,7 @@ DDP_TEST = "tests/test_cuda.py::test_two_gpus_train_one_phase_with_nccl_syncbatc
 
 def card() -> dict:
     """This machine's GPUs and the precision ``amp: auto`` resolves to on the first."""
-    from lesionseg.model.inference import resolve_numerics
+    from lesionseg.runtime import resolve_numerics
 
     return {
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],

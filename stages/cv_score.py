@@ -83,7 +83,7 @@ def score_and_write(params: dict, manifest: dict, trained_in: dict, args, per_im
     from lesionseg import tracking
     from lesionseg.data.cache import Split
     from lesionseg.evaluation.crossval_results import crossval_results, score_folds
-    from lesionseg.model.inference import select_device
+    from lesionseg.runtime import select_device
     from lesionseg.training.folds import folds_from_manifest
     from stages.runlog import mlflow_setup, run_tags
     from stages.settings import inference_settings

@@ -10,7 +10,8 @@ import sys
 
 import torch
 
-from lesionseg.model.inference import select_device
+from lesionseg.data.dataset import local_batch_size
+from lesionseg.runtime import select_device
 from lesionseg.training import distributed
 from stages.params import ParamError, get
 
@@ -48,7 +49,7 @@ def distributed_rank(params: dict, module: str, section: str) -> distributed.Dis
     if nproc == 1:
         return None
     try:
-        distributed.local_batch_size(get(params, f"{section}.batch_size"), nproc)
+        local_batch_size(get(params, f"{section}.batch_size"), nproc)
     except ValueError as exc:
         raise ParamError(f"params.yaml: {section}.batch_size with runtime.nproc_per_node {nproc}: {exc}") from exc
     device = select_device(get(params, "runtime.device"))

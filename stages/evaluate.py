@@ -38,7 +38,7 @@ from lesionseg.evaluation.selection import pipeline_checkpoints
 from lesionseg.experiments.records import ModelMetrics, metrics_json
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.ensemble import ENSEMBLE_NAME
-from lesionseg.model.inference import select_device
+from lesionseg.runtime import select_device
 from stages.external_sets import load_external_sets
 from stages.launch import main, work
 from stages.params import ParamError, get, load_params

@@ -17,7 +17,7 @@ from pathlib import Path
 from lesionseg import atomic, tracking
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
 from lesionseg.experiments.records import parse_metrics
-from lesionseg.model.checkpoint import package_model
+from lesionseg.inference.exported import package_model
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.model import parameter_counts_by_level
 from lesionseg.serving.card_records import cv_summary, exported_tables, recipe_of, review_by_evaluation, training_data

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
+from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig
 from stages.params import ParamError, build, get
 
 
 def inference_settings(params: dict, review_threshold: float | None = None) -> InferenceSettings:
     """``evaluate.tta``, ``evaluate.keep_largest``, ``evaluate.fill_holes`` and ``evaluate.zoom.*`` as
-    :class:`~lesionseg.model.settings.InferenceSettings` (threshold 0.5: the pipeline scores at the ISIC
+    :class:`~lesionseg.inference.settings.InferenceSettings` (threshold 0.5: the pipeline scores at the ISIC
     definition's), with ``review_threshold`` (chosen by the evaluate stage, or none)."""
     tta = get(params, "evaluate.tta")
     if type(tta) is not bool:

@@ -25,10 +25,11 @@ from lesionseg.evaluation.calibrate import (
 )
 from lesionseg.evaluation.evaluate import evaluate_model
 from lesionseg.experiments.records import ModelMetrics
-from lesionseg.model.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint, stored_settings
+from lesionseg.inference.exported import stored_settings
+from lesionseg.inference.quality import needs_review
+from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig
+from lesionseg.model.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.model.quality import needs_review
-from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
 from lesionseg.report.comparison_table import CALIBRATION_COLUMN, comparison_table
 from lesionseg.serving.model_card import card_markdown, model_card
 from tests.helpers import lesion_pair

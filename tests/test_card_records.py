@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from lesionseg.errors import DataError
-from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
+from lesionseg.inference.exported import package_model
+from lesionseg.inference.settings import InferenceSettings
+from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.model.settings import InferenceSettings
 from lesionseg.serving.card_records import cv_summary, exported_tables, recipe_of, review_by_evaluation, training_data
 
 

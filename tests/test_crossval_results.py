@@ -12,9 +12,9 @@ from lesionseg.evaluation.cv_ensemble import evaluate_cv_ensemble
 from lesionseg.evaluation.evaluate import evaluate_with_external
 from lesionseg.evaluation.review import REVIEW_COLUMN, review_metrics, review_threshold
 from lesionseg.evaluation.selection import best_finetuned, choose_model
+from lesionseg.inference.settings import InferenceSettings, PostprocessConfig
 from lesionseg.model.checkpoint import load_models, make_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model, count_parameters
-from lesionseg.model.settings import InferenceSettings, PostprocessConfig
 from lesionseg.training.folds import CrossValConfig, make_folds
 from tests.test_crossval_and_stats import synthetic_split
 

@@ -9,10 +9,10 @@ import torch
 
 from lesionseg.data.cache import Split
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
+from lesionseg.inference.predict import predict
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.model.checkpoint import read_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.model.predict import predict
-from lesionseg.model.settings import InferenceSettings
 from lesionseg.training.train import TrainConfig, TrainingJob, train_model
 from tests.helpers import make_raw_tree, params_project, run_stage
 

@@ -519,7 +519,7 @@ def test_the_code_map_names_every_module():
 
 
 def test_the_pyfunc_overrides_in_the_docs_are_the_codes():
-    from lesionseg.model.settings import OVERRIDABLE as settings
+    from lesionseg.inference.settings import OVERRIDABLE as settings
 
     text = " ".join((REPO / "docs" / "predict.md").read_text().split())
     sentence = text[text.index("`params` can override") :].split(".")[0]

@@ -12,9 +12,9 @@ from lesionseg.data.external import ExternalSet, pair_external, prepare_external
 from lesionseg.data.images import load_mask
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.model.checkpoint import load_model, make_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.model.settings import InferenceSettings
 from tests.helpers import lesion_pair
 
 

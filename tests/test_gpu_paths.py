@@ -15,15 +15,16 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lesionseg import runtime
 from lesionseg.data.augmentation import AugmentConfig
 from lesionseg.data.batch_augment import DeviceBatches, augment_batch
 from lesionseg.data.cache import Split
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
-from lesionseg.model import inference
+from lesionseg.inference.logits import logits_function, predict_uint8
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.model.checkpoint import read_checkpoint
-from lesionseg.model.inference import Numerics, inference_numerics, predict_uint8, resolve_numerics
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.model.settings import InferenceSettings
+from lesionseg.runtime import Numerics, inference_numerics, resolve_numerics
 from lesionseg.training.distributed import Distributed
 from lesionseg.training.train import (
     TrainConfig,
@@ -86,8 +87,8 @@ def _fake_splits(n: int = 4, size: int = 64) -> dict:
 def test_amp_auto_is_bf16_only_where_the_device_computes_it(
     monkeypatch, device, native_cuda, native_cpu, precision, scaled
 ):
-    monkeypatch.setattr(inference, "cuda_has_native_bf16", lambda device: native_cuda)
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native_cpu)
+    monkeypatch.setattr(runtime, "cuda_has_native_bf16", lambda device: native_cuda)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_cpu)
     numerics = resolve_numerics("auto", False, device)
     assert (numerics.precision, numerics.scaled) == (precision, scaled)
     assert numerics.record() == {
@@ -179,7 +180,7 @@ def fake_cuda(monkeypatch):
     one mode per model (a mode remembers the real tensors it has converted)."""
     monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    monkeypatch.setattr(inference, "cuda_has_native_bf16", lambda device: True)
+    monkeypatch.setattr(runtime, "cuda_has_native_bf16", lambda device: True)
     return lambda: FakeTensorMode(allow_non_fake_inputs=True)
 
 
@@ -230,7 +231,7 @@ def test_gpu_augmentation_training_step_and_predict_keep_every_tensor_on_the_gpu
 
             # predict's device part: fp32 on the GPU (TTA on), the logits handed back on the CPU; bf16 if asked.
             convs = _conv_dtypes(ema.module)  # what is validated and checkpointed
-            forward = inference.logits_function(InferenceSettings(tta=True))
+            forward = logits_function(InferenceSettings(tta=True))
             logits = predict_uint8(ema.module, host, 2, CUDA, forward=forward)
             assert (logits.device, logits.dtype, tuple(logits.shape)) == (CPU, torch.float32, (3, 1, 64, 64))
             assert set(convs) == {torch.float32}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lesionseg.model.predict import Prediction, predict
-from lesionseg.model.settings import OVERRIDABLE, RECORD_KEYS, InferenceSettings, PostprocessConfig, ZoomConfig
+from lesionseg.inference.predict import Prediction, predict
+from lesionseg.inference.settings import OVERRIDABLE, RECORD_KEYS, InferenceSettings, PostprocessConfig, ZoomConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = sorted([*(REPO / "lesionseg").rglob("*.py"), *(REPO / "stages").rglob("*.py")])
@@ -19,17 +19,16 @@ CODE = sorted([*(REPO / "lesionseg").rglob("*.py"), *(REPO / "stages").rglob("*.
 LOOSE = {"tta", "postprocess", "zoom", "keep_largest", "fill_holes", "zoom_margin", "zoom_max_share"}
 # A `threshold` that is not the mask's: quality measured against a cut, and the review flag's quality threshold.
 OTHER_THRESHOLDS = {
-    ("lesionseg/model/quality.py", "mask_quality"),  # the share of pixels near the cut it is given
-    ("lesionseg/model/quality.py", "needs_review"),  # a quality threshold
-    ("lesionseg/serving/onnx_reference.py", "mask_quality"),  # the numpy mirror of mask_quality
+    ("lesionseg/inference/quality.py", "mask_quality"),  # the share of pixels near the cut it is given
+    ("lesionseg/inference/quality.py", "needs_review"),  # a quality threshold
+    ("lesionseg/inference/onnx_reference.py", "mask_quality"),  # the numpy mirror of mask_quality
     ("lesionseg/evaluation/review.py", "review_metrics"),  # a quality threshold
     ("lesionseg/evaluation/evaluate.py", "add_review"),  # a quality threshold
     ("lesionseg/evaluation/crossval_results.py", "_review"),  # a quality threshold
 }
-# The steps inside predict(): called from the model layer only, and from these places that need no mask.
+# The steps inside predict(): called from the inference layer only, and from these places that need no mask.
 STEPS = {"zoom_pass", "compose_logits", "composed_at_input_size", "clean_mask", "clean_masks", "mask_from_logits"}
 STEP_USERS = {
-    "lesionseg/serving/onnx_reference.py": {"clean_mask"},  # the torch-free mirror cleans its own masks
     "lesionseg/evaluation/calibrate.py": {"mask_from_logits"},  # one forward pass, the mask at every threshold
 }
 
@@ -52,17 +51,17 @@ def test_no_function_takes_an_inference_setting_loose():
     assert not loose, f"take an InferenceSettings instead: {loose}"
 
 
-def test_only_the_model_layer_runs_the_steps_of_predict():
+def test_only_the_inference_layer_runs_the_steps_of_predict():
     outside = []
     for path in CODE:
         rel = path.relative_to(REPO).as_posix()
-        if rel.startswith("lesionseg/model/"):
+        if rel.startswith("lesionseg/inference/"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lesionseg.model"):
                 used = {alias.name for alias in node.names} & STEPS
                 outside += [f"{rel}: {name}" for name in sorted(used - STEP_USERS.get(rel, set()))]
-    assert not outside, f"call lesionseg.model.predict.predict instead: {outside}"
+    assert not outside, f"call lesionseg.inference.predict.predict instead: {outside}"
 
 
 def test_the_stored_form_round_trips_and_old_models_read_as_before():

@@ -16,9 +16,10 @@ from stages.codeset import _direct_imports
 
 REPO = Path(__file__).resolve().parents[1]
 # Bottom to top. The top-level helpers below every layer: they import no layer.
-BASE = {"lesionseg/atomic.py", "lesionseg/errors.py", "lesionseg/metrics.py", "lesionseg/tracking.py"}
+BASE = {"lesionseg/atomic.py", "lesionseg/errors.py", "lesionseg/metrics.py", "lesionseg/runtime.py"}
+BASE |= {"lesionseg/tracking.py"}
 BASE |= {"lesionseg/mlflow_view.py", "lesionseg/recipes.py", "lesionseg/__init__.py"}
-LAYERS = ("data", "model", "training", "evaluation", "experiments", "report", "serving")
+LAYERS = ("data", "model", "inference", "training", "evaluation", "experiments", "report", "serving")
 TOP = {"lesionseg/cli.py"}
 
 

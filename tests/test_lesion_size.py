@@ -17,8 +17,8 @@ from lesionseg.evaluation.lesion_size import (
     size_bin_scores,
     split_by_size,
 )
-from lesionseg.model.predict import Prediction
-from lesionseg.model.settings import InferenceSettings
+from lesionseg.inference.predict import Prediction
+from lesionseg.inference.settings import InferenceSettings
 
 SHARES = np.array([0.01, 0.0499, 0.05, 0.1, 0.15, 0.39, 0.4, 1.0])
 

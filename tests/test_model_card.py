@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from lesionseg.evaluation.stats import mean_interval
-from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
+from lesionseg.inference.exported import package_model
+from lesionseg.inference.settings import InferenceSettings
+from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model, parameter_counts_by_level
-from lesionseg.model.settings import InferenceSettings
 from lesionseg.serving.model_card import card_markdown, card_results, model_card
 
 

@@ -1,4 +1,4 @@
-"""The torch-free ONNX reference (lesionseg.serving.onnx_reference) against the torch path: predict_files (via
+"""The torch-free ONNX reference (lesionseg.inference.onnx_reference) against the torch path: predict_files (via
 lesionseg predict) and the pyfunc's predict_masks_with_quality give the same quality, review flag and mask."""
 
 import copy
@@ -17,14 +17,15 @@ from lesionseg.cli import main
 from lesionseg.data.images import model_input
 from lesionseg.data.normalize import normalize_batch
 from lesionseg.errors import DataError
-from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
-from lesionseg.model.inference import flip_averaged_logits, plain_logits
+from lesionseg.inference import onnx_reference
+from lesionseg.inference.exported import package_model
+from lesionseg.inference.logits import flip_averaged_logits, plain_logits
+from lesionseg.inference.quality import UNCERTAIN_MARGIN
+from lesionseg.inference.quality import mask_quality as torch_quality
+from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig
+from lesionseg.inference.zoom import zoom_pass
+from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig
-from lesionseg.model.quality import UNCERTAIN_MARGIN
-from lesionseg.model.quality import mask_quality as torch_quality
-from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
-from lesionseg.model.zoom import zoom_pass
-from lesionseg.serving import onnx_reference
 from lesionseg.serving.export import export_onnx, predict_masks_with_quality
 from tests.helpers import REPO, lesion_pair, stretched_model
 
@@ -155,7 +156,7 @@ def test_reference_runs_without_torch(images, tmp_path):
     checkpoint(images, tmp_path)
     export_onnx(tmp_path / "train.pt", tmp_path / "model.onnx")
     code = (
-        "import sys; from lesionseg.serving.onnx_reference import predict_onnx; "
+        "import sys; from lesionseg.inference.onnx_reference import predict_onnx; "
         f"(p,) = predict_onnx({str(tmp_path / 'model.onnx')!r}, [{str(images[0])!r}]); "
         "assert 'torch' not in sys.modules, 'torch was imported'; print(p.mask.shape, p.quality)"
     )

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from lesionseg.model.postprocess import clean_mask, clean_masks
-from lesionseg.model.settings import PostprocessConfig
+from lesionseg.inference.postprocess import clean_mask, clean_masks
+from lesionseg.inference.settings import PostprocessConfig
 
 BOTH = PostprocessConfig(keep_largest=True, fill_holes=True)
 

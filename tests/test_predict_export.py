@@ -17,14 +17,15 @@ from lesionseg.data.normalize import normalize_batch
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
+from lesionseg.inference.exported import package_model
+from lesionseg.inference.logits import flip_averaged_logits, predict_uint8
+from lesionseg.inference.postprocess import clean_mask
+from lesionseg.inference.quality import mask_quality
+from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig
+from lesionseg.inference.zoom import zoom_pass
 from lesionseg.metrics import confusion_counts, summarize
-from lesionseg.model.checkpoint import load_model, load_models, make_checkpoint, package_model, save_checkpoint
-from lesionseg.model.inference import flip_averaged_logits, predict_uint8
+from lesionseg.model.checkpoint import load_model, load_models, make_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.model.postprocess import clean_mask
-from lesionseg.model.quality import mask_quality
-from lesionseg.model.settings import InferenceSettings, PostprocessConfig, ZoomConfig
-from lesionseg.model.zoom import zoom_pass
 from lesionseg.serving.export import log_pyfunc_model
 from lesionseg.training.train import TrainConfig, TrainingJob, train_model
 from tests.helpers import TEST_IMAGES, TEST_MASKS, lesion_pair, make_raw_tree

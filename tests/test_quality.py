@@ -20,10 +20,11 @@ from lesionseg.evaluation.review import (
     risk_coverage,
 )
 from lesionseg.experiments.records import ModelMetrics
-from lesionseg.model.checkpoint import make_checkpoint, package_model, save_checkpoint
+from lesionseg.inference.exported import package_model
+from lesionseg.inference.quality import mask_quality, needs_review
+from lesionseg.inference.settings import InferenceSettings
+from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig
-from lesionseg.model.quality import mask_quality, needs_review
-from lesionseg.model.settings import InferenceSettings
 from tests.helpers import TEST_IMAGES, TEST_MASKS, make_raw_tree, stretched_model
 
 

@@ -22,8 +22,8 @@ import torch
 from lesionseg.data import batch_augment
 from lesionseg.data.augmentation import AugmentConfig
 from lesionseg.data.batch_augment import DeviceBatches
+from lesionseg.inference.logits import predict_uint8
 from lesionseg.model.checkpoint import load_model, read_checkpoint
-from lesionseg.model.inference import predict_uint8
 from tests import helpers
 from tests.helpers import (
     REPO,

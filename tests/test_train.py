@@ -2,15 +2,17 @@ import pandas as pd
 import pytest
 import torch
 
+from lesionseg import runtime
 from lesionseg.data.cache import Split
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
-from lesionseg.model import inference
-from lesionseg.model.checkpoint import FORMAT, load_model, package_model, read_checkpoint, save_checkpoint
-from lesionseg.model.inference import Numerics, predict_uint8, resolve_numerics
+from lesionseg.inference.exported import package_model
+from lesionseg.inference.logits import predict_uint8
+from lesionseg.inference.settings import InferenceSettings
+from lesionseg.model.checkpoint import FORMAT, load_model, read_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.model.settings import InferenceSettings
+from lesionseg.runtime import Numerics, resolve_numerics
 from lesionseg.serving.model_card import card_markdown, model_card
 from lesionseg.training.phases import phase_params
 from lesionseg.training.train import (
@@ -193,13 +195,13 @@ def test_fused_optimizer_setting_on_the_cpu(setting, fused):
 
 def test_amp_and_channels_last_resolve_by_device_and_cpu(monkeypatch):
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)  # a CPU with AVX512-BF16, AMX or Arm BF16
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)  # a CPU with AVX512-BF16, AMX or Arm BF16
     assert resolve_numerics("auto", "auto", cpu) == Numerics("bf16", True, "auto", "auto")
     assert resolve_numerics("off", "auto", cpu).precision == "fp32"
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)  # AVX2 only: bf16 would be emulated
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)  # AVX2 only: bf16 would be emulated
     assert resolve_numerics("auto", "auto", cpu) == Numerics("fp32", False, "auto", "auto")
     assert resolve_numerics("bf16", True, cpu) == Numerics("bf16", True, "bf16", True)  # asked for: honoured
-    monkeypatch.setattr(inference, "cuda_has_native_bf16", lambda device: True)  # Ampere or later
+    monkeypatch.setattr(runtime, "cuda_has_native_bf16", lambda device: True)  # Ampere or later
     assert resolve_numerics("auto", "auto", cuda) == Numerics("bf16", False, "auto", "auto")
     assert resolve_numerics("auto", True, mps) == Numerics("fp32", True, "auto", True)
     # The former booleans: true = auto, false = off.
@@ -221,10 +223,10 @@ def test_amp_and_channels_last_resolve_by_device_and_cpu(monkeypatch):
 
 
 def test_amp_auto_trains_in_bf16_on_a_bf16_cpu_and_records_it(splits, tmp_path, monkeypatch):
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     _, without = _train(splits, tmp_path / "without", epochs=1)  # amp and channels_last: auto (the defaults)
     _, off = _train(splits, tmp_path / "off", epochs=1, amp="off")
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     model, native = _train(splits, tmp_path / "native", epochs=1)  # two bf16 steps (emulated on this CPU)
     # Without native bf16, auto is fp32: the very numbers of amp off. With it, bf16: close, not the same.
     pd.testing.assert_frame_equal(without.history.drop(columns="seconds"), off.history.drop(columns="seconds"))

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesionseg.data.normalize import normalize_float
-from lesionseg.model.boxes import box_at, lesion_box, zoom_box
-from lesionseg.model.inference import upsample_logits
-from lesionseg.model.settings import InferenceSettings, ZoomConfig
-from lesionseg.model.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass
+from lesionseg.inference.boxes import box_at, lesion_box, zoom_box
+from lesionseg.inference.logits import upsample_logits
+from lesionseg.inference.settings import InferenceSettings, ZoomConfig
+from lesionseg.inference.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass
 
 
 def disc_mask(size=64, centre=(20, 40), radius=5) -> np.ndarray:

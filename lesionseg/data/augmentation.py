@@ -26,7 +26,7 @@ class AugmentConfig:
     ``lesion_crop``: probability of a random square crop that keeps the whole
     lesion, resized to the input size (:func:`lesion_crop_boxes`): the lesion
     larger in the frame, as the zoom-in second pass
-    (:mod:`lesionseg.model.zoom`) shows it to the model.
+    (:mod:`lesionseg.inference.zoom`) shows it to the model.
 
     What spans cameras (each a probability, 0 = off):
     ``gamma`` (gamma 0.7-1.5), ``blur`` (Gaussian blur, sigma up to 1.2 px

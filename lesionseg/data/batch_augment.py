@@ -60,8 +60,8 @@ from lesionseg.data.augmentation import (
     crop_theta,
     lesion_crop_boxes,
 )
+from lesionseg.data.dataset import local_batch_size
 from lesionseg.data.normalize import normalize_float
-from lesionseg.training.distributed import local_batch_size
 
 # The batched blur builds the 3- and 5-tap kernels that albumentations draws from BLUR_KERNEL_LIMIT.
 if BLUR_KERNEL_LIMIT != (3, 5):
@@ -270,7 +270,7 @@ class DeviceBatches:
     rank draws the same order (padded, like ``DistributedSampler``, to a
     multiple of ``world_size``) and yields its strided share of each global
     batch, augmented with its own generator. ``batch_size`` must split evenly
-    (:func:`~lesionseg.training.distributed.local_batch_size`), so every
+    (:func:`~lesionseg.data.dataset.local_batch_size`), so every
     rank's share of every batch, the last one too, has the same size.
     """
 

@@ -3,10 +3,10 @@
 Clinics draw the lesion's edge differently: where one clinic's annotators draw tight, a model trained on ISIC's
 masks predicts lesions that are systematically too large there, and a higher probability threshold moves its
 boundary inwards (a loose annotator: a lower one). :func:`calibrate` runs the model once per image with its stored
-settings (:func:`~lesionseg.model.predict.predict`, as ``predict`` and evaluation do: flip TTA, the zoom-in second
+settings (:func:`~lesionseg.inference.predict.predict`, as ``predict`` and evaluation do: flip TTA, the zoom-in second
 pass), takes each image's logits at its original resolution and scores every threshold of a fine grid from
 them, after the model's clean-up: the per-image IoU (the ISIC definition) is computed exactly as evaluation
-computes it (:func:`~lesionseg.model.predict.mask_from_logits`), only the threshold changes.
+computes it (:func:`~lesionseg.inference.predict.mask_from_logits`), only the threshold changes.
 
 A threshold chosen on ten images fits those ten better than any other by construction. The guard against that
 optimism: each image is scored at the threshold chosen on the *other* images (leave-one-out), and the new
@@ -19,7 +19,7 @@ the chosen threshold's in-sample scores come from a second, real evaluation of t
 (:func:`~lesionseg.evaluation.evaluate.evaluate_model`), so the reported gain is what the written model does.
 
 The review threshold moves with the settings, since a mask's quality is measured against the threshold
-(:func:`~lesionseg.model.quality.mask_quality`): it becomes the quality quantile that flags, at the new
+(:func:`~lesionseg.inference.quality.mask_quality`): it becomes the quality quantile that flags, at the new
 threshold, the share of these images' masks that the stored review threshold flagged at the stored one.
 
 In the pipeline (:func:`calibrated_external`) a few images of an external set, drawn with a seed, calibrate and
@@ -41,11 +41,11 @@ from lesionseg.data.cache import Split
 from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX, EXTERNAL_KEY, TEST_TABLE, add_review, evaluate_model
 from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, review_threshold
 from lesionseg.evaluation.stats import PairedComparison, paired_difference
+from lesionseg.inference.exported import with_settings
+from lesionseg.inference.predict import mask_from_logits, predict
+from lesionseg.inference.quality import needs_review
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.metrics import confusion_counts, per_image_scores
-from lesionseg.model.checkpoint import with_settings
-from lesionseg.model.predict import mask_from_logits, predict
-from lesionseg.model.quality import needs_review
-from lesionseg.model.settings import InferenceSettings
 
 # Probability thresholds searched: 0.05 to 0.95 in steps of 0.01 (the stored threshold is added if not on it).
 THRESHOLD_GRID = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
@@ -90,7 +90,7 @@ def threshold_search(
     batch_size: int = 32,
     device=None,
 ) -> ThresholdSearch:
-    """Run the model once over ``split`` with ``settings`` (:func:`~lesionseg.model.predict.predict`: flip TTA,
+    """Run the model once over ``split`` with ``settings`` (:func:`~lesionseg.inference.predict.predict`: flip TTA,
     the zoom-in second pass at the stored threshold) and score every threshold of :func:`search_grid` at each
     image's original resolution after ``settings``' clean-up (the logits composed one image at a time: a folder
     of large photographs need not fit in memory)."""

@@ -14,9 +14,9 @@ import pandas as pd
 
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.evaluate import ORIGINAL_PREFIX, evaluate_external, evaluate_model
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.metrics import THRESHOLDED_JACCARD_CUTOFF
 from lesionseg.model.checkpoint import load_model
-from lesionseg.model.settings import InferenceSettings
 from lesionseg.training.folds import Fold
 
 # Metrics aggregated over folds (original resolution, the official definitions).

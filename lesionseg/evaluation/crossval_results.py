@@ -17,7 +17,7 @@ from lesionseg.data.cache import Split
 from lesionseg.evaluation.crossval import mean_over_folds, score_fold, summarize_folds
 from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, review_metrics, review_threshold
 from lesionseg.evaluation.selection import best_finetuned
-from lesionseg.model.settings import InferenceSettings
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.training.folds import Fold, fold_checkpoints
 
 

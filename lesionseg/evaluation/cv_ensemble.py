@@ -10,9 +10,9 @@ import torch
 
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.evaluate import add_review, evaluate_with_external
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.model.checkpoint import load_models
 from lesionseg.model.model import count_parameters
-from lesionseg.model.settings import InferenceSettings
 
 
 def evaluate_cv_ensemble(

@@ -3,7 +3,7 @@
 Original-resolution metrics follow the official ISIC scorer: the logits are
 upsampled (bilinear) to each image's original size, thresholded (probability
 0.5 unless the settings say otherwise), and compared with the original mask.
-The masks come from :func:`lesionseg.model.predict.predict`, as everywhere else.
+The masks come from :func:`lesionseg.inference.predict.predict`, as everywhere else.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import torch
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.lesion_size import LESION_SHARE_COLUMN, lesion_share, size_bin_scores
 from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, REVIEW_COLUMN, review_metrics, review_threshold
+from lesionseg.inference.predict import Prediction, predict
+from lesionseg.inference.quality import needs_review
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.metrics import COUNT_NAMES, confusion_counts, per_image_scores, summarize
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.model import count_parameters
-from lesionseg.model.predict import Prediction, predict
-from lesionseg.model.quality import needs_review
-from lesionseg.model.settings import InferenceSettings
 from lesionseg.training.losses import DiceBCELoss
 
 ORIGINAL_PREFIX = "orig_"
@@ -38,7 +38,7 @@ def evaluate_model(
     batch_size: int = 32,
     device=None,
 ) -> tuple[dict, pd.DataFrame]:
-    """:func:`score_prediction` of ``model``'s :func:`~lesionseg.model.predict.predict` on ``split``."""
+    """:func:`score_prediction` of ``model``'s :func:`~lesionseg.inference.predict.predict` on ``split``."""
     return score_prediction(predict(model, split.images, settings, batch_size, device), split)
 
 
@@ -53,7 +53,7 @@ def score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.Dat
     The table has one row per image (``id``, ``height``, ``width``, the
     per-image scores and pixel counts (``tp``, ``fp``, ``fn``, ``tn``: any averaging can be recomputed
     from them) at both resolutions, the true lesion's ``lesion_share`` of
-    the image, the mask's ``quality``, see :func:`~lesionseg.model.quality.mask_quality`, and with
+    the image, the mask's ``quality``, see :func:`~lesionseg.inference.quality.mask_quality`, and with
     the zoom on whether the image was ``zoomed``). Every score is of the prediction's masks, its settings'
     threshold and clean-up applied at both resolutions.
     """

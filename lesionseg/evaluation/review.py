@@ -1,6 +1,6 @@
 """Which masks a person should check: the review threshold and how well it works.
 
-A mask is flagged for review when its quality (:func:`lesionseg.model.quality.mask_quality`) is below the
+A mask is flagged for review when its quality (:func:`lesionseg.inference.quality.mask_quality`) is below the
 model's review threshold, chosen as the quality quantile that flags a stated share of masks
 (``evaluate.review_fraction``) on predictions the model was not trained on (the validation split; for the
 cross-validation ensemble, the out-of-fold predictions), never on the test split. The metrics say what the
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from lesionseg.model.quality import needs_review
+from lesionseg.inference.quality import needs_review
 
 FAILURE_IOU = 0.7  # a mask with IoU below this is a failure a reviewer should catch
 QUALITY_COLUMN = "quality"

@@ -1,1 +1,1 @@
-"""The MobileNetV2 U-Net, its checkpoints, ensembles and batched inference."""
+"""The network: the MobileNetV2 U-Net, its checkpoints and ensembles."""

@@ -8,11 +8,8 @@ the training step used, and the ``runtime.amp``/``channels_last`` requests; empt
 checkpoint no training loop made, or one from before they were recorded) and ``extra`` (caller metadata, e.g.
 the MLflow run id). Loaded with ``weights_only=True``.
 
-An exported model (:func:`package_model`, written by the export stage as
-``models/model.pt``) is the same dict plus ``inference`` (the settings it was
-evaluated with, in their stored form: :meth:`~lesionseg.model.settings.InferenceSettings.record`); an
-exported ensemble holds its members' checkpoints under ``members`` instead of
-one ``state_dict``.
+An exported model is the same dict plus the settings it was evaluated with
+(:mod:`lesionseg.inference.exported`).
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from lesionseg.errors import DataError, unreadable_torch_file
 from lesionseg.model.encoder import NO_WEIGHTS
 from lesionseg.model.ensemble import EnsembleModel
 from lesionseg.model.model import LesionSegModel, ModelConfig, build_model, count_parameters, level_name
-from lesionseg.model.settings import InferenceSettings
 
 FORMAT = "lesionseg-checkpoint-v1"
 
@@ -44,7 +40,7 @@ def make_checkpoint(
     numerics: dict | None = None,
 ) -> dict:
     """``numerics``: the precision and layout of the training step that made the weights
-    (:meth:`~lesionseg.model.inference.Numerics.record`; the training loop always passes it)."""
+    (:meth:`~lesionseg.inference.logits.Numerics.record`; the training loop always passes it)."""
     return {
         "format": FORMAT,
         "lesionseg_version": __version__,
@@ -115,45 +111,11 @@ def load_models(paths: list[Path]) -> tuple[torch.nn.Module, dict]:
     if len(paths) == 1:
         return load_model(paths[0])
     loaded = [load_model(p) for p in paths]
-    _same_preprocessing(paths, [checkpoint for _, checkpoint in loaded])
+    check_same_preprocessing(paths, [checkpoint for _, checkpoint in loaded])
     return EnsembleModel([model for model, _ in loaded]), loaded[0][1]
 
 
-def _same_preprocessing(paths, checkpoints) -> None:
+def check_same_preprocessing(paths, checkpoints) -> None:
     for path, checkpoint in zip(paths[1:], checkpoints[1:]):
         if checkpoint["preprocessing"] != checkpoints[0]["preprocessing"]:
             raise DataError(path, f"preprocessing differs from {paths[0]}'s; an ensemble needs one input size")
-
-
-def package_model(paths: list[Path], settings: InferenceSettings) -> dict:
-    """The exported model: the checkpoint at ``paths`` (several: an ensemble of them) with ``settings``."""
-    paths = [Path(p) for p in paths]
-    members = [read_checkpoint(p) for p in paths]
-    _same_preprocessing(paths, members)
-    if len(members) == 1:
-        return with_settings(members[0], settings)
-    package = {
-        "format": FORMAT,
-        "lesionseg_version": __version__,
-        "members": members,
-        "preprocessing": members[0]["preprocessing"],
-        "extra": {"member_files": [str(p) for p in paths]},
-    }
-    return with_settings(package, settings)
-
-
-def with_settings(checkpoint: dict, settings: InferenceSettings) -> dict:
-    """``checkpoint`` (a model's dict, or an exported ensemble's) storing ``settings`` as its ``inference``: the
-    one place settings are written into a model (:func:`stored_settings` reads them)."""
-    return {**checkpoint, "inference": settings.record()}
-
-
-def stored_settings(checkpoint: dict) -> InferenceSettings:
-    """The settings stored with an exported model; the plain model's (:class:`InferenceSettings` defaults) for a
-    training checkpoint, which stores none (:func:`has_inference_settings`)."""
-    return InferenceSettings.from_record(checkpoint.get("inference", {}))
-
-
-def has_inference_settings(checkpoint: dict) -> bool:
-    """Whether ``checkpoint`` stores the inference settings it was evaluated with (an exported model)."""
-    return "inference" in checkpoint

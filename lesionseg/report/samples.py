@@ -7,9 +7,9 @@ import pandas as pd
 import torch
 
 from lesionseg.data.cache import Split
+from lesionseg.inference.predict import predict
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.metrics import confusion_counts, per_image_scores
-from lesionseg.model.predict import predict
-from lesionseg.model.settings import InferenceSettings
 
 WORST_CASES = 8
 
@@ -19,7 +19,7 @@ def sample_predictions(model: torch.nn.Module, split: Split, count: int, pick=No
 
     Returns ``images`` uint8 ``(K, S, S, 3)``, ``truths`` and ``preds`` bool
     ``(K, S, S)``, their ``ids`` and per-image Jaccard ``scores`` (model resolution). The masks are the plain
-    network's (:class:`~lesionseg.model.settings.InferenceSettings` defaults: no TTA, clean-up or zoom), what the
+    network's (:class:`~lesionseg.inference.settings.InferenceSettings` defaults: no TTA, clean-up or zoom), what the
     training curves beside them measure.
     """
     if pick is None:

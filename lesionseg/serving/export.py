@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from lesionseg import atomic
-from lesionseg.model.checkpoint import first_member, load_model, load_models, stored_settings
-from lesionseg.model.predict import Prediction, predict
-from lesionseg.model.settings import OVERRIDABLE, InferenceSettings
+from lesionseg.inference.exported import stored_settings
+from lesionseg.inference.predict import Prediction, predict
+from lesionseg.inference.settings import OVERRIDABLE, InferenceSettings
+from lesionseg.model.checkpoint import first_member, load_model, load_models
 
 ONNX_OPSET = 17
 
@@ -24,7 +25,8 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path, metadata: 
     exported ensemble) become one graph whose logits are those of the mean probability.
     The model's metadata holds the preprocessing (``lesionseg.preprocessing``) and the
     inference settings to apply around it (``lesionseg.inference``: flip TTA, threshold,
-    clean-up, zoom, review threshold; :meth:`~lesionseg.model.settings.InferenceSettings.record`); the colour constancy
+    clean-up, zoom, review threshold; :meth:`~lesionseg.inference.settings.InferenceSettings.record`); the
+    colour constancy
     step (``lesionseg.colour_constancy``) is inside the graph; ``metadata`` adds entries (the export stage:
     ``lesionseg.model_card``). Returns the preprocessing dict."""
     paths = checkpoint_paths if isinstance(checkpoint_paths, (list, tuple)) else [checkpoint_paths]
@@ -97,7 +99,7 @@ def predict_masks_with_quality(
     model: torch.nn.Module, images: np.ndarray, settings: InferenceSettings
 ) -> dict[str, np.ndarray]:
     """uint8 ``(N, S, S, 3)`` -> ``{"mask": uint8 (N, S, S), "quality": float32 (N,), "review": bool (N,)}``:
-    :func:`predict_masks`, each mask's :func:`~lesionseg.model.quality.mask_quality` and whether it is below
+    :func:`predict_masks`, each mask's :func:`~lesionseg.inference.quality.mask_quality` and whether it is below
     ``settings.review_threshold`` (all False without one)."""
     prediction = _predict(model, images, settings)
     return {"mask": _masks(prediction), "quality": prediction.quality.astype(np.float32), "review": prediction.review}
@@ -146,7 +148,7 @@ class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
 
 def log_pyfunc_model(checkpoint_path: Path, documents: list[Path] = (), name: str = "model") -> str:
     """Log ``checkpoint_path`` (a checkpoint or an exported model, see
-    :func:`lesionseg.model.checkpoint.package_model`) as a pyfunc model in the active run,
+    :func:`lesionseg.inference.exported.package_model`) as a pyfunc model in the active run,
     with signature (its params: the inference settings) and input example; ``documents`` (e.g. the model
     card) travel with it as artifacts named by their file names.
 

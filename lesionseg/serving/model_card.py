@@ -71,12 +71,12 @@ def model_card(
     results: dict,
     provenance: dict,
 ) -> dict:
-    """The card of exported model ``name`` (``checkpoint``: :func:`lesionseg.model.checkpoint.package_model`'s
+    """The card of exported model ``name`` (``checkpoint``: :func:`lesionseg.inference.exported.package_model`'s
     dict). ``parameter_counts``: unfreeze level -> counts; ``recipe``: what made it (configs by phase);
     ``data``: archives with their sha256, pair counts, split seed; ``results``: evaluation -> ``n``, ``iou``
     with ``ci95``, ``dice`` (and ``drop`` for external sets), plus ``cv`` and ``review``; ``provenance``:
     git commit, DVC experiment, MLflow run. ``model.training_numerics``: the precision and memory layout the
-    members' training step used (each distinct record once; see :class:`lesionseg.model.inference.Numerics`)."""
+    members' training step used (each distinct record once; see :class:`lesionseg.inference.logits.Numerics`)."""
     preprocessing = checkpoint["preprocessing"]
     members = checkpoint.get("members", [checkpoint])
     numerics = []  # the members' training step precisions and layouts, each once (an ensemble's usually agree)

@@ -17,8 +17,8 @@ from lesionseg import atomic
 from lesionseg.data.external import IMAGE_EXTENSIONS, MASK_SUFFIXES
 from lesionseg.data.images import image_size, load_image, model_input
 from lesionseg.errors import DataError
-from lesionseg.model.predict import predict
-from lesionseg.model.settings import InferenceSettings
+from lesionseg.inference.predict import predict
+from lesionseg.inference.settings import InferenceSettings
 from lesionseg.report.drawing import overlay
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def predict_files(
 ) -> PredictSummary:
     """Write ``<name>_mask.png`` (0/255, original size) and optionally ``<name>_overlay.png`` per input, ``name``
     its stem unless stems clash (:func:`output_names`), and :data:`QUALITY_TABLE`: per image its ``file``, its
-    ``mask``'s name, mask ``quality`` (:func:`~lesionseg.model.quality.mask_quality` at model resolution),
+    ``mask``'s name, mask ``quality`` (:func:`~lesionseg.inference.quality.mask_quality` at model resolution),
     ``review`` (``yes`` when the quality is below ``settings.review_threshold``; empty without one) and
     ``mask_area_px``
     (lesion pixels of the mask). With ``review_only`` only the flagged images' masks (and overlays) are written.
@@ -223,7 +223,7 @@ def predict_files(
     interrupted run are predict's own on the next (:func:`earlier_outputs`), and again with the scores at the end.
 
     Images are resized to the checkpoint's ``size`` exactly as the prepare stage
-    does and run through :func:`~lesionseg.model.predict.predict` with ``settings``, ``batch_size`` at a time:
+    does and run through :func:`~lesionseg.inference.predict.predict` with ``settings``, ``batch_size`` at a time:
     each mask is taken at the image's original size, as evaluation takes it. Unreadable inputs are logged and
     listed in ``summary.failed``; the others still run.
     """

@@ -55,21 +55,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def local_batch_size(batch_size: int, world_size: int) -> int:
-    """Each rank's share of the global ``batch_size``: equal on every rank, else the gradient mean is not the
-    global batch's and the ranks' epoch totals differ in length (a ValueError that names the nearest fixes)."""
-    if batch_size % world_size:
-        lower, upper = batch_size // world_size * world_size, (batch_size // world_size + 1) * world_size
-        fixes = " or ".join(str(n) for n in (lower, upper) if n > 0)
-        divisors = [n for n in range(2, min(batch_size, 8) + 1) if batch_size % n == 0]
-        processes = f", or a number of processes that divides it ({', '.join(map(str, divisors))})" if divisors else ""
-        raise ValueError(
-            f"batch_size {batch_size} is the global batch and must be a multiple of the number of processes "
-            f"({world_size}) so that every rank gets an equal share: set it to {fixes}{processes}"
-        )
-    return batch_size // world_size
-
-
 def state_digest(module: torch.nn.Module) -> str:
     """SHA-256 of every parameter and buffer (names, shapes and values)."""
     digest = hashlib.sha256()

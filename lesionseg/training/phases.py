@@ -25,8 +25,8 @@ import torch.distributed
 
 from lesionseg import atomic, tracking
 from lesionseg.model.checkpoint import read_checkpoint, save_checkpoint
-from lesionseg.model.inference import resolve_numerics, select_device
 from lesionseg.model.model import LesionSegModel, ModelConfig, count_parameters, level_name
+from lesionseg.runtime import resolve_numerics, select_device
 from lesionseg.training.distributed import Distributed
 from lesionseg.training.train import TrainConfig, TrainingJob, TrainResult, train_model
 

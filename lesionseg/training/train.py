@@ -20,20 +20,20 @@ from lesionseg import atomic
 from lesionseg.data.augmentation import AugmentConfig
 from lesionseg.data.batch_augment import DeviceBatches
 from lesionseg.data.cache import Split
-from lesionseg.data.dataset import SegmentationDataset, train_transform
+from lesionseg.data.dataset import SegmentationDataset, local_batch_size, train_transform
+from lesionseg.inference.logits import predict_uint8
 from lesionseg.metrics import confusion_counts, summarize
 from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
-from lesionseg.model.inference import (
+from lesionseg.model.model import LesionSegModel, ModelConfig
+from lesionseg.runtime import (
     Numerics,
     amp_request,
     autocast_for,
     channels_last_request,
-    predict_uint8,
     resolve_numerics,
     select_device,
     tf32_mode,
 )
-from lesionseg.model.model import LesionSegModel, ModelConfig
 from lesionseg.training import distributed as ddp
 from lesionseg.training.losses import DiceBCELoss
 
@@ -81,7 +81,7 @@ class TrainConfig:
     device, data held there; see :mod:`lesionseg.data.batch_augment`) or ``auto``
     (``device`` on CUDA unless a loader-only transform is on, else ``loader``). ``channels_last``: NHWC memory
     layout for model and inputs: ``auto`` (on a CPU with native bf16 only), ``True`` or ``False``
-    (:func:`~lesionseg.model.inference.resolve_numerics` has both choices; what they resolved to is recorded).
+    (:func:`~lesionseg.inference.logits.resolve_numerics` has both choices; what they resolved to is recorded).
     ``compile``: ``eager`` (default) or a ``torch.compile`` mode for the
     training step's forward and backward (``reduce-overhead`` and ``max-autotune``: CUDA graphs,
     for small batches whose GPU time is kernel launches); validation stays
@@ -219,7 +219,7 @@ def training_batches(
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
     loader = DataLoader(
         dataset,
-        batch_size=ddp.local_batch_size(config.batch_size, world),
+        batch_size=local_batch_size(config.batch_size, world),
         sampler=sampler,
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",

@@ -3,7 +3,7 @@
 :class:`InferenceSettings` holds flip TTA, the probability ``threshold``, the mask clean-up
 (:class:`PostprocessConfig`), the zoom-in second pass (:class:`ZoomConfig`) and the review threshold. Every path
 that turns a model into masks (evaluation, cross-validation scoring, calibration, ``lesionseg predict`` and
-``evaluate``, the MLflow pyfunc, the ONNX reference) takes one of these; :func:`lesionseg.model.predict.predict`
+``evaluate``, the MLflow pyfunc, the ONNX reference) takes one of these; :func:`lesionseg.inference.predict.predict`
 applies it.
 
 The defaults are the plain model (no TTA, threshold 0.5, no clean-up, no zoom, no review flag): the recipe
@@ -33,7 +33,7 @@ def logit(probability: float) -> float:
 @dataclass(frozen=True)
 class PostprocessConfig:
     """The mask clean-up: ``keep_largest`` keeps only the largest 8-connected component; ``fill_holes`` fills
-    background regions not connected to the border (:func:`lesionseg.model.postprocess.clean_mask`)."""
+    background regions not connected to the border (:func:`lesionseg.inference.postprocess.clean_mask`)."""
 
     keep_largest: bool = False
     fill_holes: bool = False
@@ -45,7 +45,7 @@ class PostprocessConfig:
 
 @dataclass(frozen=True)
 class ZoomConfig:
-    """The zoom-in second pass (:mod:`lesionseg.model.zoom`). ``enabled``: run it; ``margin``: widening of the
+    """The zoom-in second pass (:mod:`lesionseg.inference.zoom`). ``enabled``: run it; ``margin``: widening of the
     predicted lesion's box on each side, as a share of the box's height (width); ``max_share``: only images
     whose widened box covers less than this share of the image get the second pass (a crop close to the
     whole image changes nothing)."""
@@ -73,7 +73,7 @@ class InferenceSettings:
     """How a model's logits become masks: ``tta`` (average the logits of the image and its three flips),
     ``threshold`` (the lesion probability above which a pixel is lesion), ``postprocess`` (clean-up of the
     thresholded mask), ``zoom`` (the second pass on small lesions) and ``review_threshold`` (masks whose
-    quality, :func:`lesionseg.model.quality.mask_quality`, is below it are flagged for review; ``None``, as for a
+    quality, :func:`lesionseg.inference.quality.mask_quality`, is below it are flagged for review; ``None``, as for a
     training checkpoint or a model exported before it existed: none is flagged)."""
 
     tta: bool = False

@@ -10,8 +10,8 @@ Pillow, SciPy and onnxruntime only (this module imports no torch; neither do the
    (``lesionseg.preprocessing``);
 2. the graph runs on the image and, with flip TTA (``lesionseg.inference``), on its horizontal, vertical
    and double flip; the logits, flipped back, are averaged;
-3. with the zoom-in second pass stored on (:mod:`lesionseg.model.zoom`): the box of the largest predicted
-   component, widened by the stored margin on each side (:func:`~lesionseg.model.boxes.zoom_box`;
+3. with the zoom-in second pass stored on (:mod:`lesionseg.inference.zoom`): the box of the largest predicted
+   component, widened by the stored margin on each side (:func:`~lesionseg.inference.boxes.zoom_box`;
    none when it covers the stored ``zoom_max_share`` of the image or more), is cropped from the ``S`` x ``S``
    input, resized to ``S`` x ``S`` (bilinear, not rounded: :func:`crop_input`) and run as in 2; its logits
    replace the first pass's over the box (:func:`compose_logits`, at every resolution below);
@@ -20,7 +20,8 @@ Pillow, SciPy and onnxruntime only (this module imports no torch; neither do the
 5. the logits are resized to the original size (bilinear, half-pixel centres: :func:`upsample_logits`), cut at
    the stored threshold's logit, and the mask cleaned up (largest component, holes filled) as stored.
 
-Steps 2-5 mirror :func:`lesionseg.model.predict.predict` and its :meth:`~lesionseg.model.predict.Prediction.mask`.
+Steps 2-5 mirror :func:`lesionseg.inference.predict.predict` and its
+:meth:`~lesionseg.inference.predict.Prediction.mask`.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from PIL import Image
 
 from lesionseg.data.images import image_size, model_input, resize_input
 from lesionseg.errors import DataError
-from lesionseg.model.boxes import Box, box_at, zoom_box
-from lesionseg.model.postprocess import clean_mask
-from lesionseg.model.quality import UNCERTAIN_MARGIN, needs_review
-from lesionseg.model.settings import InferenceSettings
+from lesionseg.inference.boxes import Box, box_at, zoom_box
+from lesionseg.inference.postprocess import clean_mask
+from lesionseg.inference.quality import UNCERTAIN_MARGIN, needs_review
+from lesionseg.inference.settings import InferenceSettings
 
 METADATA_KEYS = ("lesionseg.preprocessing", "lesionseg.inference")
 FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both: the order of predict_logits
@@ -122,7 +123,7 @@ def predict_onnx(onnx_path: Path, images: list) -> list[OnnxPrediction]:
 
 def crop_input(pixels: np.ndarray, box: Box) -> np.ndarray:
     """The zoom box of a uint8 ``(S, S, 3)`` model input resized to ``(S, S)`` bilinearly (half-pixel centres,
-    no rounding): float32 ``(S, S, 3)`` in [0, 255], as :func:`lesionseg.model.zoom.crop_input`."""
+    no rounding): float32 ``(S, S, 3)`` in [0, 255], as :func:`lesionseg.inference.zoom.crop_input`."""
     top, left, bottom, right = box
     size = pixels.shape[0]
     crop = pixels[top:bottom, left:right].astype(np.float32)
@@ -131,7 +132,7 @@ def crop_input(pixels: np.ndarray, box: Box) -> np.ndarray:
 
 def compose_logits(logits: np.ndarray, box: Box | None, crop_logits: np.ndarray | None, height: int, width: int):
     """The first pass's logits ``(S, S)`` at ``height`` x ``width``, with the crop's logits resized onto the
-    zoom box, as :func:`lesionseg.model.zoom.compose_logits`."""
+    zoom box, as :func:`lesionseg.inference.zoom.compose_logits`."""
     out = upsample_logits(logits, height, width)
     if box is None:
         return out
@@ -146,7 +147,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def mask_quality(probabilities: np.ndarray, threshold: float = 0.5, margin: float = UNCERTAIN_MARGIN) -> float:
-    """numpy version of :func:`lesionseg.model.quality.mask_quality` (the definition) for one probability map
+    """numpy version of :func:`lesionseg.inference.quality.mask_quality` (the definition) for one probability map
     ``(H, W)`` as ``predict`` computes it: ``1 - uncertain / predicted area``, clipped to [0, 1],
     where a pixel is uncertain when its probability lies less than ``margin`` from ``threshold``; 0 for an
     empty mask."""
@@ -159,7 +160,7 @@ def mask_quality(probabilities: np.ndarray, threshold: float = 0.5, margin: floa
 
 def upsample_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize of ``(h, w)`` to ``(height, width)`` with half-pixel centres, as torch's
-    ``F.interpolate(mode="bilinear", align_corners=False)`` (:func:`lesionseg.model.inference.upsample_logits`)."""
+    ``F.interpolate(mode="bilinear", align_corners=False)`` (:func:`lesionseg.inference.logits.upsample_logits`)."""
     if logits.shape == (height, width):
         return logits
     (y0, y1, wy), (x0, x1, wx) = _taps(logits.shape[0], height), _taps(logits.shape[1], width)

@@ -1,34 +1,22 @@
-"""Batched logits of prepared uint8 images, plain or flip-averaged (TTA); the device, and the number format and
-memory layout the training step uses on it.
+"""Where a model runs and in which number format: the device, and the precision, memory layout and TF32 choice
+that training and inference use on it (the params' ``runtime`` section, resolved).
 
-``runtime.amp`` asks for ``auto``, ``bf16``, ``fp16`` or ``off``, ``runtime.channels_last`` for ``auto``, ``true`` or
-``false``, ``runtime.tf32`` whether fp32 convolutions and matrix products on CUDA may round their inputs to TF32;
-:func:`resolve_numerics` turns the requests into what a device uses (:class:`Numerics`), which the training loop
-records in the checkpoint, the history, the MLflow run and the model card, so two runs that differ in it can be told
-apart. ``auto`` precision is bf16 autocast where the device computes bf16 natively (a CUDA GPU from Ampere on,
-:func:`cuda_has_native_bf16`; a CPU with :func:`cpu_has_native_bf16`), fp16 autocast with a gradient scaler on an
-older CUDA GPU (T4, V100: bf16 convolutions are emulated there), fp32 elsewhere: on an AVX2-only CPU bf16 autocast
-is emulated and about 12x slower than fp32 (issue 30). ``auto`` layout is NHWC (channels-last) on a CPU with native
-bf16 (issue 30 measured it faster there, in fp32 and in bf16) and NCHW elsewhere: on an AVX2-only CPU the real
-training loop was no faster with it, on an H200 the bare steps were slower (docs/benchmarks.md).
-
-Inference (:func:`inference_numerics`) is fp32 without TF32 on every device unless a caller asks for another
-precision, whatever the training used, so evaluation, ``predict``, the pyfunc and the ONNX reference produce the
-same masks on a GPU as on the CPU.
+``runtime.amp`` asks for ``auto``, ``bf16``, ``fp16`` or ``off``, ``runtime.channels_last`` for ``auto``, ``true``
+or ``false``, ``runtime.tf32`` whether fp32 convolutions and matrix products on CUDA may round their inputs to TF32;
+:func:`resolve_numerics` turns the requests into what a device uses (:class:`Numerics`), recorded with every trained
+model. ``auto`` is bf16 autocast only where the device computes bf16 natively (a CUDA GPU from Ampere on, a CPU with
+AVX512-BF16, AMX or Arm BF16: emulated bf16 is many times slower than fp32), fp16 autocast with a gradient scaler on
+an older CUDA GPU, fp32 elsewhere; channels-last where it measured faster (a CPU with native bf16;
+docs/benchmarks.md). Inference (:func:`inference_numerics`) is fp32 without TF32 on every device unless a caller asks
+for another precision, so one image gets one mask on every device and path.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-
-from lesionseg.data.normalize import normalize_batch
-from lesionseg.model.settings import InferenceSettings
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -160,63 +148,3 @@ def inference_numerics(device: torch.device, precision: str = "fp32"):
     reference on every device) or, when a caller asks, ``bf16``/``fp16`` autocast."""
     with tf32_mode(False), autocast_for(precision, device):
         yield
-
-
-@torch.no_grad()
-def plain_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits ``(N, 1, H, W)`` float32 for normalised ``x`` ``(N, 3, H, W)``."""
-    return model(x).float()
-
-
-@torch.no_grad()
-def flip_averaged_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Flip TTA: the mean of the logits ``(N, 1, H, W)`` of ``x`` and of its horizontal, vertical and double
-    flip, each flipped back first."""
-    total = model(x).float()
-    for dims in ((-1,), (-2,), (-2, -1)):
-        total += model(x.flip(dims)).float().flip(dims)
-    return total / 4
-
-
-LogitsFunction = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-
-
-def logits_function(settings: InferenceSettings) -> LogitsFunction:
-    """How the settings run the network on a batch: :func:`flip_averaged_logits` with TTA, else
-    :func:`plain_logits`."""
-    return flip_averaged_logits if settings.tta else plain_logits
-
-
-@torch.no_grad()
-def predict_uint8(
-    model: nn.Module,
-    images: torch.Tensor,
-    batch_size: int = 32,
-    device: torch.device | None = None,
-    precision: str = "fp32",
-    forward: LogitsFunction = plain_logits,
-) -> torch.Tensor:
-    """Logits on the CPU, ``(N, 1, S, S)``, for uint8 ``(N, S, S, 3)`` images, in eval mode, each normalised
-    batch run through ``forward`` (:func:`logits_function`; the plain network by default) in ``precision``
-    (:func:`inference_numerics`)."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = normalize_batch(images[start : start + batch_size].to(device))
-        with inference_numerics(device, precision):
-            out.append(forward(model, batch).cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 1, *images.shape[1:3])
-
-
-def upsample_logits(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear resize of ``(N, 1, h, w)`` logits to ``(N, 1, height, width)``.
-
-    Logits (not thresholded masks) are interpolated, so the boundary lands
-    between pixels the way the network's probability field puts it.
-    """
-    if logits.shape[-2:] == (height, width):
-        return logits
-    return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from lesionseg.model.settings import PostprocessConfig
+from lesionseg.inference.settings import PostprocessConfig
 
 if TYPE_CHECKING:  # imported where used: clean_mask serves the torch-free ONNX reference too
     import torch

@@ -1,16 +1,17 @@
-"""One function from a model to masks: :func:`predict` applies :class:`~lesionseg.model.settings.InferenceSettings`.
+"""One function from a model to masks: :func:`predict` applies :class:`~lesionseg.inference.settings.InferenceSettings`.
 
 Every path that turns a model into masks calls it: evaluation (the test split, external sets, the validation
 split's review threshold), cross-validation scoring, calibration, ``lesionseg predict`` and ``lesionseg
 evaluate``, the MLflow pyfunc and the report's sample figures, so one image gets one mask, one quality score and
-one review flag everywhere. :mod:`lesionseg.serving.onnx_reference` mirrors it without torch.
+one review flag everywhere. :mod:`lesionseg.inference.onnx_reference` mirrors it without torch.
 
 The steps, on uint8 model inputs ``(N, S, S, 3)``:
 
-1. the network's logits, flip-averaged with ``settings.tta`` (:func:`~lesionseg.model.inference.predict_uint8`);
-2. with ``settings.zoom.enabled``, the zoom-in second pass on small lesions (:func:`~lesionseg.model.zoom.zoom_pass`),
+1. the network's logits, flip-averaged with ``settings.tta`` (:func:`~lesionseg.inference.logits.predict_uint8`);
+2. with ``settings.zoom.enabled``, the zoom-in second pass on small lesions
+   (:func:`~lesionseg.inference.zoom.zoom_pass`),
    whose crop logits replace the first pass's over the lesion's box at every resolution;
-3. each mask's quality (:func:`~lesionseg.model.quality.mask_quality`) from those logits at the input size, and its
+3. each mask's quality (:func:`~lesionseg.inference.quality.mask_quality`) from those logits at the input size, and its
    review flag (quality below ``settings.review_threshold``);
 4. on request, an image's mask at any size, e.g. its original one (:meth:`Prediction.mask`): the logits resized
    (bilinear), above the threshold's logit (:func:`mask_from_logits`), cleaned up (``settings.postprocess``).
@@ -24,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lesionseg.model.inference import logits_function, predict_uint8
-from lesionseg.model.postprocess import clean_mask, clean_masks
-from lesionseg.model.quality import mask_quality, needs_review
-from lesionseg.model.settings import InferenceSettings
-from lesionseg.model.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass
+from lesionseg.inference.logits import logits_function, predict_uint8
+from lesionseg.inference.postprocess import clean_mask, clean_masks
+from lesionseg.inference.quality import mask_quality, needs_review
+from lesionseg.inference.settings import InferenceSettings
+from lesionseg.inference.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Prediction:
         return [box is not None for box in self.second_pass.boxes]
 
     def logits(self, index: int, height: int, width: int) -> torch.Tensor:
-        """Image ``index``'s logits ``(height, width)`` (:func:`~lesionseg.model.zoom.compose_logits`)."""
+        """Image ``index``'s logits ``(height, width)`` (:func:`~lesionseg.inference.zoom.compose_logits`)."""
         return compose_logits(self.first_logits, self.second_pass, index, height, width)[0, 0]
 
     def mask(self, index: int, height: int, width: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The zoom-in second pass's box (:mod:`lesionseg.model.zoom`): where the predicted lesion is, widened, and the
+"""The zoom-in second pass's box (:mod:`lesionseg.inference.zoom`): where the predicted lesion is, widened, and the
 same box at another resolution. Torch-free, for the ONNX reference too."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from lesionseg.model.postprocess import largest_component
-from lesionseg.model.settings import ZoomConfig
+from lesionseg.inference.postprocess import largest_component
+from lesionseg.inference.settings import ZoomConfig
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right) in model-input pixels, bottom/right exclusive
 

@@ -13,7 +13,7 @@ cross-validation scoring, ``lesionseg predict``, the MLflow pyfunc, the ONNX ref
 pixels: on ``isic2018-extra`` cropping the 128 px input scores within 0.002 IoU of cropping the original
 (docs/other-clinics.md, "Small lesions"); the gain comes from the lesion filling the frame.
 
-:func:`zoom_pass` runs the second pass on a batch (:func:`lesionseg.model.predict.predict` runs both);
+:func:`zoom_pass` runs the second pass on a batch (:func:`lesionseg.inference.predict.predict` runs both);
 :func:`compose_logits` gives one image's logits at any resolution (the crop's logits resized onto the box).
 """
 
@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesionseg.data.normalize import normalize_float
-from lesionseg.model.boxes import Box, box_at, zoom_box
-from lesionseg.model.inference import inference_numerics, logits_function, upsample_logits
-from lesionseg.model.settings import InferenceSettings
+from lesionseg.inference.boxes import Box, box_at, zoom_box
+from lesionseg.inference.logits import logits_function, upsample_logits
+from lesionseg.inference.settings import InferenceSettings
+from lesionseg.runtime import inference_numerics
 
 
 def crop_input(images: torch.Tensor, box: Box) -> torch.Tensor:
@@ -60,9 +61,9 @@ def zoom_pass(
     precision: str = "fp32",
 ) -> ZoomPass:
     """The second pass for uint8 ``images`` ``(N, S, S, 3)`` given the first pass's ``first_logits``
-    ``(N, 1, S, S)``: each image's box (:func:`~lesionseg.model.boxes.zoom_box` of the lesion, probability above
+    ``(N, 1, S, S)``: each image's box (:func:`~lesionseg.inference.boxes.zoom_box` of the lesion, probability above
     ``settings.threshold``, with ``settings.zoom``) cropped and run in eval mode with the settings' flip TTA, as
-    the first pass was, in ``precision`` (:func:`~lesionseg.model.inference.inference_numerics`)."""
+    the first pass was, in ``precision`` (:func:`~lesionseg.inference.logits.inference_numerics`)."""
     size = images.shape[1]
     boxes = [zoom_box((logits[0] > settings.cut).numpy(), settings.zoom) for logits in first_logits]
     out = torch.zeros(len(images), 1, size, size)
