@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lesionseg.data.augmentation import AugmentConfig
+from lesionseg.augment.augmentation import AugmentConfig
 from lesionseg.model.encoder import IMAGENET_WEIGHTS, NO_WEIGHTS
 from lesionseg.model.model import ModelConfig, parse_unfreeze_level
 from lesionseg.training.train import TrainConfig

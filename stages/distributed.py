@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from lesionseg.data.dataset import local_batch_size
+from lesionseg.augment.dataset import local_batch_size
 from lesionseg.runtime import select_device
 from lesionseg.training import distributed
 from stages.params import ParamError, get

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lesionseg.data.augmentation import LESION_CROP_MARGIN, AugmentConfig, lesion_crop_boxes
-from lesionseg.data.batch_augment import DeviceBatches, augment_batch, hsv_to_rgb, rgb_to_hsv
-from lesionseg.data.dataset import SegmentationDataset, train_transform
+from lesionseg.augment.augmentation import LESION_CROP_MARGIN, AugmentConfig, lesion_crop_boxes
+from lesionseg.augment.batch_augment import DeviceBatches, augment_batch, hsv_to_rgb, rgb_to_hsv
+from lesionseg.augment.dataset import SegmentationDataset, train_transform
 from lesionseg.data.normalize import normalize_batch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

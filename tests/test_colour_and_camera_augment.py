@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from lesionseg.data.augmentation import AugmentConfig
-from lesionseg.data.batch_augment import augment_batch
-from lesionseg.data.dataset import train_transform
+from lesionseg.augment.augmentation import AugmentConfig
+from lesionseg.augment.batch_augment import augment_batch
+from lesionseg.augment.dataset import train_transform
 from lesionseg.data.normalize import normalize_batch
 from lesionseg.model.checkpoint import load_model, make_checkpoint, save_checkpoint
 from lesionseg.model.colour import ShadesOfGray, build_colour_constancy

@@ -16,8 +16,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lesionseg import runtime
-from lesionseg.data.augmentation import AugmentConfig
-from lesionseg.data.batch_augment import DeviceBatches, augment_batch
+from lesionseg.augment.augmentation import AugmentConfig
+from lesionseg.augment.batch_augment import DeviceBatches, augment_batch
 from lesionseg.data.cache import Split
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.inference.logits import logits_function, predict_uint8

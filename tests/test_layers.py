@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 BASE = {"lesionseg/atomic.py", "lesionseg/errors.py", "lesionseg/metrics.py", "lesionseg/runtime.py"}
 BASE |= {"lesionseg/tracking.py"}
 BASE |= {"lesionseg/mlflow_view.py", "lesionseg/recipes.py", "lesionseg/__init__.py"}
-LAYERS = ("data", "model", "inference", "training", "evaluation", "experiments", "report", "serving")
+LAYERS = ("data", "augment", "model", "inference", "training", "evaluation", "experiments", "report", "serving")
 TOP = {"lesionseg/cli.py"}
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lesionseg.data.augmentation import AugmentConfig
+from lesionseg.augment.augmentation import AugmentConfig
+from lesionseg.augment.dataset import SegmentationDataset, train_transform
 from lesionseg.data.cache import Split, decode_mask, encode_mask
-from lesionseg.data.dataset import SegmentationDataset, train_transform
 from lesionseg.data.normalize import normalize_batch
 from lesionseg.data.prepare import PrepareConfig, decode_pair, prepare_dataset, train_val_indices
 from lesionseg.errors import DataError

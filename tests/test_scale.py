@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lesionseg.data import batch_augment
-from lesionseg.data.augmentation import AugmentConfig
-from lesionseg.data.batch_augment import DeviceBatches
+from lesionseg.augment import batch_augment
+from lesionseg.augment.augmentation import AugmentConfig
+from lesionseg.augment.batch_augment import DeviceBatches
 from lesionseg.inference.logits import predict_uint8
 from lesionseg.model.checkpoint import load_model, read_checkpoint
 from tests import helpers

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lesionseg.data.augmentation import AugmentConfig
+from lesionseg.augment.augmentation import AugmentConfig
 from lesionseg.data.prepare import PrepareConfig
 from lesionseg.training.train import TrainConfig
 from stages.configs import train_config, unfreeze_levels

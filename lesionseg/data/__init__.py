@@ -1,1 +1,1 @@
-"""Reading the ISIC archives, decoding and caching image/mask pairs, augmentation."""
+"""Where the images come from: the archives, their pairing and checks, the prepared cache, external folders."""

@@ -26,5 +26,5 @@ def normalize_float(x: torch.Tensor) -> torch.Tensor:
 
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, H, W)``; what albumentations' ``Normalize`` in
-    :func:`lesionseg.data.dataset.train_transform` computes."""
+    :func:`lesionseg.augment.dataset.train_transform` computes."""
     return normalize_float(images.permute(0, 3, 1, 2).float())

@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from lesionseg import atomic
-from lesionseg.data.augmentation import AugmentConfig
-from lesionseg.data.batch_augment import DeviceBatches
+from lesionseg.augment.augmentation import AugmentConfig
+from lesionseg.augment.batch_augment import DeviceBatches
+from lesionseg.augment.dataset import SegmentationDataset, local_batch_size, train_transform
 from lesionseg.data.cache import Split
-from lesionseg.data.dataset import SegmentationDataset, local_batch_size, train_transform
 from lesionseg.inference.logits import predict_uint8
 from lesionseg.metrics import confusion_counts, summarize
 from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
@@ -78,7 +78,7 @@ class TrainConfig:
     average of the weights (updated every step) instead of the raw weights.
     ``augment_on``: ``loader`` (albumentations in a CPU DataLoader),
     ``device`` (the same augmentation as batched tensor ops on the training
-    device, data held there; see :mod:`lesionseg.data.batch_augment`) or ``auto``
+    device, data held there; see :mod:`lesionseg.augment.batch_augment`) or ``auto``
     (``device`` on CUDA unless a loader-only transform is on, else ``loader``). ``channels_last``: NHWC memory
     layout for model and inputs: ``auto`` (on a CPU with native bf16 only), ``True`` or ``False``
     (:func:`~lesionseg.inference.logits.resolve_numerics` has both choices; what they resolved to is recorded).

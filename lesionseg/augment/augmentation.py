@@ -2,8 +2,8 @@
 lesion-aware crop's geometry.
 
 Torch only, so that both augmentation paths build on it without importing each other: albumentations on the
-CPU (:func:`lesionseg.data.dataset.train_transform`, with :class:`lesionseg.data.lesion_crop.LesionCrop`) and
-batched tensor ops on the training device (:mod:`lesionseg.data.batch_augment`).
+CPU (:func:`lesionseg.augment.dataset.train_transform`, with :class:`lesionseg.augment.lesion_crop.LesionCrop`) and
+batched tensor ops on the training device (:mod:`lesionseg.augment.batch_augment`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class AugmentConfig:
     at 128 px), ``noise`` (Gaussian sensor noise, std up to 5% of the range),
     ``jpeg`` (JPEG re-compression at quality 40-95). The ranges are the
     module's ``*_LIMIT`` constants, shared with the batched GPU version
-    (:mod:`lesionseg.data.batch_augment`).
+    (:mod:`lesionseg.augment.batch_augment`).
     """
 
     hflip: float = 0.0
@@ -70,7 +70,7 @@ PROBABILITIES = (
     "lesion_crop",
 )
 # Every transform's range, used by both augmentation paths (albumentations here, batched tensor ops in
-# lesionseg.data.batch_augment), so the two draw from the same distributions. The probabilities are the recipe's
+# lesionseg.augment.batch_augment), so the two draw from the same distributions. The probabilities are the recipe's
 # (params.yaml ``augment``); these ranges are not params: changing one changes the augmentation's definition.
 SHIFT_LIMIT = 0.06  # the affine's shift, fraction of the side, per axis
 BRIGHTNESS_LIMIT = 0.2  # x * (1 + U(-c, c)) + 255 * U(-b, b)
@@ -93,7 +93,7 @@ def lesion_crop_boxes(masks: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
     between the lesion's extent (the longer side of its bounding box) plus :data:`LESION_CROP_MARGIN` of it
     on each side and the whole image, the position uniformly among the squares of that side that hold the
     bounding box inside the image. An empty mask gets the whole image (no crop). Both augmentation paths
-    (albumentations' :class:`~lesionseg.data.lesion_crop.LesionCrop` and the batched one) draw their crops here.
+    (albumentations' :class:`~lesionseg.augment.lesion_crop.LesionCrop` and the batched one) draw their crops here.
     """
     size = masks.shape[-1]
     index = torch.arange(size, device=masks.device, dtype=torch.float32)

@@ -1,5 +1,5 @@
 """The training dataset over prepared uint8 tensors, with the albumentations transform of the recipe's
-augmentation (:mod:`lesionseg.data.augmentation` defines it)."""
+augmentation (:mod:`lesionseg.augment.augmentation` defines it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lesionseg.data.augmentation import (
+from lesionseg.augment.augmentation import (
     BLUR_KERNEL_LIMIT,
     BLUR_SIGMA_LIMIT,
     BRIGHTNESS_LIMIT,
@@ -37,7 +37,7 @@ def train_transform(config: AugmentConfig, seed: int | None = None) -> A.Compose
 
     transforms = [A.HorizontalFlip(p=config.hflip), A.VerticalFlip(p=config.vflip)]
     if config.lesion_crop > 0:  # first: it looks for the lesion in the unaugmented mask
-        from lesionseg.data.lesion_crop import LesionCrop
+        from lesionseg.augment.lesion_crop import LesionCrop
 
         transforms.insert(0, LesionCrop(p=config.lesion_crop))
     if config.scale_rotate > 0:

@@ -1,6 +1,6 @@
 """The training augmentation as batched tensor ops, for data kept on the training device.
 
-:func:`lesionseg.data.dataset.train_transform` augments one image at a time with
+:func:`lesionseg.augment.dataset.train_transform` augments one image at a time with
 albumentations on the CPU. On a GPU the model eats batches faster than a CPU
 loader can decode, augment and copy them, so :class:`DeviceBatches` keeps the
 cached uint8 tensors on the device and :func:`augment_batch` applies the same
@@ -28,7 +28,7 @@ ImageCompression            JPEG at quality U{40..95} (``torchvision.io``, on th
 Normalize                   ImageNet mean/std
 ==========================  ===========================================================
 
-``scale_limit`` and ``rotate_limit`` are :class:`~lesionseg.data.augmentation.AugmentConfig` fields (params.yaml's
+``scale_limit`` and ``rotate_limit`` are :class:`~lesionseg.augment.augmentation.AugmentConfig` fields (params.yaml's
 ``augment`` section); the fixed ranges are that module's ``*_LIMIT`` constants, which both paths read.
 
 Each image draws its own parameters, as it would in a CPU loader. Values are
@@ -44,7 +44,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lesionseg.data.augmentation import (
+from lesionseg.augment.augmentation import (
     BLUR_KERNEL_LIMIT,
     BLUR_SIGMA_LIMIT,
     BRIGHTNESS_LIMIT,
@@ -60,7 +60,7 @@ from lesionseg.data.augmentation import (
     crop_theta,
     lesion_crop_boxes,
 )
-from lesionseg.data.dataset import local_batch_size
+from lesionseg.augment.dataset import local_batch_size
 from lesionseg.data.normalize import normalize_float
 
 # The batched blur builds the 3- and 5-tap kernels that albumentations draws from BLUR_KERNEL_LIMIT.
@@ -110,7 +110,7 @@ def _affine(x, m, p: float, rotate_limit: float, scale_limit: float, generator):
 
 
 def _lesion_crop(x, m, p: float, generator):
-    """:func:`~lesionseg.data.augmentation.lesion_crop_boxes`' crops of the chosen images, resized to the input size
+    """:func:`~lesionseg.augment.augmentation.lesion_crop_boxes`' crops of the chosen images, resized to the input size
     (image bilinear, mask nearest); the others keep the whole image (the identity grid)."""
     n, device, size = len(x), x.device, x.shape[-1]
     chosen = _chosen(n, p, generator, device)
@@ -270,7 +270,7 @@ class DeviceBatches:
     rank draws the same order (padded, like ``DistributedSampler``, to a
     multiple of ``world_size``) and yields its strided share of each global
     batch, augmented with its own generator. ``batch_size`` must split evenly
-    (:func:`~lesionseg.data.dataset.local_batch_size`), so every
+    (:func:`~lesionseg.augment.dataset.local_batch_size`), so every
     rank's share of every batch, the last one too, has the same size.
     """
 

@@ -1,7 +1,7 @@
-"""The albumentations transform of the lesion-aware crop (:func:`lesionseg.data.augmentation.lesion_crop_boxes`).
+"""The albumentations transform of the lesion-aware crop (:func:`lesionseg.augment.augmentation.lesion_crop_boxes`).
 
 A module of its own, imported where a CPU transform is built: it subclasses albumentations' ``DualTransform``,
-which :mod:`lesionseg.data.augmentation` does not import, and a class at module level pickles into DataLoader
+which :mod:`lesionseg.augment.augmentation` does not import, and a class at module level pickles into DataLoader
 worker processes.
 """
 
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import torch
 
-from lesionseg.data.augmentation import lesion_crop_boxes
+from lesionseg.augment.augmentation import lesion_crop_boxes
 
 
 class LesionCrop(A.DualTransform):
