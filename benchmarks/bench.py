@@ -20,11 +20,11 @@ process so that its peak resident memory is its own. Run with
 - ``prepare_ips``: decode + resize + cache of generated JPEG/PNG pairs at
   1024x768 and 4288x2848 with the real prepare code (worker processes), and
   whether its output equals the in-process path;
-- ``quality``: the share of ``lesionseg predict``'s time (:func:`lesionseg.serving.predict.predict_files` on
+- ``quality``: the share of ``lesionseg predict``'s time (:func:`lesionseg.serving.predict_files.predict_files` on
   generated 1024x768 JPEGs, flip TTA and clean-up, as the exported model predicts) spent computing the masks'
   quality score (:func:`lesionseg.inference.quality.mask_quality`, timed call by call), and predict's time with the
   score replaced by zeros; median of 3 interleaved rounds after a warm-up;
-- ``zoom``: ``lesionseg predict``'s time (:func:`~lesionseg.serving.predict.predict_files` as above) with the
+- ``zoom``: ``lesionseg predict``'s time (:func:`~lesionseg.serving.predict_files.predict_files` as above) with the
   zoom-in second pass (:mod:`lesionseg.inference.zoom`) on every image (its box fixed to the central half, the
   worst case: a real first pass skips large and empty masks) against without; median of 3 interleaved rounds;
 - ``e2e`` (not in the default parts): a real ``dvc repro`` in a scratch copy of

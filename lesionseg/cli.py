@@ -41,7 +41,7 @@ def _load_for_inference(args):
 
 
 def cmd_predict(args) -> int:
-    from lesionseg.serving.predict import collect_inputs, predict_files, some_names
+    from lesionseg.serving.predict_files import collect_inputs, first_names, predict_files
 
     model, checkpoint, settings, device = _load_for_inference(args)
     if settings.review_threshold is None:
@@ -62,7 +62,7 @@ def cmd_predict(args) -> int:
     if inputs.skipped:
         print(
             f"note: skipped {len(inputs.skipped)} mask or overlay file(s) among the inputs (named *_mask.png, "
-            f"*_overlay.png, or as a mask beside its image): {some_names([p.name for p in inputs.skipped])}",
+            f"*_overlay.png, or as a mask beside its image): {first_names([p.name for p in inputs.skipped])}",
             file=sys.stderr,
         )
     if not paths:
@@ -213,12 +213,12 @@ def cmd_export(args) -> int:
 
 def cmd_compare(args) -> int:
     from lesionseg.evaluation.lesion_size import split_by_size
-    from lesionseg.experiments.compare import compare_runs, format_markdown, format_text, one_model
+    from lesionseg.experiments.compare import as_one_model, compare_runs, format_markdown, format_text
     from lesionseg.experiments.runs import read_run
 
     a, b = (read_run(source, args.set, args.per_image_dir, args.reports_dir) for source in (args.a, args.b))
     if Path(args.a).is_file() and Path(args.b).is_file():
-        a, b = one_model(a, b)  # two tables (frozen.csv, finetune_all.csv): compared whatever their names
+        a, b = as_one_model(a, b)  # two tables (frozen.csv, finetune_all.csv): compared whatever their names
     if args.by_size:
         a.tables, b.tables = split_by_size(a.tables), split_by_size(b.tables)
     comparison = compare_runs(a, b, args.metric, args.model or None)

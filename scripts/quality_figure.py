@@ -30,7 +30,7 @@ from docs_figures import shrink  # noqa: E402  (scripts/ is on sys.path when thi
 from lesionseg.data.cache import Split  # noqa: E402
 from lesionseg.data.external import ExternalSet, prepare_external  # noqa: E402
 from lesionseg.evaluation import review  # noqa: E402
-from lesionseg.evaluation.crossval import score_fold  # noqa: E402
+from lesionseg.evaluation.fold_scores import score_fold  # noqa: E402
 from lesionseg.inference.quality import needs_review  # noqa: E402
 from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig  # noqa: E402
 from lesionseg.report.figures import plot_risk_coverage  # noqa: E402

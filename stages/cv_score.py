@@ -33,7 +33,7 @@ from pathlib import Path
 
 from lesionseg import atomic
 from stages.external_sets import load_external_sets
-from stages.launch import main, work
+from stages.launch import main, timed_work
 from stages.params import get, load_params
 
 
@@ -97,7 +97,7 @@ def score_and_write(params: dict, manifest: dict, trained_in: dict, args, per_im
     folds = folds_from_manifest(pairs, manifest)
     sets = load_external_sets(params, args.external)
 
-    with work(folds=len(folds)):
+    with timed_work(folds=len(folds)):
         fold_scores = score_folds(folds, args.models, sets, settings, batch_size, device)
     results = crossval_results(fold_scores, get(params, "evaluate.review_fraction"))
     for name, table in results.out_of_fold.items():

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from lesionseg import atomic
 from stages import runlog
-from stages.launch import main, work
+from stages.launch import main, timed_work
 from stages.params import get, load_params
 
 
@@ -76,7 +76,7 @@ def train(params: dict, manifest: dict, args, fold_dir: Path) -> list:
         results.append(result)
         return result
 
-    with work(fold=fold.index):
+    with timed_work(fold=fold.index):
         checkpoints = train_fold(fold, arch, frozen_config, finetune_config, levels, fold_dir, runner)
     record = {"fold": fold.index, "folds": manifest["folds"], "models": list(checkpoints), "mlflow_run_id": cv_run}
     atomic.write_json(fold_dir / "fold.json", record)

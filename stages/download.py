@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from lesionseg.data.download import DownloadConfig, download_and_extract
-from stages.launch import main, work
+from stages.launch import main, timed_work
 from stages.params import ParamError, get, load_params, local_path
 
 
@@ -34,7 +34,7 @@ def run() -> None:
     cache = get(params, "download.cache")
     if not isinstance(cache, str) or not cache:
         raise ParamError(f"params.yaml: download.cache must be a folder, got {cache!r}")
-    with work():
+    with timed_work():
         download_and_extract(config, args.raw, Path(local_path(cache)))
 
 

@@ -35,12 +35,12 @@ from lesionseg.evaluation.calibrate import CalibrationDraw, score_calibrated_set
 from lesionseg.evaluation.cv_ensemble import evaluate_cv_ensemble
 from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX, TEST_TABLE, evaluate_checkpoint
 from lesionseg.evaluation.selection import pipeline_checkpoints
-from lesionseg.experiments.records import ModelMetrics, metrics_json
+from lesionseg.experiments.model_metrics import ModelMetrics, metrics_json
 from lesionseg.model.checkpoint import load_model
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.runtime import select_device
 from stages.external_sets import load_external_sets
-from stages.launch import main, work
+from stages.launch import main, timed_work
 from stages.params import ParamError, get, load_params
 from stages.runlog import mlflow_setup, run_tags
 from stages.settings import inference_settings
@@ -106,7 +106,7 @@ def run() -> None:
 
     all_metrics, trained_in = {}, {}
     with atomic.atomic_dir(args.per_image) as per_image_dir:
-        with work():  # scoring; the MLflow logging below is not the stage's work
+        with timed_work():  # scoring; the MLflow logging below is not the stage's work
             for name, path in pipeline_checkpoints(args.frozen, args.finetuned).items():
                 metrics, tables, checkpoint = evaluate_checkpoint(
                     path,

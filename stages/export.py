@@ -16,15 +16,15 @@ from pathlib import Path
 
 from lesionseg import atomic, tracking
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
-from lesionseg.experiments.records import parse_metrics
+from lesionseg.experiments.model_metrics import parse_metrics
 from lesionseg.inference.exported import package_model
 from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.model.model import parameter_counts_by_level
-from lesionseg.serving.card_records import cv_summary, exported_tables, recipe_of, review_by_evaluation, training_data
+from lesionseg.serving.card_facts import cv_summary, exported_tables, recipe_of, review_by_evaluation, training_data
 from lesionseg.serving.export import export_onnx, log_pyfunc_model
 from lesionseg.serving.model_card import card_markdown, card_results, model_card
 from stages.external_sets import external_folders
-from stages.launch import main, work
+from stages.launch import main, timed_work
 from stages.params import ParamError, get, load_params, repo_root
 from stages.runlog import mlflow_setup
 from stages.settings import inference_settings
@@ -67,7 +67,7 @@ def run() -> None:
         paths = [checkpoints[chosen]]
     settings = inference_settings(params, review_threshold=stored_review_threshold(args.metrics, chosen))
     parent = mlflow_setup(params)
-    with work():
+    with timed_work():
         package = package_model(paths, settings)
         card = model_card(
             name=chosen,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lesionseg import atomic
 from stages.external_sets import external_folders
-from stages.launch import main, work
+from stages.launch import main, timed_work
 from stages.params import ParamError, get, load_params, local_path
 
 log = logging.getLogger("lesionseg")
@@ -49,7 +49,7 @@ def run() -> None:
     spec = external_set(params, args.name)
     from lesionseg.data.external import prepare_external
 
-    with work():
+    with timed_work():
         split, pairing = prepare_external(spec, get(params, "data.size"), get(params, "data.workers"))
     for line in pairing.skipped:
         log.warning("external set %s: skipped %s", spec.name, line)

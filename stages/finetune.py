@@ -19,7 +19,7 @@ from lesionseg.training.train import TrainingJob
 from stages import runlog
 from stages.configs import train_config, unfreeze_levels
 from stages.distributed import distributed_rank
-from stages.launch import main, work
+from stages.launch import main, timed_work
 from stages.params import get, load_params
 from stages.runlog import mlflow_setup, raise_logging_errors, run_tags
 
@@ -59,7 +59,7 @@ def run() -> None:
             checkpoint, history = models_dir / f"{name}.pt", histories_dir / f"{name}.csv"
             job = TrainingJob(model, model_config, train_split, val_split, config, checkpoint, history)
             images = len(train_split) * config.epochs
-            with work(phase=name, unfreeze=level_name(level), images=images):
+            with timed_work(phase=name, unfreeze=level_name(level), images=images):
                 result = train_phase(
                     name,
                     job,

@@ -48,7 +48,7 @@ def main(fn) -> None:
 
 
 @contextlib.contextmanager
-def work(**info):
+def timed_work(**info):
     """Mark the stage's work (the library call, after imports and reading inputs) for the benchmark.
 
     If ``LESIONSEG_TIMING_LOG`` names a file, a JSON line with the stage, the

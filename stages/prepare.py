@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
-from stages.launch import main, work
+from stages.launch import main, timed_work
 from stages.params import build, load_params
 
 
@@ -14,7 +14,7 @@ def run() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     config = build(PrepareConfig, load_params(), "data", skip=("max_pixels",))
-    with work():
+    with timed_work():
         prepare_dataset(args.raw, args.out, config)
 
 

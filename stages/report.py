@@ -9,12 +9,12 @@ from lesionseg import tracking
 from lesionseg.data.cache import Split
 from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX
 from lesionseg.evaluation.selection import choose_model, pipeline_checkpoints
-from lesionseg.experiments.records import parse_metrics
+from lesionseg.experiments.model_metrics import parse_metrics
 from lesionseg.experiments.runs import read_tables
 from lesionseg.model.checkpoint import load_model
 from lesionseg.report.pipeline_report import load_histories, write_pipeline_report
 from stages.external_sets import load_external_sets
-from stages.launch import main, work
+from stages.launch import main, timed_work
 from stages.params import get, load_params
 from stages.runlog import mlflow_setup
 
@@ -39,7 +39,7 @@ def run() -> None:
     model, _ = load_model(checkpoints[chosen])
     external = load_external_sets(params, args.external)
     scored = [*external, *(name + CALIBRATED_SUFFIX for name in get(params, "evaluate.calibrate") or {})]
-    with work():
+    with timed_work():
         write_pipeline_report(
             model,
             chosen,

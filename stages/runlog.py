@@ -18,7 +18,7 @@ from stages.codeset import stage_code
 from stages.params import get, repo_root
 
 if TYPE_CHECKING:
-    from lesionseg.training.phases import Deferred
+    from lesionseg.training.phases import DeferredLogging
 
 PENDING_DIR = Path(".lesionseg") / "pending"  # phases whose MLflow logging is deferred (lesionseg.training.phases)
 # MLflow's own HTTP retry settings, unless the user set them: a tracking server that stops answering
@@ -61,13 +61,13 @@ def run_tags(phase: str) -> dict:
     }
 
 
-def deferred(params: dict, inputs: list[Path], stage_module: str) -> Deferred:
+def deferred(params: dict, inputs: list[Path], stage_module: str) -> DeferredLogging:
     """Where a training stage keeps logging it could not do, keyed by params, input files and the stage's code.
 
     The code is the set DVC's deps hold for the stage (:func:`stages.codeset.stage_code`): a pending
     log is completed only by a run of the same code on the same inputs, the run DVC would skip.
     """
-    from lesionseg.training.phases import Deferred
+    from lesionseg.training.phases import DeferredLogging
 
     code_root = Path(__file__).resolve().parents[1]  # the code that runs (a torchrun test runs it from elsewhere)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
@@ -78,7 +78,7 @@ def deferred(params: dict, inputs: list[Path], stage_module: str) -> Deferred:
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
-    return Deferred(repo_root() / PENDING_DIR, digest.hexdigest())
+    return DeferredLogging(repo_root() / PENDING_DIR, digest.hexdigest())
 
 
 def raise_logging_errors(results) -> None:

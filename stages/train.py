@@ -13,7 +13,7 @@ from lesionseg.training.phases import train_phase
 from lesionseg.training.train import TrainingJob, seed_everything
 from stages import configs, runlog
 from stages.distributed import distributed_rank
-from stages.launch import main, work
+from stages.launch import main, timed_work
 from stages.params import load_params
 from stages.runlog import mlflow_setup, raise_logging_errors, run_tags
 
@@ -37,7 +37,7 @@ def run() -> None:
 
     main_rank = rank is None or rank.is_main
     parent = mlflow_setup(params) if main_rank else None
-    with work(phase="frozen", unfreeze="0", images=len(train_split) * config.epochs):
+    with timed_work(phase="frozen", unfreeze="0", images=len(train_split) * config.epochs):
         result = train_phase(
             "frozen",
             TrainingJob(model, model_config, train_split, val_split, config, args.checkpoint, args.history),

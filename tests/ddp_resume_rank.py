@@ -13,7 +13,7 @@ import torch
 from lesionseg.data.cache import Split
 from lesionseg.model.model import ModelConfig, build_model
 from lesionseg.training import distributed
-from lesionseg.training.phases import Deferred, train_phase
+from lesionseg.training.phases import DeferredLogging, train_phase
 from lesionseg.training.train import TrainConfig, TrainingJob
 
 prepared, pending, key, out = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
@@ -24,6 +24,8 @@ config = TrainConfig(epochs=1, batch_size=8, device="cpu", progress=False)
 model = build_model(ModelConfig("none"), unfreeze=0)
 job = TrainingJob(model, ModelConfig("none"), train, val, config, out / "c.pt", out / "h.csv")
 # As the stages call it: only rank 0 is given the pending folder.
-result = train_phase("frozen", job, {}, None, deferred=Deferred(pending, key) if ctx.is_main else None, distributed=ctx)
+result = train_phase(
+    "frozen", job, {}, None, deferred=DeferredLogging(pending, key) if ctx.is_main else None, distributed=ctx
+)
 print(f"rank {ctx.rank} returned: best epoch {result.best_epoch}, error {result.logging_error}", flush=True)
 distributed.shutdown()

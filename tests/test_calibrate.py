@@ -24,7 +24,7 @@ from lesionseg.evaluation.calibrate import (
     threshold_search,
 )
 from lesionseg.evaluation.evaluate import evaluate_model
-from lesionseg.experiments.records import ModelMetrics
+from lesionseg.experiments.model_metrics import ModelMetrics
 from lesionseg.inference.exported import stored_settings
 from lesionseg.inference.quality import needs_review
 from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig

@@ -14,7 +14,7 @@ from lesionseg.data.synthetic import write_archives
 from lesionseg.errors import DataError
 from lesionseg.evaluation.stats import PairedComparison
 from lesionseg.experiments.compare import ModelComparison
-from lesionseg.experiments.records import ModelMetrics
+from lesionseg.experiments.model_metrics import ModelMetrics
 from lesionseg.experiments.runs import read_pipeline_run
 from lesionseg.report.ci_report import REPORT_MARKER, change_chart, metrics_diff
 

@@ -22,7 +22,7 @@ from lesionseg.experiments.compare import (
     paired_change,
     verdict,
 )
-from lesionseg.experiments.records import ModelMetrics, metrics_json, parse_metrics
+from lesionseg.experiments.model_metrics import ModelMetrics, metrics_json, parse_metrics
 from lesionseg.experiments.runs import Run, evaluation_of, read_run
 
 IDS = [f"ISIC_{i:07d}" for i in range(30)]

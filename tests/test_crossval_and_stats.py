@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lesionseg.data.cache import Split, encode_mask
-from lesionseg.evaluation.crossval import summarize_folds
+from lesionseg.evaluation.fold_scores import summarize_folds
 from lesionseg.evaluation.stats import format_change, paired_difference
 from lesionseg.training.folds import CrossValConfig, fold_assignment, make_folds
 

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lesionseg.evaluation.crossval import summarize_folds
 from lesionseg.evaluation.crossval_results import FoldScores, crossval_results, score_folds
 from lesionseg.evaluation.cv_ensemble import evaluate_cv_ensemble
 from lesionseg.evaluation.evaluate import evaluate_with_external
+from lesionseg.evaluation.fold_scores import summarize_folds
 from lesionseg.evaluation.review import REVIEW_COLUMN, review_metrics, review_threshold
 from lesionseg.evaluation.selection import best_finetuned, choose_model
 from lesionseg.inference.settings import InferenceSettings, PostprocessConfig

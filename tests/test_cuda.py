@@ -65,7 +65,7 @@ def test_the_gpu_and_the_cpu_predict_the_same_masks(prepared):
     on_gpu = predict(model.to("cuda"), images, settings, device=torch.device("cuda"))
     # fp32 without TF32 on both: the same logits up to summation order, the same masks but at the cut itself.
     torch.testing.assert_close(on_gpu.first_logits, on_cpu.first_logits, atol=1e-3, rtol=1e-4)
-    near_cut = (on_cpu.input_logits - settings.cut).abs() < 1e-3
+    near_cut = (on_cpu.input_logits - settings.threshold_logit).abs() < 1e-3
     assert torch.equal(on_gpu.input_masks()[~near_cut], on_cpu.input_masks()[~near_cut])
 
 

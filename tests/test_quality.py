@@ -19,7 +19,7 @@ from lesionseg.evaluation.review import (
     review_threshold,
     risk_coverage,
 )
-from lesionseg.experiments.records import ModelMetrics
+from lesionseg.experiments.model_metrics import ModelMetrics
 from lesionseg.inference.exported import package_model
 from lesionseg.inference.quality import mask_quality, needs_review
 from lesionseg.inference.settings import InferenceSettings

@@ -76,7 +76,7 @@ def test_a_store_that_does_not_answer_never_costs_the_training(tmp_path, monkeyp
     from lesionseg.data.cache import Split
     from lesionseg.model.model import ModelConfig, build_model
     from lesionseg.tracking import TrackingError
-    from lesionseg.training.phases import Deferred, train_phase
+    from lesionseg.training.phases import DeferredLogging, train_phase
     from lesionseg.training.train import TrainConfig, TrainingJob
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -96,7 +96,7 @@ def test_a_store_that_does_not_answer_never_costs_the_training(tmp_path, monkeyp
         phase(tmp_path / "plain")
     assert (tmp_path / "plain" / "c.pt").is_file() and (tmp_path / "plain" / "h.csv").is_file()
 
-    result = phase(tmp_path / "deferred", Deferred(tmp_path / "pending", "k" * 64))
+    result = phase(tmp_path / "deferred", DeferredLogging(tmp_path / "pending", "k" * 64))
     assert "its MLflow logging waits in" in result.logging_error
     entry = tmp_path / "pending" / f"frozen-{'k' * 20}"
     assert sorted(p.name for p in entry.iterdir()) == ["checkpoint.pt", "history.csv", "state.json"]
@@ -223,7 +223,7 @@ def test_two_ranks_resume_deferred_logging_without_training(tmp_path, monkeypatc
     in the training's first collective."""
     from lesionseg.data.cache import Split
     from lesionseg.model.model import ModelConfig, build_model
-    from lesionseg.training.phases import Deferred, train_phase
+    from lesionseg.training.phases import DeferredLogging, train_phase
     from lesionseg.training.train import TrainConfig, TrainingJob
 
     _dead_store(monkeypatch)
@@ -232,7 +232,7 @@ def test_two_ranks_resume_deferred_logging_without_training(tmp_path, monkeypatc
     config = TrainConfig(epochs=1, batch_size=8, device="cpu", progress=False)
     job = TrainingJob(model, ModelConfig("none"), train, val, config, tmp_path / "first" / "c.pt", tmp_path / "h.csv")
     key = "k" * 64
-    result = train_phase("frozen", job, {}, None, deferred=Deferred(tmp_path / "pending", key))
+    result = train_phase("frozen", job, {}, None, deferred=DeferredLogging(tmp_path / "pending", key))
     entry = tmp_path / "pending" / f"frozen-{key[:20]}"
     assert "its MLflow logging waits in" in result.logging_error and (entry / "state.json").is_file()
 

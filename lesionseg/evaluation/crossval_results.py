@@ -1,7 +1,7 @@
 """A cross-validation's results: every fold model scored, the out-of-fold tables, the CV summary with each
 model's review threshold, and the record of the fold models' ensemble.
 
-:func:`score_folds` runs the models (:func:`~lesionseg.evaluation.crossval.score_fold`, fold by fold);
+:func:`score_folds` runs the models (:func:`~lesionseg.evaluation.fold_scores.score_fold`, fold by fold);
 :func:`crossval_results` turns their per-image tables into what the ``cv_score`` stage writes, without a
 model, so that it is tested on small tables.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from lesionseg.data.cache import Split
-from lesionseg.evaluation.crossval import mean_over_folds, score_fold, summarize_folds
+from lesionseg.evaluation.fold_scores import mean_over_folds, score_fold, summarize_folds
 from lesionseg.evaluation.review import IOU_COLUMN, QUALITY_COLUMN, review_metrics, review_threshold
 from lesionseg.evaluation.selection import best_finetuned
 from lesionseg.inference.settings import InferenceSettings
@@ -39,7 +39,7 @@ class CrossValResults:
 
     ``out_of_fold``: model -> its out-of-fold per-image table (every training pair once, sorted by id);
     ``external``: set -> model -> per image the mean over the fold models (every set, even one with no
-    model); ``summary``: model -> :func:`~lesionseg.evaluation.crossval.summarize_folds` with ``review``
+    model); ``summary``: model -> :func:`~lesionseg.evaluation.fold_scores.summarize_folds` with ``review``
     (the out-of-fold review threshold and metrics) and ``external`` (per set the fold-model means), the
     stage's metrics file; ``ensemble``: the fold models of the best model's level (``folds``, ``model``,
     ``checkpoints`` relative to the folds' folder, ``review_threshold``)."""

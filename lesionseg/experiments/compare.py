@@ -111,7 +111,7 @@ def compare_models(
     ]
 
 
-def one_model(a: Run, b: Run) -> tuple[Run, Run]:
+def as_one_model(a: Run, b: Run) -> tuple[Run, Run]:
     """Two sides of one table each (two CSV files, e.g. two models of one run) as one model
     ``"<name A> vs <name B>"``, so that they are compared whatever their names."""
     ((evaluation_a, tables_a),), ((evaluation_b, tables_b),) = a.tables.items(), b.tables.items()

@@ -43,7 +43,7 @@ import yaml
 
 from lesionseg.evaluation.stats import mean_interval
 from lesionseg.experiments.compare import DEFAULT_METRIC, compare_runs, format_markdown
-from lesionseg.experiments.records import parse_metrics
+from lesionseg.experiments.model_metrics import parse_metrics
 from lesionseg.experiments.reproduction import PUBLISHED_FILE, averaging_table, reproduction_table
 from lesionseg.experiments.results_record import PARAMS_FILE, RESULTS_DIR, read_provenance, record_path
 from lesionseg.experiments.runs import read_run

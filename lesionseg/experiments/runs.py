@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from lesionseg.errors import DataError
-from lesionseg.experiments.records import ModelMetrics, parse_metrics
+from lesionseg.experiments.model_metrics import ModelMetrics, parse_metrics
 
 REPORTS_DIR = "reports"
 PER_IMAGE = "per_image"

@@ -104,7 +104,7 @@ class OnnxModel:
             width, height = image_size(image)
             pixels = model_input(image, self.size)
         settings = self.settings
-        cut = np.float32(settings.cut)  # the threshold's logit, compared in float32 as torch compares it
+        cut = np.float32(settings.threshold_logit)  # the threshold's logit, compared in float32 as torch compares it
         logits = self.logits(pixels)
         box = zoom_box(logits > cut, settings.zoom)
         crop_logits = None if box is None else self.logits(crop_input(pixels, box))

@@ -80,13 +80,13 @@ class Prediction:
 
     def input_masks(self) -> torch.Tensor:
         """Every image's mask at the input size, bool ``(N, 1, S, S)``."""
-        return clean_masks(self.input_logits > self.settings.cut, self.settings.postprocess)
+        return clean_masks(self.input_logits > self.settings.threshold_logit, self.settings.postprocess)
 
 
 def mask_from_logits(logits: torch.Tensor, settings: InferenceSettings) -> torch.Tensor:
     """One image's mask, bool ``(H, W)``: ``logits`` ``(H, W)`` above ``settings.threshold``'s logit, then
     ``settings.postprocess``."""
-    mask = logits > settings.cut
+    mask = logits > settings.threshold_logit
     if settings.postprocess.active:
         mask = torch.from_numpy(clean_mask(mask.numpy(), settings.postprocess))
     return mask

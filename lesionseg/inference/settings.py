@@ -89,7 +89,7 @@ class InferenceSettings:
             raise ValueError(f"review_threshold must be a quality in [0, 1], got {self.review_threshold!r}")
 
     @property
-    def cut(self) -> float:
+    def threshold_logit(self) -> float:
         """The logit a pixel's logit must exceed to be lesion (:func:`logit` of ``threshold``)."""
         return logit(self.threshold)
 

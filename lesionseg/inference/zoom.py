@@ -65,7 +65,7 @@ def zoom_pass(
     ``settings.threshold``, with ``settings.zoom``) cropped and run in eval mode with the settings' flip TTA, as
     the first pass was, in ``precision`` (:func:`~lesionseg.inference.logits.inference_numerics`)."""
     size = images.shape[1]
-    boxes = [zoom_box((logits[0] > settings.cut).numpy(), settings.zoom) for logits in first_logits]
+    boxes = [zoom_box((logits[0] > settings.threshold_logit).numpy(), settings.zoom) for logits in first_logits]
     out = torch.zeros(len(images), 1, size, size)
     todo = [i for i, box in enumerate(boxes) if box is not None]
     device = device or next(model.parameters()).device

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lesionseg import atomic
 from lesionseg.experiments.compare import DEFAULT_METRIC, ModelComparison, compare_models, format_markdown
-from lesionseg.experiments.records import ModelMetrics
+from lesionseg.experiments.model_metrics import ModelMetrics
 from lesionseg.experiments.runs import TEST, Run
 
 # First line of the report: the workflow finds its earlier comment by it and edits that one.

@@ -11,7 +11,7 @@ from lesionseg import atomic
 from lesionseg.evaluation.evaluate import CALIBRATED_SUFFIX
 from lesionseg.evaluation.stats import IndependentComparison, format_change, independent_difference
 from lesionseg.experiments.compare import NO_CHANGE, paired_change, verdict
-from lesionseg.experiments.records import ModelMetrics
+from lesionseg.experiments.model_metrics import ModelMetrics
 
 COMPARISON_COLUMNS = {
     "model": "Model",

@@ -10,7 +10,7 @@ import torch
 
 from lesionseg import atomic
 from lesionseg.data.cache import Split
-from lesionseg.experiments.records import ModelMetrics
+from lesionseg.experiments.model_metrics import ModelMetrics
 from lesionseg.report.comparison_table import comparison_table, verdicts, write_table
 from lesionseg.report.drawing import error_map, overlay
 from lesionseg.report.figures import plot_comparison, plot_curves, plot_grid, plot_risk_coverage, plot_samples

@@ -1,7 +1,7 @@
 """k-fold cross-validation's training: the pipeline's phases on each fold (:mod:`lesionseg.training.folds`).
 
 Each fold trains the same phases as the pipeline (frozen, then every unfreeze
-level from the frozen model); :mod:`lesionseg.evaluation.crossval` scores them.
+level from the frozen model); :mod:`lesionseg.evaluation.fold_scores` scores them.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ are split again into training and an inner validation set (the single-split
 pipeline's ``val_fraction``), which picks each phase's best epoch, so the
 held-out fold never influences the model that is scored on it. The folds are
 written beside the fold models as image ids (:func:`fold_manifest`), so that
-scoring them (:mod:`lesionseg.evaluation.crossval`) never re-derives them.
+scoring them (:mod:`lesionseg.evaluation.fold_scores`) never re-derives them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Training never depends on the tracking store. If it stops answering during a
 phase (after MLflow's own HTTP retries), the phase trains on and writes its
 checkpoint and history as usual; what could not be logged is kept with a copy
-of both in a *pending* folder (:class:`Deferred`), and the phase's result
+of both in a *pending* folder (:class:`DeferredLogging`), and the phase's result
 carries the error (the stages end with one line naming the store). The next
 run of the same phase on the same inputs (``dvc repro`` once the server is
 back) finds that folder, restores the checkpoint and history without
@@ -50,7 +50,7 @@ def counts_in_logging_order(counts: dict[str, int]) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
-class Deferred:
+class DeferredLogging:
     """Where phases keep what they could not log: ``directory/<phase>-<key>``.
 
     ``key`` identifies the inputs of the phase (the caller's choice: params,
@@ -89,7 +89,7 @@ def train_phase(
     tags: dict,
     parent_run_id: str | None = None,
     *,
-    deferred: Deferred | None = None,
+    deferred: DeferredLogging | None = None,
     distributed: Distributed | None = None,
 ) -> TrainResult:
     """Train ``job.model`` at its unfreeze level inside an MLflow run named ``name``.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lesionseg.experiments.records import parse_metrics
+from lesionseg.experiments.model_metrics import parse_metrics
 from lesionseg.experiments.runs import read_tables
 from lesionseg.model.checkpoint import first_member, read_checkpoint
 

@@ -46,7 +46,7 @@ class PredictSummary:
 
 
 @dataclass
-class Inputs:
+class PredictInputs:
     """``images``: the images to predict, each once, in the order given; ``skipped``: masks and overlays among
     the inputs (:func:`is_mask_or_overlay`), not predicted."""
 
@@ -55,7 +55,7 @@ class Inputs:
 
 
 @dataclass(frozen=True)
-class Output:
+class ImageOutputs:
     """Where one image's results go in the output folder: ``<name>_mask.png`` and ``<name>_overlay.png``."""
 
     image: Path
@@ -70,11 +70,11 @@ class Output:
         return self.name + OVERLAY_ENDING
 
 
-def collect_inputs(inputs: list[Path]) -> Inputs:
+def collect_inputs(inputs: list[Path]) -> PredictInputs:
     """Image files named directly, plus images found (non-recursively) in named folders, sorted per folder; a
     file named twice (or also found in a named folder) once. Masks and overlays are skipped
     (:func:`is_mask_or_overlay`): predict's own earlier outputs, and users' masks beside their images."""
-    collected, seen, stems = Inputs(), set(), {}
+    collected, seen, stems = PredictInputs(), set(), {}
     for entry in map(Path, inputs):
         found = _images_in(entry) if entry.is_dir() else [entry]
         for path in found:
@@ -122,7 +122,7 @@ def output_names(images: list[Path]) -> list[str]:
 
 def plan_outputs(
     images: list[Path], output_dir: Path, *, overlays: bool = False, overwrite: bool = False
-) -> list[Output]:
+) -> list[ImageOutputs]:
     """Every image's :class:`Output` (:func:`output_names`), checked before anything is written: raises
     :class:`DataError` naming every problem when two images would still share a name, when an output would
     replace one of the input files or a folder, or (without ``overwrite``) an existing file that the last predict
@@ -132,7 +132,7 @@ def plan_outputs(
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise DataError(output_dir, "nothing written: the output folder is a file")
-    outputs = [Output(path, name) for path, name in zip(images, output_names(images))]
+    outputs = [ImageOutputs(path, name) for path, name in zip(images, output_names(images))]
     sharing: dict[str, list[Path]] = {}
     for output in outputs:
         sharing.setdefault(output.mask, []).append(output.image)
@@ -155,7 +155,7 @@ def plan_outputs(
     if replaced:
         problems.append(
             f"{len(replaced)} file(s) there that the last predict run into it did not write (not listed in its "
-            f"{QUALITY_TABLE}) would be replaced: {some_names(replaced)}; give another --output, or --overwrite to "
+            f"{QUALITY_TABLE}) would be replaced: {first_names(replaced)}; give another --output, or --overwrite to "
             "replace them"
         )
     if problems:
@@ -191,7 +191,7 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
-def some_names(names: list[str], shown: int = 10) -> str:
+def first_names(names: list[str], shown: int = 10) -> str:
     """The first ``shown`` of ``names`` and how many more, for messages."""
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
@@ -270,7 +270,7 @@ def _write_table(output_dir: Path, rows: list[dict]) -> None:
     atomic.write_text(output_dir / QUALITY_TABLE, table.to_csv(index=False, float_format="%.6f"))
 
 
-def _write_outputs(output: Output, mask: np.ndarray, output_dir: Path, overlays: bool) -> list[Path]:
+def _write_outputs(output: ImageOutputs, mask: np.ndarray, output_dir: Path, overlays: bool) -> list[Path]:
     written = [output_dir / output.mask]
     with atomic.atomic_path(written[0]) as tmp:
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")

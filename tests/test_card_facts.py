@@ -1,4 +1,4 @@
-"""The model card's facts read from the pipeline's records (lesionseg.serving.card_records), on small files
+"""The model card's facts read from the pipeline's records (lesionseg.serving.card_facts), on small files
 written here and random-weight checkpoints at 64 px."""
 
 import json
@@ -11,7 +11,7 @@ from lesionseg.inference.exported import package_model
 from lesionseg.inference.settings import InferenceSettings
 from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.serving.card_records import cv_summary, exported_tables, recipe_of, review_by_evaluation, training_data
+from lesionseg.serving.card_facts import cv_summary, exported_tables, recipe_of, review_by_evaluation, training_data
 
 
 @pytest.fixture(scope="module")
