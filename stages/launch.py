@@ -40,9 +40,8 @@ def main(fn) -> None:
     finally:
         # A torchrun rank leaves its process group through the atexit handler that
         # stages.distributed.distributed_rank registered when it joined.
-        # The interpreter's teardown would garbage-collect every object of torch, torchvision and MLflow
-        # one by one: 1.8 s of a stage's exit on a 2-core VM, 0.25 s without (docs/benchmarks.md).
-        # atexit handlers and the normal exit still run; only the collector is off.
+        # Skip the teardown's collection of every torch and MLflow object, slow on small CPUs (docs/benchmarks.md);
+        # atexit handlers and the normal exit still run.
         gc.disable()
         gc.freeze()
 

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from lesionseg.training.phases import DeferredLogging
 
 PENDING_DIR = Path(".lesionseg") / "pending"  # phases whose MLflow logging is deferred (lesionseg.training.phases)
-# MLflow's own HTTP retry settings, unless the user set them: a tracking server that stops answering
-# costs a training stage ~10 s per call instead of minutes (the stage then defers its logging).
+# MLflow's own HTTP retry settings, unless the user set them: a tracking server that stops answering costs a
+# training stage seconds per call instead of minutes (the stage then defers its logging).
 MLFLOW_HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

@@ -1,40 +1,11 @@
 """The training augmentation as batched tensor ops, for data kept on the training device.
 
-:func:`lesionseg.augment.dataset.train_transform` augments one image at a time with
-albumentations on the CPU. On a GPU the model eats batches faster than a CPU
-loader can decode, augment and copy them, so :class:`DeviceBatches` keeps the
-cached uint8 tensors on the device and :func:`augment_batch` applies the same
-transforms, in the same order, with the same parameter ranges and
-probabilities, to a whole batch at once:
-
-==========================  ===========================================================
-albumentations (CPU)        here
-==========================  ===========================================================
-LesionCrop (lesionseg's)    the same crop boxes (``lesion_crop_boxes``), sampled with
-                            ``affine_grid`` + ``grid_sample``; bilinear image, nearest mask
-HorizontalFlip / Vertical   flip each image (and mask) with probability ``p``
-Affine                      scale U(1 - scale_limit, 1 + scale_limit), shift U(-6%, 6%)
-                            per axis, rotation U(-rotate_limit, rotate_limit) about the
-                            centre; bilinear image, nearest mask, zero fill
-                            (``affine_grid`` + ``grid_sample``)
-RandomBrightnessContrast    ``x * (1 + U(-0.2, 0.2)) + 255 * U(-0.2, 0.2)``, clipped
-HueSaturationValue          OpenCV HSV convention (hue 0-180): hue +U(-20, 20) mod 180,
-                            saturation +U(-30, 30) (grey stays grey), value +U(-20, 20)
-RandomGamma                 ``255 * (x / 255) ** U(0.7, 1.5)``, truncated as its lookup table
-GaussianBlur                separable Gaussian, sigma U(0.2, 1.2), 3 taps (p 1/3) or 5,
-                            reflected border (``conv2d`` grouped per image)
-GaussNoise                  per pixel and channel, std U(1%, 5%) of 255, clipped
-ImageCompression            JPEG at quality U{40..95} (``torchvision.io``, on the host)
-Normalize                   ImageNet mean/std
-==========================  ===========================================================
-
-``scale_limit`` and ``rotate_limit`` are :class:`~lesionseg.augment.augmentation.AugmentConfig` fields (params.yaml's
-``augment`` section); the fixed ranges are that module's ``*_LIMIT`` constants, which both paths read.
-
-Each image draws its own parameters, as it would in a CPU loader. Values are
-kept on the uint8 grid after every step (as albumentations' uint8 maths does),
-so the two paths agree in distribution, not pixel for pixel: they use
-different random streams and differ by at most a grey level in rounding.
+On a GPU the model eats batches faster than a CPU loader can decode and augment them, so
+:class:`DeviceBatches` keeps the cached uint8 tensors on the device and :func:`augment_batch` applies the
+transforms of :func:`lesionseg.augment.dataset.train_transform`, in the same order, with the same ranges and
+probabilities (:mod:`lesionseg.augment.augmentation`'s constants), to a whole batch. Each image draws its own
+parameters and values stay on the uint8 grid, so the two paths agree in distribution, not pixel for pixel
+(docs/scaling-out.md, "The augmentation on the GPU", maps each transform).
 """
 
 from __future__ import annotations

@@ -3,9 +3,7 @@
 A mask is likely right when the network is sure of nearly every pixel: its
 probability field is close to 0 or 1 everywhere except a thin band along the
 boundary. A mask is likely wrong when a large part of the predicted lesion is
-neither clearly lesion nor clearly skin. (Members' disagreement, flip-TTA passes
-or ensemble models on both sides of the threshold, was measured as a further
-signal and added nothing: docs/predict.md, "Which masks to check".)
+neither clearly lesion nor clearly skin (docs/predict.md, "Which masks to check").
 
 :func:`mask_quality` is the one definition: ``lesionseg predict``, evaluation
 (per-image tables), the cross-validation out-of-fold tables and the MLflow
@@ -23,9 +21,7 @@ if TYPE_CHECKING:  # torch is imported where used: needs_review serves the torch
     import torch
 
 # A pixel whose probability lies within this distance of the threshold is "neither clearly lesion nor clearly
-# skin". Chosen on predictions no model was trained on (docs/predict.md, "Which masks to check"): for telling
-# masks with IoU < 0.7 from the rest, AUROC is flat for margins 0.1-0.3 (band 0.2-0.8 to 0.4-0.6) and lower
-# for 0.4 (band 0.1-0.9): 0.868 -> 0.890 out of fold on isic2016-dev, 0.803 -> 0.853 on isic2018-extra.
+# skin"; chosen on predictions no model was trained on (docs/predict.md, "Which masks to check").
 UNCERTAIN_MARGIN = 0.2
 
 

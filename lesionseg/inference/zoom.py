@@ -63,7 +63,7 @@ def zoom_pass(
     """The second pass for uint8 ``images`` ``(N, S, S, 3)`` given the first pass's ``first_logits``
     ``(N, 1, S, S)``: each image's box (:func:`~lesionseg.inference.boxes.zoom_box` of the lesion, probability above
     ``settings.threshold``, with ``settings.zoom``) cropped and run in eval mode with the settings' flip TTA, as
-    the first pass was, in ``precision`` (:func:`~lesionseg.inference.logits.inference_numerics`)."""
+    the first pass was, in ``precision`` (:func:`~lesionseg.runtime.inference_numerics`)."""
     size = images.shape[1]
     boxes = [zoom_box((logits[0] > settings.threshold_logit).numpy(), settings.zoom) for logits in first_logits]
     out = torch.zeros(len(images), 1, size, size)

@@ -40,7 +40,7 @@ def make_checkpoint(
     numerics: dict | None = None,
 ) -> dict:
     """``numerics``: the precision and layout of the training step that made the weights
-    (:meth:`~lesionseg.inference.logits.Numerics.record`; the training loop always passes it)."""
+    (:meth:`~lesionseg.runtime.Numerics.record`; the training loop always passes it)."""
     return {
         "format": FORMAT,
         "lesionseg_version": __version__,

@@ -76,7 +76,7 @@ def model_card(
     ``data``: archives with their sha256, pair counts, split seed; ``results``: evaluation -> ``n``, ``iou``
     with ``ci95``, ``dice`` (and ``drop`` for external sets), plus ``cv`` and ``review``; ``provenance``:
     git commit, DVC experiment, MLflow run. ``model.training_numerics``: the precision and memory layout the
-    members' training step used (each distinct record once; see :class:`lesionseg.inference.logits.Numerics`)."""
+    members' training step used (each distinct record once; see :class:`lesionseg.runtime.Numerics`)."""
     preprocessing = checkpoint["preprocessing"]
     members = checkpoint.get("members", [checkpoint])
     numerics = []  # the members' training step precisions and layouts, each once (an ensemble's usually agree)

@@ -64,30 +64,9 @@ HISTORY_COLUMNS = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training phase.
-
-    ``scheduler``: ``constant`` or ``cosine`` (per-step cosine decay to 1% of
-    ``lr``), either after ``warmup_epochs`` of linear warm-up. ``device``:
-    ``auto`` (cuda, mps, cpu) or a torch device string. ``amp``: ``auto``
-    (bf16 autocast where the device computes bf16 natively, an Ampere or later GPU or a CPU with native bf16;
-    fp16 autocast with a gradient scaler on an older GPU; else fp32), ``bf16``, ``fp16`` (with the scaler)
-    or ``off``; ``true``/``false`` are aliases of ``auto``/``off``. ``tf32``: fp32 convolutions and matrix
-    products on CUDA in TF32 (off: full fp32).
-    ``bce_weight``/``dice_weight`` weight the two loss terms.
-    ``ema_decay``: if > 0, validate and checkpoint an exponential moving
-    average of the weights (updated every step) instead of the raw weights.
-    ``augment_on``: ``loader`` (albumentations in a CPU DataLoader),
-    ``device`` (the same augmentation as batched tensor ops on the training
-    device, data held there; see :mod:`lesionseg.augment.batch_augment`) or ``auto``
-    (``device`` on CUDA unless a loader-only transform is on, else ``loader``). ``channels_last``: NHWC memory
-    layout for model and inputs: ``auto`` (on a CPU with native bf16 only), ``True`` or ``False``
-    (:func:`~lesionseg.inference.logits.resolve_numerics` has both choices; what they resolved to is recorded).
-    ``compile``: ``eager`` (default) or a ``torch.compile`` mode for the
-    training step's forward and backward (``reduce-overhead`` and ``max-autotune``: CUDA graphs,
-    for small batches whose GPU time is kernel launches); validation stays
-    eager and in fp32, as inference. ``fused_optimizer``: the optimizer step as one fused kernel
-    (``auto``: on CUDA and the CPU; same update up to float rounding).
-    """
+    """One training phase: the keys of params.yaml's ``train`` (or ``finetune``), ``runtime`` and ``augment``
+    sections, each explained once in docs/reference.md; what ``amp`` and ``channels_last`` resolve to on a device
+    is :func:`lesionseg.runtime.resolve_numerics`'s."""
 
     epochs: int = 25
     lr: float = 1e-3
@@ -163,8 +142,7 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    # One fused kernel for the whole update: on a 2-core CPU the Adam step of all layers takes 4.3 ms instead
-    # of 13.6 ms (+4.7% training images/s; docs/benchmarks.md). None = PyTorch's default implementation.
+    # One fused kernel for the whole update is faster where PyTorch has one (docs/benchmarks.md); None: its default.
     auto = True if device.type in FUSED_DEVICES else None
     fused = {"on": True, "off": None, "auto": auto}[config.fused_optimizer]
     kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
