@@ -71,7 +71,7 @@ class TrainConfig:
     ``auto`` (cuda, mps, cpu) or a torch device string. ``amp``: ``auto``
     (bf16 autocast where the device computes bf16 natively, an Ampere or later GPU or a CPU with native bf16;
     fp16 autocast with a gradient scaler on an older GPU; else fp32), ``bf16``, ``fp16`` (with the scaler)
-    or ``off``; ``true``/``false`` are aliases of ``auto``/``off``. ``tf32``: fp32 convolutions and matrix
+    or ``off``. ``tf32``: fp32 convolutions and matrix
     products on CUDA in TF32 (off: full fp32).
     ``bce_weight``/``dice_weight`` weight the two loss terms.
     ``ema_decay``: if > 0, validate and checkpoint an exponential moving
@@ -106,7 +106,7 @@ class TrainConfig:
     compile: str = "eager"
     fused_optimizer: str = "auto"
     device: str = "auto"
-    amp: str | bool = "auto"
+    amp: str = "auto"
     tf32: bool = False
     progress: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -137,7 +137,7 @@ class TrainConfig:
             raise ValueError(f"fused_optimizer must be one of {FUSED_OPTIMIZER}, got {self.fused_optimizer!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
-        object.__setattr__(self, "amp", amp_request(self.amp))  # the aliases true/false as auto/off
+        amp_request(self.amp)
         if not isinstance(self.tf32, bool):
             raise ValueError(f"tf32 must be true or false, got {self.tf32!r}")
         channels_last_request(self.channels_last)
