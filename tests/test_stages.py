@@ -51,6 +51,23 @@ def prepare_config(params):
     return build(PrepareConfig, "data", section(params, "data").model_dump())
 
 
+def test_finetune_states_only_what_differs_from_train():
+    assert set(PARAMS["finetune"]) == {"unfreeze", "lr"}  # the defaults: everything else is train's
+    default = train_config(PARAMS, "finetune")
+    assert (default.lr, default.epochs, default.batch_size) == (1e-4, PARAMS["train"]["epochs"], 16)
+    assert train_config(with_value("train.epochs", 7), "finetune").epochs == 7
+    overridden = train_config(with_value("finetune.epochs", 3), "finetune")
+    assert overridden.epochs == 3 and train_config(with_value("finetune.epochs", 3), "train").epochs == 25
+    with pytest.raises(ParamError, match="train.epochs must be a positive integer"):  # inherited: named at its source
+        train_config(with_value("train.epochs", 0), "finetune")
+    with pytest.raises(ParamError, match="finetune.epochs must be a positive integer"):
+        train_config(with_value("finetune.epochs", 0), "finetune")
+    with pytest.raises(ParamError, match="finetune.epochs must be of type int, got None"):
+        train_config(with_value("finetune.epochs", None), "finetune")
+    with pytest.raises(ParamError, match="unknown key 'finetune.encoder_weights'"):  # the frozen checkpoint's
+        train_config(with_value("finetune.encoder_weights", "none"), "finetune")
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
