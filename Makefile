@@ -117,7 +117,8 @@ CI_SOURCE ?= $(CURDIR)/$(CI_BUILD)/fixture
 # imagenet: torchvision downloads them (from the host of the CPU torch wheels); a random encoder (none)
 # barely learns in two epochs. Offline: the path of a copy, e.g. ../shared/weights/mobilenet_v2_imagenet.pth
 CI_WEIGHTS ?= imagenet
-CI_SET ?= -S data.size=64 -S train.epochs=2 -S finetune.epochs=1
+# ++: add finetune.epochs, or set it where params.yaml has it (a base commit's may)
+CI_SET ?= -S data.size=64 -S train.epochs=2 -S ++finetune.epochs=1
 CI_CHECK ?=
 CI_DIR ?= .
 CI_NAME ?= ci-head

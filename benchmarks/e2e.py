@@ -83,7 +83,7 @@ def copy_project(project: Path, files=PROJECT_FILES) -> Path:
 
 def set_params(project: Path, params: dict) -> Path:
     """Set ``params`` (dotted keys, e.g. ``{"train.epochs": 1}``) in ``project``'s params.yaml (an unknown key:
-    KeyError)."""
+    KeyError; ``finetune`` takes any training key of ``train``'s, as it states only where it differs)."""
     path = project / "params.yaml"
     values = yaml.safe_load(path.read_text())
     for key, value in params.items():
@@ -91,7 +91,8 @@ def set_params(project: Path, params: dict) -> Path:
         node = values
         for section in sections:
             node = node[section]
-        if leaf not in node:
+        overrides_train = sections == ["finetune"] and leaf in values["train"] and leaf != "encoder_weights"
+        if leaf not in node and not overrides_train:
             raise KeyError(f"params.yaml has no key {key!r}")
         node[leaf] = value
     path.write_text(yaml.safe_dump(values, sort_keys=False))
@@ -221,7 +222,8 @@ def run_e2e(
         project = make_project(scratch / "project", params)
         values = yaml.safe_load((project / "params.yaml").read_text())
         size, levels = values["data"]["size"], _levels(values)
-        batches = {0: values["train"]["batch_size"], **{lv: values["finetune"]["batch_size"] for lv in levels[1:]}}
+        finetune = {**values["train"], **values["finetune"]}  # finetune states only where it differs from train
+        batches = {0: values["train"]["batch_size"], **{lv: finetune["batch_size"] for lv in levels[1:]}}
 
         log, marks_log, shim_dir = scratch / "processes.tsv", scratch / "work.jsonl", scratch / "bin"
         shim_dir.mkdir()

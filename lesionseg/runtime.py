@@ -54,12 +54,9 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
 
 
 def amp_request(value) -> str:
-    """``runtime.amp`` as one of :data:`AMP_CHOICES`. The former booleans are aliases: ``true`` = ``auto``
-    (it meant bf16 where that pays, then only CUDA), ``false`` = ``off``."""
-    if isinstance(value, bool):
-        return "auto" if value else "off"
+    """``runtime.amp``: one of :data:`AMP_CHOICES`."""
     if value not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {AMP_CHOICES} (or true = auto, false = off), got {value!r}")
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {value!r}")
     return value
 
 

@@ -35,7 +35,7 @@ done
 cd "$repo"
 dvc exp run -n golden -S "download.source=$shared/data/isic2016-mini" -S data.expected_train=40 \
   -S data.expected_test=16 -S "train.encoder_weights=$shared/weights/mobilenet_v2_imagenet.pth" \
-  -S train.epochs=2 -S finetune.epochs=1 -S cv.folds=2 -S "+evaluate.external.isic2018_extra=$slice" \
+  -S train.epochs=2 -S ++finetune.epochs=1 -S cv.folds=2 -S "+evaluate.external.isic2018_extra=$slice" \
   -S +evaluate.calibrate.isic2018_extra=6 > "$out/dvc.log" 2>&1
 mkdir -p "$out/pipeline"
 cp -r reports/metrics.json reports/per_image reports/cv reports/comparison.md reports/comparison.csv \

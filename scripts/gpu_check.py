@@ -61,7 +61,7 @@ def steps(out: Path, gpus: int) -> list[tuple[str, list[str] | None, int]]:
         pipeline += ["--source", str(MINI), "--weights", str(WEIGHTS)]
     else:
         pipeline += ["--generate", "64,16", "--weights", "none"]
-    pipeline += ["--set", "train.epochs=1", "--set", "finetune.epochs=1"]
+    pipeline += ["--set", "train.epochs=1"]  # finetune's too: it states only what differs from train
     bench = [sys.executable, "benchmarks/bench.py", "--device", "cuda", "--batch-size", "64", "--parts", "train,infer"]
     return [
         ("tests", [*PYTEST, "tests/test_cuda.py", "tests/test_batch_augment.py", "-k", "not two_gpus"], 150),

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stages.params, from a checkout without install
 
 from lesionseg import mlflow_view, tracking  # noqa: E402
-from stages.params import get, load_params, repo_root  # noqa: E402
+from stages.params import load_params, repo_root, section  # noqa: E402
 
 START_TIMEOUT_S = 300  # mlflow ui takes ~30 s to answer on a busy 2-core machine
 STOP_TIMEOUT_S = 20  # after SIGTERM to the server's group, then SIGKILL
@@ -78,10 +78,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args()
-    params = load_params()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or get(params, "mlflow.tracking_uri")
+    settings = section(load_params(), "mlflow")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri
     uri = tracking.resolve_tracking_uri(uri, repo_root())
-    experiment_id = tracking.setup(uri, get(params, "mlflow.experiment"))
+    experiment_id = tracking.setup(uri, settings.experiment)
 
     if uri.startswith(("http://", "https://")):
         print(f"lesionseg runs on {tracking.server()}: {mlflow_view.runs_page_url(uri, experiment_id)}", flush=True)

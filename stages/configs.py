@@ -6,26 +6,33 @@ from lesionseg.augment.augmentation import AugmentConfig
 from lesionseg.model.encoder import IMAGENET_WEIGHTS, NO_WEIGHTS
 from lesionseg.model.model import ModelConfig, parse_unfreeze_level
 from lesionseg.training.train import TrainConfig
-from stages.params import ParamError, build, get, local_path
-
-RUNTIME_KEYS = ("device", "num_workers", "amp", "tf32", "augment_on", "channels_last", "compile", "fused_optimizer")
+from stages.params import ParamError, build, local_path, section
 
 
-def train_config(params: dict, section: str) -> TrainConfig:
-    """A phase's TrainConfig (``train`` or ``finetune``): its own section plus ``runtime`` and ``augment``."""
-    runtime = {key: get(params, f"runtime.{key}") for key in RUNTIME_KEYS}
-    augment = build(AugmentConfig, params, "augment")
-    return build(TrainConfig, params, section, skip=("progress",), augment=augment, **runtime)
+def train_config(params: dict, name: str) -> TrainConfig:
+    """A phase's TrainConfig (``train`` or ``finetune``) with ``runtime`` and ``augment``. ``finetune`` states
+    only the keys where it differs from ``train``; every other key is ``train``'s."""
+    values = section(params, "train").model_dump(exclude={"encoder_weights"})
+    owners = dict.fromkeys(values, "train")  # the section each key comes from, for error messages
+    if name == "finetune":
+        own = section(params, "finetune").model_dump(exclude_unset=True, exclude={"unfreeze"})
+        values.update(own)
+        owners.update(dict.fromkeys(own, "finetune"))
+    runtime = section(params, "runtime").model_dump(exclude={"nproc_per_node"})
+    owners.update(dict.fromkeys(runtime, "runtime"))
+    augment = build(AugmentConfig, "augment", section(params, "augment").model_dump())
+    try:
+        return TrainConfig(**values, augment=augment, **runtime)
+    except ValueError as exc:
+        raise ParamError(f"params.yaml: {owners.get(str(exc).split()[0], name)}.{exc}") from exc
 
 
 def model_config(params: dict) -> ModelConfig:
     """``model`` plus ``train.encoder_weights`` (a local path made absolute against the repository root)."""
-    weights = get(params, "train.encoder_weights")
-    if not isinstance(weights, str):
-        raise ParamError(f"params.yaml: train.encoder_weights must be imagenet, none or a path, got {weights!r}")
+    weights = section(params, "train").encoder_weights
     if weights not in (IMAGENET_WEIGHTS, NO_WEIGHTS):
         weights = local_path(weights)
-    return build(ModelConfig, params, "model", encoder_weights=weights)
+    return build(ModelConfig, "model", section(params, "model").model_dump(), encoder_weights=weights)
 
 
 def unfreeze_levels(value) -> list[int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lesionseg import atomic
 from stages.launch import main
-from stages.params import ParamError, build, get, load_params
+from stages.params import ParamError, build, load_params, section
 
 
 def check_fold_stages(folds, fold_stages) -> None:
@@ -39,14 +39,16 @@ def run() -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="the fold manifest (JSON) to write")
     args = parser.parse_args()
     params = load_params()
-    check_fold_stages(get(params, "cv.folds"), get(params, "cv.fold_stages"))
-    if type(get(params, "cv.folds")) is int and get(params, "cv.folds") == 0:
+    cv = section(params, "cv")
+    check_fold_stages(cv.folds, cv.fold_stages)
+    if cv.folds == 0:
         atomic.write_json(args.manifest, {"folds": 0, "assignment": []})
         return
     from lesionseg.data.cache import Split
     from lesionseg.training.folds import CrossValConfig, fold_manifest, make_folds
 
-    config = build(CrossValConfig, params, "cv", val_fraction=get(params, "data.val_fraction"))
+    val_fraction = section(params, "data").val_fraction
+    config = build(CrossValConfig, "cv", cv.model_dump(exclude={"fold_stages"}), val_fraction=val_fraction)
     folds = make_folds(Split.concat([Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")]), config)
     atomic.write_json(args.manifest, {**fold_manifest(folds), "seed": config.seed})
 

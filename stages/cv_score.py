@@ -34,7 +34,7 @@ from pathlib import Path
 from lesionseg import atomic
 from stages.external_sets import load_external_sets
 from stages.launch import main, timed_work
-from stages.params import get, load_params
+from stages.params import load_params, section
 
 
 def run() -> None:
@@ -91,15 +91,15 @@ def score_and_write(params: dict, manifest: dict, trained_in: dict, args, per_im
     parent = mlflow_setup(params)
     cv_run = tracking.child_run(parent, "cv", run_tags("cv"))
 
-    settings, batch_size = inference_settings(params), get(params, "evaluate.batch_size")
-    device = select_device(get(params, "runtime.device"))
+    settings, evaluate = inference_settings(params), section(params, "evaluate")
+    device = select_device(section(params, "runtime").device)
     pairs = Split.concat([Split.load(args.data / "train.pt"), Split.load(args.data / "val.pt")])
     folds = folds_from_manifest(pairs, manifest)
     sets = load_external_sets(params, args.external)
 
     with timed_work(folds=len(folds)):
-        fold_scores = score_folds(folds, args.models, sets, settings, batch_size, device)
-    results = crossval_results(fold_scores, get(params, "evaluate.review_fraction"))
+        fold_scores = score_folds(folds, args.models, sets, settings, evaluate.batch_size, device)
+    results = crossval_results(fold_scores, evaluate.review_fraction)
     for name, table in results.out_of_fold.items():
         atomic.write_text(per_image_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6f"))
     for set_name, models in results.external.items():

@@ -27,7 +27,7 @@ from pathlib import Path
 from lesionseg import atomic
 from stages import runlog
 from stages.launch import main, timed_work
-from stages.params import get, load_params
+from stages.params import load_params, section
 
 
 def run() -> None:
@@ -57,7 +57,7 @@ def train(params: dict, manifest: dict, args, fold_dir: Path) -> list:
 
     arch = model_config(params)
     frozen_config, finetune_config = train_config(params, "train"), train_config(params, "finetune")
-    levels = unfreeze_levels(get(params, "finetune.unfreeze"))
+    levels = unfreeze_levels(section(params, "finetune").unfreeze)
     inputs = [args.data / "train.pt", args.data / "val.pt", args.models / "folds.json"]
     pairs = Split.concat([Split.load(inputs[0]), Split.load(inputs[1])])
     fold = next(f for f in folds_from_manifest(pairs, manifest) if f.index == args.fold)

@@ -13,17 +13,17 @@ import torch
 from lesionseg.augment.dataset import local_batch_size
 from lesionseg.runtime import select_device
 from lesionseg.training import distributed
-from stages.params import ParamError, get
+from stages.params import ParamError, section
 
 
 def nproc_per_node(params: dict) -> int:
-    value = get(params, "runtime.nproc_per_node")
-    if type(value) is not int or value < 1:
+    value = section(params, "runtime").nproc_per_node
+    if value < 1:
         raise ParamError(f"params.yaml: runtime.nproc_per_node must be a positive integer, got {value!r}")
     return value
 
 
-def distributed_rank(params: dict, module: str, section: str) -> distributed.Distributed | None:
+def distributed_rank(params: dict, module: str, phase: str, batch_size: int) -> distributed.Distributed | None:
     """``runtime.nproc_per_node`` > 1: run this stage as that many ``torchrun`` ranks.
 
     Called in the stage process that DVC started, it re-launches the stage
@@ -32,7 +32,7 @@ def distributed_rank(params: dict, module: str, section: str) -> distributed.Dis
     a rank, it joins the process group (NCCL on CUDA, gloo otherwise), leaves
     it again at exit, and returns the rank's
     :class:`~lesionseg.training.distributed.Distributed`. With 1 process it
-    returns None and the stage runs as before. ``<section>.batch_size`` is
+    returns None and the stage runs as before. ``batch_size`` (phase ``phase``'s) is
     the global batch: one that does not split evenly over the processes is
     refused before any is started.
     """
@@ -42,17 +42,17 @@ def distributed_rank(params: dict, module: str, section: str) -> distributed.Dis
         )
         if ctx.world_size == 1:
             return None
-        distributed.init(ctx, select_device(get(params, "runtime.device")))
+        distributed.init(ctx, select_device(section(params, "runtime").device))
         atexit.register(distributed.shutdown)
         return ctx
     nproc = nproc_per_node(params)
     if nproc == 1:
         return None
     try:
-        local_batch_size(get(params, f"{section}.batch_size"), nproc)
+        local_batch_size(batch_size, nproc)
     except ValueError as exc:
-        raise ParamError(f"params.yaml: {section}.batch_size with runtime.nproc_per_node {nproc}: {exc}") from exc
-    device = select_device(get(params, "runtime.device"))
+        raise ParamError(f"params.yaml: {phase}.batch_size with runtime.nproc_per_node {nproc}: {exc}") from exc
+    device = select_device(section(params, "runtime").device)
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise ParamError(
             f"params.yaml: runtime.nproc_per_node is {nproc} but this machine has {torch.cuda.device_count()} "

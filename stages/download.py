@@ -12,30 +12,25 @@ from pathlib import Path
 
 from lesionseg.data.download import DownloadConfig, download_and_extract
 from stages.launch import main, timed_work
-from stages.params import ParamError, get, load_params, local_path
+from stages.params import ParamError, build, load_params, local_path, section
 
 
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--raw", type=Path, required=True, help="extraction folder (stage output)")
     args = parser.parse_args()
-    params = load_params()
-    max_gb = get(params, "download.max_extract_gb")
-    if not isinstance(max_gb, (int, float)) or isinstance(max_gb, bool) or max_gb <= 0:
-        raise ParamError(f"params.yaml: download.max_extract_gb must be a positive number, got {max_gb!r}")
-    source = get(params, "download.source")
-    if not isinstance(source, str):
-        raise ParamError(f"params.yaml: download.source must be a URL or a directory, got {source!r}")
-    if "://" not in source:  # a local directory, relative to the repository
-        source = local_path(source)
-    config = DownloadConfig(
-        source=source, retries=get(params, "download.retries"), max_extract_bytes=int(max_gb * 1024**3)
+    download = section(load_params(), "download")
+    if download.max_extract_gb <= 0:
+        raise ParamError(f"params.yaml: download.max_extract_gb must be positive, got {download.max_extract_gb!r}")
+    if not download.cache:
+        raise ParamError("params.yaml: download.cache must be a folder, got ''")
+    source = download.source if "://" in download.source else local_path(download.source)  # local: from the repo
+    max_bytes = int(download.max_extract_gb * 1024**3)
+    config = build(
+        DownloadConfig, "download", {"source": source, "retries": download.retries}, max_extract_bytes=max_bytes
     )
-    cache = get(params, "download.cache")
-    if not isinstance(cache, str) or not cache:
-        raise ParamError(f"params.yaml: download.cache must be a folder, got {cache!r}")
     with timed_work():
-        download_and_extract(config, args.raw, Path(local_path(cache)))
+        download_and_extract(config, args.raw, Path(local_path(download.cache)))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from lesionseg.model.ensemble import ENSEMBLE_NAME
 from lesionseg.runtime import select_device
 from stages.external_sets import load_external_sets
 from stages.launch import main, timed_work
-from stages.params import ParamError, get, load_params
+from stages.params import ParamError, load_params, section
 from stages.runlog import mlflow_setup, run_tags
 from stages.settings import inference_settings
 
@@ -59,11 +59,10 @@ def write_tables(per_image_dir: Path, model: str, tables: dict) -> None:
 def calibration_draws(params: dict, external: dict) -> dict[str, CalibrationDraw]:
     """``evaluate.calibrate`` (set -> image count) and ``evaluate.calibrate_seed`` checked against the prepared
     ``external`` sets: set -> its draw."""
-    value, seed = get(params, "evaluate.calibrate") or {}, get(params, "evaluate.calibrate_seed")
+    evaluate = section(params, "evaluate")
+    value, seed = evaluate.calibrate or {}, evaluate.calibrate_seed
     if not isinstance(value, dict):
         raise ParamError("params.yaml: evaluate.calibrate must map an external set's name to an image count")
-    if type(seed) is not int:
-        raise ParamError(f"params.yaml: evaluate.calibrate_seed must be an integer, got {seed!r}")
     draws = {}
     for name, images in value.items():
         key = f"params.yaml: evaluate.calibrate.{name}"
@@ -94,9 +93,10 @@ def run() -> None:
     )
     args = parser.parse_args()
     params = load_params()
-    batch_size, review_fraction = get(params, "evaluate.batch_size"), get(params, "evaluate.review_fraction")
+    evaluate = section(params, "evaluate")
+    batch_size, review_fraction = evaluate.batch_size, evaluate.review_fraction
     settings = inference_settings(params)  # the evaluation settings, from which calibration starts
-    device = select_device(get(params, "runtime.device"))
+    device = select_device(section(params, "runtime").device)
     test, val = Split.load(args.data / "test.pt"), Split.load(args.data / "val.pt")
     ensemble = json.loads(args.cv_ensemble.read_text())
     external = load_external_sets(params, args.external)
@@ -146,7 +146,7 @@ def run() -> None:
             mlflow.log_params({"evaluate.test_images": len(test), "evaluate.val_images": len(val)})
             mlflow.log_params({f"evaluate.{set_name}_images": len(split) for set_name, split in external.items()})
             mlflow.log_params({f"evaluate.{name}_calibration_images": draw.images for name, draw in draws.items()})
-            mlflow.log_params({"evaluate.calibrate_seed": get(params, "evaluate.calibrate_seed")} if draws else {})
+            mlflow.log_params({"evaluate.calibrate_seed": evaluate.calibrate_seed} if draws else {})
             for name, record in all_metrics.items():
                 tracking.log_flat(f"{name}.test_", {k: record.test[k] for k in HEADLINE})
                 for set_name, set_scores in record.external.items():

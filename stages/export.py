@@ -25,7 +25,7 @@ from lesionseg.serving.export import export_onnx, log_pyfunc_model
 from lesionseg.serving.model_card import card_markdown, card_results, model_card
 from stages.external_sets import external_folders
 from stages.launch import main, timed_work
-from stages.params import ParamError, get, load_params, repo_root
+from stages.params import ParamError, load_params, repo_root, section
 from stages.runlog import mlflow_setup
 from stages.settings import inference_settings
 
@@ -55,7 +55,7 @@ def run() -> None:
     parser.add_argument("--card", type=Path, required=True, help="model card stem: <card>.md and <card>.json")
     args = parser.parse_args()
     params = load_params()
-    which = get(params, "export.model")
+    which, data = section(params, "export").model, section(params, "data")
     if which == ENSEMBLE_NAME:
         ensemble = json.loads(args.cv_ensemble.read_text())
         if not ensemble["checkpoints"]:
@@ -74,7 +74,7 @@ def run() -> None:
             checkpoint=package,
             parameter_counts=parameter_counts_by_level(),
             recipe=recipe_of(package, paths[0].parent / "frozen.pt" if chosen == ENSEMBLE_NAME else args.frozen),
-            data=training_data(args.raw, args.prepared, get(params, "data.seed"), get(params, "data.val_fraction")),
+            data=training_data(args.raw, args.prepared, data.seed, data.val_fraction),
             results=card_results(
                 exported_tables(args.per_image, chosen, list(external_folders(params))),
                 settings.review_threshold,

@@ -19,7 +19,7 @@ from pathlib import Path
 from lesionseg import atomic
 from stages.external_sets import external_folders
 from stages.launch import main, timed_work
-from stages.params import ParamError, get, load_params, local_path
+from stages.params import ParamError, load_params, local_path, section
 
 log = logging.getLogger("lesionseg")
 
@@ -31,9 +31,7 @@ def external_set(params: dict, name: str):
     folders = external_folders(params)
     if name not in folders:
         raise ParamError(f"params.yaml: evaluate.external has no set {name!r}")
-    suffix = get(params, "evaluate.mask_suffix")
-    if suffix is not None and not isinstance(suffix, str):
-        raise ParamError(f"params.yaml: evaluate.mask_suffix must be a string or null, got {suffix!r}")
+    suffix = section(params, "evaluate").mask_suffix
     try:
         return ExternalSet(name, Path(local_path(folders[name])), mask_suffix=suffix)
     except ValueError as exc:
@@ -50,7 +48,8 @@ def run() -> None:
     from lesionseg.data.external import prepare_external
 
     with timed_work():
-        split, pairing = prepare_external(spec, get(params, "data.size"), get(params, "data.workers"))
+        data = section(params, "data")
+        split, pairing = prepare_external(spec, data.size, data.workers)
     for line in pairing.skipped:
         log.warning("external set %s: skipped %s", spec.name, line)
     split.save(args.out.with_suffix(".pt"))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.params import ParamError, get
+from stages.params import ParamError, section
 
 
 def external_folders(params: dict) -> dict[str, str]:
     """``evaluate.external`` checked: set name -> folder (a string)."""
-    value = get(params, "evaluate.external") or {}
+    value = section(params, "evaluate").external or {}
     if not isinstance(value, dict):
         raise ParamError("params.yaml: evaluate.external must map a set's name to a folder")
     for name, folder in value.items():

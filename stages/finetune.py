@@ -20,7 +20,7 @@ from stages import runlog
 from stages.configs import train_config, unfreeze_levels
 from stages.distributed import distributed_rank
 from stages.launch import main, timed_work
-from stages.params import get, load_params
+from stages.params import load_params, section
 from stages.runlog import mlflow_setup, raise_logging_errors, run_tags
 
 
@@ -32,11 +32,12 @@ def run() -> None:
     parser.add_argument("--histories", type=Path, required=True, help="output folder of histories")
     args = parser.parse_args()
     params = load_params()
-    levels = unfreeze_levels(get(params, "finetune.unfreeze"))
+    levels = unfreeze_levels(section(params, "finetune").unfreeze)
     config = train_config(params, "finetune")
     inputs = [args.data / "train.pt", args.data / "val.pt", args.frozen]
     train_split, val_split = Split.load(inputs[0]), Split.load(inputs[1])
-    rank = distributed_rank(params, "stages.finetune", "finetune")  # exits here when it re-launched under torchrun
+    # exits here when it re-launched under torchrun
+    rank = distributed_rank(params, "stages.finetune", "finetune", config.batch_size)
     main_rank = rank is None or rank.is_main
     parent = mlflow_setup(params) if main_rank else None
     deferred = runlog.deferred(params, inputs, "stages.finetune") if main_rank else None

@@ -1,27 +1,30 @@
 """Reading ``params.yaml`` into typed configs: the only place that reads it (and the repository root).
 
-The ``lesionseg`` library receives explicit, typed arguments; a bad or missing
-value fails here, at a stage's start, naming its dotted key.
+The ``lesionseg`` library receives explicit, typed arguments; a bad, missing or
+unknown key fails here, at the start of the first stage that reads its section
+(validated by :mod:`stages.schema`), naming its dotted key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import types
-import typing
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
+
+from stages.schema import SECTIONS
 
 PARAMS_FILE = Path("params.yaml")
+TYPE_NAMES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}
 
 
 class ParamError(ValueError):
-    """A bad or missing value in params.yaml; the message names the dotted key."""
+    """A bad, missing or unknown key in params.yaml; the message names the dotted key."""
 
 
 def load_params(path: Path = PARAMS_FILE) -> dict:
+    """The file as a mapping of sections (an unknown section fails here); :func:`section` validates one."""
     try:
         params = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError as exc:
@@ -30,58 +33,42 @@ def load_params(path: Path = PARAMS_FILE) -> dict:
         raise ParamError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(params, dict):
         raise ParamError(f"{path}: expected a mapping of sections")
+    unknown = [name for name in params if name not in SECTIONS]
+    if unknown:
+        raise ParamError(f"params.yaml: unknown key {unknown[0]!r}")
     return params
 
 
-def get(params: dict, key: str):
-    """The value at dotted ``key``; a missing key raises :class:`ParamError` naming it."""
-    node = params
-    for i, part in enumerate(key.split(".")):
-        if not isinstance(node, dict) or part not in node:
-            raise ParamError(f"params.yaml: missing key {'.'.join(key.split('.')[: i + 1])!r}")
-        node = node[part]
-    return node
-
-
-def _check_type(key: str, value, annotation):
-    """Return ``value`` if it fits ``annotation`` (int, float, str, bool, Optional[...]), else raise."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        annotation = next(a for a in options if a is not type(None))
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (int, float, str, bool) and (type(value) is not annotation):
-        raise ParamError(f"params.yaml: {key} must be of type {annotation.__name__}, got {value!r}")
-    return value
-
-
-def build(cls, params: dict, section: str, skip: tuple[str, ...] = (), **given):
-    """Build dataclass ``cls`` from ``params[section]``.
-
-    Every field not in ``given`` must be present under ``section`` (fields in
-    ``skip`` are left to their defaults); values are type-checked, and the
-    dataclass's own validation errors are re-raised naming ``section.field``.
-    """
-    values = get(params, section)
-    if not isinstance(values, dict):
-        raise ParamError(f"params.yaml: {section} must be a mapping")
-    hints = typing.get_type_hints(cls)
-    kwargs = dict(given)
-    for field in dataclasses.fields(cls):
-        if field.name in given or field.name in skip or not field.init:
-            continue
-        if dataclasses.is_dataclass(hints[field.name]):
-            continue
-        kwargs[field.name] = _check_type(
-            f"{section}.{field.name}", get(params, f"{section}.{field.name}"), hints[field.name]
-        )
+def section(params: dict, name: str):
+    """Section ``name`` of ``params`` validated by its :mod:`stages.schema` model."""
+    if name not in params:
+        raise ParamError(f"params.yaml: missing key {name!r}")
     try:
-        return cls(**kwargs)
+        return SECTIONS[name].model_validate(params[name])
+    except ValidationError as exc:
+        raise ParamError("; ".join(_describe(name, error) for error in exc.errors())) from None
+
+
+def _describe(name: str, error: dict) -> str:
+    key = ".".join([name, *map(str, error["loc"])])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"params.yaml: unknown key {key!r}"
+    if kind == "missing":
+        return f"params.yaml: missing key {key!r}"
+    if kind in ("model_type", "dict_type"):
+        return f"params.yaml: {key} must be a mapping, got {error['input']!r}"
+    if kind in TYPE_NAMES:
+        return f"params.yaml: {key} must be of type {TYPE_NAMES[kind]}, got {error['input']!r}"
+    return f"params.yaml: {key}: {error['msg'].removeprefix('Value error, ')}, got {error['input']!r}"
+
+
+def build(cls, name: str, values: dict, **given):
+    """Dataclass ``cls`` of section ``name``'s ``values`` and ``given``; its validation errors name the key."""
+    try:
+        return cls(**values, **given)
     except ValueError as exc:
-        raise ParamError(f"params.yaml: {section}.{exc}") from exc
+        raise ParamError(f"params.yaml: {name}.{exc}") from exc
 
 
 def repo_root() -> Path:

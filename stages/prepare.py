@@ -5,7 +5,7 @@ from pathlib import Path
 
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from stages.launch import main, timed_work
-from stages.params import build, load_params
+from stages.params import build, load_params, section
 
 
 def run() -> None:
@@ -13,7 +13,7 @@ def run() -> None:
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    config = build(PrepareConfig, load_params(), "data", skip=("max_pixels",))
+    config = build(PrepareConfig, "data", section(load_params(), "data").model_dump())
     with timed_work():
         prepare_dataset(args.raw, args.out, config)
 

@@ -15,7 +15,7 @@ from lesionseg.model.checkpoint import load_model
 from lesionseg.report.pipeline_report import load_histories, write_pipeline_report
 from stages.external_sets import load_external_sets
 from stages.launch import main, timed_work
-from stages.params import get, load_params
+from stages.params import load_params, section
 from stages.runlog import mlflow_setup
 
 
@@ -35,10 +35,10 @@ def run() -> None:
     args = parser.parse_args()
     params = load_params()
     checkpoints = pipeline_checkpoints(args.frozen, args.finetuned)
-    chosen = choose_model(checkpoints, get(params, "report.model"))
+    chosen = choose_model(checkpoints, section(params, "report").model)
     model, _ = load_model(checkpoints[chosen])
     external = load_external_sets(params, args.external)
-    scored = [*external, *(name + CALIBRATED_SUFFIX for name in get(params, "evaluate.calibrate") or {})]
+    scored = [*external, *(name + CALIBRATED_SUFFIX for name in section(params, "evaluate").calibrate or {})]
     with timed_work():
         write_pipeline_report(
             model,
@@ -48,7 +48,7 @@ def run() -> None:
             load_histories(args.histories),
             args.figures,
             args.table,
-            samples=get(params, "report.samples"),
+            samples=section(params, "report").samples,
             per_image=read_tables(args.per_image),
             external=external,
             external_per_image={name: read_tables(args.per_image / name) for name in scored},

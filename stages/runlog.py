@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from lesionseg.errors import TrackingError
 from lesionseg.recipes import flatten
 from stages.codeset import stage_code
-from stages.params import get, repo_root
+from stages.params import repo_root, section
 
 if TYPE_CHECKING:
     from lesionseg.training.phases import DeferredLogging
@@ -43,8 +43,9 @@ def mlflow_setup(params: dict) -> str:
 
     for key, value in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or get(params, "mlflow.tracking_uri")
-    experiment_id = tracking.setup(tracking.resolve_tracking_uri(uri, repo_root()), get(params, "mlflow.experiment"))
+    settings = section(params, "mlflow")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri
+    experiment_id = tracking.setup(tracking.resolve_tracking_uri(uri, repo_root()), settings.experiment)
     exp_name, commit = os.environ.get("DVC_EXP_NAME"), tracking.git_commit(repo_root())
     digest = hashlib.sha256(json.dumps([exp_name, commit, params], sort_keys=True, default=str).encode()).hexdigest()
     name = exp_name or f"repro-{digest[:8]}"

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig
-from stages.params import ParamError, build, get
+from stages.params import build, section
 
 
 def inference_settings(params: dict, review_threshold: float | None = None) -> InferenceSettings:
     """``evaluate.tta``, ``evaluate.keep_largest``, ``evaluate.fill_holes`` and ``evaluate.zoom.*`` as
     :class:`~lesionseg.inference.settings.InferenceSettings` (threshold 0.5: the pipeline scores at the ISIC
     definition's), with ``review_threshold`` (chosen by the evaluate stage, or none)."""
-    tta = get(params, "evaluate.tta")
-    if type(tta) is not bool:
-        raise ParamError(f"params.yaml: evaluate.tta must be true or false, got {tta!r}")
+    evaluate = section(params, "evaluate")
     return InferenceSettings(
-        tta=tta,
-        postprocess=build(PostprocessConfig, params, "evaluate"),
-        zoom=build(ZoomConfig, params, "evaluate.zoom"),
+        tta=evaluate.tta,
+        postprocess=PostprocessConfig(keep_largest=evaluate.keep_largest, fill_holes=evaluate.fill_holes),
+        zoom=build(ZoomConfig, "evaluate.zoom", evaluate.zoom.model_dump()),
         review_threshold=review_threshold,
     )

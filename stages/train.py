@@ -33,7 +33,8 @@ def run() -> None:
     model = build_model(model_config, unfreeze=0)  # before the data: bad weights fail at the start
     inputs = [args.data / "train.pt", args.data / "val.pt"]
     train_split, val_split = Split.load(inputs[0]), Split.load(inputs[1])
-    rank = distributed_rank(params, "stages.train", "train")  # exits here when it re-launched under torchrun
+    # exits here when it re-launched under torchrun
+    rank = distributed_rank(params, "stages.train", "train", config.batch_size)
 
     main_rank = rank is None or rank.is_main
     parent = mlflow_setup(params) if main_rank else None

@@ -80,7 +80,6 @@ GENERATED_RUN = (
     "train.epochs=2",
     "train.batch_size=4",
     "finetune.epochs=1",
-    "finetune.batch_size=4",
     "finetune.unfreeze=all",
     "report.samples=3",
 )

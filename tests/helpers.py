@@ -29,7 +29,6 @@ MINI_RUN = {
     "data.expected_test": 16,
     "train.encoder_weights": str(SHARED_WEIGHTS),
     "train.epochs": 1,
-    "finetune.epochs": 1,
 }
 
 # A test project (a temporary git repository running the real pipeline) is made like the benchmark's, by

@@ -35,8 +35,6 @@ CV_RUN = {
     "train.encoder_weights": "none",
     "train.epochs": 1,
     "train.batch_size": 4,
-    "finetune.epochs": 1,
-    "finetune.batch_size": 4,
     "finetune.unfreeze": "all",
     "cv.fold_stages": [0, 1],
 }

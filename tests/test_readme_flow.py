@@ -26,7 +26,7 @@ from tests.helpers import GIT_IDENTITY, MINI, REPO, SHARED
 SECTIONS = ("Quick start", "Look at your results", "Change one thing, compare")
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
 DEV_SET = "../shared/data/isic2016-dev"
-SHORT = "-S train.epochs=1 -S finetune.epochs=1"  # the -S kind of option the README shows: a short schedule
+SHORT = "-S train.epochs=1"  # the -S kind of option the README shows: a short schedule (finetune inherits it)
 TOOLS = ("dvc", "lesionseg")
 
 

@@ -19,7 +19,7 @@ REFERENCE = load_recipe(REPO / "recipes" / "reference.yaml")
 # to compute, bookkeeping. Everything else is a recipe key, which every recipe file must set.
 NOT_RECIPE = ("download.", "data.", "runtime.", "cv.", "report.", "export.", "mlflow.")
 NOT_RECIPE_KEYS = {
-    "train.encoder_weights", "train.seed", "finetune.seed", "evaluate.batch_size", "evaluate.external",
+    "train.encoder_weights", "train.seed", "evaluate.batch_size", "evaluate.external",
     "evaluate.mask_suffix", "evaluate.review_fraction", "evaluate.calibrate", "evaluate.calibrate_seed",
 }  # fmt: skip
 RECIPE_KEYS = {"data.size"} | {k for k in PARAMS if not k.startswith(NOT_RECIPE) and k not in NOT_RECIPE_KEYS}
@@ -41,20 +41,18 @@ def test_the_reference_recipe_is_the_reference_reports():
         "finetune.unfreeze": [1, 2, "all"],  # last stage; two stages; all
         "train.lr": 0.001,
         "finetune.lr": 0.0001,
-        "train.epochs": 25,
-        "finetune.epochs": 25,
+        "train.epochs": 25,  # both phases: finetune states only its rate, the rest is train's
         "train.batch_size": 16,
-        "finetune.batch_size": 16,
         "model.colour_constancy": "none",
     }
     assert {k: REFERENCE[k] for k in report} == report
+    assert [k for k in REFERENCE if k.startswith("finetune.")] == ["finetune.unfreeze", "finetune.lr"]
     # Nothing else: no other augmentation, the DiceBCE loss unweighted, Adam at a constant rate, the plain model.
     for name in ("scale_rotate", "hue_saturation", "gamma", "blur", "noise", "jpeg"):
         assert REFERENCE[f"augment.{name}"] == 0.0, name
-    for phase in ("train", "finetune"):
-        assert REFERENCE[f"{phase}.bce_weight"] == REFERENCE[f"{phase}.dice_weight"] == 1.0
-        assert REFERENCE[f"{phase}.optimizer"] == "adam" and REFERENCE[f"{phase}.scheduler"] == "constant"
-        assert REFERENCE[f"{phase}.ema_decay"] == 0.0 and REFERENCE[f"{phase}.weight_decay"] == 0.0
+    assert REFERENCE["train.bce_weight"] == REFERENCE["train.dice_weight"] == 1.0
+    assert REFERENCE["train.optimizer"] == "adam" and REFERENCE["train.scheduler"] == "constant"
+    assert REFERENCE["train.ema_decay"] == 0.0 and REFERENCE["train.weight_decay"] == 0.0
     assert not any(REFERENCE[f"evaluate.{k}"] for k in ("tta", "keep_largest", "fill_holes"))
 
 

@@ -260,7 +260,11 @@ def test_cost_table_gives_each_records_machine_schedule_and_time(records):
     facts = read_provenance("c", records)
     facts.update(wall_seconds=1640.0, wall_seconds_source="given (--wall-seconds)")
     (records / "c" / "provenance.json").write_text(json.dumps(facts))
+    params = yaml.safe_load((records / "c" / "params.yaml").read_text())
+    params["finetune"] = {"unfreeze": [1, "all"], "lr": 0.0001}  # its epochs: train's
+    (records / "c" / "params.yaml").write_text(yaml.safe_dump(params))
     table = render_table(TableSpec.parse("cost a c", "p.md:1"), records)
+    assert "| 2 + 2 x 2 | 3 |" in table
     a = read_provenance("a", records)
     # a: 2 frozen epochs as run (dvc.lock), no fine-tuning epochs: 2 epochs in 73.5 s of training phases
     assert f"| `a` | {a['machine']['cpu']}, {a['machine']['cpu_count']} cores | fp32 | " in table

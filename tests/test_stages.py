@@ -21,7 +21,7 @@ from lesionseg.augment.augmentation import AugmentConfig
 from lesionseg.data.prepare import PrepareConfig
 from lesionseg.training.train import TrainConfig
 from stages.configs import train_config, unfreeze_levels
-from stages.params import ParamError, build, get
+from stages.params import ParamError, build, load_params, section
 from tests.helpers import REPO, alive, descendants, make_external_set, make_raw_tree, params_project, run_stage
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -43,8 +43,29 @@ def with_value(key, value):
 def test_default_params_build():
     config = train_config(PARAMS, "finetune")
     assert isinstance(config, TrainConfig) and config.lr == 1e-4 and isinstance(config.augment, AugmentConfig)
-    assert build(PrepareConfig, PARAMS, "data", skip=("max_pixels",)).size == 128
-    assert unfreeze_levels(get(PARAMS, "finetune.unfreeze")) == [1, 2, 4]
+    assert prepare_config(PARAMS).size == 128
+    assert unfreeze_levels(section(PARAMS, "finetune").unfreeze) == [1, 2, 4]
+
+
+def prepare_config(params):
+    return build(PrepareConfig, "data", section(params, "data").model_dump())
+
+
+def test_finetune_states_only_what_differs_from_train():
+    assert set(PARAMS["finetune"]) == {"unfreeze", "lr"}  # the defaults: everything else is train's
+    default = train_config(PARAMS, "finetune")
+    assert (default.lr, default.epochs, default.batch_size) == (1e-4, PARAMS["train"]["epochs"], 16)
+    assert train_config(with_value("train.epochs", 7), "finetune").epochs == 7
+    overridden = train_config(with_value("finetune.epochs", 3), "finetune")
+    assert overridden.epochs == 3 and train_config(with_value("finetune.epochs", 3), "train").epochs == 25
+    with pytest.raises(ParamError, match="train.epochs must be a positive integer"):  # inherited: named at its source
+        train_config(with_value("train.epochs", 0), "finetune")
+    with pytest.raises(ParamError, match="finetune.epochs must be a positive integer"):
+        train_config(with_value("finetune.epochs", 0), "finetune")
+    with pytest.raises(ParamError, match="finetune.epochs must be of type int, got None"):
+        train_config(with_value("finetune.epochs", None), "finetune")
+    with pytest.raises(ParamError, match="unknown key 'finetune.encoder_weights'"):  # the frozen checkpoint's
+        train_config(with_value("finetune.encoder_weights", "none"), "finetune")
 
 
 @pytest.mark.parametrize(
@@ -53,7 +74,13 @@ def test_default_params_build():
         ("train.epochs", -1, "train.epochs must be a positive integer"),
         ("train.epochs", "ten", "train.epochs must be of type int"),
         ("finetune.lr", "fast", "finetune.lr must be of type float"),
-        ("finetune.batch_size", ..., "missing key 'finetune.batch_size'"),
+        ("train.batch_size", ..., "missing key 'train.batch_size'"),
+        ("train.lrr", 0.1, "unknown key 'train.lrr'"),
+        ("finetune.lrr", 0.1, "unknown key 'finetune.lrr'"),
+        ("augment.flip", 0.5, "unknown key 'augment.flip'"),
+        ("runtime.amp", True, "runtime.amp must be of type str"),
+        ("runtime.amp", "fp8", "runtime.amp must be one of"),
+        ("runtime.channels_last", "yes", "runtime.channels_last: must be auto, true or false"),
         ("augment.vflip", 2, "augment.vflip must be a probability"),
         ("runtime.num_workers", ..., "missing key 'runtime.num_workers'"),
         ("train.optimizer", "sgd", "train.optimizer must be one of"),
@@ -73,11 +100,24 @@ def test_bad_training_params_name_the_key(key, value, message):
         ("data.size", 12.5, "data.size must be of type int"),
         ("data.val_fraction", 1.5, "data.val_fraction must be between"),
         ("data.expected_train", "many", "data.expected_train"),
+        ("data.sise", 64, "unknown key 'data.sise'"),
+        ("data.size", "64", "data.size must be of type int, got '64'"),
+        ("data.val_fraction", True, "data.val_fraction must be of type float"),
     ],
 )
 def test_bad_data_params_name_the_key(key, value, message):
     with pytest.raises(ParamError, match=message):
-        build(PrepareConfig, with_value(key, value), "data", skip=("max_pixels",))
+        prepare_config(with_value(key, value))
+
+
+def test_an_unknown_section_or_a_section_that_is_not_a_mapping_is_refused(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "trian": {"epochs": 1}}))
+    with pytest.raises(ParamError, match="params.yaml: unknown key 'trian'"):
+        load_params(tmp_path / "params.yaml")
+    with pytest.raises(ParamError, match="params.yaml: data must be a mapping, got 5"):
+        section({**PARAMS, "data": 5}, "data")
+    with pytest.raises(ParamError, match="params.yaml: missing key 'data'"):
+        section({}, "data")
 
 
 @pytest.mark.parametrize("value", [0, 7, "last", [], [1, "everything"]])
@@ -111,7 +151,7 @@ def test_calibrate_params_are_checked_against_the_external_sets(tmp_path):
             draws(value)
     with pytest.raises(ParamError, match="named like the set clinic_calibrated"):
         draws({"clinic": 3}, external={**sets, "clinic_calibrated": sets["clinic"]})
-    with pytest.raises(ParamError, match="calibrate_seed must be an integer"):
+    with pytest.raises(ParamError, match="calibrate_seed must be of type int"):
         draws({"clinic": 3}, seed=None)
 
 
@@ -120,6 +160,18 @@ def test_stage_with_bad_param_fails_at_start_naming_the_key(tmp_path):
     result = run_stage(project, "prepare", "--raw", "raw", "--out", "prepared", check=False)
     assert result.returncode == 1
     assert "data.size must be an integer >= 32" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(os.listdir(project)) == ["params.yaml"]
+
+
+def test_stage_with_an_unknown_key_fails_at_start_naming_it(tmp_path):
+    """A typo edited into params.yaml (or `dvc exp run -S +data.sise=64`) fails the first stage that reads it."""
+    project = params_project(tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["sise"] = 64
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run_stage(project, "prepare", "--raw", "raw", "--out", "prepared", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "params.yaml: unknown key 'data.sise'" in result.stderr
     assert sorted(os.listdir(project)) == ["params.yaml"]
 
 

@@ -165,7 +165,9 @@ def cost_table(records: tuple[str, ...], results_dir: Path) -> str:
     for name in records:
         facts = read_provenance(name, results_dir)
         params = yaml.safe_load((record_path(name, results_dir) / PARAMS_FILE).read_text()) or {}
-        train, finetune, cv = params.get("train", {}), params.get("finetune", {}), params.get("cv", {})
+        train, cv = params.get("train", {}), params.get("cv", {})
+        # finetune states only the keys where it differs from train
+        finetune = {**train, **params["finetune"]} if params.get("finetune") else {}
         levels = _levels(finetune.get("unfreeze"))
         runs = 1 + (cv.get("folds") or 0)  # the main split, then each fold trains every phase again
         epochs = runs * (train.get("epochs", 0) + levels * finetune.get("epochs", 0))

@@ -85,7 +85,7 @@ class TrainConfig:
     compile: str = "eager"
     fused_optimizer: str = "auto"
     device: str = "auto"
-    amp: str | bool = "auto"
+    amp: str = "auto"
     tf32: bool = False
     progress: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -116,7 +116,7 @@ class TrainConfig:
             raise ValueError(f"fused_optimizer must be one of {FUSED_OPTIMIZER}, got {self.fused_optimizer!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
-        object.__setattr__(self, "amp", amp_request(self.amp))  # the aliases true/false as auto/off
+        amp_request(self.amp)
         if not isinstance(self.tf32, bool):
             raise ValueError(f"tf32 must be true or false, got {self.tf32!r}")
         channels_last_request(self.channels_last)
