@@ -70,9 +70,8 @@ def reproduction_table(record: str, averaging: str, results_dir: Path, published
         _cv_summary(record, results_dir),
     )
     n = len(next(iter(tables.values())))
-    label = AVERAGINGS[averaging].label
-    head = ["model", "report IoU / Dice", f"ours, official IoU ({n})", f"ours IoU, {label}", f"ours Dice, {label}"]
-    head += ["CV IoU, mean ± SE", "report vs ours (IoU; Dice)"]
+    head = ["model", "report IoU / Dice", f"ours, official IoU ({n})", "ours IoU, report's averaging"]
+    head += ["ours Dice, report's averaging", "CV IoU, mean ± SE", "report vs ours (IoU; Dice)"]
     rows = [f"| {' | '.join(head)} |", "|---|--:|--:|--:|--:|--:|---|"]
     for name, table in tables.items():
         official = mean_interval(table["orig_jaccard"])
@@ -89,7 +88,7 @@ def reproduction_table(record: str, averaging: str, results_dir: Path, published
             f"{verdict(report['iou'], ours.iou_ci95)}; {verdict(report['dice'], ours.dice_ci95)}" if report else "-",
         ]
         rows.append(f"| {' | '.join(cells)} |")
-    return "\n".join(rows)
+    return f"The report's averaging: {AVERAGINGS[averaging].label}.\n\n" + "\n".join(rows)
 
 
 def averaging_table(record: str, results_dir: Path, published_file: Path = PUBLISHED_FILE) -> str:
