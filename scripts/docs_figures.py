@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-FIGURES = ("overlays.png", "curves.png", "comparison.png")
+FIGURES = ("overlays.png", "curves.png", "comparison.png", "worst.png")
 
 
 def shrink(source: Path, target: Path, max_width: int = 1100, max_kb: int = 300) -> int:
