@@ -1,2 +1,1 @@
-"""What the model sees in training: the dataset, its augmentation (albumentations on the CPU, batched on the
-GPU) and lesion-aware crops."""
+"""What the model sees in training: the dataset, its augmentation on the CPU or the GPU, lesion crops."""

@@ -1,1 +1,1 @@
-"""Applying a trained model to image files, and exporting it (ONNX, MLflow pyfunc)."""
+"""How a trained model is used outside the pipeline: image files in and masks out, ONNX and MLflow exports."""

@@ -1,1 +1,1 @@
-"""Training phases, distributed training and cross-validation."""
+"""How a model is trained: the loop, its phases as MLflow runs, data-parallel training, cross-validation."""
