@@ -287,7 +287,7 @@ def quality_cost(size, count, batch, tta=True):
     from lesionseg.inference import predict as model_predict
     from lesionseg.inference.quality import mask_quality
     from lesionseg.inference.settings import InferenceSettings, PostprocessConfig
-    from lesionseg.serving import predict
+    from lesionseg.serving import predict_files as predict
 
     model = _model(0).eval()
     spent = []
@@ -335,7 +335,7 @@ def zoom_cost(size, count, batch, tta=True):
 
     from lesionseg.inference import zoom
     from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig
-    from lesionseg.serving import predict
+    from lesionseg.serving import predict_files as predict
 
     model = _model(0).eval()
 

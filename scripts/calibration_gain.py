@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lesionseg.data.cache import Split  # noqa: E402
 from lesionseg.data.external import ExternalSet, prepare_external  # noqa: E402
 from lesionseg.evaluation.calibrate import choose_threshold, search_grid, threshold_ious  # noqa: E402
+from lesionseg.inference.exported import stored_settings  # noqa: E402
 from lesionseg.inference.predict import predict  # noqa: E402
-from lesionseg.model.checkpoint import load_model, stored_settings  # noqa: E402
+from lesionseg.model.checkpoint import load_model  # noqa: E402
 
 
 def styles(split: Split, erosions: list[int]):

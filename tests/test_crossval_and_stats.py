@@ -110,7 +110,7 @@ def test_paired_difference_finds_a_clearly_worse_model():
 
 
 def test_score_fold_loads_each_model_once_and_scores_held_out_and_external_pairs(tmp_path, monkeypatch):
-    from lesionseg.evaluation import crossval
+    from lesionseg.evaluation import fold_scores
     from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
     from lesionseg.model.model import ModelConfig, build_model
 
@@ -122,15 +122,15 @@ def test_score_fold_loads_each_model_once_and_scores_held_out_and_external_pairs
         checkpoints[name] = tmp_path / f"{name}.pt"
         save_checkpoint(make_checkpoint(build_model(config, level), config, 32, 1, {}), checkpoints[name])
     loads = []
-    real_load = crossval.load_model
-    monkeypatch.setattr(crossval, "load_model", lambda path: loads.append(path) or real_load(path))
+    real_load = fold_scores.load_model
+    monkeypatch.setattr(fold_scores, "load_model", lambda path: loads.append(path) or real_load(path))
 
-    heldout, sets = crossval.score_fold(checkpoints, fold, {"clinic": external})
+    heldout, sets = fold_scores.score_fold(checkpoints, fold, {"clinic": external})
     assert sorted(loads) == sorted(checkpoints.values())  # once each, for the held-out pairs and the set alike
     for name in checkpoints:
         assert list(heldout[name]["id"]) == list(fold.heldout.ids) and set(heldout[name]["fold"]) == {1}
         assert list(sets["clinic"][name]["id"]) == list(external.ids)
-    mean = crossval.mean_over_folds([sets["clinic"]["frozen"], sets["clinic"]["finetune_all"]])
+    mean = fold_scores.mean_over_folds([sets["clinic"]["frozen"], sets["clinic"]["finetune_all"]])
     both = (sets["clinic"]["frozen"]["orig_jaccard"] + sets["clinic"]["finetune_all"]["orig_jaccard"]) / 2
     assert mean["orig_jaccard"].to_numpy() == pytest.approx(both.to_numpy()) and set(mean["folds"]) == {2}
 
