@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from lesionseg.evaluation.evaluate import ORIGINAL_PREFIX
-from lesionseg.evaluation.stats import CONFIDENCE, RESAMPLES
+from lesionseg.evaluation.stats import bootstrap_interval
 from lesionseg.metrics import COUNT_NAMES
 
 BATCH_SIZE = 16  # the reference report's batch size
@@ -98,19 +97,15 @@ def averaged_scores(counts, averaging: str, seed: int = 0) -> AveragedScores:
     units, size = _units(counts, how.unit)
     statistic = _statistic(how.reduce)
     point = statistic(*units.T, size)
-    intervals = []
-    for which in range(2):  # IoU, then Dice
-        result = stats.bootstrap(
+    intervals = [
+        bootstrap_interval(
             (*units.T, size),
             lambda *columns, axis=-1, which=which: statistic(*columns, axis=axis)[which],
-            paired=True,
-            vectorized=True,
-            confidence_level=CONFIDENCE,
-            n_resamples=RESAMPLES,
             method="percentile",
-            rng=np.random.default_rng(seed),
+            seed=seed,
         )
-        intervals.append((float(result.confidence_interval.low), float(result.confidence_interval.high)))
+        for which in range(2)  # IoU, then Dice
+    ]
     return AveragedScores(float(point[0]), intervals[0], float(point[1]), intervals[1])
 
 

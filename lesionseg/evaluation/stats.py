@@ -49,16 +49,25 @@ def _mean_difference(a, b, axis=-1):
     return np.mean(b - a, axis=axis)
 
 
-def _bootstrap_ci(a, b, statistic, paired: bool, confidence: float, resamples: int, seed: int) -> tuple[float, float]:
-    """BCa bootstrap interval of ``statistic(a, b)``, resampling images (pairs together when ``paired``)."""
+def bootstrap_interval(
+    samples: tuple,
+    statistic,
+    paired: bool = True,
+    method: str = "BCa",
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The bootstrap interval (``scipy.stats.bootstrap``, vectorised ``statistic``) of ``statistic(*samples)``,
+    resampling images (the samples' rows together when ``paired``)."""
     result = stats.bootstrap(
-        (a, b),
+        samples,
         statistic,
         paired=paired,
         vectorized=True,
         confidence_level=confidence,
         n_resamples=resamples,
-        method="BCa",
+        method=method,
         rng=np.random.default_rng(seed),
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
@@ -80,7 +89,7 @@ def paired_difference(a, b, confidence: float = CONFIDENCE, resamples: int = RES
     if np.ptp(diff) <= 1e-12:  # no spread: nothing to resample, the interval is the point
         ci = (delta, delta)
     else:
-        ci = _bootstrap_ci(a, b, _mean_difference, True, confidence, resamples, seed)
+        ci = bootstrap_interval((a, b), _mean_difference, True, "BCa", confidence, resamples, seed)
     # The signed-rank test drops zero differences; with nothing left there is no evidence of a change.
     p_value = float(stats.wilcoxon(b, a).pvalue) if np.any(diff != 0) else 1.0
     return PairedComparison(len(a), float(a.mean()), float(b.mean()), delta, ci, p_value)
@@ -127,7 +136,7 @@ def independent_difference(a, b, confidence: float = CONFIDENCE, resamples: int 
     if np.ptp(np.concatenate([a, b])) <= 1e-12:
         ci, p_value = (delta, delta), 1.0
     else:
-        ci = _bootstrap_ci(a, b, _difference_of_means, False, confidence, resamples, seed)
+        ci = bootstrap_interval((a, b), _difference_of_means, False, "BCa", confidence, resamples, seed)
         p_value = float(stats.mannwhitneyu(a, b).pvalue)
     return IndependentComparison(len(a), len(b), float(a.mean()), float(b.mean()), delta, ci, p_value)
 
@@ -141,13 +150,4 @@ def mean_interval(scores, confidence: float = CONFIDENCE, resamples: int = RESAM
     mean = float(scores.mean())
     if np.ptp(scores) <= 1e-12:
         return mean, (mean, mean)
-    result = stats.bootstrap(
-        (scores,),
-        np.mean,
-        vectorized=True,
-        confidence_level=confidence,
-        n_resamples=resamples,
-        method="BCa",
-        rng=np.random.default_rng(seed),
-    )
-    return mean, (float(result.confidence_interval.low), float(result.confidence_interval.high))
+    return mean, bootstrap_interval((scores,), np.mean, True, "BCa", confidence, resamples, seed)

@@ -32,7 +32,7 @@ def read_published(path: Path = PUBLISHED_FILE) -> dict[str, dict[str, float]]:
     return {name: {"iou": float(s["iou"]), "dice": float(s["dice"])} for name, s in models.items()}
 
 
-def _test_counts(record: str, results_dir: Path) -> dict[str, object]:
+def _test_tables(record: str, results_dir: Path) -> dict[str, object]:
     """Model -> its test-split per-image table, in the record's model order."""
     tables = read_run(str(record_path(record, results_dir))).tables
     if TEST not in tables:
@@ -66,7 +66,7 @@ def reproduction_table(record: str, averaging: str, results_dir: Path, published
         raise ValueError(f"unknown averaging {averaging!r} (averagings: {', '.join(AVERAGINGS)})")
     published, tables, cv = (
         read_published(published_file),
-        _test_counts(record, results_dir),
+        _test_tables(record, results_dir),
         _cv_summary(record, results_dir),
     )
     n = len(next(iter(tables.values())))
@@ -95,7 +95,7 @@ def averaging_table(record: str, results_dir: Path, published_file: Path = PUBLI
     """Per model the report published and per averaging: our IoU and Dice on the same predictions, and how far
     our Dice - IoU is from the report's. One confusion matrix ties Dice to IoU, so the averaging that fits the
     report's pair is the one whose Dice - IoU matches: the gap does not depend on how good the model is."""
-    published, tables = read_published(published_file), _test_counts(record, results_dir)
+    published, tables = read_published(published_file), _test_tables(record, results_dir)
     rows = [
         "| model | averaging | ours IoU | ours Dice | ours Dice - IoU | report Dice - IoU | difference |",
         "|---|---|--:|--:|--:|--:|--:|",
