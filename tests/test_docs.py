@@ -548,3 +548,9 @@ def test_the_recipe_keys_in_the_reference_page_are_the_recipes():
 
     missing = [key for key in recipe_file("reference") if not covered(key)]
     assert not missing, f"docs/reference.md's recipe keys do not cover {missing}"
+
+
+def test_the_readme_stays_a_front_page():
+    # Details belong in docs/: the README is what a newcomer reads first, whole.
+    lines = len((REPO / "README.md").read_text().splitlines())
+    assert lines <= 250, f"README.md has {lines} lines (at most 250: move details to docs/)"
