@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,18 @@ def test_a_recipe_can_leave_sections_at_the_default(capsys):
     assert main(["recipe", "reference", "--recipes", str(REPO / "recipes"), "--except", "evaluate"]) == 0
     keys = [word.split("=")[0] for word in capsys.readouterr().out.split()[1::2]]
     assert keys == [k for k in REFERENCE if not k.startswith("evaluate.")] and "augment.gamma" in keys
+
+
+def test_make_reproduce_report_runs_the_recipe_with_cv_then_records_and_renders():
+    # The README's one command for the report's table: the experiment, its record, the pages rendered from it.
+    shown = subprocess.run(
+        ["make", "-n", "reproduce-report", "REPORT_DATA=-S data.expected_test=339"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    run = shown.replace("\\\n", " ")
+    assert "dvc exp run -n official-reference $(.venv/bin/lesionseg recipe reference)" in run
+    assert "-S cv.folds=5 -S data.expected_test=339" in run
+    assert run.index("dvc exp run") < run.index("results save official-reference") < run.index("results render")
