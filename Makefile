@@ -59,8 +59,8 @@ REPORT_DATA ?=
 reproduce-report: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -n $(REPORT_EXP) $$($(BIN)/lesionseg recipe reference) \
 	  -S cv.folds=5 $(REPORT_DATA)
-	$(BIN)/lesionseg results save $(REPORT_EXP)
-	$(BIN)/lesionseg results render
+	$(BIN)/python scripts/results.py save $(REPORT_EXP)
+	$(BIN)/python scripts/results.py render
 
 # The workflow too: actionlint (with shellcheck on its run: steps, from the venv like everything else)
 # and zizmor's offline audits, so no GitHub token is needed, here or in a fork's CI.
@@ -151,7 +151,7 @@ ci-base: setup
 
 # CI_BASE and CI_HEAD: reports folders, git revisions or DVC experiments.
 ci-report: setup
-	$(BIN)/lesionseg ci-report $(CI_BASE) $(CI_HEAD) --out $(CI_BUILD)/report --note "$(CI_NOTE)" \
+	$(BIN)/python scripts/ci_report.py $(CI_BASE) $(CI_HEAD) --out $(CI_BUILD)/report --note "$(CI_NOTE)" \
 	  $(if $(CI_BASE_LABEL),--base-label "$(CI_BASE_LABEL)") $(if $(CI_HEAD_LABEL),--head-label "$(CI_HEAD_LABEL)") \
 	  $(if $(CI_SUMMARY),--append-to "$(CI_SUMMARY)")
 

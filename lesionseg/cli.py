@@ -1,4 +1,7 @@
-"""The ``lesionseg`` command: summary, predict, evaluate, calibrate, export, compare, ci-report, recipe, results."""
+"""The ``lesionseg`` command, for the model's users: summary, predict, evaluate, calibrate, export, compare, recipe.
+
+The repository's own records and CI report are scripts: ``scripts/results.py`` and ``scripts/ci_report.py``.
+"""
 
 from __future__ import annotations
 
@@ -254,55 +257,6 @@ def cmd_recipe(args) -> int:
     return 0
 
 
-def cmd_ci_report(args) -> int:
-    from lesionseg.experiments.runs import read_pipeline_run
-    from lesionseg.report.ci_report import write_change_report
-
-    base = read_pipeline_run(args.base, args.base_label, args.reports_dir)
-    head = read_pipeline_run(args.head, args.head_label, args.reports_dir)
-    markdown = write_change_report(base, head, args.out, args.metric, args.note or [])
-    if args.append_to:  # e.g. $GITHUB_STEP_SUMMARY, which other steps write to as well
-        with open(args.append_to, "a", encoding="utf-8") as summary:
-            summary.write(markdown)
-    print(markdown, end="")
-    return 0
-
-
-def cmd_results_save(args) -> int:
-    from lesionseg.experiments.results_record import save_record
-
-    name = args.name or Path(args.exp).name
-    if Path(args.exp).is_dir() and not args.name:
-        print("lesionseg results save: a reports folder needs --name (the record's name)", file=sys.stderr)
-        return 2
-    target = save_record(args.exp, name, args.results_dir, args.repo, args.command_line, args.wall_seconds)
-    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-    print(f"wrote {target}/ ({size / 1024:.0f} KiB): commit it, then `lesionseg results render`")
-    return 0
-
-
-def cmd_results_render(args) -> int:
-    from lesionseg import atomic
-    from lesionseg.experiments.results_tables import missing_records, pages, render_page
-
-    differ = []
-    for page in args.pages or pages(Path(".")):
-        text = Path(page).read_text(encoding="utf-8")
-        rendered = render_page(text, str(page), args.results_dir)
-        for name in missing_records(text, str(page), args.results_dir):
-            print(f"{page}: no record {args.results_dir / name}/ yet: its table says so", file=sys.stderr)
-        if rendered != text:
-            differ.append(str(page))
-            if not args.check:
-                atomic.write_text(Path(page), rendered)
-    if args.check:
-        for page in differ:
-            print(f"{page}: its results tables differ from the records' (run `lesionseg results render`)")
-        return 1 if differ else 0
-    print(f"rendered: {', '.join(differ)}" if differ else "every results table is up to date")
-    return 0
-
-
 def _inference_options(p: argparse.ArgumentParser, batch_size: int) -> None:
     # Defaults (None) come from the model: the settings it was evaluated with, else the plain model's.
     p.add_argument("--threshold", type=float, help="probability threshold (model's setting, else 0.5)")
@@ -318,13 +272,13 @@ def _inference_options(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lesionseg", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_summary(sub) -> None:
     p = sub.add_parser("summary", help="parameter counts for every unfreeze level")
     p.add_argument("--json", action="store_true", help='one JSON object keyed by level ("0".."3", "all")')
     p.set_defaults(func=cmd_summary)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment image files or folders")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     p.add_argument(
@@ -351,6 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
+
+def _labelled_folder_options(p: argparse.ArgumentParser, name: str) -> None:
+    """A labelled folder as evaluate and calibrate read it, and the decoding processes."""
+    p.add_argument("--images", type=Path, required=True, metavar="DIR", help="the labelled folder, or its images")
+    p.add_argument("--masks", type=Path, metavar="DIR", help="the masks' folder, if not inside or beside --images")
+    p.add_argument("--mask-suffix", help="suffix after the image stem in mask names, where several fit ('' = none)")
+    p.add_argument("--name", default=name, help="the set's name in messages (letters, digits, _)")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (0 = this one)")
+
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score a model on a labelled folder (IoU/Dice per image, original resolution)",
@@ -359,16 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
         "<image stem>{_segmentation,_Segmentation,_mask,_lesion,}.<ext>.",
     )
     p.add_argument("--checkpoint", type=Path, nargs="+", required=True, help="as for predict; several: an ensemble")
-    p.add_argument("--images", type=Path, required=True, metavar="DIR", help="the labelled folder, or its images")
-    p.add_argument("--masks", type=Path, metavar="DIR", help="the masks' folder, if not inside or beside --images")
-    p.add_argument("--mask-suffix", help="suffix after the image stem in mask names, where several fit ('' = none)")
-    p.add_argument("--name", default="external", help="the set's name in messages (letters, digits, _)")
+    _labelled_folder_options(p, name="external")
     p.add_argument("--json", action="store_true", help="print n, the metrics and the settings used as one JSON object")
     p.add_argument("--per-image", type=Path, metavar="CSV", help="write the per-image scores here")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes (0 = this one)")
     _inference_options(p, batch_size=32)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_calibrate(sub) -> None:
     p = sub.add_parser(
         "calibrate",
         help="choose a model's threshold for a clinic's annotation style from a few of its labelled images",
@@ -378,10 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stored settings stay unless the held-out gain's paired 95%% interval lies above 0.",
     )
     p.add_argument("--checkpoint", type=Path, nargs=1, required=True, help="the model (models/model.pt)")
-    p.add_argument("--images", type=Path, required=True, metavar="DIR", help="the labelled folder, or its images")
-    p.add_argument("--masks", type=Path, metavar="DIR", help="the masks' folder, if not inside or beside --images")
-    p.add_argument("--mask-suffix", help="suffix after the image stem in mask names, where several fit ('' = none)")
-    p.add_argument("--name", default="calibration", help="the set's name in messages (letters, digits, _)")
+    _labelled_folder_options(p, name="calibration")
     p.add_argument("--output", type=Path, required=True, help="the calibrated model file (e.g. calibrated.pt)")
     p.add_argument(
         "--card",
@@ -390,10 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model's card (models/model_card.json): also write <output>_card.json/.md with the calibration",
     )
     p.add_argument("--json", action="store_true", help="print the calibration record as one JSON object")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes (0 = this one)")
     _inference_options(p, batch_size=32)
     p.set_defaults(func=cmd_calibrate)
 
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model (several checkpoints: their ensemble) to ONNX")
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True)
+    p.add_argument("--onnx", type=Path, required=True)
+    p.set_defaults(func=cmd_export)
+
+
+def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare",
         help="paired comparison of two experiments, revisions, reports folders or per-image CSVs",
@@ -431,31 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser(
-        "ci-report",
-        help="Markdown report of what a change did: paired change per model, chart, metrics diff",
-        description="Compare the pipeline's test results of BASE and HEAD, each a reports folder (holding "
-        "metrics.json and per_image/) or a git revision or DVC experiment (read through DVC); write "
-        "OUT/report.md and OUT/change.png and print the report.",
-    )
-    p.add_argument("base", metavar="BASE")
-    p.add_argument("head", metavar="HEAD")
-    p.add_argument(
-        "--out", type=Path, default=Path("build/ci/report"), help="folder for report.md and change.png (git-ignored)"
-    )
-    p.add_argument("--metric", default="orig_jaccard", help="per-image column compared (default orig_jaccard)")
-    p.add_argument("--base-label", help="name shown for BASE (default: BASE as given)")
-    p.add_argument("--head-label", help="name shown for HEAD (default: HEAD as given)")
-    p.add_argument("--note", action="append", help="a line of text under the report's heading (repeatable)")
-    p.add_argument("--reports-dir", default="reports", help="the reports folder read at a revision")
-    p.add_argument("--append-to", type=Path, help="also append the report to this file (a job summary)")
-    p.set_defaults(func=cmd_ci_report)
 
-    p = sub.add_parser("export", help="export a model (several checkpoints: their ensemble) to ONNX")
-    p.add_argument("--checkpoint", type=Path, nargs="+", required=True)
-    p.add_argument("--onnx", type=Path, required=True)
-    p.set_defaults(func=cmd_export)
-
+def _add_recipe(sub) -> None:
     p = sub.add_parser(
         "recipe",
         help="a recipe of recipes/ as `dvc exp run` options",
@@ -474,40 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_recipe)
 
-    results = sub.add_parser(
-        "results",
-        help="records of finished experiments (results/<name>/) and the docs' tables rendered from them",
-    )
-    actions = results.add_subparsers(dest="action", required=True)
-    p = actions.add_parser(
-        "save",
-        help="write results/<name>/: params as run, metrics, per-image tables, provenance (no images or weights)",
-        description="Record a finished experiment: EXP is a DVC experiment name or git revision (read through "
-        "DVC, as compare reads it) or a reports folder on disk (the workspace's: reports, with --name).",
-    )
-    p.add_argument("exp", metavar="EXP")
-    p.add_argument("--name", help="the record's name (default: EXP)")
-    p.add_argument(
-        "--command",
-        dest="command_line",
-        metavar="LINE",
-        help="the exact `dvc exp run` line that made it (default: reconstructed from the params that differ "
-        "from params.yaml at the commit)",
-    )
-    p.add_argument("--wall-seconds", type=float, help="the run's measured wall time (default: the training phases')")
-    p.add_argument("--results-dir", type=Path, default=Path("results"), help="where records live (default results/)")
-    p.add_argument("--repo", default=".", help="the repository the experiment belongs to (default .)")
-    p.set_defaults(func=cmd_results_save)
-    p = actions.add_parser(
-        "render",
-        help="render every results table of README.md and docs/ from the records",
-        description="Rewrite each `<!-- results:KIND RECORD... -->` ... `<!-- /results -->` region of the pages "
-        "(default: README.md and docs/*.md) from results/<record>/.",
-    )
-    p.add_argument("pages", nargs="*", type=Path, metavar="PAGE")
-    p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming each page that differs")
-    p.add_argument("--results-dir", type=Path, default=Path("results"), help="where records live (default results/)")
-    p.set_defaults(func=cmd_results_render)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lesionseg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_summary, _add_predict, _add_evaluate, _add_calibrate, _add_export, _add_compare, _add_recipe):
+        add(sub)
     return parser
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Post the CI report (lesionseg ci-report's report.md) on the pull request as one comment, edited in place
+# Post the CI report (scripts/ci_report.py's report.md) on the pull request as one comment, edited in place
 # on every later push: the earlier comment is the bot's one that starts with the report's marker line.
 # Needs gh (on GitHub's runners), GH_TOKEN (pull-requests: write), GITHUB_REPOSITORY and PR_NUMBER.
 # Usage: scripts/ci_comment.sh REPORT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import signal
@@ -30,6 +31,15 @@ MINI_RUN = {
     "train.encoder_weights": str(SHARED_WEIGHTS),
     "train.epochs": 1,
 }
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # A test project (a temporary git repository running the real pipeline) is made like the benchmark's, by
 # benchmarks/e2e.py's make_project: PROJECT_FILES copied, dotted params set, git-initialised.

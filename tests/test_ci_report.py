@@ -1,4 +1,4 @@
-"""`lesionseg ci-report` and the synthetic CI archives, on small synthetic tables."""
+"""`scripts/ci_report.py` and the synthetic CI archives, on small synthetic tables."""
 
 import json
 
@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lesionseg.cli import main
 from lesionseg.data.download import ARCHIVES, DownloadConfig, download_and_extract
 from lesionseg.data.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS, pair_images_and_masks
 from lesionseg.data.synthetic import write_archives
@@ -17,6 +16,9 @@ from lesionseg.experiments.compare import ModelComparison
 from lesionseg.experiments.model_metrics import ModelMetrics
 from lesionseg.experiments.runs import read_pipeline_run
 from lesionseg.report.ci_report import REPORT_MARKER, change_chart, metrics_diff
+from tests.helpers import load_script
+
+main = load_script("ci_report").main
 
 IDS = [f"ISIC_{i:07d}" for i in range(40)]
 
@@ -71,7 +73,7 @@ def test_ci_report_markdown_chart_and_metrics_diff(two_runs, tmp_path, capsys):
     base, head = two_runs
     out, summary = tmp_path / "report", tmp_path / "summary.md"
     summary.write_text("earlier step\n")
-    args = ["ci-report", str(base), str(head), "--out", str(out), "--append-to", str(summary)]
+    args = [str(base), str(head), "--out", str(out), "--append-to", str(summary)]
     assert main([*args, "--base-label", "main", "--note", "Data: synthetic."]) == 0
     markdown = (out / "report.md").read_text()
     assert capsys.readouterr().out == markdown and summary.read_text() == "earlier step\n" + markdown
@@ -120,8 +122,8 @@ def test_metrics_diff_and_chart_values():
 def test_ci_report_bad_input_names_the_file(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    assert main(["ci-report", str(run), str(run)]) == 1
-    message = f"lesionseg ci-report: {run}: no metrics.json here: not a pipeline run's reports folder"
+    assert main([str(run), str(run)]) == 1
+    message = f"scripts/ci_report.py: {run}: no metrics.json here: not a pipeline run's reports folder"
     assert capsys.readouterr().err.strip() == message
     (run / "metrics.json").write_text("{not json")
     with pytest.raises(DataError, match=r"metrics.json: not valid JSON"):

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import torch
 from PIL import Image
 
-from tests.helpers import REPO
+from tests.helpers import load_script
 
-sys.path.insert(0, str(REPO / "scripts"))
-import compare_outputs  # noqa: E402
+compare_outputs = load_script("compare_outputs")
 
 
 def outputs(root, *, score=0.5, pixel=0, run_id="a", folder="/tmp/tmp.AAAA", tensor=0.0):

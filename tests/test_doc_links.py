@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, load_script
 
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 INLINE_CODE = re.compile(r"`+[^`\n]*`+")
@@ -131,10 +131,6 @@ def test_every_commit_a_page_names_is_in_the_repository():
 
 
 def test_the_site_points_a_docs_pages_readme_links_at_its_home_page():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mkdocs_readme", REPO / "scripts" / "mkdocs_readme.py")
-    hook = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hook)
+    hook = load_script("mkdocs_readme")
     text = "[Quick start](../README.md#quick-start), [home](../README.md), [x](../README.md.bak)"
     assert hook.docs_markdown(text) == "[Quick start](index.md#quick-start), [home](index.md), [x](../README.md.bak)"

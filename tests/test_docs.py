@@ -7,7 +7,6 @@ recipes/reference.yaml, docs/reference.md names every params.yaml key, and no pa
 
 import contextlib
 import dataclasses
-import importlib.util
 import io
 import os
 import re
@@ -22,18 +21,10 @@ from PIL import Image
 
 from lesionseg.cli import main as lesionseg_main
 from lesionseg.recipes import flatten, load_recipe, recipe_path
-from tests.helpers import REPO
+from tests.helpers import REPO, load_script
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-readme_hook = _load("mkdocs_readme")
-docs_figures = _load("docs_figures")
+readme_hook = load_script("mkdocs_readme")
+docs_figures = load_script("docs_figures")
 
 
 def test_readme_links_into_docs_are_made_relative_to_the_docs_folder(tmp_path):
@@ -88,10 +79,11 @@ def test_the_reference_page_names_every_key_of_params_yaml():
 # --- The commands of the docs, through the parsers the pipeline uses -------------------------------------------
 #
 # Every command line in a fenced block (```bash, ```console, ```sh or a bare ```) of README.md and docs/*.md that
-# runs `dvc ...` or `lesionseg ...` is checked: a `dvc` command through DVC's own argument parser (an unknown flag
-# fails), the `-S` overrides of `dvc exp run` applied to a copy of params.yaml with DVC's own Hydra override code
-# (a key params.yaml lacks fails, unless `+` adds it under an existing parent), a `lesionseg` command through
-# lesionseg.cli.build_parser() (so subcommands added later are checked too). `$(lesionseg recipe NAME)` expands to
+# runs `dvc ...`, `lesionseg ...` or `python scripts/NAME.py ...` (a script with a build_parser) is checked: a
+# `dvc` command through DVC's own argument parser (an unknown flag fails), the `-S` overrides of `dvc exp run`
+# applied to a copy of params.yaml with DVC's own Hydra override code (a key params.yaml lacks fails, unless `+`
+# adds it under an existing parent), a `lesionseg` command through lesionseg.cli.build_parser() (so subcommands
+# added later are checked too), a script through its own build_parser(). `$(lesionseg recipe NAME)` expands to
 # that command's output, or to recipes/NAME.yaml's keys while the command does not exist yet.
 
 COMMAND_LANGUAGES = {"", "bash", "console", "sh", "shell"}
@@ -168,7 +160,7 @@ def doc_commands(path: Path, programs=("dvc", "lesionseg")) -> list[DocCommand]:
     found = []
     for number, line in fenced_lines(path.read_text(encoding="utf-8")):
         for argv, substitutions in split_commands(line):
-            if argv[0] in programs:
+            if argv[0] in programs or parsed_script(argv):
                 found.append(DocCommand(f"{name}:{number}", argv, substitutions))
     return found
 
@@ -240,11 +232,23 @@ def check_dvc(command: DocCommand, params: Path) -> str | None:
     return None
 
 
-def check_lesionseg(command: DocCommand) -> str | None:
-    """A problem with a `lesionseg ...` doc command (None: fine): lesionseg.cli.build_parser() must accept it."""
+def parsed_script(argv: list[str]) -> Path | None:
+    """The script of a `python scripts/NAME.py ...` command whose script has a build_parser(), else None."""
+    if len(argv) < 2 or Path(argv[0]).name not in ("python", "python3") or not argv[1].startswith("scripts/"):
+        return None
+    script = REPO / argv[1]
+    return script if script.is_file() and "\ndef build_parser(" in script.read_text(encoding="utf-8") else None
+
+
+def check_cli(command: DocCommand) -> str | None:
+    """A problem with a `lesionseg ...` or `python scripts/NAME.py ...` doc command (None: fine): the command's
+    own build_parser() (lesionseg.cli's, or the script's) must accept it."""
     from lesionseg.cli import build_parser
 
     argv, _ = expanded_argv(command)
+    script = parsed_script(argv)
+    if script is not None:
+        build_parser, argv = load_script(script.stem).build_parser, argv[1:]
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
@@ -271,7 +275,7 @@ def test_doc_command_parses(command, tmp_path):
         shutil.copy(REPO / "params.yaml", params)
         problem = check_dvc(command, params)
     else:
-        problem = check_lesionseg(command)
+        problem = check_cli(command)
     assert problem is None, problem
 
 
@@ -305,8 +309,8 @@ def test_recipe_and_other_clinics_pages_give_the_experiments_of_their_tables():
         assert {"reference", "default"} <= runs, page
         assert any(c.argv[:2] == ["dvc", "queue"] and "start" in c.argv for c in commands), page
         assert any(c.argv[:4] == ["lesionseg", "compare", "reference", "default"] for c in commands), page
-        for command in commands:
-            assert not any("scripts/" in word for word in command.argv), command.where
+        for command in commands:  # the experiments and comparisons run on the pipeline alone
+            assert parsed_script(command.argv) or not any("scripts/" in w for w in command.argv), command.where
 
 
 def test_the_reference_experiments_of_the_docs_are_the_reference_recipe(tmp_path):
@@ -397,7 +401,7 @@ def test_the_extractor_finds_fenced_commands_and_the_checks_fail_bad_ones(tmp_pa
     def problem(command):
         params = tmp_path / "params.yaml"
         shutil.copy(REPO / "params.yaml", params)
-        return check_dvc(command, params) if command.argv[0] == "dvc" else check_lesionseg(command)
+        return check_dvc(command, params) if command.argv[0] == "dvc" else check_cli(command)
 
     problems = [problem(command) for command in commands]
     assert problems[0] is None and problems[4] is None and problems[5] is None

@@ -112,4 +112,5 @@ def test_make_reproduce_report_runs_the_recipe_with_cv_then_records_and_renders(
     run = shown.replace("\\\n", " ")
     assert "dvc exp run -n official-reference $(.venv/bin/lesionseg recipe reference)" in run
     assert "-S cv.folds=5 -S data.expected_test=339" in run
-    assert run.index("dvc exp run") < run.index("results save official-reference") < run.index("results render")
+    save, render = run.index("scripts/results.py save official-reference"), run.index("scripts/results.py render")
+    assert run.index("dvc exp run") < save < render

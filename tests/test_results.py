@@ -1,5 +1,5 @@
-"""Records of finished experiments (`lesionseg results save`) and the tables rendered from them
-(`lesionseg results render`), on tiny synthetic runs laid out as the pipeline lays them out (no training)."""
+"""Records of finished experiments (`scripts/results.py save`) and the tables rendered from them
+(`scripts/results.py render`), on tiny synthetic runs laid out as the pipeline lays them out (no training)."""
 
 import json
 import shutil
@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from lesionseg.cli import main
 from lesionseg.errors import DataError
 from lesionseg.evaluation.stats import mean_interval
 from lesionseg.experiments.compare import compare_runs, format_markdown
@@ -25,6 +24,9 @@ from lesionseg.experiments.results_tables import (
     unrecorded_rows,
 )
 from lesionseg.experiments.runs import read_run
+from tests.helpers import load_script
+
+main = load_script("results").main
 
 IDS = [f"ISIC_{i:07d}" for i in range(12)]
 EXTRA = [f"EXTRA_{i:03d}" for i in range(8)]
@@ -126,7 +128,7 @@ def test_save_records_a_workspace_run_byte_for_byte(project, tmp_path):
 def test_save_takes_the_given_command_and_wall_time_and_replaces_a_record_whole(project, tmp_path, capsys):
     results = tmp_path / "results"
     line = "dvc exp run -n mine -S train.epochs=2"
-    argv = ["results", "save", str(project / "reports"), "--name", "mine", "--results-dir", str(results)]
+    argv = ["save", str(project / "reports"), "--name", "mine", "--results-dir", str(results)]
     assert main([*argv, "--repo", str(project), "--command", line, "--wall-seconds", "1640"]) == 0
     assert "KiB" in capsys.readouterr().out
     facts = read_provenance("mine", results)
@@ -162,11 +164,11 @@ def test_save_stores_data_beside_the_repository_relative_to_it_and_no_other_loca
 
 def test_save_refuses_what_is_not_a_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    argv = ["results", "save", str(tmp_path / "empty"), "--name", "x", "--results-dir", str(tmp_path / "r")]
+    argv = ["save", str(tmp_path / "empty"), "--name", "x", "--results-dir", str(tmp_path / "r")]
     assert main(argv) == 1
     assert "no metrics.json here" in capsys.readouterr().err
     assert not (tmp_path / "r" / "x").exists()
-    assert main(["results", "save", str(tmp_path / "empty")]) == 2  # a folder needs --name
+    assert main(["save", str(tmp_path / "empty")]) == 2  # a folder needs --name
     with pytest.raises(DataError, match="no record 'nowhere'"):
         read_provenance("nowhere", tmp_path / "r")
 
@@ -245,7 +247,7 @@ def test_render_fills_each_region_from_the_records_through_the_comparison(record
     assert (
         "| model | test (12) | cv out-of-fold (12) | external extra (8) | external extra, fold-model mean (8) |" in page
     )
-    assert f"`{records.as_posix()}/a/` (`dvc exp run -n a`; " in page and "lesionseg results render" in page
+    assert f"`{records.as_posix()}/a/` (`dvc exp run -n a`; " in page and "python scripts/results.py render" in page
     facts = read_provenance("a", records)
     # the run's own time travels with its numbers, saying what it measured; and the commit it was run from
     assert f"{facts['wall_seconds']:,.0f} s of training phases" in page and " s wall" not in page
@@ -289,7 +291,7 @@ def test_review_table_reads_the_review_scores_of_each_evaluation(records):
 
 def test_render_errors_name_the_page_and_the_record(records, tmp_path, capsys):
     waiting = render_table(TableSpec.parse("scores missing", "p.md:1"), records)
-    assert "No record" in waiting and "results save <exp> --name missing" in waiting
+    assert "No record" in waiting and "results.py save <exp> --name missing" in waiting
     assert not unrecorded_rows(waiting) and not SCORE.search(waiting)
     assert missing_records("<!-- results:change a missing -->\n<!-- /results -->\n", "p.md", records) == ["missing"]
     with pytest.raises(ValueError, match="p.md:3: a change table names 2 record"):
@@ -298,7 +300,7 @@ def test_render_errors_name_the_page_and_the_record(records, tmp_path, capsys):
         render_page("<!-- results:scores a -->\n| x |\n", "p.md", records)
     page, stale = tmp_path / "page.md", PAGE[: PAGE.index("| typed")]  # the change table only
     page.write_text(stale)
-    argv = ["results", "render", str(page), "--results-dir", str(records)]
+    argv = ["render", str(page), "--results-dir", str(records)]
     assert main([*argv, "--check"]) == 1 and page.read_text() == stale
     assert "page.md: its results tables differ" in capsys.readouterr().out
     assert main(argv) == 0 and main([*argv, "--check"]) == 0

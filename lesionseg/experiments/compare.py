@@ -1,5 +1,5 @@
 """The paired comparison of per-image scores, and its verdict: the one place the report, ``lesionseg compare``
-and ``lesionseg ci-report`` compare two models, two runs or two experiments.
+and ``scripts/ci_report.py`` compare two models, two runs or two experiments.
 
 A per-image table has an ``id`` column (one row per image) and score columns, as the evaluate and cv
 stages write them (``reports/per_image/<model>.csv`` and so on). Two tables are paired by image id,

@@ -1,6 +1,6 @@
 """A finished experiment as a small committed record: ``results/<name>/``, the scores only (kilobytes).
 
-``lesionseg results save <exp>`` writes one from a DVC experiment or git revision (read through DVC's cache,
+``python scripts/results.py save <exp>`` writes one from a DVC experiment or git revision (read through DVC's cache,
 as ``lesionseg compare`` reads experiments: :class:`~lesionseg.experiments.runs.RunFiles`) or from a
 reports folder on disk (the workspace's ``reports``). A record is itself a reports folder, laid out as the
 pipeline lays out ``reports/``, so everything that reads runs reads records (``lesionseg compare
@@ -295,7 +295,7 @@ def provenance(
         "command_source": command_source,
         "mlflow_run_id": made.get("mlflow_run_id"),
         "machine": here,
-        "machine_source": "the machine that ran `lesionseg results save`",
+        "machine_source": "the machine that ran `python scripts/results.py save`",
         "precision": precision_used,
         "precision_source": precision_source,
         "wall_seconds": wall,
@@ -330,7 +330,7 @@ def save_record(
                 (staging / folder).mkdir(parents=True, exist_ok=True)
                 (staging / folder / csv).write_text(run.read_text(posixpath.join(folder, csv)))
         (staging / PARAMS_FILE).write_text(
-            f"# The params as run, from {params_source}; written by lesionseg results save.\n"
+            f"# The params as run, from {params_source}; written by scripts/results.py save.\n"
             + yaml.safe_dump(params, sort_keys=False)
         )
         facts = provenance(run, source, repo, params, portable_command(command, root), wall_seconds)
@@ -347,7 +347,7 @@ def read_provenance(name: str, results_dir: Path = RESULTS_DIR) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise DataError(
-            path, f"no record {name!r}: write it with `lesionseg results save <exp> --name {name}`"
+            path, f"no record {name!r}: write it with `python scripts/results.py save <exp> --name {name}`"
         ) from exc
     except json.JSONDecodeError as exc:
         raise DataError(path, f"not valid JSON ({exc})") from exc

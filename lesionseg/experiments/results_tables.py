@@ -1,6 +1,6 @@
 """The results tables of README.md and docs/, rendered from committed records (``results/<name>/``).
 
-A table lives in a marked region of a page; ``lesionseg results render`` rewrites everything between the
+A table lives in a marked region of a page; ``python scripts/results.py render`` rewrites everything between the
 markers from the records the opening marker names, and a test fails when a page differs from what it renders:
 
     <!-- results:scores default-full -->
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from lesionseg import atomic
 from lesionseg.evaluation.stats import mean_interval
 from lesionseg.experiments.compare import DEFAULT_METRIC, compare_runs, format_markdown
 from lesionseg.experiments.model_metrics import parse_metrics
@@ -51,7 +52,7 @@ from lesionseg.experiments.runs import read_run
 REGION = re.compile(r"^<!-- results:(?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- /results -->$", re.M | re.S)
 OPEN_MARKER = re.compile(r"^<!-- results:", re.M)
 HISTORY_PAGE = "docs/history.md"
-RENDER_COMMAND = "lesionseg results render"
+RENDER_COMMAND = "python scripts/results.py render"
 # A score as the tables print them: four decimals, optionally signed (a change); not a time or a count.
 SCORE = re.compile(r"(?<![\w.])[+-]?0\.\d{4}(?![\d])")
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
@@ -198,7 +199,7 @@ def _footnote(spec: TableSpec, results_dir: Path) -> str:
         "reproduction": f"the reference report's scores (`{PUBLISHED_FILE}`) beside ours on the test split, "
         "95% bootstrap intervals (images resampled; batches for a per-batch averaging), CV out of fold",
         "averaging": f"the reference report's scores (`{PUBLISHED_FILE}`); ours on the test split",
-        "cost": "time as recorded by `lesionseg results save`",
+        "cost": "time as recorded by `python scripts/results.py save`",
     }[spec.kind]
     return f"{what}; from {'; '.join(made)}. Regenerate: `{RENDER_COMMAND}`."
 
@@ -210,7 +211,7 @@ def render_table(spec: TableSpec, results_dir: Path = RESULTS_DIR) -> str:
         names = ", ".join(f"`{record_path(name, results_dir).as_posix()}/`" for name in missing)
         return (
             f"*No record {names} committed yet: when the experiment has finished, "
-            f"`lesionseg results save <exp> --name {missing[0]}`, commit it, then `{RENDER_COMMAND}`.*\n"
+            f"`python scripts/results.py save <exp> --name {missing[0]}`, commit it, then `{RENDER_COMMAND}`.*\n"
         )
     if spec.kind == "scores":
         table = scores_table(spec.records[0], spec.metric, spec.models, results_dir)
@@ -273,3 +274,22 @@ def missing_records(text: str, where: str, results_dir: Path = RESULTS_DIR) -> l
 def pages(root: Path) -> list[Path]:
     """README.md and every docs page."""
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def render_pages(
+    pages: list[Path], results_dir: Path = RESULTS_DIR, write: bool = True
+) -> tuple[list[Path], list[str]]:
+    """The pages whose regions differ from the records (each rewritten whole when ``write``), and a line for
+    each record a page names that ``results_dir`` lacks (its table says so)."""
+    differ, missing = [], []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        rendered = render_page(text, str(page), results_dir)
+        missing += [
+            f"{page}: no record {results_dir / name}/ yet" for name in missing_records(text, str(page), results_dir)
+        ]
+        if rendered != text:
+            differ.append(page)
+            if write:
+                atomic.write_text(page, rendered)
+    return differ, missing

@@ -1,5 +1,5 @@
-"""A pipeline run's records, and the one reader of them (``lesionseg compare``, ``lesionseg ci-report``,
-``lesionseg results``).
+"""A pipeline run's records, and the one reader of them (``lesionseg compare``, ``scripts/ci_report.py``,
+``scripts/results.py``).
 
 A run is a reports folder (``reports``: ``metrics.json``, ``per_image/`` and ``cv/``) on disk, or the reports
 folder as DVC tracks it at a git revision or DVC experiment (read from DVC's cache through
@@ -16,7 +16,7 @@ folder as DVC tracks it at a git revision or DVC experiment (read from DVC's cac
 
 :func:`read_run` reads every source ``lesionseg compare`` takes (also a folder of per-image CSVs or one CSV
 file); :func:`read_pipeline_run` reads a pipeline run's reports with their ``metrics.json``, as the change
-report of ``lesionseg ci-report`` needs them. Both return a :class:`Run`.
+report of ``scripts/ci_report.py`` needs them. Both return a :class:`Run`.
 """
 
 from __future__ import annotations
