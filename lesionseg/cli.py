@@ -15,7 +15,7 @@ from lesionseg.errors import DataError
 from lesionseg.model.encoder import EncoderWeightsError
 
 
-def cmd_summary(args) -> int:
+def _cmd_summary(args) -> int:
     from lesionseg.model.model import parameter_counts_by_level
 
     summary = parameter_counts_by_level()
@@ -43,7 +43,7 @@ def _load_for_inference(args):
     return model, checkpoint, settings, device
 
 
-def cmd_predict(args) -> int:
+def _cmd_predict(args) -> int:
     from lesionseg.serving.predict_files import collect_inputs, first_names, predict_files
 
     model, checkpoint, settings, device = _load_for_inference(args)
@@ -116,7 +116,7 @@ def _describe(settings, checkpoint: dict) -> str:
     return described
 
 
-def cmd_evaluate(args) -> int:
+def _cmd_evaluate(args) -> int:
     from lesionseg import atomic
     from lesionseg.data.external import ExternalSet, prepare_external
     from lesionseg.evaluation.evaluate import TEST_TABLE, add_review, evaluate_model
@@ -157,7 +157,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_calibrate(args) -> int:
+def _cmd_calibrate(args) -> int:
     from lesionseg import atomic
     from lesionseg.data.external import ExternalSet, prepare_external
     from lesionseg.evaluation.calibrate import MIN_IMAGES, calibrate, calibrated_model
@@ -206,7 +206,7 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
+def _cmd_export(args) -> int:
     from lesionseg.serving.export import export_onnx
 
     export_onnx(args.checkpoint, args.onnx)
@@ -214,7 +214,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
+def _cmd_compare(args) -> int:
     from lesionseg.evaluation.lesion_size import split_by_size
     from lesionseg.experiments.compare import as_one_model, compare_runs, format_markdown, format_text
     from lesionseg.experiments.runs import read_run
@@ -248,7 +248,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_recipe(args) -> int:
+def _cmd_recipe(args) -> int:
     from lesionseg.recipes import dvc_options, load_recipe, recipe_path
 
     recipe = load_recipe(recipe_path(args.name, args.recipes))
@@ -275,7 +275,7 @@ def _inference_options(p: argparse.ArgumentParser, batch_size: int) -> None:
 def _add_summary(sub) -> None:
     p = sub.add_parser("summary", help="parameter counts for every unfreeze level")
     p.add_argument("--json", action="store_true", help='one JSON object keyed by level ("0".."3", "all")')
-    p.set_defaults(func=cmd_summary)
+    p.set_defaults(func=_cmd_summary)
 
 
 def _add_predict(sub) -> None:
@@ -303,7 +303,7 @@ def _add_predict(sub) -> None:
     )
     _inference_options(p, batch_size=8)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=_cmd_predict)
 
 
 def _labelled_folder_options(p: argparse.ArgumentParser, name: str) -> None:
@@ -328,7 +328,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", action="store_true", help="print n, the metrics and the settings used as one JSON object")
     p.add_argument("--per-image", type=Path, metavar="CSV", help="write the per-image scores here")
     _inference_options(p, batch_size=32)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=_cmd_evaluate)
 
 
 def _add_calibrate(sub) -> None:
@@ -351,14 +351,14 @@ def _add_calibrate(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the calibration record as one JSON object")
     _inference_options(p, batch_size=32)
-    p.set_defaults(func=cmd_calibrate)
+    p.set_defaults(func=_cmd_calibrate)
 
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a model (several checkpoints: their ensemble) to ONNX")
     p.add_argument("--checkpoint", type=Path, nargs="+", required=True)
     p.add_argument("--onnx", type=Path, required=True)
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=_cmd_export)
 
 
 def _add_compare(sub) -> None:
@@ -397,7 +397,7 @@ def _add_compare(sub) -> None:
         action="store_true",
         help="one Markdown table: (evaluation,) model, n, mean base (A), mean head (B), change, 95%% CI, p, verdict",
     )
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func=_cmd_compare)
 
 
 def _add_recipe(sub) -> None:
@@ -417,7 +417,7 @@ def _add_recipe(sub) -> None:
         help="leave this params.yaml section (e.g. evaluate) at its default (repeatable): "
         "`--except evaluate` is the recipe's training with the default inference",
     )
-    p.set_defaults(func=cmd_recipe)
+    p.set_defaults(func=_cmd_recipe)
 
 
 def build_parser() -> argparse.ArgumentParser:
