@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["THRESHOLDED_JACCARD_CUTOFF", "COUNT_NAMES", "confusion_counts", "per_image_scores", "summarize"]
+
 THRESHOLDED_JACCARD_CUTOFF = 0.65
 COUNT_NAMES = ("tp", "fp", "fn", "tn")  # the columns of confusion_counts, in order
 

@@ -30,11 +30,11 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-PRECISIONS = ("bf16", "fp16", "fp32")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+_PRECISIONS = ("bf16", "fp16", "fp32")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # torch.cpu.get_capabilities() keys of native bf16 arithmetic: x86 AVX512-BF16 and AMX-BF16, Arm BF16 and SVE-BF16.
-NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+_NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -43,7 +43,7 @@ def cpu_has_native_bf16() -> bool:
     if capabilities is None:  # a torch before the public get_capabilities(): its private x86 helpers
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     found = capabilities()
-    return any(bool(found.get(feature, False)) for feature in NATIVE_BF16_FEATURES)
+    return any(bool(found.get(feature, False)) for feature in _NATIVE_BF16_FEATURES)
 
 
 def cuda_has_native_bf16(device: torch.device) -> bool:
@@ -54,9 +54,9 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
 
 
 def amp_request(value) -> str:
-    """``runtime.amp``: one of :data:`AMP_CHOICES`."""
-    if value not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {value!r}")
+    """``runtime.amp``: one of :data:`_AMP_CHOICES`."""
+    if value not in _AMP_CHOICES:
+        raise ValueError(f"amp must be one of {_AMP_CHOICES}, got {value!r}")
     return value
 
 
@@ -132,10 +132,10 @@ def tf32_mode(enabled: bool):
 
 def autocast_for(precision: str, device: torch.device):
     """bf16 or fp16 autocast on ``device`` for ``precision`` ``bf16``/``fp16``, a no-op for ``fp32``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision in AUTOCAST_DTYPES:
-        return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    if precision in _AUTOCAST_DTYPES:
+        return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()
 
 

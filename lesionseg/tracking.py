@@ -38,16 +38,16 @@ from lesionseg.errors import TrackingError  # noqa: F401 (raised here; importabl
 
 log = logging.getLogger(__name__)
 
-EXECUTION_TAG = "lesionseg.execution"
-TRAINED_IN_TAG = "lesionseg.trained_in_run"
+_EXECUTION_TAG = "lesionseg.execution"
+_TRAINED_IN_TAG = "lesionseg.trained_in_run"
 INIT_FROM_TAG = "lesionseg.init_from_run"  # a fine-tuning run's starting point: the frozen phase's run
-PARENT_TAG = "mlflow.parentRunId"
+_PARENT_TAG = "mlflow.parentRunId"
 # The experiment's kind in MLflow 3 ("Model training"); the UI still opens on its GenAI overview unless the
 # URL says otherwise (lesionseg.mlflow_view).
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+_EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # MLflow's marker of a run holding an evaluation: the MLflow 3 runs table opens the parent of such runs
 # expanded, so an execution's models are listed under it without a click (a view cannot store expanded rows).
-EVALUATION_RUN_TAG = ("mlflow.runType", "evaluation")
+_EVALUATION_RUN_TAG = ("mlflow.runType", "evaluation")
 _PARAMS_PER_BATCH = 100  # the tracking API's limit per log_batch call
 
 
@@ -66,7 +66,7 @@ def resolve_tracking_uri(uri: str, root: Path) -> str:
     return uri
 
 
-def artifact_root_for(tracking_uri: str) -> str | None:
+def _artifact_root_for(tracking_uri: str) -> str | None:
     """Artifacts of a SQLite store go next to the database (``mlartifacts/``), not into the cwd."""
     if tracking_uri.startswith("sqlite:///"):
         return (Path(urlparse(tracking_uri).path).parent / "mlartifacts").resolve().as_uri()
@@ -139,13 +139,13 @@ def _setup_experiment(experiment: str, tracking_uri: str) -> str:
     found = client.get_experiment_by_name(experiment)
     if found:
         experiment_id = found.experiment_id
-        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-            client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+        if found.tags.get(_EXPERIMENT_KIND[0]) != _EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(experiment_id, *_EXPERIMENT_KIND)
         if not mlflow_view.view_is_current(found.tags.get(view_key)):
             client.set_experiment_tag(experiment_id, view_key, view_value)
     else:
-        tags = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], view_key: view_value}
-        experiment_id = client.create_experiment(experiment, artifact_root_for(tracking_uri), tags=tags)
+        tags = {_EXPERIMENT_KIND[0]: _EXPERIMENT_KIND[1], view_key: view_value}
+        experiment_id = client.create_experiment(experiment, _artifact_root_for(tracking_uri), tags=tags)
     return experiment_id
 
 
@@ -157,11 +157,11 @@ def _find_runs(experiment_id: str, filters: dict[str, str]) -> list:
 
 def execution_run(experiment_id: str, key: str, name: str, params: dict, tags: dict) -> str:
     """Id of the parent run of the pipeline execution ``key``; created (with ``params``) if missing."""
-    found = [r for r in _find_runs(experiment_id, {EXECUTION_TAG: key}) if PARENT_TAG not in r.data.tags]
+    found = [r for r in _find_runs(experiment_id, {_EXECUTION_TAG: key}) if _PARENT_TAG not in r.data.tags]
     if found:
         return found[0].info.run_id
     client = MlflowClient()
-    tags = {**_plain_tags(tags), EXECUTION_TAG: key}
+    tags = {**_plain_tags(tags), _EXECUTION_TAG: key}
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     entries = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for start in range(0, len(entries), _PARAMS_PER_BATCH):
@@ -178,10 +178,10 @@ def child_run(parent_run_id: str, name: str, tags: dict) -> str:
     """
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    found = _find_runs(experiment_id, {PARENT_TAG: parent_run_id, "mlflow.runName": name})
+    found = _find_runs(experiment_id, {_PARENT_TAG: parent_run_id, "mlflow.runName": name})
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=name, tags={**_plain_tags(tags), PARENT_TAG: parent_run_id})
+    run = client.create_run(experiment_id, run_name=name, tags={**_plain_tags(tags), _PARENT_TAG: parent_run_id})
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -195,7 +195,7 @@ def end_killed_runs(parent_run_id: str, name_prefix: str) -> list[str]:
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     query = (
-        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        f"tags.`{_PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
         f" and attributes.run_name LIKE '{name_prefix}%'"
     )
     killed = [run.info.run_id for run in client.search_runs([experiment_id], query)]
@@ -213,7 +213,7 @@ def start_run(run_name: str, tags: dict, parent_run_id: str | None = None, run_i
     """Start (or, with ``run_id``, resume) a run; a child of ``parent_run_id`` when given."""
     tags = _plain_tags(tags)
     if parent_run_id:
-        tags[PARENT_TAG] = parent_run_id
+        tags[_PARENT_TAG] = parent_run_id
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags) as run:
         yield run
 
@@ -222,7 +222,7 @@ def start_run(run_name: str, tags: dict, parent_run_id: str | None = None, run_i
 def model_run(name: str, trained_in: str | None, parent_run_id: str, tags: dict):
     """The run of model ``name`` among ``parent_run_id``'s children, to log evaluation results into.
 
-    The run is tagged as holding an evaluation (:data:`EVALUATION_RUN_TAG`) and keeps the end time
+    The run is tagged as holding an evaluation (:data:`_EVALUATION_RUN_TAG`) and keeps the end time
     of its own work (training, for a training run).
 
     ``trained_in`` is the run id stored in the model's checkpoint. If that run
@@ -233,21 +233,21 @@ def model_run(name: str, trained_in: str | None, parent_run_id: str, tags: dict)
     """
     client = MlflowClient()
     trained = _get_run(client, trained_in)
-    if trained is not None and trained.data.tags.get(PARENT_TAG) == parent_run_id and trained.info.run_name == name:
-        with start_run(name, dict([EVALUATION_RUN_TAG]), run_id=trained_in) as run:
+    if trained is not None and trained.data.tags.get(_PARENT_TAG) == parent_run_id and trained.info.run_name == name:
+        with start_run(name, dict([_EVALUATION_RUN_TAG]), run_id=trained_in) as run:
             yield run
         _restore_end(client, trained)
         return
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     links = _find_runs(
-        experiment_id, {PARENT_TAG: parent_run_id, "mlflow.runName": name, TRAINED_IN_TAG: str(trained_in)}
+        experiment_id, {_PARENT_TAG: parent_run_id, "mlflow.runName": name, _TRAINED_IN_TAG: str(trained_in)}
     )
     if links:
-        with start_run(name, dict([EVALUATION_RUN_TAG]), run_id=links[0].info.run_id) as run:
+        with start_run(name, dict([_EVALUATION_RUN_TAG]), run_id=links[0].info.run_id) as run:
             yield run
         _restore_end(client, links[0])
         return
-    link_tags = {**tags, TRAINED_IN_TAG: trained_in, EVALUATION_RUN_TAG[0]: EVALUATION_RUN_TAG[1]}
+    link_tags = {**tags, _TRAINED_IN_TAG: trained_in, _EVALUATION_RUN_TAG[0]: _EVALUATION_RUN_TAG[1]}
     with start_run(name, link_tags, parent_run_id=parent_run_id) as run:
         if trained is not None:
             mlflow.log_params(trained.data.params)
@@ -300,7 +300,7 @@ class PhaseRun:
         phase = cls(run_id)
         tags = _plain_tags(tags)
         if parent_run_id:
-            tags[PARENT_TAG] = parent_run_id
+            tags[_PARENT_TAG] = parent_run_id
 
         def create():
             if phase.run_id is None:

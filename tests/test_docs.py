@@ -441,19 +441,19 @@ def test_every_results_table_is_what_the_records_render(monkeypatch):
 
 
 def test_no_results_table_without_a_record():
-    from lesionseg.experiments.results_tables import HISTORY_PAGE, pages, unrecorded_rows
+    from lesionseg.experiments.results_tables import _HISTORY_PAGE, _unrecorded_rows, pages
 
     for page in pages(REPO):
         where = str(page.relative_to(REPO))
-        rows = unrecorded_rows(page.read_text(encoding="utf-8"))
-        if where == HISTORY_PAGE:
+        rows = _unrecorded_rows(page.read_text(encoding="utf-8"))
+        if where == _HISTORY_PAGE:
             continue
         if where in PAGES_WITH_OLD_TABLES:
             assert rows, f"{where} has no unrecorded table left: take it out of PAGES_WITH_OLD_TABLES"
             continue
         assert not rows, (
             f"{where}, lines {rows}: scores in a table no record renders: put the table in a "
-            f"`<!-- results:... -->` region (lesionseg results render) or move it to {HISTORY_PAGE}"
+            f"`<!-- results:... -->` region (lesionseg results render) or move it to {_HISTORY_PAGE}"
         )
 
 

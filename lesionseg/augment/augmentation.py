@@ -50,14 +50,14 @@ class AugmentConfig:
     lesion_crop: float = 0.0
 
     def __post_init__(self):
-        for name in PROBABILITIES:
+        for name in _PROBABILITIES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
         if not 0.0 <= self.scale_limit < 1.0:
             raise ValueError(f"scale_limit must be in [0, 1), got {self.scale_limit!r}")
 
 
-PROBABILITIES = (
+_PROBABILITIES = (
     "hflip",
     "vflip",
     "brightness_contrast",
@@ -83,14 +83,14 @@ BLUR_SIGMA_LIMIT = (0.2, 1.2)  # pixels
 BLUR_KERNEL_LIMIT = (3, 5)  # taps: albumentations draws 3-5 and makes it odd (3 one time in three, else 5)
 NOISE_STD_LIMIT = (0.01, 0.05)  # of the value range
 JPEG_QUALITY_LIMIT = (40, 95)
-LESION_CROP_MARGIN = 0.15  # the tightest lesion crop leaves this share of the lesion's extent on each side
+_LESION_CROP_MARGIN = 0.15  # the tightest lesion crop leaves this share of the lesion's extent on each side
 
 
 def lesion_crop_boxes(masks: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Square crops that keep each mask's whole lesion: float ``(N, 3)`` rows ``(top, left, side)`` in pixels.
 
     ``masks``: bool ``(N, S, S)``; ``uniforms``: ``(N, 3)`` draws from U(0, 1). The side is drawn uniformly
-    between the lesion's extent (the longer side of its bounding box) plus :data:`LESION_CROP_MARGIN` of it
+    between the lesion's extent (the longer side of its bounding box) plus :data:`_LESION_CROP_MARGIN` of it
     on each side and the whole image, the position uniformly among the squares of that side that hold the
     bounding box inside the image. An empty mask gets the whole image (no crop). Both augmentation paths
     (albumentations' :class:`~lesionseg.augment.lesion_crop.LesionCrop` and the batched one) draw their crops here.
@@ -104,7 +104,7 @@ def lesion_crop_boxes(masks: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
     left = torch.where(cols, index, big).amin(1)
     right = torch.where(cols, index + 1, torch.zeros_like(big)).amax(1)
     extent = torch.maximum(bottom - top, right - left)
-    smallest = torch.clamp(extent * (1 + 2 * LESION_CROP_MARGIN), max=size)
+    smallest = torch.clamp(extent * (1 + 2 * _LESION_CROP_MARGIN), max=size)
     side = smallest + uniforms[:, 0] * (size - smallest)
     crop_top = _place(top, bottom, side, size, uniforms[:, 1])
     crop_left = _place(left, right, side, size, uniforms[:, 2])

@@ -37,10 +37,10 @@ if TYPE_CHECKING:  # torch is imported only where a set is decoded: listing fold
     from lesionseg.data.cache import Split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg")
+_MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg")
 MASK_SUFFIXES = ("_segmentation", "_Segmentation", "_mask", "_lesion")
-SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-RESERVED_NAMES = ("test", "val", "train")
+_SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_RESERVED_NAMES = ("test", "val", "train")
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,10 @@ class ExternalSet:
     mask_suffix: str | None = None
 
     def __post_init__(self):
-        if not SET_NAME.match(self.name) or self.name in RESERVED_NAMES:
+        if not _SET_NAME.match(self.name) or self.name in _RESERVED_NAMES:
             raise ValueError(
                 f"external set name {self.name!r} must start with a letter and hold only letters, digits and _ "
-                f"(and not be one of {RESERVED_NAMES})"
+                f"(and not be one of {_RESERVED_NAMES})"
             )
 
 
@@ -106,12 +106,12 @@ def _mask_index(masks: list[Path]) -> dict[str, list[Path]]:
     return by_stem
 
 
-def pair_external(spec: ExternalSet) -> ExternalPairing:
+def _pair_external(spec: ExternalSet) -> ExternalPairing:
     """Pair ``spec``'s images with their masks; see the module doc for the rules."""
     image_dir, mask_dir = _layout(spec)
     beside = image_dir == mask_dir
     suffixes = (spec.mask_suffix,) if spec.mask_suffix is not None else MASK_SUFFIXES + (("",) if not beside else ())
-    mask_files = _files(mask_dir, MASK_EXTENSIONS)
+    mask_files = _files(mask_dir, _MASK_EXTENSIONS)
     by_stem = _mask_index(mask_files)
     mask_like = {p for p in mask_files if any(p.stem.endswith(s) for s in MASK_SUFFIXES if s)}
     if spec.mask_suffix:
@@ -163,7 +163,7 @@ def prepare_external(
     from lesionseg.data.cache import Split
     from lesionseg.data.prepare import decode_pair, decoding_pool
 
-    pairing = pair_external(spec)
+    pairing = _pair_external(spec)
     with decoding_pool(workers) as pool:
         if pool is None:
             outcomes = [_try_decode(decode_pair, image, mask, size, max_pixels) for _, image, mask in pairing.pairs]

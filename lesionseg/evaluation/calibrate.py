@@ -48,7 +48,7 @@ from lesionseg.inference.settings import InferenceSettings
 from lesionseg.metrics import confusion_counts, per_image_scores
 
 # Probability thresholds searched: 0.05 to 0.95 in steps of 0.01 (the stored threshold is added if not on it).
-THRESHOLD_GRID = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
+_THRESHOLD_GRID = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
 MIN_IMAGES = 3  # leave-one-out needs at least two images to choose on
 
 
@@ -65,7 +65,7 @@ class ThresholdSearch:
     quality: np.ndarray
 
 
-def search_grid(stored: float, grid=THRESHOLD_GRID) -> np.ndarray:
+def search_grid(stored: float, grid=_THRESHOLD_GRID) -> np.ndarray:
     """The thresholds searched: ``grid`` and ``stored``, sorted, without repeats."""
     return np.unique(np.round(np.append(np.asarray(grid, dtype=float), stored), 6))
 
@@ -86,7 +86,7 @@ def threshold_search(
     model: torch.nn.Module,
     split: Split,
     settings: InferenceSettings,
-    grid=THRESHOLD_GRID,
+    grid=_THRESHOLD_GRID,
     batch_size: int = 32,
     device=None,
 ) -> ThresholdSearch:
@@ -108,7 +108,7 @@ def threshold_search(
     return ThresholdSearch(list(split.ids), thresholds, iou, stored, prediction.quality)
 
 
-def best_column(iou: np.ndarray, stored: int) -> int:
+def _best_column(iou: np.ndarray, stored: int) -> int:
     """The column (threshold) of ``iou`` ``(N, T)`` with the highest mean; of equal means, the one nearest
     ``stored`` (no move without a reason)."""
     means = iou.mean(0)
@@ -116,10 +116,10 @@ def best_column(iou: np.ndarray, stored: int) -> int:
     return int(tied[np.argmin(np.abs(tied - stored))])
 
 
-def leave_one_out(iou: np.ndarray, stored: int) -> np.ndarray:
-    """Each image's IoU ``(N,)`` at the threshold :func:`best_column` chooses on the other images."""
+def _leave_one_out(iou: np.ndarray, stored: int) -> np.ndarray:
+    """Each image's IoU ``(N,)`` at the threshold :func:`_best_column` chooses on the other images."""
     everyone = np.arange(len(iou))
-    return np.array([iou[i, best_column(iou[everyone != i], stored)] for i in everyone])
+    return np.array([iou[i, _best_column(iou[everyone != i], stored)] for i in everyone])
 
 
 @dataclass(frozen=True)
@@ -134,13 +134,13 @@ class Choice:
 
 def choose_threshold(iou: np.ndarray, stored: int) -> Choice:
     """The calibration rule on per-image IoU ``iou`` ``(N, T)`` (columns: thresholds; ``stored``: the stored
-    one's): :func:`best_column`, judged by :func:`leave_one_out` (N >= 3)."""
-    best = best_column(iou, stored)
-    held_out = paired_difference(iou[:, stored], leave_one_out(iou, stored))
+    one's): :func:`_best_column`, judged by :func:`_leave_one_out` (N >= 3)."""
+    best = _best_column(iou, stored)
+    held_out = paired_difference(iou[:, stored], _leave_one_out(iou, stored))
     return Choice(best, held_out, best != stored and held_out.ci95[0] > 0)
 
 
-def moved_review_threshold(quality_before, quality_after, before: float | None) -> float | None:
+def _moved_review_threshold(quality_before, quality_after, before: float | None) -> float | None:
     """The review threshold for masks of quality ``quality_after`` (at the new threshold) that flags the share
     of masks that ``before`` flags of ``quality_before`` (the same images at the stored threshold); ``None``
     stays ``None``; when every mask was flagged, 1 (every mask short of perfect quality)."""
@@ -198,7 +198,7 @@ def calibrate(
     model: torch.nn.Module,
     split: Split,
     settings: InferenceSettings,
-    grid=THRESHOLD_GRID,
+    grid=_THRESHOLD_GRID,
     batch_size: int = 32,
     device=None,
 ) -> Calibration:
@@ -217,7 +217,7 @@ def calibrate(
         iou_best, quality_best = table[IOU_COLUMN].to_numpy(), table[QUALITY_COLUMN].to_numpy()
     after = settings
     if choice.adopted:
-        review = moved_review_threshold(search.quality, quality_best, settings.review_threshold)
+        review = _moved_review_threshold(search.quality, quality_best, settings.review_threshold)
         after = replace(candidate, review_threshold=review)
     return Calibration(
         search.ids,
@@ -252,7 +252,7 @@ class CalibrationDraw:
             raise ValueError(f"images must be at least {MIN_IMAGES} (calibration's minimum), got {self.images!r}")
 
 
-def draw_calibration(split: Split, draw: CalibrationDraw) -> tuple[Split, Split]:
+def _draw_calibration(split: Split, draw: CalibrationDraw) -> tuple[Split, Split]:
     """``(calibration images, held-out images)`` of ``split``: ``draw.images`` drawn with ``draw.seed``, the
     rest; each part in ``split``'s order. At least one image must be left to score."""
     if draw.images >= len(split):
@@ -272,14 +272,14 @@ def calibrated_external(
     device=None,
 ) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
     """External set ``name`` scored as trained and as calibrated on a few of its own images: :func:`calibrate`
-    on the images of :func:`draw_calibration` with the model's ``settings``, then the held-out images alone
+    on the images of :func:`_draw_calibration` with the model's ``settings``, then the held-out images alone
     scored with ``settings`` (under ``name``) and with the calibrated settings (under ``name`` +
     :data:`~lesionseg.evaluation.evaluate.CALIBRATED_SUFFIX`), each with its review metrics at its own review
     threshold. Returns ``(metrics, per-image tables)`` keyed by those two names, as
     :func:`~lesionseg.evaluation.evaluate.evaluate_external` returns them (``n``: held-out images); the
     calibrated entry also holds ``calibration_images``, the ``threshold`` used and whether calibration
     ``adopted`` it (1; 0: the guard kept the stored settings)."""
-    calibration_part, held_out = draw_calibration(split, draw)
+    calibration_part, held_out = _draw_calibration(split, draw)
     calibration = calibrate(model, calibration_part, settings, batch_size=batch_size, device=device)
     facts = {
         name: {},

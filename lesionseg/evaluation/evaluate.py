@@ -28,7 +28,7 @@ EXTERNAL_KEY = "external"  # a model's metrics.json entry: external set name -> 
 # An external set's entry (and per-image folder) as calibrated on a few of its images (calibrate.calibrated_external)
 CALIBRATED_SUFFIX = "_calibrated"
 TEST_TABLE = "test"
-ZOOMED_COLUMN = "zoomed"  # per-image table, with the zoom on: whether the image got the second pass
+_ZOOMED_COLUMN = "zoomed"  # per-image table, with the zoom on: whether the image got the second pass
 
 
 def evaluate_model(
@@ -38,11 +38,11 @@ def evaluate_model(
     batch_size: int = 32,
     device=None,
 ) -> tuple[dict, pd.DataFrame]:
-    """:func:`score_prediction` of ``model``'s :func:`~lesionseg.inference.predict.predict` on ``split``."""
-    return score_prediction(predict(model, split.images, settings, batch_size, device), split)
+    """:func:`_score_prediction` of ``model``'s :func:`~lesionseg.inference.predict.predict` on ``split``."""
+    return _score_prediction(predict(model, split.images, settings, batch_size, device), split)
 
 
-def score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.DataFrame]:
+def _score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.DataFrame]:
     """Metrics dict and a per-image table for the prediction of ``split``'s images.
 
     Metrics: ``loss`` (DiceBCE at model resolution, of the logits), ``jaccard``, ``dice``,
@@ -58,7 +58,7 @@ def score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.Dat
     threshold and clean-up applied at both resolutions.
     """
     target = split.masks[:, None].float()
-    full = fullres_counts(prediction, split)
+    full = _fullres_counts(prediction, split)
     small = confusion_counts(prediction.input_masks(), target > 0)
     metrics = {"loss": float(DiceBCELoss()(prediction.input_logits, target)), **summarize(small)}
     metrics.update({ORIGINAL_PREFIX + k: v for k, v in summarize(full).items()})
@@ -75,11 +75,11 @@ def score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.Dat
     metrics.update(size_bin_scores(table, ORIGINAL_PREFIX + "jaccard"))
     table[QUALITY_COLUMN] = prediction.quality
     if prediction.settings.zoom.enabled:
-        table[ZOOMED_COLUMN] = prediction.zoomed
+        table[_ZOOMED_COLUMN] = prediction.zoomed
     return metrics, table
 
 
-def fullres_counts(prediction: Prediction, split: Split) -> torch.Tensor:
+def _fullres_counts(prediction: Prediction, split: Split) -> torch.Tensor:
     """Per-image ``(N, 4)`` confusion counts of the prediction's masks at each image's original resolution."""
     rows = []
     for i in range(len(split)):

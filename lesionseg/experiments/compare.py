@@ -20,7 +20,7 @@ from lesionseg.experiments.runs import Run
 
 DEFAULT_METRIC = "orig_jaccard"
 BETTER, WORSE, NO_CHANGE = "better", "worse", "no detectable change"
-SHOWN_IDS = 5  # image ids an error message lists per side
+_SHOWN_IDS = 5  # image ids an error message lists per side
 
 
 class ImageMismatchError(ValueError):
@@ -35,7 +35,7 @@ class ImageMismatchError(ValueError):
 
 
 def _some(ids: list) -> str:
-    return f"{sorted(ids)[:SHOWN_IDS]}{' ...' if len(ids) > SHOWN_IDS else ''}"
+    return f"{sorted(ids)[:_SHOWN_IDS]}{' ...' if len(ids) > _SHOWN_IDS else ''}"
 
 
 def paired_change(a: pd.DataFrame, b: pd.DataFrame, metric: str = DEFAULT_METRIC, what: str = "") -> PairedComparison:

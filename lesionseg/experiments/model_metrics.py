@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import EXTERNAL_KEY, VALIDATION_PREFIX
 
-PARAMS_PREFIX = "params_"
+_PARAMS_PREFIX = "params_"
 
 
 def _is_number(value) -> bool:
@@ -58,8 +58,8 @@ class ModelMetrics:
         for key, value in entry.items():
             if key == EXTERNAL_KEY:
                 record.external = {name: dict(scores) for name, scores in value.items()}
-            elif key.startswith(PARAMS_PREFIX):
-                record.params[key[len(PARAMS_PREFIX) :]] = value
+            elif key.startswith(_PARAMS_PREFIX):
+                record.params[key[len(_PARAMS_PREFIX) :]] = value
             elif key.startswith(VALIDATION_PREFIX):
                 record.val[key[len(VALIDATION_PREFIX) :]] = value
             elif key in info:
@@ -78,7 +78,7 @@ class ModelMetrics:
         if self.external:
             entry[EXTERNAL_KEY] = {name: dict(scores) for name, scores in self.external.items()}
         entry.update({VALIDATION_PREFIX + k: v for k, v in self.val.items()})
-        entry.update({PARAMS_PREFIX + k: v for k, v in self.params.items()})
+        entry.update({_PARAMS_PREFIX + k: v for k, v in self.params.items()})
         entry.update({k: getattr(self, k) for k in self.info_keys() if getattr(self, k) is not None})
         return entry
 

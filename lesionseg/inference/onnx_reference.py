@@ -40,8 +40,8 @@ from lesionseg.inference.postprocess import clean_mask
 from lesionseg.inference.quality import UNCERTAIN_MARGIN, needs_review
 from lesionseg.inference.settings import InferenceSettings
 
-METADATA_KEYS = ("lesionseg.preprocessing", "lesionseg.inference")
-FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both: the order of predict_logits
+_METADATA_KEYS = ("lesionseg.preprocessing", "lesionseg.inference")
+_FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both: the order of predict_logits
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
             raise DataError(self.path, f"not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
-        missing = [key for key in METADATA_KEYS if key not in meta]
+        missing = [key for key in _METADATA_KEYS if key not in meta]
         if missing:
             raise DataError(self.path, f"no {', '.join(missing)} metadata: not a model written by lesionseg export")
         try:
@@ -84,7 +84,7 @@ class OnnxModel:
         """Logits float32 ``(S, S)`` of one ``(S, S, 3)`` model input (uint8, or float in [0, 255] for a zoom
         crop), flip-averaged with TTA."""
         x = (pixels.astype(np.float32).transpose(2, 0, 1)[None] / 255.0 - self.mean) / self.std
-        flips = FLIPS if self.settings.tta else FLIPS[:1]
+        flips = _FLIPS if self.settings.tta else _FLIPS[:1]
         batch = np.concatenate([np.flip(x, axis) for axis in flips]).astype(np.float32)
         (out,) = self.session.run(["logits"], {"image": batch})
         total = np.zeros(out.shape[1:], dtype=np.float32)
@@ -113,12 +113,6 @@ class OnnxModel:
         )
         mask = clean_mask(compose_logits(logits, box, crop_logits, height, width) > cut, settings.postprocess)
         return OnnxPrediction(mask, quality, bool(needs_review(quality, settings.review_threshold)))
-
-
-def predict_onnx(onnx_path: Path, images: list) -> list[OnnxPrediction]:
-    """:meth:`OnnxModel.predict` for each of ``images`` (files or uint8 arrays) with the model in ``onnx_path``."""
-    model = OnnxModel(onnx_path)
-    return [model.predict(image) for image in images]
 
 
 def crop_input(pixels: np.ndarray, box: Box) -> np.ndarray:

@@ -31,6 +31,8 @@ from lesionseg.inference.quality import mask_quality, needs_review
 from lesionseg.inference.settings import InferenceSettings
 from lesionseg.inference.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass
 
+__all__ = ["Prediction", "mask_from_logits", "predict"]
+
 
 @dataclass(frozen=True)
 class Prediction:

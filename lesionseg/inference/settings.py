@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+__all__ = ["logit", "PostprocessConfig", "ZoomConfig", "OVERRIDABLE", "InferenceSettings"]
+
 
 def logit(probability: float) -> float:
     """The logit at which a probability threshold cuts: 0 for 0.5."""
@@ -62,7 +64,7 @@ class ZoomConfig:
 
 
 # The stored form's keys, in its order, and the settings each is (see the module doc).
-RECORD_KEYS = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom", "zoom_margin",
+_RECORD_KEYS = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom", "zoom_margin",
                "zoom_max_share")  # fmt: skip
 # What a user may override per call: predict/evaluate/calibrate flags, the pyfunc's params.
 OVERRIDABLE = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom")
@@ -94,7 +96,7 @@ class InferenceSettings:
         return logit(self.threshold)
 
     def record(self) -> dict:
-        """The stored form: a flat dict of :data:`RECORD_KEYS`."""
+        """The stored form: a flat dict of :data:`_RECORD_KEYS`."""
         return {
             "tta": self.tta,
             "threshold": self.threshold,
@@ -110,7 +112,7 @@ class InferenceSettings:
     def from_record(cls, record: dict) -> InferenceSettings:
         """Settings from their stored form; a key it lacks (a model exported before that setting existed) keeps
         the plain model's value. Raises ``ValueError`` for a key that is not a setting, or a bad value."""
-        unknown = sorted(set(record) - set(RECORD_KEYS))
+        unknown = sorted(set(record) - set(_RECORD_KEYS))
         if unknown:
             raise ValueError(f"unknown inference settings: {', '.join(unknown)}")
         values = {**InferenceSettings().record(), **record}

@@ -22,7 +22,7 @@ from lesionseg.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 METHODS = ("none", "shades_of_gray", "gray_world")
 
 
-class ShadesOfGray(nn.Module):
+class _ShadesOfGray(nn.Module):
     """``forward(x: (N, 3, H, W) ImageNet-normalised) -> same shape``, each image colour-corrected.
 
     Per image and channel ``c`` (pixel values ``v`` in [0, 1]): the illuminant
@@ -55,11 +55,11 @@ class ShadesOfGray(nn.Module):
 
 
 def build_colour_constancy(method: str, p: float = 6.0) -> nn.Module:
-    """``none`` -> identity; ``shades_of_gray`` -> :class:`ShadesOfGray` (p); ``gray_world`` -> p = 1."""
+    """``none`` -> identity; ``shades_of_gray`` -> :class:`_ShadesOfGray` (p); ``gray_world`` -> p = 1."""
     if method == "none":
         return nn.Identity()
     if method == "shades_of_gray":
-        return ShadesOfGray(p)
+        return _ShadesOfGray(p)
     if method == "gray_world":
-        return ShadesOfGray(1.0)
+        return _ShadesOfGray(1.0)
     raise ValueError(f"colour_constancy must be one of {METHODS}, got {method!r}")

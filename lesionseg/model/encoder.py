@@ -29,9 +29,9 @@ from lesionseg.errors import (
     unreadable_torch_file,
 )
 
-STAGE_SLICES = ((0, 4), (4, 7), (7, 14), (14, 19))
-STAGE_CHANNELS = (24, 32, 96, 1280)
-STAGE_STRIDES = (4, 8, 16, 32)
+_STAGE_SLICES = ((0, 4), (4, 7), (7, 14), (14, 19))
+_STAGE_CHANNELS = (24, 32, 96, 1280)
+_STAGE_STRIDES = (4, 8, 16, 32)
 
 IMAGENET_WEIGHTS = "imagenet"
 NO_WEIGHTS = "none"
@@ -40,12 +40,12 @@ NO_WEIGHTS = "none"
 class MobileNetV2Encoder(nn.Module):
     """torchvision MobileNetV2 ``features`` as four sequential stages."""
 
-    out_channels = STAGE_CHANNELS
-    strides = STAGE_STRIDES
+    out_channels = _STAGE_CHANNELS
+    strides = _STAGE_STRIDES
 
     def __init__(self, features: nn.Sequential):
         super().__init__()
-        self.stages = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in STAGE_SLICES)
+        self.stages = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in _STAGE_SLICES)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the four stage outputs for ``x`` of shape ``(N, 3, H, W)`` (see module doc)."""
@@ -56,7 +56,7 @@ class MobileNetV2Encoder(nn.Module):
         return features
 
 
-def load_mobilenet_v2(weights: str) -> nn.Module:
+def _load_mobilenet_v2(weights: str) -> nn.Module:
     """Build a torchvision ``mobilenet_v2`` with ``weights``.
 
     ``weights`` is ``"imagenet"`` (torchvision's ``IMAGENET1K_V1``, downloaded
@@ -108,5 +108,5 @@ def _preview(keys: list[str], n: int = 5) -> str:
 
 
 def build_encoder(weights: str = IMAGENET_WEIGHTS) -> MobileNetV2Encoder:
-    """MobileNetV2 encoder with ``weights`` (see :func:`load_mobilenet_v2`)."""
-    return MobileNetV2Encoder(load_mobilenet_v2(weights).features)
+    """MobileNetV2 encoder with ``weights`` (see :func:`_load_mobilenet_v2`)."""
+    return MobileNetV2Encoder(_load_mobilenet_v2(weights).features)

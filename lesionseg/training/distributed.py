@@ -39,7 +39,7 @@ class Distributed:
         return self.rank == 0
 
 
-def backend_for(device: torch.device) -> str:
+def _backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
@@ -47,7 +47,7 @@ def init(ctx: Distributed, device: torch.device) -> None:
     """Join the process group (rendezvous from torchrun's environment)."""
     if device.type == "cuda":
         torch.cuda.set_device(ctx.local_rank)
-    dist.init_process_group(backend_for(device), rank=ctx.rank, world_size=ctx.world_size)
+    dist.init_process_group(_backend_for(device), rank=ctx.rank, world_size=ctx.world_size)
 
 
 def shutdown() -> None:

@@ -32,8 +32,8 @@ from lesionseg.training.train import TrainConfig, TrainingJob, TrainResult, trai
 
 log = logging.getLogger(__name__)
 
-# amp and channels_last are logged as phase_params resolves them (the request and what the device uses).
-LOGGED_TRAIN_FIELDS = (
+# amp and channels_last are logged as _phase_params resolves them (the request and what the device uses).
+_LOGGED_TRAIN_FIELDS = (
     "epochs", "lr", "batch_size", "optimizer", "weight_decay", "scheduler", "warmup_epochs",
     "bce_weight", "dice_weight", "ema_decay", "seed", "device", "augment_on", "compile", "fused_optimizer",
 )  # fmt: skip
@@ -42,11 +42,11 @@ LOGGED_TRAIN_FIELDS = (
 # MLflow lists a run's metrics in the order they were first logged, and its compare page plots the first
 # one shared by the runs (parallel coordinates) until the user picks another: the trainable count, which
 # tells the phases apart, not the total, which is the same for all.
-COUNTS_LOGGING_ORDER = ("trainable", "frozen", "total")
+_COUNTS_LOGGING_ORDER = ("trainable", "frozen", "total")
 
 
-def counts_in_logging_order(counts: dict[str, int]) -> dict[str, int]:
-    return {key: counts[key] for key in COUNTS_LOGGING_ORDER}
+def _counts_in_logging_order(counts: dict[str, int]) -> dict[str, int]:
+    return {key: counts[key] for key in _COUNTS_LOGGING_ORDER}
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class DeferredLogging:
         return Path(self.directory) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{self.key[:20]}"
 
 
-def phase_params(model: LesionSegModel, model_config: ModelConfig, config: TrainConfig, image_size: int) -> dict:
+def _phase_params(model: LesionSegModel, model_config: ModelConfig, config: TrainConfig, image_size: int) -> dict:
     """The MLflow params of a phase: unfreeze level, model, data size, training and augmentation settings, and
     the precision and layout the training step uses on its device (``precision``, ``channels_last``) with the
     requests (``amp_request``, ``channels_last_request``), as the checkpoint records them."""
@@ -76,7 +76,7 @@ def phase_params(model: LesionSegModel, model_config: ModelConfig, config: Train
         "minkowski_p": model_config.minkowski_p,
         "image_size": image_size,
     }
-    params.update({name: getattr(config, name) for name in LOGGED_TRAIN_FIELDS})
+    params.update({name: getattr(config, name) for name in _LOGGED_TRAIN_FIELDS})
     numerics = resolve_numerics(config.amp, config.channels_last, select_device(config.device), config.tf32)
     params.update(numerics.record())
     params.update({f"augment_{k}": v for k, v in asdict(config.augment).items()})
@@ -124,11 +124,11 @@ def train_phase(
     if resume:
         return _complete_deferred(name, entry, job.checkpoint_path, job.history_path, tags, parent_run_id)
 
-    params = phase_params(job.model, job.model_config, job.config, job.train_split.size)
+    params = _phase_params(job.model, job.model_config, job.config, job.train_split.size)
     counts = count_parameters(job.model)
     run = tracking.PhaseRun.start(name, tags, parent_run_id)
     run.log_params(params)
-    run.log_metrics("params_", counts_in_logging_order(counts))
+    run.log_metrics("params_", _counts_in_logging_order(counts))
     result = train_model(
         job,
         on_epoch=lambda row: run.log_metrics("", row, step=int(row["epoch"])),
@@ -195,7 +195,7 @@ def _complete_deferred(
     atomic.write_text(history_path, (entry / "history.csv").read_text())
     history = pd.read_csv(history_path)
     run.log_params(state["params"])
-    run.log_metrics("params_", counts_in_logging_order(state["param_counts"]), skip_logged=True)
+    run.log_metrics("params_", _counts_in_logging_order(state["param_counts"]), skip_logged=True)
     for row in history.to_dict("records"):
         run.log_metrics("", row, step=int(row["epoch"]), skip_logged=True)
     run.log_metrics("best_val_", state["best_metrics"], skip_logged=True)
