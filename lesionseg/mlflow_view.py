@@ -1,19 +1,8 @@
 """The page the MLflow UI opens on: the lesionseg experiment's runs table with its headline columns.
 
-MLflow 3 (3.17) opens an experiment on its GenAI overview and shows no metric or parameter column
-in the runs table until the user picks them among every key logged. Two things it supports change
-that without a click:
-
-- a *saved view*: an experiment tag ``mlflow.sharedViewState.<id>`` whose value is the JSON
-  envelope ``{"name", "createdAt", "state"}`` the UI's own "Save view" writes, ``state`` being the
-  serialised runs-page state (visible columns, sort order, filters); it is listed in the runs
-  page's *Views* menu and applied by the URL parameter ``viewStateShareKey=<id>``
-  (``useSharedExperimentViewState`` and ``utils/savedViewEnvelope.ts`` in
-  ``mlflow/server/js/src/experiment-tracking/components/experiment-page``);
-- the URL parameter ``workflowType=machine_learning``, which switches the UI from its GenAI mode to
-  model training for that page (it overrides the mode kept in the browser's local storage).
-
-:func:`runs_page_url` combines both into the link that ``make mlflow-ui`` prints.
+:func:`view_tag` is the experiment tag of a saved view (the UI's own "Save view" format) that shows the headline
+columns; :func:`runs_page_url` is the link that applies it in the UI's model-training mode (``make mlflow-ui``
+prints it). Why a link, and MLflow's code it relies on: docs/mlflow-ui.md.
 """
 
 from __future__ import annotations

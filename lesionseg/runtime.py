@@ -1,14 +1,11 @@
 """Where a model runs and in which number format: the device, and the precision, memory layout and TF32 choice
 that training and inference use on it (the params' ``runtime`` section, resolved).
 
-``runtime.amp`` asks for ``auto``, ``bf16``, ``fp16`` or ``off``, ``runtime.channels_last`` for ``auto``, ``true``
-or ``false``, ``runtime.tf32`` whether fp32 convolutions and matrix products on CUDA may round their inputs to TF32;
-:func:`resolve_numerics` turns the requests into what a device uses (:class:`Numerics`), recorded with every trained
-model. ``auto`` is bf16 autocast only where the device computes bf16 natively (a CUDA GPU from Ampere on, a CPU with
-AVX512-BF16, AMX or Arm BF16: emulated bf16 is many times slower than fp32), fp16 autocast with a gradient scaler on
-an older CUDA GPU, fp32 elsewhere; channels-last where it measured faster (a CPU with native bf16;
-docs/benchmarks.md). Inference (:func:`inference_numerics`) is fp32 without TF32 on every device unless a caller asks
-for another precision, so one image gets one mask on every device and path.
+:func:`resolve_numerics` turns the ``runtime.amp``, ``channels_last`` and ``tf32`` requests into what a device uses
+for training (:class:`Numerics`, recorded with every trained model): ``auto`` is bf16 autocast only where bf16 is
+native, fp16 with a gradient scaler on an older CUDA GPU, fp32 elsewhere. Inference (:func:`inference_numerics`)
+is fp32 without TF32 on every device unless a caller asks otherwise, so one image gets one mask everywhere.
+The rules and their measurements: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -54,7 +51,7 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
 
 
 def amp_request(value) -> str:
-    """``runtime.amp``: one of :data:`_AMP_CHOICES`."""
+    """``runtime.amp``: ``auto``, ``bf16``, ``fp16`` or ``off``."""
     if value not in _AMP_CHOICES:
         raise ValueError(f"amp must be one of {_AMP_CHOICES}, got {value!r}")
     return value

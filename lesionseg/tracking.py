@@ -1,21 +1,9 @@
 """MLflow logging for pipeline stages.
 
-One pipeline execution (a ``dvc repro`` or ``dvc exp run``) is one parent
-run, found or created by its execution key (:func:`execution_run`), whose
-params are the whole ``params.yaml``. Its children are exactly the phases of
-that execution, one run per model:
-
-- a phase the execution trained is its own training run (params, parameter
-  counts, per-epoch history, checkpoint), which later gets its test metrics;
-- a phase it re-used (DVC restored the checkpoint from its cache) is a
-  *link run* of the same name, tagged ``lesionseg.trained_in_run`` with the
-  id of the run that trained it, holding the same params and this
-  execution's test metrics. The training run itself is never re-parented
-  and never gets metrics from another execution.
-
-So the children of one parent, compared in the UI, show exactly the numbers of
-that execution's ``reports/metrics.json``. Every run is tagged with the git
-commit and the DVC experiment name.
+One pipeline execution (a ``dvc repro`` or ``dvc exp run``) is one parent run, found or created by its key
+(:func:`execution_run`); its children are exactly its phases, one run per model: a phase it trained is its own
+training run, a phase DVC re-used is a link run (:func:`model_run`) tagged ``lesionseg.trained_in_run`` that holds
+this execution's metrics. Every run is tagged with the git commit and the DVC experiment. The layout: docs/mlflow.md.
 """
 
 from __future__ import annotations
@@ -222,7 +210,7 @@ def start_run(run_name: str, tags: dict, parent_run_id: str | None = None, run_i
 def model_run(name: str, trained_in: str | None, parent_run_id: str, tags: dict):
     """The run of model ``name`` among ``parent_run_id``'s children, to log evaluation results into.
 
-    The run is tagged as holding an evaluation (:data:`_EVALUATION_RUN_TAG`) and keeps the end time
+    The run is tagged as holding an evaluation (``mlflow.runType=evaluation``) and keeps the end time
     of its own work (training, for a training run).
 
     ``trained_in`` is the run id stored in the model's checkpoint. If that run

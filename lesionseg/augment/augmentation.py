@@ -15,25 +15,14 @@ import torch
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation: each field a probability (0 = off) or a range's size.
+    """Training augmentation: each field a probability (0 = off, the default: a recipe says what to apply) or a range.
 
-    The defaults augment nothing: a recipe (params.yaml's ``augment`` section,
-    ``recipes/reference.yaml``) says what to apply; the library does not.
-
-    ``scale_rotate``: probability of a random affine (shift up to 6%, scale
-    ``1 +- scale_limit``, rotation up to ``rotate_limit`` degrees);
-    ``hue_saturation``: probability of a hue/saturation/value jitter;
-    ``lesion_crop``: probability of a random square crop that keeps the whole
-    lesion, resized to the input size (:func:`lesion_crop_boxes`): the lesion
-    larger in the frame, as the zoom-in second pass
-    (:mod:`lesionseg.inference.zoom`) shows it to the model.
-
-    What spans cameras (each a probability, 0 = off):
-    ``gamma`` (gamma 0.7-1.5), ``blur`` (Gaussian blur, sigma up to 1.2 px
-    at 128 px), ``noise`` (Gaussian sensor noise, std up to 5% of the range),
-    ``jpeg`` (JPEG re-compression at quality 40-95). The ranges are the
-    module's ``*_LIMIT`` constants, shared with the batched GPU version
-    (:mod:`lesionseg.augment.batch_augment`).
+    ``scale_rotate``: a random affine (shift up to 6%, scale ``1 +- scale_limit``, rotation up to ``rotate_limit``
+    degrees); ``hue_saturation``: a hue/saturation/value jitter; ``lesion_crop``: a random square crop that keeps
+    the whole lesion (:func:`lesion_crop_boxes`), as the zoom-in second pass shows it. Across cameras: ``gamma``
+    (0.7-1.5), ``blur`` (Gaussian, sigma up to 1.2 px at 128 px), ``noise`` (Gaussian, std up to 5% of the range),
+    ``jpeg`` (re-compression at quality 40-95); the ranges are this module's ``*_LIMIT`` constants, shared with
+    :mod:`lesionseg.augment.batch_augment`.
     """
 
     hflip: float = 0.0
@@ -90,7 +79,7 @@ def lesion_crop_boxes(masks: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
     """Square crops that keep each mask's whole lesion: float ``(N, 3)`` rows ``(top, left, side)`` in pixels.
 
     ``masks``: bool ``(N, S, S)``; ``uniforms``: ``(N, 3)`` draws from U(0, 1). The side is drawn uniformly
-    between the lesion's extent (the longer side of its bounding box) plus :data:`_LESION_CROP_MARGIN` of it
+    between the lesion's extent (the longer side of its bounding box) plus 0.15 of it
     on each side and the whole image, the position uniformly among the squares of that side that hold the
     bounding box inside the image. An empty mask gets the whole image (no crop). Both augmentation paths
     (albumentations' :class:`~lesionseg.augment.lesion_crop.LesionCrop` and the batched one) draw their crops here.

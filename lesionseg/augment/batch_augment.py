@@ -1,7 +1,7 @@
 """The training augmentation as batched tensor ops, for data kept on the training device.
 
 On a GPU the model eats batches faster than a CPU loader can decode and augment them, so
-:class:`DeviceBatches` keeps the cached uint8 tensors on the device and :func:`_augment_batch` applies the
+:class:`DeviceBatches` keeps the cached uint8 tensors on the device and applies the
 transforms of :func:`lesionseg.augment.dataset.train_transform`, in the same order, with the same ranges and
 probabilities (:mod:`lesionseg.augment.augmentation`'s constants), to a whole batch. Each image draws its own
 parameters and values stay on the uint8 grid, so the two paths agree in distribution, not pixel for pixel
@@ -231,18 +231,11 @@ def _augment_batch(
 class DeviceBatches:
     """Shuffled, augmented training batches from cached uint8 tensors held on ``device``.
 
-    The GPU counterpart of ``DataLoader(SegmentationDataset(...), shuffle=True)``:
-    the split is copied to the device once, each epoch draws a new order from a
-    CPU generator seeded with ``seed``, and :func:`_augment_batch` runs on the
-    device with its own generator. Yields ``(images, masks)`` as
-    :func:`_augment_batch` returns them; the last batch may be smaller.
-
-    ``shard=(rank, world_size)``: ``batch_size`` is the global batch; every
-    rank draws the same order (padded, like ``DistributedSampler``, to a
-    multiple of ``world_size``) and yields its strided share of each global
-    batch, augmented with its own generator. ``batch_size`` must split evenly
-    (:func:`~lesionseg.augment.dataset.local_batch_size`), so every
-    rank's share of every batch, the last one too, has the same size.
+    The GPU counterpart of ``DataLoader(SegmentationDataset(...), shuffle=True)``: the split is copied to the device
+    once, each epoch draws a new order from a CPU generator seeded with ``seed``, and the augmentation runs on the
+    device; yields ``(images, masks)``, the last batch maybe smaller. ``shard=(rank, world_size)``: ``batch_size``
+    is the global batch (it must split evenly: :func:`~lesionseg.augment.dataset.local_batch_size`); every rank draws
+    the same order, padded like ``DistributedSampler``, and yields its strided, equal share of each global batch.
     """
 
     def __init__(

@@ -1,14 +1,9 @@
-"""Prepared splits: uint8 tensors decoded once, saved with ``torch.save``.
+"""Prepared splits: uint8 tensors decoded once, saved with ``torch.save`` as a plain dict (``weights_only=True``).
 
-A split file holds a plain dict (loadable with ``weights_only=True``):
-
-- ``images``: uint8 ``(N, S, S, 3)`` RGB at model resolution ``S``
-- ``masks``: uint8 ``(N, S, S)`` with values 0/1 (nearest-neighbour resized)
-- ``ids``: list of N ISIC IDs
-- ``orig_sizes``: int64 ``(N, 2)``, original ``(height, width)``
-- ``fullres_masks``: the original-resolution masks, bit-packed and
-  zlib-compressed (``data`` uint8, ``offsets`` int64 ``(N + 1,)``), so that
-  evaluation at original resolution needs no image decoding.
+``images`` uint8 ``(N, S, S, 3)`` RGB at model resolution ``S``; ``masks`` uint8 ``(N, S, S)`` 0/1
+(nearest-neighbour resized); ``ids``, the N ISIC IDs; ``orig_sizes`` int64 ``(N, 2)``, original ``(height,
+width)``; ``fullres_masks``, the original-resolution masks bit-packed and zlib-compressed (``data`` uint8,
+``offsets`` int64 ``(N + 1,)``), so that evaluation at original resolution decodes no image. :class:`Split` reads one.
 """
 
 from __future__ import annotations

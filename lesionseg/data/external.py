@@ -1,23 +1,10 @@
 """Labelled image folders as users have them: find, pair and prepare an external test set.
 
-Layouts (tried in this order):
-
-- ``images/`` + ``masks/`` sub-folders (any depth below each);
-- masks beside the images, in one folder;
-- or explicit ``images`` and ``masks`` folders (:class:`ExternalSet`).
-
-Images: ``.jpg``, ``.jpeg``, ``.png``, ``.bmp``, ``.tif``, ``.tiff`` of any
-size. A mask is found by its image's stem plus a suffix: ``_segmentation``,
-``_Segmentation``, ``_mask``, ``_lesion`` or, in a separate masks folder, none
-(``ISIC_1.jpg`` -> ``ISIC_1_segmentation.png``). Where more than one candidate
-fits, the set is ambiguous and ``mask_suffix`` must say which. Masks may be
-0/255, 0/1, palette or RGB images (see :func:`lesionseg.data.images.load_mask`).
-
-An image without a mask, a mask without an image, and a file that is neither
-are listed in :attr:`ExternalPairing.skipped` (by name, with the reason); the
-set stops with a :class:`~lesionseg.errors.DataError` that names the set, the
-file and what is wrong when it has no usable pair, or when a mask's size
-differs from its image's.
+A folder holds ``images/`` + ``masks/`` sub-folders, or masks beside the images (tried in this order), or
+:class:`ExternalSet` names both folders; a mask is its image's stem plus a suffix (``mask_suffix`` where several
+fit). Unpaired files are listed in :attr:`ExternalPairing.skipped`; a set with no usable pair, or a mask of
+another size than its image, raises :class:`~lesionseg.errors.DataError`. Layouts, names and mask formats:
+docs/other-clinics.md.
 """
 
 from __future__ import annotations

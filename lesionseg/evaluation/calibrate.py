@@ -1,30 +1,10 @@
-"""Calibration to a clinic's annotation style: the threshold that fits a few of its own labelled masks.
+"""Calibration to a clinic's annotation style: the probability threshold that fits a few of its own labelled masks.
 
-Clinics draw the lesion's edge differently: where one clinic's annotators draw tight, a model trained on ISIC's
-masks predicts lesions that are systematically too large there, and a higher probability threshold moves its
-boundary inwards (a loose annotator: a lower one). :func:`calibrate` runs the model once per image with its stored
-settings (:func:`~lesionseg.inference.predict.predict`, as ``predict`` and evaluation do: flip TTA, the zoom-in second
-pass), takes each image's logits at its original resolution and scores every threshold of a fine grid from
-them, after the model's clean-up: the per-image IoU (the ISIC definition) is computed exactly as evaluation
-computes it (:func:`~lesionseg.inference.predict.mask_from_logits`), only the threshold changes.
-
-A threshold chosen on ten images fits those ten better than any other by construction. The guard against that
-optimism: each image is scored at the threshold chosen on the *other* images (leave-one-out), and the new
-threshold is adopted only when the paired 95% bootstrap interval of that held-out gain over the stored
-threshold (:func:`~lesionseg.evaluation.stats.paired_difference`) lies above 0; otherwise the stored settings
-stay. The in-sample gain at the chosen threshold is reported beside it (the model card shows both).
-
-With the zoom-in second pass on, the search scores the second pass's crops as the stored threshold placed them;
-the chosen threshold's in-sample scores come from a second, real evaluation of the calibrated settings
-(:func:`~lesionseg.evaluation.evaluate.evaluate_model`), so the reported gain is what the written model does.
-
-The review threshold moves with the settings, since a mask's quality is measured against the threshold
-(:func:`~lesionseg.inference.quality.mask_quality`): it becomes the quality quantile that flags, at the new
-threshold, the share of these images' masks that the stored review threshold flagged at the stored one.
-
-In the pipeline (:func:`calibrated_external`) a few images of an external set, drawn with a seed, calibrate and
-only the others are scored, once with the stored settings and once with the calibrated ones: the two scores are
-paired on the same held-out images, and no calibration image is ever scored.
+:func:`calibrate` scores a grid of thresholds on the images (same inference and IoU as evaluation) and adopts the
+best one only when its leave-one-out gain over the stored threshold has a 95% interval above 0; the review
+threshold moves with it. :func:`calibrated_external` is the pipeline's form: a seeded draw of an external set's
+images calibrates, the others are scored as trained and as calibrated. The rule and its limits:
+docs/other-clinics.md.
 """
 
 from __future__ import annotations
@@ -134,7 +114,9 @@ class Choice:
 
 def choose_threshold(iou: np.ndarray, stored: int) -> Choice:
     """The calibration rule on per-image IoU ``iou`` ``(N, T)`` (columns: thresholds; ``stored``: the stored
-    one's): :func:`_best_column`, judged by :func:`_leave_one_out` (N >= 3)."""
+    one's, N >= 3): the column of the highest mean IoU (of equal means, the nearest to ``stored``), adopted when
+    the paired interval of each image's IoU at the column chosen on the other images, against ``stored``, lies
+    above 0."""
     best = _best_column(iou, stored)
     held_out = paired_difference(iou[:, stored], _leave_one_out(iou, stored))
     return Choice(best, held_out, best != stored and held_out.ci95[0] > 0)
@@ -272,7 +254,7 @@ def calibrated_external(
     device=None,
 ) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
     """External set ``name`` scored as trained and as calibrated on a few of its own images: :func:`calibrate`
-    on the images of :func:`_draw_calibration` with the model's ``settings``, then the held-out images alone
+    on ``draw.images`` of them drawn with ``draw.seed``, from the model's ``settings``, then the held-out images alone
     scored with ``settings`` (under ``name``) and with the calibrated settings (under ``name`` +
     :data:`~lesionseg.evaluation.evaluate.CALIBRATED_SUFFIX`), each with its review metrics at its own review
     threshold. Returns ``(metrics, per-image tables)`` keyed by those two names, as

@@ -60,7 +60,7 @@ def mean_over_folds(tables: list[pd.DataFrame]) -> pd.DataFrame:
 def summarize_folds(table: pd.DataFrame) -> dict:
     """CV summary of one model's out-of-fold per-image table (``fold`` and ``orig_*`` columns).
 
-    For each metric in :data:`_CV_METRICS` at original resolution: the per-fold
+    For each of ``jaccard``, ``dice`` and ``jaccard_thresholded`` at original resolution: the per-fold
     means (``fold<k>``), their ``mean`` and standard error ``se``
     (sample SD of the fold means / sqrt(folds)), and ``n`` pairs in all.
     Thresholded Jaccard is computed from per-image Jaccard as in

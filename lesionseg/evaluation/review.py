@@ -1,12 +1,9 @@
 """Which masks a person should check: the review threshold and how well it works.
 
-A mask is flagged for review when its quality (:func:`lesionseg.inference.quality.mask_quality`) is below the
-model's review threshold, chosen as the quality quantile that flags a stated share of masks
-(``evaluate.review_fraction``) on predictions the model was not trained on (the validation split; for the
-cross-validation ensemble, the out-of-fold predictions), never on the test split. The metrics say what the
-threshold buys on a split: how well quality separates failures (IoU below :data:`_FAILURE_IOU`) from the rest,
-the share of failures caught, the mean IoU of the masks accepted without review, and the share flagged (which
-grows on other clinics' images: that is the point).
+A mask is flagged when its quality (:func:`lesionseg.inference.quality.mask_quality`) is below the model's review
+threshold: the quality quantile that flags ``evaluate.review_fraction`` of masks the model was not trained on
+(validation split; out of fold for the cross-validation ensemble), never the test split. :func:`review_metrics`
+says what it buys: failures (IoU < 0.7) caught, IoU of the accepted masks, share flagged. docs/predict.md.
 """
 
 from __future__ import annotations
@@ -47,10 +44,11 @@ def _failure_auroc(quality, iou, failure_iou: float = _FAILURE_IOU) -> float:
 
 
 def review_metrics(quality, iou, threshold: float | None, failure_iou: float = _FAILURE_IOU) -> dict[str, float]:
-    """``review_auroc`` (:func:`_failure_auroc`), ``review_caught`` (share of failures flagged),
-    ``review_accepted_jaccard`` (mean IoU of the masks not flagged), ``review_flagged`` (share flagged) for
-    one split; without a threshold only the AUROC. A metric the split leaves undefined (no failure, no
-    success, every mask flagged) is left out: metrics.json holds numbers only, and a missing metric says why."""
+    """``review_auroc`` (how well quality ranks failures, IoU < ``failure_iou``, below the rest), ``review_caught``
+    (share of failures flagged), ``review_accepted_jaccard`` (mean IoU of the masks not flagged), ``review_flagged``
+    (share flagged) for one split; without a threshold only the AUROC. A metric the split leaves undefined (no
+    failure, no success, every mask flagged) is left out: metrics.json holds numbers only.
+    """
     quality, iou = np.asarray(quality, dtype=float), np.asarray(iou, dtype=float)
     metrics = {"auroc": _failure_auroc(quality, iou, failure_iou)}
     if threshold is not None:

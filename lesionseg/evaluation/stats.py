@@ -1,15 +1,9 @@
 """Paired comparison of two models scored on the same images; and one model on two image sets.
 
-The per-image scores of two models on one set of images are paired: image
-difficulty varies far more than the models do, so the difference is judged
-image by image. The mean difference gets a 95% bootstrap confidence interval
-(BCa, resampling images; ``scipy.stats.bootstrap`` with ``paired=True``) and
-a two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``).
-
-One model's scores on two different sets of images (the test split and an
-external set) are independent samples: :func:`independent_difference`
-resamples each set on its own (``paired=False``) and tests with
-Mann-Whitney U (``scipy.stats.mannwhitneyu``).
+Two models' per-image scores on one set of images are paired (image difficulty varies far more than the models
+do): :func:`paired_difference` gives the mean difference with a 95% BCa bootstrap interval (resampling images)
+and a two-sided Wilcoxon signed-rank p. One model on two sets (the test split and an external set) gives
+independent samples: :func:`independent_difference` resamples each set on its own and tests with Mann-Whitney U.
 """
 
 from __future__ import annotations

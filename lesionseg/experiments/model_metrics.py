@@ -1,12 +1,9 @@
 """One model's entry of ``reports/metrics.json`` as a typed record, and the file as a whole.
 
-The file format stays what ``dvc metrics``, ``dvc exp show`` and MLflow's readers know: per model a flat
-object of test scores (``loss``, ``jaccard``, ..., ``orig_jaccard``, ...), the same on the validation
-split with the ``val_`` prefix, parameter counts with the ``params_`` prefix, the external sets under
-``external`` (set -> scores and ``n``), and a few facts about the model (``lr``, ``epochs``,
-``best_epoch``; an ensemble's ``members`` and ``member_model``; the ``review_threshold``).
-:class:`ModelMetrics` sorts the keys into those groups once, so readers ask for ``record.test`` instead
-of filtering keys out.
+The file stays what ``dvc metrics``, ``dvc exp show`` and MLflow's readers know: per model a flat object of test
+scores, the validation split's (``val_``), parameter counts (``params_``), the external sets under ``external``
+(set -> scores and ``n``) and a few facts (``lr``, ``epochs``, ``best_epoch``, an ensemble's ``members`` and
+``member_model``, the ``review_threshold``). :class:`ModelMetrics` sorts the keys into those groups once.
 """
 
 from __future__ import annotations

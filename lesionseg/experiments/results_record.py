@@ -1,23 +1,9 @@
 """A finished experiment as a small committed record: ``results/<name>/``, the scores only (kilobytes).
 
-``lesionseg results save <exp>`` writes one from a DVC experiment or git revision (read through DVC's cache,
-as ``lesionseg compare`` reads experiments: :class:`~lesionseg.experiments.runs.RunFiles`) or from a
-reports folder on disk (the workspace's ``reports``). A record is itself a reports folder, laid out as the
-pipeline lays out ``reports/``, so everything that reads runs reads records (``lesionseg compare
-results/a results/b``, :func:`~lesionseg.experiments.runs.read_run`):
-
-====================================  ===========================================================
-``metrics.json``, ``cv/metrics.json``  the evaluate and cv_score stages' metrics, as written
-``per_image/...``, ``cv/...``          every per-image table of the layout (test split, each external
-                                       set, out of fold, fold-model means), byte for byte
-``params.yaml``                        the params as run: every stage's params from ``dvc.lock``
-                                       (``params.yaml`` where there is no lock)
-``provenance.json``                    git commit, DVC experiment, the ``dvc exp run`` line, machine,
-                                       torch, precision, wall time, and where each came from
-====================================  ===========================================================
-
-No images, masks or weights: a record holds what the tables of the docs are rendered from
-(:mod:`lesionseg.experiments.results_tables`).
+:func:`save_record` (``lesionseg results save <exp>``) writes one from a DVC experiment, a git revision or a
+reports folder. A record is itself a reports folder (metrics, per-image tables, the params as run and
+``provenance.json``), so every reader of runs reads it; :func:`read_provenance` reads its provenance. The
+layout: docs/recipe.md, "Recording the results".
 """
 
 from __future__ import annotations

@@ -1,36 +1,8 @@
 """The results tables of README.md and docs/, rendered from committed records (``results/<name>/``).
 
-A table lives in a marked region of a page; ``lesionseg results render`` rewrites everything between the
-markers from the records the opening marker names, and a test fails when a page differs from what it renders:
-
-    <!-- results:scores default-full -->
-    ... generated ...
-    <!-- /results -->
-
-Kinds (options after the records, ``key=value``; ``metric`` defaults to ``orig_jaccard``):
-
-- ``scores RECORD``: per model, the mean of the per-image metric on every evaluation the record has (test
-  split, each external set, out of fold, fold-model means), with its 95% bootstrap interval
-  (:func:`lesionseg.evaluation.stats.mean_interval`); ``models=a,b`` keeps those models.
-- ``change A B``: the paired change B - A of every model on every evaluation both records have, as
-  ``lesionseg compare results/A results/B --md`` prints it (:func:`~lesionseg.experiments.compare.compare_runs`);
-  ``models=a,b`` keeps those models.
-- ``reproduction RECORD averaging=NAME``: the reference report's table beside the record's, in the official
-  metric and in the report's averaging (:func:`lesionseg.experiments.reproduction.reproduction_table`).
-- ``averaging RECORD``: the record's test scores under every candidate averaging, and which one fits the
-  report's IoU and Dice (:func:`lesionseg.experiments.reproduction.averaging_table`).
-- ``cost RECORD...``: what each run cost on its machine: the machine, precision, data set, schedule, models
-  trained, the recorded time (the whole ``dvc exp run``, or its training phases only) and, from the training
-  phases, the seconds per epoch; one row per record.
-- ``review RECORD``: per model and evaluation (test split, each external set), how well the review flag
-  separates failed masks (IoU < 0.7) from the rest at the exported threshold: the evaluate stage's
-  ``review_*`` scores in the record's ``metrics.json``; ``models=a,b`` keeps those models.
-
-Under each table: the records it was rendered from, each with the command that made it and the commit it was
-run from (the experiment's baseline commit: an experiment's own commit is not in the repository); a region whose
-record is not committed yet renders as a line saying so (:func:`missing_records` lists them). A Markdown table
-holding a score (a number like 0.8613 or +0.0049) outside a region has no record: :func:`_unrecorded_rows`
-finds it, so the docs test can refuse it (the history page, :data:`_HISTORY_PAGE`, is where old numbers live).
+A table is a marked region of a page (``<!-- results:KIND RECORD... -->`` ... ``<!-- /results -->``);
+:func:`render_page` rewrites every region from the records it names (:func:`missing_records`: those not
+committed yet). The kinds and their options: docs/development.md, "Results tables".
 """
 
 from __future__ import annotations

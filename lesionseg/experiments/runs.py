@@ -1,22 +1,10 @@
-"""A pipeline run's records, and the one reader of them (``lesionseg compare``, ``lesionseg ci-report``,
-``lesionseg results``).
+"""A pipeline run's records, and the one reader of them (``lesionseg compare``, ``ci-report`` and ``results``).
 
-A run is a reports folder (``reports``: ``metrics.json``, ``per_image/`` and ``cv/``) on disk, or the reports
-folder as DVC tracks it at a git revision or DVC experiment (read from DVC's cache through
-``dvc.api.DVCFileSystem``). Its evaluations (model -> per-image table each):
-
-==========================================  ====================================================
-``test``                                    ``per_image/<model>.csv``
-``external <set>``                          ``per_image/<set>/<model>.csv`` (``cv_ensemble``: the
-                                            fold models' ensemble)
-``cv out-of-fold``                          ``cv/per_image/<model>.csv``
-``external <set>, fold-model mean``         ``cv/external/<set>/<model>.csv`` (per image, the mean
-                                            over the fold models)
-==========================================  ====================================================
-
-:func:`read_run` reads every source ``lesionseg compare`` takes (also a folder of per-image CSVs or one CSV
-file); :func:`read_pipeline_run` reads a pipeline run's reports with their ``metrics.json``, as the change
-report of ``lesionseg ci-report`` needs them. Both return a :class:`Run`.
+A run is a reports folder on disk, or the one DVC tracks at a git revision or DVC experiment (read from DVC's
+cache). Its evaluations, model -> per-image table each: ``test`` (``per_image/``), ``external <set>``
+(``per_image/<set>/``), ``cv out-of-fold`` (``cv/per_image/``) and ``external <set>, fold-model mean``
+(``cv/external/<set>/``). :func:`read_run` reads every source ``lesionseg compare`` takes (also a folder of
+per-image CSVs, or one CSV); :func:`read_pipeline_run` adds the run's ``metrics.json``. Both return a :class:`Run`.
 """
 
 from __future__ import annotations
@@ -230,7 +218,7 @@ def read_run(
     (its ``reports_dir``), a folder of per-image CSVs or one CSV file; no ``metrics``.
 
     ``per_image_dir`` (a folder inside the repository, read at the revision) and a folder or file of CSVs
-    give one evaluation, named by :func:`_evaluation_of`; ``set_name`` then picks its subfolder. A reports
+    give one evaluation, named after where it sits in the layout; ``set_name`` then picks its subfolder. A reports
     folder or revision gives every evaluation of :func:`evaluation_folders` (``set_name``: that set's only).
     """
     path = Path(source)

@@ -39,7 +39,8 @@ def _box_share(box: Box, size: int) -> float:
 
 def zoom_box(mask: np.ndarray, config: ZoomConfig) -> Box | None:
     """The box the zoom-in second pass crops for a first-pass ``mask`` (bool ``(S, S)``):
-    :func:`_lesion_box` with ``config.margin``; ``None`` (first pass kept) when the zoom is off, the mask is
+    the bounding box of its largest 8-connected component, widened by ``config.margin`` of its height and width on
+    each side (rounded outwards, clipped); ``None`` (first pass kept) when the zoom is off, the mask is
     empty, or the box covers ``config.max_share`` of the image or more."""
     box = _lesion_box(mask, config.margin) if config.enabled else None
     return box if box is not None and _box_share(box, mask.shape[0]) < config.max_share else None

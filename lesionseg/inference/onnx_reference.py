@@ -1,27 +1,9 @@
 """Run an exported ONNX model without torch: the reference for what ``lesionseg predict`` does around the graph.
 
-The ONNX graph (:func:`lesionseg.serving.export.export_onnx`) is the network only: normalised images in,
-logits out; the colour constancy step (metadata ``lesionseg.colour_constancy``) is inside the graph, so the
-caller does nothing for it. Everything else is read from the model's metadata and done here, with numpy,
-Pillow, SciPy and onnxruntime only (this module imports no torch; neither do the lesionseg modules it uses):
-
-1. the image file is decoded (EXIF-oriented 8-bit RGB) and resized to ``S`` x ``S`` with bilinear filtering
-   (:func:`lesionseg.data.images.model_input`), scaled to [0, 1] and normalised with the stored mean/std
-   (``lesionseg.preprocessing``);
-2. the graph runs on the image and, with flip TTA (``lesionseg.inference``), on its horizontal, vertical
-   and double flip; the logits, flipped back, are averaged;
-3. with the zoom-in second pass stored on (:mod:`lesionseg.inference.zoom`): the box of the largest predicted
-   component, widened by the stored margin on each side (:func:`~lesionseg.inference.boxes.zoom_box`;
-   none when it covers the stored ``zoom_max_share`` of the image or more), is cropped from the ``S`` x ``S``
-   input, resized to ``S`` x ``S`` (bilinear, not rounded: :func:`crop_input`) and run as in 2; its logits
-   replace the first pass's over the box (:func:`compose_logits`, at every resolution below);
-4. the mask's quality is computed on the sigmoid of those logits at ``S`` x ``S`` (:func:`mask_quality`),
-   and the mask is flagged for review when it is below the stored review threshold;
-5. the logits are resized to the original size (bilinear, half-pixel centres: :func:`upsample_logits`), cut at
-   the stored threshold's logit, and the mask cleaned up (largest component, holes filled) as stored.
-
-Steps 2-5 mirror :func:`lesionseg.inference.predict.predict` and its
-:meth:`~lesionseg.inference.predict.Prediction.mask`.
+:class:`OnnxModel` reads the preprocessing and inference settings from the model's metadata and does, with
+numpy, Pillow, SciPy and onnxruntime only, what :func:`lesionseg.inference.predict.predict` and
+:meth:`~lesionseg.inference.predict.Prediction.mask` do: decode and resize, flip TTA, the zoom-in second pass,
+quality and review flag, the mask at the original size. The procedure step by step: docs/predict.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Colour constancy as the model's first step, so every path that runs the model applies it.
 
-Dermoscopy images from other clinics differ most in illumination and camera
-colour response. Shades of Gray (Finlayson & Trezzi, 2004; the standard
-pre-processing of top ISIC entries, e.g. Barata et al. 2015) estimates the
-illuminant of each image as the per-channel Minkowski p-norm mean and divides
-it out; p = 1 is Gray World, p = 6 the usual dermoscopy choice.
-
-Being a module inside :class:`~lesionseg.model.model.LesionSegModel`, it runs
-in training, evaluation, ``lesionseg predict``, the exported checkpoint, the
-ONNX graph and the MLflow pyfunc alike, and its setting is stored with the
-model's config. It has no parameters, so parameter counts do not change.
+:func:`build_colour_constancy` gives the step a :class:`~lesionseg.model.model.LesionSegModel` runs first:
+Shades of Gray (each image's illuminant as the per-channel Minkowski p-norm mean, divided out; p = 1 is Gray
+World) or the identity. It has no parameters; its setting is stored with the model's config. Why, and what it
+did on other clinics' images: docs/other-clinics.md.
 """
 
 from __future__ import annotations
@@ -55,7 +49,7 @@ class _ShadesOfGray(nn.Module):
 
 
 def build_colour_constancy(method: str, p: float = 6.0) -> nn.Module:
-    """``none`` -> identity; ``shades_of_gray`` -> :class:`_ShadesOfGray` (p); ``gray_world`` -> p = 1."""
+    """``none`` -> identity; ``shades_of_gray`` -> Shades of Gray with Minkowski norm ``p``; ``gray_world`` -> p = 1."""
     if method == "none":
         return nn.Identity()
     if method == "shades_of_gray":

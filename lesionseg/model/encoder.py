@@ -1,19 +1,9 @@
 """MobileNetV2 encoder split into the four stages the decoder taps.
 
-Contract of :meth:`MobileNetV2Encoder.forward` for an input ``(N, 3, H, W)``:
-a list of four feature maps, shallow to deep,
-
-=====  ======================  ========  ======
-index  torchvision layers      channels  stride
-=====  ======================  ========  ======
-0      ``features[0:4]``       24        4
-1      ``features[4:7]``       32        8
-2      ``features[7:14]``      96        16
-3      ``features[14:19]``     1280      32
-=====  ======================  ========  ======
-
-Spatial sizes are ``ceil(H / stride)`` (the convolutions pad), so inputs whose
-side is not a multiple of 32 work; the decoder resizes before concatenating.
+:meth:`MobileNetV2Encoder.forward` on ``(N, 3, H, W)`` returns four feature maps, shallow to deep: torchvision's
+``features[0:4]``, ``[4:7]``, ``[7:14]``, ``[14:19]``, with ``out_channels`` (24, 32, 96, 1280) at ``strides``
+(4, 8, 16, 32). Spatial sizes are ``ceil(H / stride)`` (the convolutions pad), so any input side works; the
+decoder resizes before concatenating.
 """
 
 from __future__ import annotations
@@ -108,5 +98,6 @@ def _preview(keys: list[str], n: int = 5) -> str:
 
 
 def build_encoder(weights: str = IMAGENET_WEIGHTS) -> MobileNetV2Encoder:
-    """MobileNetV2 encoder with ``weights`` (see :func:`_load_mobilenet_v2`)."""
+    """MobileNetV2 encoder with ``weights``: ``"imagenet"`` (torchvision's), ``"none"`` (random) or the path of a
+    torchvision ``mobilenet_v2`` state dict; :class:`EncoderWeightsError` when they cannot be had."""
     return MobileNetV2Encoder(_load_mobilenet_v2(weights).features)

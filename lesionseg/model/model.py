@@ -1,16 +1,8 @@
 """The segmentation model: MobileNetV2 encoder + U-Net decoder, with freezing levels.
 
-Unfreeze levels count encoder stages from the deep end:
-
-=======  ===========================  ==========================
-level    trainable encoder stages     trainable parameters
-=======  ===========================  ==========================
-0        none (decoder only)          4,771,585
-1        stage 4                      6,452,929
-2        stages 3-4                   6,939,969
-3        stages 2-4                   6,979,665
-4/all    all                          6,995,457
-=======  ===========================  ==========================
+An unfreeze level (``0``-``4`` or ``"all"``, :func:`parse_unfreeze_level`) is the number of encoder stages that
+train, counted from the deep end: 0 trains the decoder only, 4 (``all``) everything. The levels' parameter counts:
+docs/reference.md, "Unfreeze levels".
 """
 
 from __future__ import annotations

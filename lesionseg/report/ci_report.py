@@ -1,16 +1,9 @@
 """The report a reviewer reads on a pull request: what the change did to every model's test scores.
 
-Each side (base, head) is one pipeline run's reports: ``metrics.json`` and ``per_image/<model>.csv``,
-as the evaluate stage writes them under ``reports/``, read from a folder or through DVC at a git
-revision or DVC experiment (:func:`lesionseg.experiments.runs.read_pipeline_run`). The report (Markdown,
-for the job summary and the pull-request comment) has:
-
-1. the paired change of each model on both sides (:func:`lesionseg.experiments.compare.compare_models`):
-   means, change (head - base), its 95% bootstrap interval, Wilcoxon p and a verdict;
-2. a chart of those changes and intervals, as text (a pull-request comment cannot show a local image)
-   and as ``change.png`` beside the report (in the workflow's artifact);
-3. per model, every number in ``metrics.json`` on both sides and the change, as ``dvc metrics diff --md``
-   shows them, folded away (the verdicts above are the part to read first).
+:func:`write_change_report` compares two pipeline runs (base and head, as
+:func:`lesionseg.experiments.runs.read_pipeline_run` reads them from a folder or through DVC) and writes Markdown
+for the job summary and the comment: each model's paired change with its 95% interval and verdict, a text chart
+of those changes (and ``change.png``), and every ``metrics.json`` number on both sides, folded away. docs/ci.md.
 """
 
 from __future__ import annotations

@@ -36,17 +36,13 @@ def comparison_table(
     per_image: dict[str, pd.DataFrame] | None = None,
     external_per_image: dict[str, dict[str, pd.DataFrame]] | None = None,
 ) -> pd.DataFrame:
-    """One row per model of ``metrics`` (``reports/metrics.json``'s records): official, original-resolution
-    IoU/Dice on the test split, learning rate, parameter counts.
+    """One row per model of ``metrics`` (``reports/metrics.json``'s records): original-resolution IoU/Dice on the
+    test split, learning rate, parameter counts.
 
-    With ``per_image`` tables (model -> the evaluate stage's per-image CSV),
-    the column ``IoU change vs frozen [95% CI]`` holds each model's paired
-    change of per-image IoU against the frozen model (see :mod:`lesionseg.evaluation.stats`).
-    Every external set in a model's metrics adds a column of its IoU and,
-    with ``external_per_image`` (set -> model -> table), one of the drop from
-    the test split's IoU with its 95% interval (independent samples). A set calibrated on a few of its images
-    (``<set>_calibrated``) adds, with both sets' tables, the paired change from ``<set>`` (the same held-out
-    images as trained).
+    With ``per_image`` (model -> per-image table), ``IoU change vs frozen [95% CI]``: each model's paired change
+    against the frozen model. Each external set adds its IoU and, with ``external_per_image`` (set -> model ->
+    table), its drop from the test split with a 95% interval (independent samples); a calibrated set
+    (``<set>_calibrated``) adds its paired change from ``<set>`` on the same held-out images.
     """
     rows = [
         {"model": name, "lr": _known(m.lr), **m.test, **{f"params_{k}": v for k, v in m.params.items()}}

@@ -116,18 +116,13 @@ def _masks(prediction: Prediction) -> np.ndarray:
 
 
 class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc: uint8 images ``(N, S, S, 3)`` -> uint8 lesion masks ``(N, S, S)`` (0/1).
+    """MLflow pyfunc: uint8 images ``(N, S, S, 3)`` -> uint8 lesion masks ``(N, S, S)`` (0/1), ``S`` the input size.
 
-    ``S`` is the model's input size. By default the model's stored inference
-    settings apply (flip TTA, threshold, largest component, holes filled: the
-    settings it was evaluated with). Params override them per call:
-    ``tta``, ``threshold``, ``keep_largest``, ``fill_holes``, ``zoom`` (the zoom-in second pass), and
-    ``output="probabilities"`` returns float32 probabilities (TTA and zoom applied,
-    no threshold or clean-up) instead of masks; ``output="mask_quality"`` returns
-    a dict of the masks, each mask's ``quality`` ``(N,)`` and its ``review`` flag
-    (:func:`_predict_masks_with_quality`; ``review_threshold`` is a param too). The wrapper itself holds no
-    weights: MLflow pickles it, and the model is rebuilt from the checkpoint
-    artifact in :meth:`load_context`.
+    The model's stored inference settings apply; params override ``tta``, ``threshold``, ``keep_largest``,
+    ``fill_holes``, ``zoom`` and ``review_threshold`` per call. ``output="probabilities"``: float32 probabilities
+    (TTA and zoom applied, no threshold or clean-up); ``output="mask_quality"``: a dict of the masks, each mask's
+    ``quality`` ``(N,)`` and ``review`` flag. MLflow pickles the wrapper, which holds no weights: the model is rebuilt
+    from the checkpoint artifact in :meth:`load_context`.
     """
 
     def load_context(self, context):

@@ -34,7 +34,7 @@ _CLASH_JOINER = "__"  # between the folders and the file name in the output name
 @dataclass
 class PredictSummary:
     """``written``: files written; ``failed``: input -> problem; ``rows``: one per image scored, the
-    :data:`_QUALITY_TABLE`'s (``review`` is ``"yes"``/``"no"``, or ``""`` without a review threshold)."""
+    ``quality.csv``'s (``review`` is ``"yes"``/``"no"``, or ``""`` without a review threshold)."""
 
     written: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
@@ -48,7 +48,7 @@ class PredictSummary:
 @dataclass
 class PredictInputs:
     """``images``: the images to predict, each once, in the order given; ``skipped``: masks and overlays among
-    the inputs (:func:`_is_mask_or_overlay`), not predicted."""
+    the inputs, not predicted."""
 
     images: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
@@ -72,8 +72,8 @@ class _ImageOutputs:
 
 def collect_inputs(inputs: list[Path]) -> PredictInputs:
     """Image files named directly, plus images found (non-recursively) in named folders, sorted per folder; a
-    file named twice (or also found in a named folder) once. Masks and overlays are skipped
-    (:func:`_is_mask_or_overlay`): predict's own earlier outputs, and users' masks beside their images."""
+    file named twice (or also found in a named folder) once. Masks and overlays are skipped: files named like
+    predict's outputs, and masks beside their images named as ``lesionseg evaluate`` reads them."""
     collected, seen, stems = PredictInputs(), set(), {}
     for entry in map(Path, inputs):
         found = _images_in(entry) if entry.is_dir() else [entry]
@@ -123,7 +123,7 @@ def output_names(images: list[Path]) -> list[str]:
 def _plan_outputs(
     images: list[Path], output_dir: Path, *, overlays: bool = False, overwrite: bool = False
 ) -> list[_ImageOutputs]:
-    """Every image's :class:`Output` (:func:`output_names`), checked before anything is written: raises
+    """Every image's :class:`_ImageOutputs` (:func:`output_names`), checked before anything is written: raises
     :class:`DataError` naming every problem when two images would still share a name, when an output would
     replace one of the input files or a folder, or (without ``overwrite``) an existing file that the last predict
     run into ``output_dir`` did not write (:func:`_earlier_outputs`). With ``overlays`` the overlays' names are
@@ -210,22 +210,15 @@ def predict_files(
     review_only: bool = False,
     overwrite: bool = False,
 ) -> PredictSummary:
-    """Write ``<name>_mask.png`` (0/255, original size) and optionally ``<name>_overlay.png`` per input, ``name``
-    its stem unless stems clash (:func:`output_names`), and :data:`_QUALITY_TABLE`: per image its ``file``, its
-    ``mask``'s name, mask ``quality`` (:func:`~lesionseg.inference.quality.mask_quality` at model resolution),
-    ``review`` (``yes`` when the quality is below ``settings.review_threshold``; empty without one) and
-    ``mask_area_px``
-    (lesion pixels of the mask). With ``review_only`` only the flagged images' masks (and overlays) are written.
+    """Write ``<name>_mask.png`` (0/255, original size), optionally ``<name>_overlay.png``, per input, ``name`` its
+    stem unless stems clash (:func:`output_names`), and ``quality.csv``: per image ``file``, ``mask`` (its name),
+    ``quality``, ``review`` (``yes``/``no``; empty without a review threshold) and ``mask_area_px``. With
+    ``review_only`` only the flagged images' masks are written.
 
-    All output names are decided and checked first (:func:`_plan_outputs`, which raises :class:`DataError` before
-    anything is written: no input file and, without ``overwrite``, no file that predict did not write is ever
-    replaced). The table is written before the masks too, listing them with empty scores, so that the masks of an
-    interrupted run are predict's own on the next (:func:`_earlier_outputs`), and again with the scores at the end.
-
-    Images are resized to the checkpoint's ``size`` exactly as the prepare stage
-    does and run through :func:`~lesionseg.inference.predict.predict` with ``settings``, ``batch_size`` at a time:
-    each mask is taken at the image's original size, as evaluation takes it. Unreadable inputs are logged and
-    listed in ``summary.failed``; the others still run.
+    Every name is checked before anything is written (:class:`DataError`: no input file and, without ``overwrite``,
+    no file an earlier predict did not write is replaced; docs/predict.md). Images go through
+    :func:`~lesionseg.inference.predict.predict` ``batch_size`` at a time, each mask at its original size as
+    evaluation takes it; unreadable inputs are logged and listed in ``summary.failed``, the others still run.
     """
     output_dir = Path(output_dir)
     outputs = _plan_outputs(paths, output_dir, overlays=overlays, overwrite=overwrite)

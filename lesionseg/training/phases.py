@@ -1,14 +1,9 @@
 """One training phase (frozen, or a fine-tuning level) as one MLflow run.
 
-Training never depends on the tracking store. If it stops answering during a
-phase (after MLflow's own HTTP retries), the phase trains on and writes its
-checkpoint and history as usual; what could not be logged is kept with a copy
-of both in a *pending* folder (:class:`DeferredLogging`), and the phase's result
-carries the error (the stages end with one line naming the store). The next
-run of the same phase on the same inputs (``dvc repro`` once the server is
-back) finds that folder, restores the checkpoint and history without
-training, completes the same MLflow run (missing epochs, best metrics,
-artifacts) and removes the folder.
+Training never depends on the tracking store: if it stops answering during a phase, the phase trains on and
+writes its checkpoint and history, and what could not be logged waits with a copy of both in a pending folder
+(:class:`DeferredLogging`). The next run of the same phase on the same inputs restores them without training,
+completes the same MLflow run and removes the folder (docs/scaling-out.md).
 """
 
 from __future__ import annotations
@@ -94,18 +89,12 @@ def train_phase(
 ) -> TrainResult:
     """Train ``job.model`` at its unfreeze level inside an MLflow run named ``name``.
 
-    Logs the params, parameter counts, per-epoch history (epoch as step), best
-    validation metrics, the history CSV and the checkpoint; the checkpoint
-    records the run id (``extra.mlflow_run_id``) so later stages can add to it.
-
-    ``deferred``: keep what the tracking store did not take there (see the
-    module doc), and take it up instead of training again; the failure is
-    reported in ``TrainResult.logging_error``. Without it, a failing store
-    raises :class:`~lesionseg.tracking.TrackingError` once the checkpoint and
-    history are written.
-    ``distributed``: this process is one rank of a ``torchrun`` job; only
-    rank 0 talks to MLflow and writes files (one run per phase), and its
-    decision to take up deferred logging instead of training is every rank's.
+    Logs the params, parameter counts, per-epoch history, best validation metrics, the history CSV and the
+    checkpoint, which records the run id (``extra.mlflow_run_id``). ``deferred``: keep what the tracking store did not
+    take (see the module doc) and take it up instead of training again, reporting the failure in
+    ``TrainResult.logging_error``; without it a failing store raises :class:`~lesionseg.tracking.TrackingError` once
+    the checkpoint and history are written. ``distributed``: one rank of a ``torchrun`` job; only rank 0 talks to
+    MLflow and writes files, and its choice to take up deferred logging is every rank's.
     """
     main = distributed is None or distributed.is_main
     entry = deferred.entry(name) if deferred is not None and main else None

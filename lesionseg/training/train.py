@@ -241,7 +241,7 @@ class TrainingJob:
 
 @dataclass
 class TrainingSetup:
-    """What the epoch loop needs, built once per phase by :func:`_set_up_training`."""
+    """What the epoch loop needs, built once per phase."""
 
     device: torch.device
     numerics: Numerics  # the training step's precision and memory layout on ``device``
@@ -403,16 +403,10 @@ def train_model(
 ) -> TrainResult:
     """Train ``job.model`` at its current unfreeze level.
 
-    Writes the best checkpoint (by validation per-image Jaccard) to
-    ``job.checkpoint_path`` and the per-epoch history (columns
-    ``_HISTORY_COLUMNS``) to ``job.history_path`` as CSV, both atomically at the
-    end of the phase.
-    ``on_epoch`` receives each history row (e.g. to log it to MLflow).
-
-    ``distributed``: this process is one rank of a ``torchrun`` job (process
-    group already initialised): DistributedDataParallel over global batches
-    of ``config.batch_size``; only rank 0 validates, calls ``on_epoch`` and
-    writes (see :mod:`lesionseg.training.distributed`). At the end every rank's
+    Writes the best checkpoint (by validation per-image Jaccard) to ``job.checkpoint_path`` and the per-epoch history
+    to ``job.history_path`` (CSV), both atomically at the end of the phase; ``on_epoch`` receives each history row.
+    ``distributed``: this process is one rank of a ``torchrun`` job (process group initialised): DDP over global
+    batches of ``config.batch_size``; only rank 0 validates, calls ``on_epoch`` and writes. At the end every rank's
     weights are compared; the checkpoint's ``extra.distributed`` records them.
     """
     config = job.config
