@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import re
 
-TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+_TORCH_ARCHIVE_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 class DataError(ValueError):
@@ -50,7 +50,7 @@ def unreadable_torch_file(path, exc: Exception) -> str:
             head = file.read(4)
     except OSError as error:
         return error.strerror or type(error).__name__
-    if head == TORCH_ARCHIVE_MAGIC:
+    if head == _TORCH_ARCHIVE_MAGIC:
         detail = re.search(r"PytorchStreamReader (failed [^.]*)", text)
         what = f" ({detail[1]})" if detail else ""
         return f"a damaged or incomplete torch file{what}: cut short, or changed after it was saved"

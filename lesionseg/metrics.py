@@ -1,27 +1,15 @@
-"""Segmentation metrics as the ISIC challenge scorer defines them.
+"""Segmentation metrics as the ISIC challenge scorer defines them: pure tensor functions.
 
-Everything starts from per-image confusion counts of the lesion class on
-binary masks; scores are computed per image and then averaged over images
-(macro mean), which is the official ISIC 2016 Part 1 ranking (mean Jaccard).
-Because per-image counts are kept, results do not depend on batch size or on
-a partial last batch.
-
-Per-image definitions (TP, FP, FN, TN counted over pixels):
-
-- ``jaccard`` = TP / (TP + FP + FN); 1.0 if both masks are empty
-- ``dice`` = 2 TP / (2 TP + FP + FN); 1.0 if both masks are empty
-- ``accuracy`` = (TP + TN) / all pixels
-- ``sensitivity`` = TP / (TP + FN); 1.0 if the truth has no lesion pixel
-- ``specificity`` = TN / (TN + FP); 1.0 if the truth has no background pixel
-
-Dataset-level: ``jaccard_micro`` = sum TP / sum (TP + FP + FN) over all pixels
-of all images; ``jaccard_thresholded`` = mean of per-image Jaccard with values
-below 0.65 counted as 0 (ISIC 2018 Task 1's headline metric).
+Everything starts from per-image confusion counts of the lesion class (:func:`confusion_counts`); scores are
+computed per image (:func:`per_image_scores`), then averaged over images (:func:`summarize`: the macro mean, the
+official ISIC 2016 ranking), so results do not depend on batch size. Definitions: docs/metrics.md.
 """
 
 from __future__ import annotations
 
 import torch
+
+__all__ = ["THRESHOLDED_JACCARD_CUTOFF", "COUNT_NAMES", "confusion_counts", "per_image_scores", "summarize"]
 
 THRESHOLDED_JACCARD_CUTOFF = 0.65
 COUNT_NAMES = ("tp", "fp", "fn", "tn")  # the columns of confusion_counts, in order
@@ -51,7 +39,13 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def per_image_scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image scores (float64 ``(N,)`` each) from ``(N, 4)`` counts; see module doc."""
+    """Per-image scores, float64 ``(N,)`` each, from ``(N, 4)`` counts (TP, FP, FN, TN over pixels).
+
+    - ``jaccard`` = TP / (TP + FP + FN); ``dice`` = 2 TP / (2 TP + FP + FN): 1.0 where both masks are empty
+    - ``accuracy`` = (TP + TN) / all pixels
+    - ``sensitivity`` = TP / (TP + FN), 1.0 where the truth has no lesion pixel;
+      ``specificity`` = TN / (TN + FP), 1.0 where it has no background pixel
+    """
     tp, fp, fn, tn = counts.double().unbind(1)
     return {
         "jaccard": _ratio(tp, tp + fp + fn),
@@ -63,7 +57,10 @@ def per_image_scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def summarize(counts: torch.Tensor) -> dict[str, float]:
-    """Dataset metrics from per-image ``(N, 4)`` counts: macro means plus micro and thresholded Jaccard."""
+    """Dataset metrics from per-image ``(N, 4)`` counts: the mean over images of every per-image score, plus
+    ``jaccard_micro`` (sum TP / sum (TP + FP + FN) over all pixels of all images) and ``jaccard_thresholded`` (the
+    mean per-image Jaccard with values below :data:`THRESHOLDED_JACCARD_CUTOFF` counted as 0: ISIC 2018's headline).
+    """
     if counts.ndim != 2 or counts.shape[1] != 4 or counts.shape[0] == 0:
         raise ValueError(f"expected non-empty (N, 4) counts, got shape {tuple(counts.shape)}")
     scores = per_image_scores(counts)

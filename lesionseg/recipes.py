@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-RECIPES_DIR = Path("recipes")
+_RECIPES_DIR = Path("recipes")
 
 
-def recipe_path(name: str, folder: Path = RECIPES_DIR) -> Path:
+def recipe_path(name: str, folder: Path = _RECIPES_DIR) -> Path:
     """``reference`` -> ``recipes/reference.yaml``; a path to a YAML file is taken as it is."""
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):

@@ -1,14 +1,11 @@
 """Where a model runs and in which number format: the device, and the precision, memory layout and TF32 choice
 that training and inference use on it (the params' ``runtime`` section, resolved).
 
-``runtime.amp`` asks for ``auto``, ``bf16``, ``fp16`` or ``off``, ``runtime.channels_last`` for ``auto``, ``true``
-or ``false``, ``runtime.tf32`` whether fp32 convolutions and matrix products on CUDA may round their inputs to TF32;
-:func:`resolve_numerics` turns the requests into what a device uses (:class:`Numerics`), recorded with every trained
-model. ``auto`` is bf16 autocast only where the device computes bf16 natively (a CUDA GPU from Ampere on, a CPU with
-AVX512-BF16, AMX or Arm BF16: emulated bf16 is many times slower than fp32), fp16 autocast with a gradient scaler on
-an older CUDA GPU, fp32 elsewhere; channels-last where it measured faster (a CPU with native bf16;
-docs/benchmarks.md). Inference (:func:`inference_numerics`) is fp32 without TF32 on every device unless a caller asks
-for another precision, so one image gets one mask on every device and path.
+:func:`resolve_numerics` turns the ``runtime.amp``, ``channels_last`` and ``tf32`` requests into what a device uses
+for training (:class:`Numerics`, recorded with every trained model): ``auto`` is bf16 autocast only where bf16 is
+native, fp16 with a gradient scaler on an older CUDA GPU, fp32 elsewhere. Inference (:func:`inference_numerics`)
+is fp32 without TF32 on every device unless a caller asks otherwise, so one image gets one mask everywhere.
+The rules and their measurements: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -30,11 +27,11 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
-PRECISIONS = ("bf16", "fp16", "fp32")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+_PRECISIONS = ("bf16", "fp16", "fp32")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # torch.cpu.get_capabilities() keys of native bf16 arithmetic: x86 AVX512-BF16 and AMX-BF16, Arm BF16 and SVE-BF16.
-NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+_NATIVE_BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -43,7 +40,7 @@ def cpu_has_native_bf16() -> bool:
     if capabilities is None:  # a torch before the public get_capabilities(): its private x86 helpers
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     found = capabilities()
-    return any(bool(found.get(feature, False)) for feature in NATIVE_BF16_FEATURES)
+    return any(bool(found.get(feature, False)) for feature in _NATIVE_BF16_FEATURES)
 
 
 def cuda_has_native_bf16(device: torch.device) -> bool:
@@ -54,9 +51,9 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
 
 
 def amp_request(value) -> str:
-    """``runtime.amp``: one of :data:`AMP_CHOICES`."""
-    if value not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {value!r}")
+    """``runtime.amp``: ``auto``, ``bf16``, ``fp16`` or ``off``."""
+    if value not in _AMP_CHOICES:
+        raise ValueError(f"amp must be one of {_AMP_CHOICES}, got {value!r}")
     return value
 
 
@@ -132,10 +129,10 @@ def tf32_mode(enabled: bool):
 
 def autocast_for(precision: str, device: torch.device):
     """bf16 or fp16 autocast on ``device`` for ``precision`` ``bf16``/``fp16``, a no-op for ``fp32``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision in AUTOCAST_DTYPES:
-        return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+    if precision in _AUTOCAST_DTYPES:
+        return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()
 
 

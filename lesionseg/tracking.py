@@ -1,21 +1,9 @@
 """MLflow logging for pipeline stages.
 
-One pipeline execution (a ``dvc repro`` or ``dvc exp run``) is one parent
-run, found or created by its execution key (:func:`execution_run`), whose
-params are the whole ``params.yaml``. Its children are exactly the phases of
-that execution, one run per model:
-
-- a phase the execution trained is its own training run (params, parameter
-  counts, per-epoch history, checkpoint), which later gets its test metrics;
-- a phase it re-used (DVC restored the checkpoint from its cache) is a
-  *link run* of the same name, tagged ``lesionseg.trained_in_run`` with the
-  id of the run that trained it, holding the same params and this
-  execution's test metrics. The training run itself is never re-parented
-  and never gets metrics from another execution.
-
-So the children of one parent, compared in the UI, show exactly the numbers of
-that execution's ``reports/metrics.json``. Every run is tagged with the git
-commit and the DVC experiment name.
+One pipeline execution (a ``dvc repro`` or ``dvc exp run``) is one parent run, found or created by its key
+(:func:`execution_run`); its children are exactly its phases, one run per model: a phase it trained is its own
+training run, a phase DVC re-used is a link run (:func:`model_run`) tagged ``lesionseg.trained_in_run`` that holds
+this execution's metrics. Every run is tagged with the git commit and the DVC experiment. The layout: docs/mlflow.md.
 """
 
 from __future__ import annotations
@@ -38,16 +26,16 @@ from lesionseg.errors import TrackingError  # noqa: F401 (raised here; importabl
 
 log = logging.getLogger(__name__)
 
-EXECUTION_TAG = "lesionseg.execution"
-TRAINED_IN_TAG = "lesionseg.trained_in_run"
+_EXECUTION_TAG = "lesionseg.execution"
+_TRAINED_IN_TAG = "lesionseg.trained_in_run"
 INIT_FROM_TAG = "lesionseg.init_from_run"  # a fine-tuning run's starting point: the frozen phase's run
-PARENT_TAG = "mlflow.parentRunId"
+_PARENT_TAG = "mlflow.parentRunId"
 # The experiment's kind in MLflow 3 ("Model training"); the UI still opens on its GenAI overview unless the
 # URL says otherwise (lesionseg.mlflow_view).
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+_EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # MLflow's marker of a run holding an evaluation: the MLflow 3 runs table opens the parent of such runs
 # expanded, so an execution's models are listed under it without a click (a view cannot store expanded rows).
-EVALUATION_RUN_TAG = ("mlflow.runType", "evaluation")
+_EVALUATION_RUN_TAG = ("mlflow.runType", "evaluation")
 _PARAMS_PER_BATCH = 100  # the tracking API's limit per log_batch call
 
 
@@ -66,7 +54,7 @@ def resolve_tracking_uri(uri: str, root: Path) -> str:
     return uri
 
 
-def artifact_root_for(tracking_uri: str) -> str | None:
+def _artifact_root_for(tracking_uri: str) -> str | None:
     """Artifacts of a SQLite store go next to the database (``mlartifacts/``), not into the cwd."""
     if tracking_uri.startswith("sqlite:///"):
         return (Path(urlparse(tracking_uri).path).parent / "mlartifacts").resolve().as_uri()
@@ -139,13 +127,13 @@ def _setup_experiment(experiment: str, tracking_uri: str) -> str:
     found = client.get_experiment_by_name(experiment)
     if found:
         experiment_id = found.experiment_id
-        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-            client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+        if found.tags.get(_EXPERIMENT_KIND[0]) != _EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(experiment_id, *_EXPERIMENT_KIND)
         if not mlflow_view.view_is_current(found.tags.get(view_key)):
             client.set_experiment_tag(experiment_id, view_key, view_value)
     else:
-        tags = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], view_key: view_value}
-        experiment_id = client.create_experiment(experiment, artifact_root_for(tracking_uri), tags=tags)
+        tags = {_EXPERIMENT_KIND[0]: _EXPERIMENT_KIND[1], view_key: view_value}
+        experiment_id = client.create_experiment(experiment, _artifact_root_for(tracking_uri), tags=tags)
     return experiment_id
 
 
@@ -157,11 +145,11 @@ def _find_runs(experiment_id: str, filters: dict[str, str]) -> list:
 
 def execution_run(experiment_id: str, key: str, name: str, params: dict, tags: dict) -> str:
     """Id of the parent run of the pipeline execution ``key``; created (with ``params``) if missing."""
-    found = [r for r in _find_runs(experiment_id, {EXECUTION_TAG: key}) if PARENT_TAG not in r.data.tags]
+    found = [r for r in _find_runs(experiment_id, {_EXECUTION_TAG: key}) if _PARENT_TAG not in r.data.tags]
     if found:
         return found[0].info.run_id
     client = MlflowClient()
-    tags = {**_plain_tags(tags), EXECUTION_TAG: key}
+    tags = {**_plain_tags(tags), _EXECUTION_TAG: key}
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     entries = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for start in range(0, len(entries), _PARAMS_PER_BATCH):
@@ -178,10 +166,10 @@ def child_run(parent_run_id: str, name: str, tags: dict) -> str:
     """
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    found = _find_runs(experiment_id, {PARENT_TAG: parent_run_id, "mlflow.runName": name})
+    found = _find_runs(experiment_id, {_PARENT_TAG: parent_run_id, "mlflow.runName": name})
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=name, tags={**_plain_tags(tags), PARENT_TAG: parent_run_id})
+    run = client.create_run(experiment_id, run_name=name, tags={**_plain_tags(tags), _PARENT_TAG: parent_run_id})
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -195,7 +183,7 @@ def end_killed_runs(parent_run_id: str, name_prefix: str) -> list[str]:
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     query = (
-        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        f"tags.`{_PARENT_TAG}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
         f" and attributes.run_name LIKE '{name_prefix}%'"
     )
     killed = [run.info.run_id for run in client.search_runs([experiment_id], query)]
@@ -213,7 +201,7 @@ def start_run(run_name: str, tags: dict, parent_run_id: str | None = None, run_i
     """Start (or, with ``run_id``, resume) a run; a child of ``parent_run_id`` when given."""
     tags = _plain_tags(tags)
     if parent_run_id:
-        tags[PARENT_TAG] = parent_run_id
+        tags[_PARENT_TAG] = parent_run_id
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags) as run:
         yield run
 
@@ -222,7 +210,7 @@ def start_run(run_name: str, tags: dict, parent_run_id: str | None = None, run_i
 def model_run(name: str, trained_in: str | None, parent_run_id: str, tags: dict):
     """The run of model ``name`` among ``parent_run_id``'s children, to log evaluation results into.
 
-    The run is tagged as holding an evaluation (:data:`EVALUATION_RUN_TAG`) and keeps the end time
+    The run is tagged as holding an evaluation (``mlflow.runType=evaluation``) and keeps the end time
     of its own work (training, for a training run).
 
     ``trained_in`` is the run id stored in the model's checkpoint. If that run
@@ -233,21 +221,21 @@ def model_run(name: str, trained_in: str | None, parent_run_id: str, tags: dict)
     """
     client = MlflowClient()
     trained = _get_run(client, trained_in)
-    if trained is not None and trained.data.tags.get(PARENT_TAG) == parent_run_id and trained.info.run_name == name:
-        with start_run(name, dict([EVALUATION_RUN_TAG]), run_id=trained_in) as run:
+    if trained is not None and trained.data.tags.get(_PARENT_TAG) == parent_run_id and trained.info.run_name == name:
+        with start_run(name, dict([_EVALUATION_RUN_TAG]), run_id=trained_in) as run:
             yield run
         _restore_end(client, trained)
         return
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     links = _find_runs(
-        experiment_id, {PARENT_TAG: parent_run_id, "mlflow.runName": name, TRAINED_IN_TAG: str(trained_in)}
+        experiment_id, {_PARENT_TAG: parent_run_id, "mlflow.runName": name, _TRAINED_IN_TAG: str(trained_in)}
     )
     if links:
-        with start_run(name, dict([EVALUATION_RUN_TAG]), run_id=links[0].info.run_id) as run:
+        with start_run(name, dict([_EVALUATION_RUN_TAG]), run_id=links[0].info.run_id) as run:
             yield run
         _restore_end(client, links[0])
         return
-    link_tags = {**tags, TRAINED_IN_TAG: trained_in, EVALUATION_RUN_TAG[0]: EVALUATION_RUN_TAG[1]}
+    link_tags = {**tags, _TRAINED_IN_TAG: trained_in, _EVALUATION_RUN_TAG[0]: _EVALUATION_RUN_TAG[1]}
     with start_run(name, link_tags, parent_run_id=parent_run_id) as run:
         if trained is not None:
             mlflow.log_params(trained.data.params)
@@ -300,7 +288,7 @@ class PhaseRun:
         phase = cls(run_id)
         tags = _plain_tags(tags)
         if parent_run_id:
-            tags[PARENT_TAG] = parent_run_id
+            tags[_PARENT_TAG] = parent_run_id
 
         def create():
             if phase.run_id is None:

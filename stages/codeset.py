@@ -1,12 +1,10 @@
 """The repository code a stage loads: the static import closure of its module.
 
-``dvc.yaml`` lists, for every stage, the Python files of this repository that
-the stage runs (``tests/test_stage_deps.py`` checks that the two agree), and
-the training stages key their deferred MLflow logging by the same set
-(:func:`stages.runlog.deferred`). The closure follows every ``import`` and
-``from ... import`` of a repository module, at module level and inside
-functions (a lazy import runs whenever the stage takes that path), but not
-``if TYPE_CHECKING:`` blocks, and not into the :data:`EXEMPT` modules.
+``dvc.yaml`` lists, for every stage, the Python files of this repository the stage runs
+(``tests/test_stage_deps.py`` checks that the two agree), and the training stages key their deferred MLflow
+logging by the same set (:func:`stages.runlog.deferred`). The closure follows every import of a repository module,
+inside functions too (a lazy import runs whenever the stage takes that path), but not ``if TYPE_CHECKING:``
+blocks, and not into the :data:`EXEMPT` modules.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Stage cv_folds: k-fold cross-validation's fold assignment (``cv.folds``; 0 = off), as ``<manifest>``.
 
-Writes the image ids of every fold's training, inner-validation and held-out
-pairs (stratified by lesion area, seeded by ``cv.seed``): each
-``cv_train@<k>`` stage trains its fold from it and ``cv_score`` scores them,
-so neither re-derives the assignment. The manifest holds nothing but the
-assignment, so it changes only when the folds do, and only then are all folds
-trained again.
-
-DVC runs one ``cv_train`` stage per entry of ``cv.fold_stages``: this stage
-checks, before any fold trains, that they are ``0 .. n-1`` with ``n`` at least
-``cv.folds``. With folds off it writes an empty manifest, at once, without
-importing torch.
+Writes the image ids of every fold's training, inner-validation and held-out pairs (stratified by lesion area,
+seeded by ``cv.seed``), nothing else, so the folds are trained again only when the assignment changes. Checks,
+before any fold trains, that ``cv.fold_stages`` is ``0 .. n-1`` with ``n`` at least ``cv.folds``. With folds off
+it writes an empty manifest, at once, without importing torch.
 """
 
 import argparse

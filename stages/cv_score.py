@@ -1,29 +1,10 @@
-"""Stage cv_score: every fold model of the ``cv_train@<k>`` stages scored on its held-out pairs and on
-each external set.
+"""Stage cv_score: every fold model of the ``cv_train@<k>`` stages scored on its held-out pairs and on each
+external set, with the ``evaluate`` settings (so an inference-only change re-runs this stage, not the training).
 
-Uses the ``evaluate`` settings (TTA, mask clean-up, batch size), so an
-inference-only change (``-S evaluate.tta=false``) re-runs this stage and not
-the training. Writes, per model (``frozen``, ``finetune_<level>``):
-
-- ``<per-image>/<model>.csv``: out-of-fold per-image scores (every training
-  pair once, scored by the fold model that never saw it; a ``fold`` column);
-- ``<external>/<set>/<model>.csv``: per image of each external set, the mean
-  of the fold models' scores (what one model of this recipe scores, on
-  average; ``folds`` column: how many);
-- ``<metrics>``: per model the per-fold means, their mean and standard error,
-  and per external set the fold-model mean (DVC metrics);
-- ``<ensemble>``: the fold models of the fine-tuned level with the best CV
-  Jaccard, for the evaluate and export stages' ``cv_ensemble``, and its
-  ``review_threshold``.
-
-Per model, ``review``: the quality threshold that flags ``evaluate.review_fraction``
-of the out-of-fold masks, and the review metrics out of fold and (the mean over
-fold models) on each external set.
-
-With folds off it writes the same outputs, empty. MLflow: the CV summary as
-metrics of the execution's ``cv`` run; a fold that DVC took from its cache
-(trained by another execution) is named there by a tag
-``lesionseg.fold<k>.trained_in_run``.
+Writes the out-of-fold per-image tables, the fold-model means on each external set, the CV summary (DVC
+metrics, with each model's review threshold and metrics) and ``<ensemble>``, the fold models the evaluate and
+export stages use as ``cv_ensemble``; with folds off, the same outputs, empty. MLflow: the summary on the
+execution's ``cv`` run. Details: docs/cross-validation.md.
 """
 
 import argparse

@@ -1,23 +1,9 @@
 """Stage cv_train@<k>: the training of fold ``k`` of k-fold cross-validation (one DVC stage per fold).
 
-Fold ``k`` of the ``cv_folds`` stage's manifest (``<models>/folds.json``)
-trains the pipeline's phases (frozen, then every ``finetune.unfreeze`` level)
-on the other folds' pairs, each phase's best epoch chosen on the fold's inner
-validation split. Writes ``<models>/fold<k>/``: the checkpoints, their
-histories and ``fold.json``. dvc.yaml makes one such stage per entry of
-``cv.fold_stages``; one whose ``k`` is not below ``cv.folds`` (folds off, or
-fewer folds than stages) writes ``fold.json`` alone, at once, without
-importing torch.
-
-One stage per fold, so DVC records each fold in ``dvc.lock`` and its run
-cache as soon as it is trained: a killed campaign continues at the fold it
-was in (docs/cross-validation.md).
-
-MLflow: the execution's ``cv`` run (found or created under its parent run),
-with one child run per phase (``fold<k>/<model>``); the runs a killed attempt
-at this fold left running are ended as KILLED first. Logging the tracking
-store did not take waits, with the fold's outputs written, for the next run
-(as in the train stage).
+Trains the pipeline's phases (frozen, then every ``finetune.unfreeze`` level) on the other folds' pairs of
+``<models>/folds.json`` and writes ``<models>/fold<k>/`` (checkpoints, histories, ``fold.json``); a stage whose
+``k`` is not below ``cv.folds`` writes ``fold.json`` alone, without importing torch. MLflow: one run per phase
+(``fold<k>/<model>``) under the execution's ``cv`` run. Why one stage per fold: docs/cross-validation.md.
 """
 
 import argparse

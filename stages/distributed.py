@@ -26,14 +26,10 @@ def nproc_per_node(params: dict) -> int:
 def distributed_rank(params: dict, module: str, phase: str, batch_size: int) -> distributed.Distributed | None:
     """``runtime.nproc_per_node`` > 1: run this stage as that many ``torchrun`` ranks.
 
-    Called in the stage process that DVC started, it re-launches the stage
-    through ``torch.distributed.run --standalone`` (a free rendezvous port, so
-    parallel experiments do not collide) and exits with its status. Called in
-    a rank, it joins the process group (NCCL on CUDA, gloo otherwise), leaves
-    it again at exit, and returns the rank's
-    :class:`~lesionseg.training.distributed.Distributed`. With 1 process it
-    returns None and the stage runs as before. ``batch_size`` (phase ``phase``'s) is
-    the global batch: one that does not split evenly over the processes is
+    In the stage process DVC started, re-launches the stage through ``torch.distributed.run --standalone`` (a free
+    rendezvous port) and exits with its status; in a rank, joins the process group (NCCL on CUDA, gloo otherwise)
+    until exit and returns the rank's :class:`~lesionseg.training.distributed.Distributed`. With 1 process it returns
+    None. Phase ``phase``'s ``batch_size`` is the global batch: one that does not split evenly over the processes is
     refused before any is started.
     """
     if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun

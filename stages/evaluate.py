@@ -1,25 +1,10 @@
 """Stage evaluate: every trained model on the test split -> reports/metrics.json + per-image CSVs.
 
-Each model's metrics also hold its validation-split scores (``val_`` prefix,
-same definitions, TTA and post-processing): the split to choose a recipe on.
-With cross-validation on (``cv.folds``), the fold models' ensemble is scored
-too, as the row ``cv_ensemble`` (test only: its members were trained on the
-validation pairs). Every external set (``evaluate.external``, prepared by the
-``external`` stage) is scored for every model exactly like the test split:
-its scores under the model's ``external.<set>`` key, per-image tables in
-``<per-image>/<set>/``. Each model's ``review_threshold`` flags ``evaluate.review_fraction`` of its
-validation-split masks (the ensemble's: of its member model's out-of-fold masks, from ``cv_score``); every
-split's review metrics (``review_*``) and the tables' ``review`` column are at that threshold.
-
-An external set named in ``evaluate.calibrate`` (set -> image count) calibrates: that many of its images, drawn
-with ``evaluate.calibrate_seed``, choose the settings (:func:`~lesionseg.evaluation.calibrate.calibrate`, from
-each model's evaluation settings) and are never scored; the other images are scored as trained (``<set>``) and
-as calibrated (``<set>_calibrated``), paired on the same images (``cv_score`` scores the whole set as trained).
-
-MLflow: each model's test scores go to its run under this execution's parent
-run as ``test_<metric>`` (validation-split scores as ``evaluate_val_<metric>``,
-an external set's as ``<set>_<metric>``); the metrics file and per-image
-tables go to the parent run.
+Each model (and, with ``cv.folds``, the fold models' ensemble ``cv_ensemble``) is scored with the ``evaluate``
+settings on the test split, the validation split (``val_`` keys) and every external set; its review threshold
+flags ``evaluate.review_fraction`` of its validation masks. An external set named in ``evaluate.calibrate`` is
+scored as trained and as calibrated on its held-out images. MLflow: each model's scores on its run, the metrics
+file and tables on the parent. Details: docs/metrics.md, docs/other-clinics.md, docs/mlflow.md.
 """
 
 import argparse

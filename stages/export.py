@@ -1,12 +1,10 @@
-"""Stage export: the chosen model, with the inference settings it was evaluated with, as
-``models/model.pt`` (for ``lesionseg predict``), ONNX, and an MLflow pyfunc model; and its model card
-(``<card>.md``, ``<card>.json``, also in the ONNX metadata and logged with the MLflow model), generated from
-the pipeline's records: the data manifest, the params, the evaluate and cv_score stages' results.
+"""Stage export: the chosen model, with the inference settings it was evaluated with, as ``models/model.pt`` (for
+``lesionseg predict``), ONNX and an MLflow pyfunc model; and its model card (``<card>.md``, ``<card>.json``),
+generated from the pipeline's records.
 
-``export.model`` is a model name (``frozen``, ``finetune_all``, ...), ``best`` (the
-fine-tuned model with the best validation Jaccard) or ``cv_ensemble`` (the
-cross-validation fold models, averaged; needs ``cv.folds`` > 0). The review threshold stored with
-it is the one the evaluate stage chose for that model (``review_threshold`` in ``reports/metrics.json``).
+``export.model`` is a model name (``frozen``, ``finetune_all``, ...), ``best`` (the fine-tuned model with the best
+validation Jaccard) or ``cv_ensemble`` (the fold models, averaged; needs ``cv.folds`` > 0). The stored review
+threshold is the one the evaluate stage chose for that model.
 """
 
 import argparse

@@ -1,15 +1,8 @@
 """Stage external@<name>: decode and resize one labelled folder of ``evaluate.external`` once.
 
-``evaluate.external`` maps a set's name to a folder: ``images/`` + ``masks/``
-inside, or the masks beside the images (see :mod:`lesionseg.data.external`);
-``evaluate.mask_suffix`` says which mask name to take where several fit.
-DVC makes one stage per set (``foreach``) that depends on the folder itself,
-so a set is decoded again only when its files (or ``data.size``) change, and
-the ``evaluate`` stage then re-scores every model without retraining. With no
-set configured there is no such stage, and a pipeline run costs what it did.
-
-Outputs: ``<out>.pt`` (a prepared split like ``test.pt``) and ``<out>.json``
-(the set's folder, image count and what was skipped, by name).
+DVC makes one stage per set, depending on the folder itself, so a set is decoded again only when its files (or
+``data.size``, ``evaluate.mask_suffix``) change. Writes ``<out>.pt`` (a prepared split like ``test.pt``) and
+``<out>.json`` (the folder, image count and what was skipped, by name). Folder layouts: docs/other-clinics.md.
 """
 
 import argparse

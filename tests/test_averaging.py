@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lesionseg.evaluation.averaging import AVERAGINGS, BATCH_SIZE, averaged_scores, table_counts
+from lesionseg.evaluation.averaging import _BATCH_SIZE, AVERAGINGS, averaged_scores, table_counts
 from lesionseg.experiments.reproduction import averaging_table, reproduction_table, verdict
 
 # TP, FP, FN, TN of two images: IoU 0.5 on a small lesion, 0.9 on a large one
@@ -29,11 +29,11 @@ def test_two_class_averages_lesion_and_background_of_the_pooled_matrix():
 
 def test_per_batch_pools_within_each_batch_and_weights_batches_by_their_images():
     rng = np.random.default_rng(0)
-    counts = rng.integers(0, 50, size=(BATCH_SIZE + 4, 4))
-    first, last = counts[:BATCH_SIZE].sum(0), counts[BATCH_SIZE:].sum(0)
+    counts = rng.integers(0, 50, size=(_BATCH_SIZE + 4, 4))
+    first, last = counts[:_BATCH_SIZE].sum(0), counts[_BATCH_SIZE:].sum(0)
     iou = [tp / (tp + fp + fn) for tp, fp, fn, _ in (first, last)]
     scores = averaged_scores(counts, "batch16")
-    assert scores.iou == pytest.approx((BATCH_SIZE * iou[0] + 4 * iou[1]) / (BATCH_SIZE + 4))
+    assert scores.iou == pytest.approx((_BATCH_SIZE * iou[0] + 4 * iou[1]) / (_BATCH_SIZE + 4))
     low, high = scores.iou_ci95
     assert low <= scores.iou <= high
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lesionseg.augment.augmentation import LESION_CROP_MARGIN, AugmentConfig, lesion_crop_boxes
-from lesionseg.augment.batch_augment import DeviceBatches, augment_batch, hsv_to_rgb, rgb_to_hsv
+from lesionseg.augment.augmentation import _LESION_CROP_MARGIN, AugmentConfig, lesion_crop_boxes
+from lesionseg.augment.batch_augment import DeviceBatches, _augment_batch, _hsv_to_rgb, _rgb_to_hsv
 from lesionseg.augment.dataset import SegmentationDataset, train_transform
 from lesionseg.data.normalize import normalize_batch
 
@@ -69,7 +69,7 @@ def test_device_augmentation_matches_albumentations_in_distribution(config, devi
     images = torch.from_numpy(image).expand(n, -1, -1, -1).to(device)
     masks = torch.from_numpy(mask).expand(n, -1, -1).to(device)
     generator = torch.Generator(device=device).manual_seed(0)
-    dev_images, dev_masks = augment_batch(images, masks, config, generator)
+    dev_images, dev_masks = _augment_batch(images, masks, config, generator)
 
     assert dev_images.shape == cpu_images.shape and dev_masks.shape == cpu_masks.shape
     assert set(dev_masks.unique().tolist()) <= {0.0, 1.0}
@@ -87,7 +87,7 @@ def test_certain_flips_equal_albumentations_exactly(device):
     image, mask = off_centre_pair()
     config = AugmentConfig(hflip=1, vflip=1, brightness_contrast=0)
     out = train_transform(config, seed=0)(image=image, mask=mask)
-    images, masks = augment_batch(
+    images, masks = _augment_batch(
         torch.from_numpy(image)[None].to(device), torch.from_numpy(mask)[None].to(device), config
     )
     expected = torch.from_numpy(out["image"].transpose(2, 0, 1).copy())[None]
@@ -97,19 +97,19 @@ def test_certain_flips_equal_albumentations_exactly(device):
 
 def test_no_augmentation_is_plain_normalisation():
     image, mask = off_centre_pair()
-    images, masks = augment_batch(torch.from_numpy(image)[None], torch.from_numpy(mask)[None], NO_AUGMENT)
+    images, masks = _augment_batch(torch.from_numpy(image)[None], torch.from_numpy(mask)[None], NO_AUGMENT)
     torch.testing.assert_close(images, normalize_batch(torch.from_numpy(image)[None]))
     assert torch.equal(masks[0, 0], torch.from_numpy(mask).float())
 
 
 def test_hsv_conversion_matches_opencv():
     rgb = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    hsv = rgb_to_hsv(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())[0].permute(1, 2, 0).round().numpy()
+    hsv = _rgb_to_hsv(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())[0].permute(1, 2, 0).round().numpy()
     expected = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float64)
     diff = np.abs(hsv - expected)
     diff[..., 0] = np.minimum(diff[..., 0], 180 - diff[..., 0])  # hue is circular
     assert diff.max() <= 1
-    back = hsv_to_rgb(torch.from_numpy(expected).permute(2, 0, 1)[None].float())[0].permute(1, 2, 0).round().numpy()
+    back = _hsv_to_rgb(torch.from_numpy(expected).permute(2, 0, 1)[None].float())[0].permute(1, 2, 0).round().numpy()
     assert np.abs(back - cv2.cvtColor(expected.astype(np.uint8), cv2.COLOR_HSV2RGB)).max() <= 1
 
 
@@ -136,7 +136,7 @@ def test_device_batches_reject_mismatched_masks():
 def test_images_not_chosen_for_the_affine_come_back_unchanged():
     image, mask = off_centre_pair()
     config = AugmentConfig(hflip=0, vflip=0, brightness_contrast=0, scale_rotate=1e-9)
-    images, masks = augment_batch(torch.from_numpy(image)[None], torch.from_numpy(mask)[None], config)
+    images, masks = _augment_batch(torch.from_numpy(image)[None], torch.from_numpy(mask)[None], config)
     torch.testing.assert_close(images, normalize_batch(torch.from_numpy(image)[None]))
     assert torch.equal(masks[0, 0], torch.from_numpy(mask).float())
 
@@ -146,7 +146,7 @@ def test_lesion_crops_keep_the_whole_lesion_and_zoom_in():
     masks = torch.from_numpy(mask > 0)[None].expand(5, -1, -1)
     draws = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.5, 0.5], [0.5, 0.3, 0.9], [0.2, 1.0, 0.0]])
     boxes = lesion_crop_boxes(masks, draws)
-    tightest = 22 * (1 + 2 * LESION_CROP_MARGIN)
+    tightest = 22 * (1 + 2 * _LESION_CROP_MARGIN)
     assert boxes[0].tolist() == pytest.approx([30 - tightest, 0.0, tightest], abs=1e-5)  # u = 0: smallest, first place
     assert boxes[1].tolist() == pytest.approx([8.0, 12.0, tightest])  # u = 1: the box's corner at the lesion's
     assert boxes[2].tolist() == pytest.approx([0.0, 0.0, 64.0])  # the largest side is the whole image
@@ -166,7 +166,7 @@ def test_both_paths_crop_around_the_lesion(path):
         masks = torch.stack([torch.from_numpy(transform(image=image, mask=mask)["mask"]) for _ in range(n)]).float()
     else:
         images = torch.from_numpy(image).expand(n, -1, -1, -1)
-        masks = augment_batch(
+        masks = _augment_batch(
             images, torch.from_numpy(mask).expand(n, -1, -1), config, torch.Generator().manual_seed(0)
         )[1][:, 0]
     area = masks.mean((1, 2))

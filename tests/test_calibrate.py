@@ -15,12 +15,12 @@ from lesionseg.data.external import ExternalSet, prepare_external
 from lesionseg.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from lesionseg.evaluation.calibrate import (
     CalibrationDraw,
-    best_column,
+    _best_column,
+    _draw_calibration,
+    _leave_one_out,
+    _moved_review_threshold,
     calibrate,
     calibrated_external,
-    draw_calibration,
-    leave_one_out,
-    moved_review_threshold,
     threshold_search,
 )
 from lesionseg.evaluation.evaluate import evaluate_model
@@ -30,7 +30,7 @@ from lesionseg.inference.quality import needs_review
 from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig
 from lesionseg.model.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig, build_model
-from lesionseg.report.comparison_table import CALIBRATION_COLUMN, comparison_table
+from lesionseg.report.comparison_table import _CALIBRATION_COLUMN, comparison_table
 from lesionseg.serving.model_card import card_markdown, model_card
 from tests.helpers import lesion_pair
 
@@ -129,21 +129,21 @@ def test_the_search_scores_each_threshold_as_evaluation_does(tmp_path, model):
 
 def test_best_threshold_and_leave_one_out():
     iou = np.array([[0.5, 0.7, 0.7, 0.6], [0.5, 0.6, 0.8, 0.6], [0.9, 0.5, 0.5, 0.6]])
-    assert best_column(iou, stored=0) == 2  # means 0.633, 0.6, 0.667, 0.6
-    assert best_column(iou[:, :2], stored=0) == 0  # means 0.633, 0.6
-    assert best_column(np.ones((2, 4)), stored=2) == 2  # ties: no move
+    assert _best_column(iou, stored=0) == 2  # means 0.633, 0.6, 0.667, 0.6
+    assert _best_column(iou[:, :2], stored=0) == 0  # means 0.633, 0.6
+    assert _best_column(np.ones((2, 4)), stored=2) == 2  # ties: no move
     # Each image at the column the others choose: without image 0 column 0 (mean 0.7), without 1 column 0 (0.7),
     # without 2 column 2 (0.75): every image scores below its own best, the optimism the guard takes out.
-    np.testing.assert_allclose(leave_one_out(iou, stored=0), [0.5, 0.5, 0.5])
-    np.testing.assert_allclose(leave_one_out(iou, stored=3), [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(_leave_one_out(iou, stored=0), [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(_leave_one_out(iou, stored=3), [0.5, 0.5, 0.5])
 
 
 def test_the_review_threshold_keeps_the_share_it_flagged():
     before, after = np.array([0.2, 0.4, 0.6, 0.8, 0.95]), np.array([0.5, 0.1, 0.7, 0.9, 0.3])
-    moved = moved_review_threshold(before, after, 0.5)  # flagged 2 of 5 before
+    moved = _moved_review_threshold(before, after, 0.5)  # flagged 2 of 5 before
     assert needs_review(after, moved).sum() == 2 and needs_review(after, moved)[[1, 4]].all()
-    assert moved_review_threshold(before, after, None) is None
-    assert moved_review_threshold(before, after, 0.99) == 1.0  # every mask flagged stays every mask flagged
+    assert _moved_review_threshold(before, after, None) is None
+    assert _moved_review_threshold(before, after, 0.99) == 1.0  # every mask flagged stays every mask flagged
 
 
 def test_the_moved_review_threshold_flags_as_many_calibration_masks(tmp_path, model):
@@ -263,9 +263,9 @@ def test_the_pipeline_scores_a_set_as_trained_and_calibrated_on_its_other_images
     as trained and as calibrated (paired on the same images); the comparison table shows the paired change."""
     split = clinic(tmp_path / "clinic", list(range(50, 62)), -2)
     draw = CalibrationDraw(6, seed=3)
-    chosen, held_out = draw_calibration(split, draw)
-    again, _ = draw_calibration(split, draw)
-    assert chosen.ids == again.ids and chosen.ids != draw_calibration(split, CalibrationDraw(6, seed=4))[0].ids
+    chosen, held_out = _draw_calibration(split, draw)
+    again, _ = _draw_calibration(split, draw)
+    assert chosen.ids == again.ids and chosen.ids != _draw_calibration(split, CalibrationDraw(6, seed=4))[0].ids
     assert sorted(chosen.ids + held_out.ids) == sorted(split.ids) and len(held_out) == 6
     metrics, tables = calibrated_external(model, "clinic", split, draw, STORED)
     assert list(metrics) == list(tables) == ["clinic", "clinic_calibrated"]
@@ -279,5 +279,5 @@ def test_the_pipeline_scores_a_set_as_trained_and_calibrated_on_its_other_images
     assert calibrate(model, chosen, STORED).after.threshold == calibrated["threshold"]
     record = ModelMetrics(test={"orig_jaccard": 0.8}, external=metrics)
     table = comparison_table({"m": record}, {"m": tables["clinic"]}, {k: {"m": t} for k, t in tables.items()})
-    change = table[f"clinic_calibrated {CALIBRATION_COLUMN}"][0]
+    change = table[f"clinic_calibrated {_CALIBRATION_COLUMN}"][0]
     assert float(change.split()[0]) == pytest.approx(calibrated["orig_jaccard"] - trained["orig_jaccard"], abs=6e-4)

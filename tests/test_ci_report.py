@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lesionseg.data.download import ARCHIVES, DownloadConfig, download_and_extract
+from lesionseg.data.download import _ARCHIVES, DownloadConfig, download_and_extract
 from lesionseg.data.isic import TEST_IMAGES, TEST_MASKS, TRAIN_IMAGES, TRAIN_MASKS, pair_images_and_masks
 from lesionseg.data.synthetic import write_archives
 from lesionseg.errors import DataError
@@ -15,7 +15,7 @@ from lesionseg.evaluation.stats import PairedComparison
 from lesionseg.experiments.compare import ModelComparison
 from lesionseg.experiments.model_metrics import ModelMetrics
 from lesionseg.experiments.runs import read_pipeline_run
-from lesionseg.report.ci_report import REPORT_MARKER, change_chart, metrics_diff
+from lesionseg.report.ci_report import _REPORT_MARKER, _change_chart, _metrics_diff
 from tests.helpers import load_script
 
 main = load_script("ci_report").main
@@ -77,7 +77,7 @@ def test_ci_report_markdown_chart_and_metrics_diff(two_runs, tmp_path, capsys):
     assert main([*args, "--base-label", "main", "--note", "Data: synthetic."]) == 0
     markdown = (out / "report.md").read_text()
     assert capsys.readouterr().out == markdown and summary.read_text() == "earlier step\n" + markdown
-    assert markdown.startswith(REPORT_MARKER + "\n") and "Base: `main`, head: `" + str(head) + "`" in markdown
+    assert markdown.startswith(_REPORT_MARKER + "\n") and "Base: `main`, head: `" + str(head) + "`" in markdown
     assert "Data: synthetic." in markdown
     assert (out / "change.png").read_bytes()[:4] == b"\x89PNG"
     table = markdown.split("### Change per model\n\n")[1].split("\n\n")[0].splitlines()
@@ -96,7 +96,7 @@ def test_ci_report_markdown_chart_and_metrics_diff(two_runs, tmp_path, capsys):
 
 
 def test_metrics_diff_and_chart_values():
-    diff = metrics_diff(
+    diff = _metrics_diff(
         {"frozen": ModelMetrics({"loss": 0.5, "orig_jaccard": 0.7}, member_model="x")},
         {
             "frozen": ModelMetrics(
@@ -114,7 +114,7 @@ def test_metrics_diff_and_chart_values():
     ]
     assert diff["cv_ensemble"] == [("members", None, 2.0, None)]
     change = PairedComparison(n=10, mean_a=0.5, mean_b=0.6, delta=0.1, ci95=(0.05, 0.2), p_value=0.01)
-    chart = change_chart([ModelComparison("test", "m", change)], width=21).splitlines()
+    chart = _change_chart([ModelComparison("test", "m", change)], width=21).splitlines()
     # The axis spans 0.2 each way on 10 characters: the interval starts 2 right of 0, o at 5, ] at 10.
     assert chart[1] == "m  " + " " * 10 + "| [--o----]"
 
@@ -136,7 +136,7 @@ def test_ci_report_bad_input_names_the_file(tmp_path, capsys):
 def test_synthetic_archives_are_deterministic_and_read_like_the_official_ones(tmp_path):
     a = write_archives(tmp_path / "a", 3, 2, 64, 48)
     b = write_archives(tmp_path / "b", 3, 2, 64, 48)
-    for name in ARCHIVES:
+    for name in _ARCHIVES:
         assert (a / name).read_bytes() == (b / name).read_bytes()
     download_and_extract(DownloadConfig(source=str(a), progress=False), tmp_path / "raw", tmp_path / "dl")
     test = pair_images_and_masks(tmp_path / "raw" / TEST_IMAGES, tmp_path / "raw" / TEST_MASKS)

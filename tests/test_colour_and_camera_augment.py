@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from lesionseg.augment.augmentation import AugmentConfig
-from lesionseg.augment.batch_augment import augment_batch
+from lesionseg.augment.batch_augment import _augment_batch
 from lesionseg.augment.dataset import train_transform
 from lesionseg.data.normalize import normalize_batch
 from lesionseg.model.checkpoint import load_model, make_checkpoint, save_checkpoint
-from lesionseg.model.colour import ShadesOfGray, build_colour_constancy
+from lesionseg.model.colour import _ShadesOfGray, build_colour_constancy
 from lesionseg.model.model import ModelConfig, build_model, count_parameters
 from lesionseg.training.train import TrainConfig
 from tests.helpers import lesion_pair
@@ -24,7 +24,7 @@ def pixel_means(x: torch.Tensor) -> torch.Tensor:
 def test_neutral_image_is_unchanged():
     image = torch.from_numpy(lesion_pair(1)[0]).float().mean(-1, keepdim=True).expand(-1, -1, 3).round()
     x = normalize_batch(image.to(torch.uint8)[None])
-    assert torch.allclose(ShadesOfGray(6)(x), x, atol=1e-5)
+    assert torch.allclose(_ShadesOfGray(6)(x), x, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["shades_of_gray", "gray_world"])
@@ -44,7 +44,7 @@ def test_a_colour_cast_is_removed(method):
 def test_correction_is_per_image_and_flip_invariant():
     images = torch.from_numpy(np.stack([lesion_pair(s)[0] for s in range(3)]))
     x = normalize_batch(images)
-    step = ShadesOfGray(6)
+    step = _ShadesOfGray(6)
     together = step(x)
     assert torch.allclose(together[1:2], step(x[1:2]), atol=1e-6)
     assert torch.allclose(step(x.flip(-1)).flip(-1), together, atol=1e-6)
@@ -57,7 +57,7 @@ def test_colour_constancy_keeps_parameter_counts_and_checkpoint_round_trip(tmp_p
     save_checkpoint(make_checkpoint(model, config, 64, 1, {}), tmp_path / "m.pt")
     loaded, checkpoint = load_model(tmp_path / "m.pt")
     assert checkpoint["model_config"]["colour_constancy"] == "shades_of_gray"
-    assert isinstance(loaded.colour, ShadesOfGray) and loaded.colour.p == 4.0
+    assert isinstance(loaded.colour, _ShadesOfGray) and loaded.colour.p == 4.0
     x = torch.randn(2, 3, 64, 64)
     model.eval(), loaded.eval()
     assert torch.allclose(model(x), loaded(x), atol=1e-5)
@@ -98,7 +98,7 @@ def test_scale_limit_widens_the_affine():
 def test_camera_augmentations_run_on_the_device_path_too():
     config = AugmentConfig(gamma=1, blur=1, noise=1, jpeg=1)
     images = torch.full((2, 16, 16, 3), 128, dtype=torch.uint8)
-    out, masks = augment_batch(images, torch.zeros(2, 16, 16, dtype=torch.uint8), config)
+    out, masks = _augment_batch(images, torch.zeros(2, 16, 16, dtype=torch.uint8), config)
     assert out.shape == (2, 3, 16, 16) and masks.shape == (2, 1, 16, 16)
     assert not torch.equal(out[0], out[1])  # each image draws its own gamma, noise and quality
     assert TrainConfig(augment_on="device", augment=config).augment_on == "device"

@@ -23,7 +23,7 @@ from lesionseg.experiments.compare import (
     verdict,
 )
 from lesionseg.experiments.model_metrics import ModelMetrics, metrics_json, parse_metrics
-from lesionseg.experiments.runs import Run, evaluation_of, read_run
+from lesionseg.experiments.runs import Run, _evaluation_of, read_run
 
 IDS = [f"ISIC_{i:07d}" for i in range(30)]
 EXTRA_IDS = [f"EXTRA_{i:04d}" for i in range(20)]
@@ -118,7 +118,7 @@ def test_verdict_reads_the_interval(ci95, expected):
 
 
 def test_report_uses_the_one_comparison():
-    from lesionseg.report.comparison_table import CHANGE_COLUMN, comparison_table, verdicts
+    from lesionseg.report.comparison_table import _CHANGE_COLUMN, comparison_table, verdicts
 
     rng = np.random.default_rng(2)
     frozen = table(rng.uniform(0.5, 0.8, 30))
@@ -129,7 +129,7 @@ def test_report_uses_the_one_comparison():
     }
     out = comparison_table(metrics, {"frozen": frozen, "finetune_all": tuned})
     assert out["Trainable params"].tolist()[0] == 5 and np.isnan(out["Learning rate"].tolist()[1])
-    assert out["extra IoU"].tolist()[1] == 0.5 and out[CHANGE_COLUMN].tolist()[1].startswith("+0.04")
+    assert out["extra IoU"].tolist()[1] == 0.5 and out[_CHANGE_COLUMN].tolist()[1].startswith("+0.04")
     (line,) = verdicts({"frozen": frozen, "finetune_all": tuned})
     assert line.startswith("finetune_all is better than frozen: per-image IoU +0.04")
     with pytest.raises(ImageMismatchError, match="finetune_all vs frozen on test"):
@@ -192,10 +192,10 @@ def test_a_reports_folder_has_every_evaluation_of_the_layout(two_experiments):
     assert sorted(run_b.tables["test"]) == ["cv_ensemble", "finetune_all", "frozen"]
     assert "external clinic_b" in run_b.tables
     assert list(read_run(str(b), set_name="extra").tables) == ["external extra", "external extra, fold-model mean"]
-    assert evaluation_of("x/reports/cv/per_image") == "cv out-of-fold"
-    assert evaluation_of("reports/cv/external/extra") == "external extra, fold-model mean"
-    assert evaluation_of("reports/per_image/extra") == "external extra"
-    assert evaluation_of("some/dir") == "per-image tables"
+    assert _evaluation_of("x/reports/cv/per_image") == "cv out-of-fold"
+    assert _evaluation_of("reports/cv/external/extra") == "external extra, fold-model mean"
+    assert _evaluation_of("reports/per_image/extra") == "external extra"
+    assert _evaluation_of("some/dir") == "per-image tables"
 
 
 def test_compare_runs_on_every_shared_evaluation(two_experiments):

@@ -9,7 +9,7 @@ import torch
 from lesionseg.data.cache import Split, encode_mask
 from lesionseg.evaluation.fold_scores import summarize_folds
 from lesionseg.evaluation.stats import format_change, paired_difference
-from lesionseg.training.folds import CrossValConfig, fold_assignment, make_folds
+from lesionseg.training.folds import CrossValConfig, _fold_assignment, make_folds
 
 
 def synthetic_split(n: int, size: int = 8, seed: int = 0) -> Split:
@@ -25,21 +25,21 @@ def synthetic_split(n: int, size: int = 8, seed: int = 0) -> Split:
 @pytest.mark.parametrize(("n", "folds"), [(10, 2), (23, 5), (706, 5)])
 def test_folds_are_disjoint_cover_every_pair_and_balance_sizes(n, folds):
     areas = np.random.default_rng(1).uniform(0, 1, n)
-    assignment = fold_assignment(areas, folds, seed=3)
+    assignment = _fold_assignment(areas, folds, seed=3)
     assert set(assignment) == set(range(folds))
     sizes = np.bincount(assignment, minlength=folds)
     assert sizes.sum() == n and sizes.max() - sizes.min() <= 1
-    assert np.array_equal(assignment, fold_assignment(areas, folds, seed=3))  # seeded
-    assert not np.array_equal(assignment, fold_assignment(areas, folds, seed=4))
+    assert np.array_equal(assignment, _fold_assignment(areas, folds, seed=3))  # seeded
+    assert not np.array_equal(assignment, _fold_assignment(areas, folds, seed=4))
 
 
 def test_folds_are_stratified_by_lesion_area():
     areas = np.arange(500.0)  # every fold must get small and large lesions alike
-    assignment = fold_assignment(areas, 5, seed=0)
+    assignment = _fold_assignment(areas, 5, seed=0)
     fold_means = [areas[assignment == k].mean() for k in range(5)]
     assert max(fold_means) - min(fold_means) < 5  # a random split would differ by ~20
     with pytest.raises(ValueError, match="cannot make 5 folds of 3 pairs"):
-        fold_assignment(areas[:3], 5, seed=0)
+        _fold_assignment(areas[:3], 5, seed=0)
 
 
 def test_make_folds_hold_out_each_pair_once_and_keep_inner_splits_apart():

@@ -420,9 +420,9 @@ def test_a_recipe_substitution_expands_to_its_options():
 
 # --- Results tables: rendered from committed records, and none without one ----------------------------------------
 #
-# Every `<!-- results:... -->` region of README.md and docs/ must be what `lesionseg results render` makes of the
-# records in results/ (a missing record is an error), and a table row holding a score (0.8613, +0.0049) outside a
-# region has no record: only the history page may keep such numbers.
+# Every `<!-- results:... -->` region of README.md and docs/ must be what `python scripts/results.py render` makes
+# of the records in results/ (a missing record is an error), and a table row holding a score (0.8613, +0.0049)
+# outside a region has no record: only the history page may keep such numbers.
 
 # Pages other engineers are changing while these records come in: their research tables move to the history page
 # or into regions at the merge. Each must still hold unrecorded rows, so an entry cannot outlive its reason.
@@ -430,34 +430,30 @@ PAGES_WITH_OLD_TABLES: set[str] = set()
 
 
 def test_every_results_table_is_what_the_records_render(monkeypatch):
-    from lesionseg.experiments.results_tables import pages, regions, render_page
+    from lesionseg.experiments.results_tables import pages, regions, render_pages
 
     monkeypatch.chdir(REPO)  # the tables name their records as the command does, from the repository root
-    rendered = 0
-    for page in pages(REPO):
-        where = str(page.relative_to(REPO))
-        text = page.read_text(encoding="utf-8")
-        rendered += len(regions(text, where))
-        assert render_page(text, where, Path("results")) == text, (
-            f"{where}: its results tables differ from the records': run `lesionseg results render`"
-        )
-    assert rendered >= 1  # the README's
+    differ, _ = render_pages(pages(Path(".")), Path("results"), write=False)
+    assert not differ, (
+        f"{differ}: their results tables differ from the records': run `python scripts/results.py render`"
+    )
+    assert sum(len(regions(page.read_text(encoding="utf-8"), str(page))) for page in pages(Path("."))) >= 1
 
 
 def test_no_results_table_without_a_record():
-    from lesionseg.experiments.results_tables import HISTORY_PAGE, pages, unrecorded_rows
+    from lesionseg.experiments.results_tables import _HISTORY_PAGE, _unrecorded_rows, pages
 
     for page in pages(REPO):
         where = str(page.relative_to(REPO))
-        rows = unrecorded_rows(page.read_text(encoding="utf-8"))
-        if where == HISTORY_PAGE:
+        rows = _unrecorded_rows(page.read_text(encoding="utf-8"))
+        if where == _HISTORY_PAGE:
             continue
         if where in PAGES_WITH_OLD_TABLES:
             assert rows, f"{where} has no unrecorded table left: take it out of PAGES_WITH_OLD_TABLES"
             continue
         assert not rows, (
             f"{where}, lines {rows}: scores in a table no record renders: put the table in a "
-            f"`<!-- results:... -->` region (lesionseg results render) or move it to {HISTORY_PAGE}"
+            f"`<!-- results:... -->` region (python scripts/results.py render) or move it to {_HISTORY_PAGE}"
         )
 
 

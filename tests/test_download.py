@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lesionseg.data.download import ARCHIVES, DownloadConfig, download_and_extract, download_file, extract_archive
+from lesionseg.data.download import _ARCHIVES, DownloadConfig, _download_file, _extract_archive, download_and_extract
 from lesionseg.errors import DataError
 from tests.helpers import REPO, make_archives
 
@@ -25,10 +25,10 @@ def test_local_source_extracts_and_writes_manifest(tmp_path, archives):
     manifest = download_and_extract(
         DownloadConfig(source=str(archives), progress=False), tmp_path / "raw", tmp_path / "dl"
     )
-    assert sorted(manifest["archives"]) == sorted(ARCHIVES)
+    assert sorted(manifest["archives"]) == sorted(_ARCHIVES)
     assert json.loads((tmp_path / "raw" / "manifest.json").read_text()) == manifest
     assert len(list((tmp_path / "raw").rglob("*.jpg"))) == 6
-    assert len(manifest["archives"][ARCHIVES[0]]["sha256"]) == 64
+    assert len(manifest["archives"][_ARCHIVES[0]]["sha256"]) == 64
 
 
 def test_local_source_missing_dir_or_file(tmp_path, archives):
@@ -36,9 +36,9 @@ def test_local_source_missing_dir_or_file(tmp_path, archives):
         download_and_extract(DownloadConfig(source=str(tmp_path / "nope")), tmp_path / "raw", tmp_path / "dl")
     partial = tmp_path / "partial"
     partial.mkdir()
-    for name in ARCHIVES[:3]:
+    for name in _ARCHIVES[:3]:
         (partial / name).write_bytes((archives / name).read_bytes())
-    with pytest.raises(DataError, match=f"missing archive.*{ARCHIVES[3]}"):
+    with pytest.raises(DataError, match=f"missing archive.*{_ARCHIVES[3]}"):
         download_and_extract(DownloadConfig(source=str(partial)), tmp_path / "raw", tmp_path / "dl")
     assert not (tmp_path / "raw").exists()
 
@@ -46,7 +46,7 @@ def test_local_source_missing_dir_or_file(tmp_path, archives):
 def _bad_source(tmp_path, archives, name, content: bytes) -> Path:
     source = tmp_path / "source"
     source.mkdir(exist_ok=True)
-    for archive in ARCHIVES:
+    for archive in _ARCHIVES:
         (source / archive).write_bytes((archives / archive).read_bytes())
     (source / name).write_bytes(content)
     return source
@@ -62,7 +62,7 @@ def _bad_source(tmp_path, archives, name, content: bytes) -> Path:
     ],
 )
 def test_bad_archives_name_the_file_and_leave_no_output(tmp_path, archives, mangle, message):
-    name = ARCHIVES[1]
+    name = _ARCHIVES[1]
     source = _bad_source(tmp_path, archives, name, mangle((archives / name).read_bytes()))
     raw = tmp_path / "raw"
     with pytest.raises(DataError, match=f"{name}: .*({message})"):
@@ -79,7 +79,7 @@ def test_crc_mismatch_is_detected(tmp_path):
     data[data.index(b"AAAA")] = ord("B")
     archive.write_bytes(bytes(data))
     with pytest.raises(DataError, match="crc.zip: corrupt"):
-        extract_archive(archive, tmp_path / "out", 10**9)
+        _extract_archive(archive, tmp_path / "out", 10**9)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_zip_slip_is_refused(tmp_path, entry, message):
         zf.writestr(entry, b"evil")
     (tmp_path / "out").mkdir()
     with pytest.raises(DataError, match=f"slip.zip: refusing .*{message}"):
-        extract_archive(archive, tmp_path / "out", 10**9)
+        _extract_archive(archive, tmp_path / "out", 10**9)
     assert not (tmp_path / "evil.txt").exists()
     assert not list((tmp_path / "out").iterdir())  # refused before anything was written
 
@@ -109,7 +109,7 @@ def test_symlink_entry_is_refused(tmp_path):
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(DataError, match="link.zip: refusing symbolic link entry"):
-        extract_archive(archive, tmp_path / "out", 10**9)
+        _extract_archive(archive, tmp_path / "out", 10**9)
 
 
 def test_zip_bomb_is_refused(tmp_path):
@@ -118,7 +118,7 @@ def test_zip_bomb_is_refused(tmp_path):
         zf.writestr("zeros.bin", b"\0" * 5_000_000)
     (tmp_path / "out").mkdir()
     with pytest.raises(DataError, match=r"bomb.zip: declares 5,000,000 bytes extracted, above the limit of 1,000,000"):
-        extract_archive(archive, tmp_path / "out", 1_000_000)
+        _extract_archive(archive, tmp_path / "out", 1_000_000)
 
 
 def test_zip_bomb_with_lying_header_is_stopped_while_extracting(tmp_path):
@@ -128,7 +128,7 @@ def test_zip_bomb_with_lying_header_is_stopped_while_extracting(tmp_path):
     (tmp_path / "out").mkdir()
     # Stop exactly at the real bytes, which the declared-size check cannot see when headers lie.
     with pytest.raises(DataError, match="extracts to more than the limit|declares"):
-        extract_archive(archive, tmp_path / "out", 2_999_999)
+        _extract_archive(archive, tmp_path / "out", 2_999_999)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -171,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server(archives):
-    _Handler.files = {name: (archives / name).read_bytes() for name in ARCHIVES}
+    _Handler.files = {name: (archives / name).read_bytes() for name in _ARCHIVES}
     _Handler.cut_once = set()
     _Handler.requests = []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -184,31 +184,31 @@ def server(archives):
 def test_http_download_and_extract(tmp_path, server, archives):
     config = DownloadConfig(source=f"{server}/ok", progress=False)
     download_and_extract(config, tmp_path / "raw", tmp_path / "dl")
-    for name in ARCHIVES:
+    for name in _ARCHIVES:
         assert (tmp_path / "dl" / name).read_bytes() == (archives / name).read_bytes()
     assert not list((tmp_path / "dl").glob("*.part"))
 
 
 def test_cut_off_download_resumes(tmp_path, server, archives):
-    name = ARCHIVES[0]
+    name = _ARCHIVES[0]
     target = tmp_path / name
-    download_file(f"{server}/cut/{name}", target, DownloadConfig(retries=2, progress=False))
+    _download_file(f"{server}/cut/{name}", target, DownloadConfig(retries=2, progress=False))
     assert target.read_bytes() == (archives / name).read_bytes()
 
 
 def test_cut_off_download_without_retries_leaves_only_a_part_file(tmp_path, server):
-    name = ARCHIVES[0]
+    name = _ARCHIVES[0]
     with pytest.raises(DataError, match="download failed after 1 attempts"):
-        download_file(f"{server}/cut/{name}", tmp_path / name, DownloadConfig(retries=0, progress=False))
+        _download_file(f"{server}/cut/{name}", tmp_path / name, DownloadConfig(retries=0, progress=False))
     assert not (tmp_path / name).exists()
     assert (tmp_path / f"{name}.part").exists()  # resumable next time
 
 
 def test_http_error_and_html_page(tmp_path, server):
     with pytest.raises(DataError, match="HTTP error 404"):
-        download_file(f"{server}/missing/x.zip", tmp_path / "x.zip", DownloadConfig(progress=False))
+        _download_file(f"{server}/missing/x.zip", tmp_path / "x.zip", DownloadConfig(progress=False))
     with pytest.raises(DataError, match="HTML/XML page, not a zip"):
-        download_file(f"{server}/html/x.zip", tmp_path / "x.zip", DownloadConfig(progress=False))
+        _download_file(f"{server}/html/x.zip", tmp_path / "x.zip", DownloadConfig(progress=False))
     assert not (tmp_path / "x.zip").exists()
 
 
@@ -233,8 +233,8 @@ def test_download_stage_shares_its_cache_with_experiment_copies(tmp_path, server
         result = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-2000:]
         assert (copy / "data" / "raw" / "manifest.json").is_file()
-    assert sorted(_Handler.requests) == sorted(f"/ok/{name}" for name in ARCHIVES)  # once each, in all
-    assert sorted(os.listdir(main_repo / "data" / "downloads")) == sorted(ARCHIVES)
+    assert sorted(_Handler.requests) == sorted(f"/ok/{name}" for name in _ARCHIVES)  # once each, in all
+    assert sorted(os.listdir(main_repo / "data" / "downloads")) == sorted(_ARCHIVES)
     assert not (copies[1] / "data" / "downloads").exists()
     ignored = subprocess.run(["git", "check-ignore", "-q", "data/downloads/x.zip"], cwd=REPO)
     assert ignored.returncode == 0, "the download cache must be git-ignored"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lesionseg.cli import main as cli_main
-from lesionseg.data.external import ExternalSet, pair_external, prepare_external
+from lesionseg.data.external import ExternalSet, _pair_external, prepare_external
 from lesionseg.data.images import load_mask
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
@@ -35,7 +35,7 @@ def ids(pairing):
 
 def test_images_and_masks_subfolders(tmp_path):
     write_set(tmp_path, ["b", "a"])
-    pairing = pair_external(ExternalSet("clinic", tmp_path))
+    pairing = _pair_external(ExternalSet("clinic", tmp_path))
     assert ids(pairing) == ["a", "b"] and pairing.skipped == []
     assert pairing.pairs[0][2].name == "a_segmentation.png"
 
@@ -45,13 +45,13 @@ def test_images_and_masks_subfolders(tmp_path):
 )
 def test_masks_beside_the_images(tmp_path, suffix, ext):
     write_set(tmp_path, ["x1", "x2"], ".", ".", suffix=suffix, ext=ext)
-    pairing = pair_external(ExternalSet("clinic", tmp_path))
+    pairing = _pair_external(ExternalSet("clinic", tmp_path))
     assert ids(pairing) == ["x1", "x2"] and pairing.skipped == []
 
 
 def test_same_stem_in_a_masks_folder(tmp_path):
     write_set(tmp_path, ["p1", "p2"], "imgs", "labels", suffix="")
-    pairing = pair_external(ExternalSet("clinic", tmp_path / "imgs", tmp_path / "labels"))
+    pairing = _pair_external(ExternalSet("clinic", tmp_path / "imgs", tmp_path / "labels"))
     assert ids(pairing) == ["p1", "p2"]
 
 
@@ -60,7 +60,7 @@ def test_unpaired_files_are_listed_by_name(tmp_path):
     (tmp_path / "masks" / "b_segmentation.png").unlink()
     write_set(tmp_path / "extra", ["c"])
     (tmp_path / "extra" / "masks" / "c_segmentation.png").rename(tmp_path / "masks" / "c_segmentation.png")
-    pairing = pair_external(ExternalSet("clinic", tmp_path))
+    pairing = _pair_external(ExternalSet("clinic", tmp_path))
     assert ids(pairing) == ["a"]
     assert pairing.skipped == ["b.jpg: no mask", "c_segmentation.png: no image"]
 
@@ -69,17 +69,17 @@ def test_ambiguous_masks_need_a_suffix(tmp_path):
     write_set(tmp_path, ["a"], suffix="_mask")
     write_set(tmp_path, ["a"], suffix="_lesion")
     with pytest.raises(DataError, match=r"a\.jpg: external set 'clinic': more than one mask fits.*mask_suffix"):
-        pair_external(ExternalSet("clinic", tmp_path))
-    pairing = pair_external(ExternalSet("clinic", tmp_path, mask_suffix="_lesion"))
+        _pair_external(ExternalSet("clinic", tmp_path))
+    pairing = _pair_external(ExternalSet("clinic", tmp_path, mask_suffix="_lesion"))
     assert pairing.pairs[0][2].name == "a_lesion.png" and pairing.skipped == ["a_mask.png: no image"]
 
 
 def test_a_set_without_pairs_names_the_set(tmp_path):
     write_set(tmp_path, ["a"], suffix="_gt")
     with pytest.raises(DataError, match=r"external set 'clinic': no image/mask pairs found"):
-        pair_external(ExternalSet("clinic", tmp_path))
+        _pair_external(ExternalSet("clinic", tmp_path))
     with pytest.raises(DataError, match="folder not found"):
-        pair_external(ExternalSet("clinic", tmp_path / "nowhere"))
+        _pair_external(ExternalSet("clinic", tmp_path / "nowhere"))
 
 
 @pytest.mark.parametrize("name", ["test", "1st", "has space", "a-b"])

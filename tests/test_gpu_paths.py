@@ -17,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lesionseg import runtime
 from lesionseg.augment.augmentation import AugmentConfig
-from lesionseg.augment.batch_augment import DeviceBatches, augment_batch
+from lesionseg.augment.batch_augment import DeviceBatches, _augment_batch
 from lesionseg.data.cache import Split
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.inference.logits import logits_function, predict_uint8
@@ -29,10 +29,10 @@ from lesionseg.training.distributed import Distributed
 from lesionseg.training.train import (
     TrainConfig,
     TrainingJob,
-    forward_loss,
-    set_up_training,
+    _forward_loss,
+    _set_up_training,
+    _training_batches,
     train_model,
-    training_batches,
 )
 from tests.helpers import make_raw_tree
 
@@ -110,7 +110,7 @@ def test_amp_auto_is_bf16_only_where_the_device_computes_it(
 def test_fp16_steps_with_a_gradient_scaler_and_records_it(splits, tmp_path):
     fp32 = train_model(_job(splits, tmp_path / "fp32", amp="off"))
     job = _job(splits, tmp_path / "fp16", amp="fp16")
-    setup = set_up_training(job, None)
+    setup = _set_up_training(job, None)
     assert setup.numerics.scaled and setup.scaler.is_enabled() and setup.scaler.get_scale() == 2.0**16
     fp16 = train_model(job)
     # The same recipe in fp16: close to fp32's numbers, not the same, and recorded as fp16 everywhere.
@@ -124,10 +124,10 @@ def test_fp16_steps_with_a_gradient_scaler_and_records_it(splits, tmp_path):
 
 
 def test_the_scaler_skips_a_step_whose_fp16_gradients_overflow(splits, tmp_path):
-    setup = set_up_training(_job(splits, tmp_path, amp="fp16"), None)
+    setup = _set_up_training(_job(splits, tmp_path, amp="fp16"), None)
     before = [p.detach().clone() for p in setup.model.parameters() if p.requires_grad]
     images, masks = next(iter(setup.batches))
-    _, loss = forward_loss(setup, images, masks)
+    _, loss = _forward_loss(setup, images, masks)
     setup.optimizer.zero_grad(set_to_none=True)
     setup.scaler.scale(loss * float("inf")).backward()  # an overflow, as fp16 gradients can have
     setup.scaler.step(setup.optimizer)
@@ -167,7 +167,7 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused_naming_the_fix(spl
     ]
     assert shards[0] == shards[1] == shards[2] and 3 * sum(shards[0]) == -(-len(images) // 3) * 3
     with pytest.raises(ValueError, match=message):  # the loader path refuses it alike
-        training_batches(splits["train"], TrainConfig(batch_size=16, augment_on="loader"), CPU, Distributed(1, 3, 1))
+        _training_batches(splits["train"], TrainConfig(batch_size=16, augment_on="loader"), CPU, Distributed(1, 3, 1))
 
 
 # A fake CUDA device
@@ -206,14 +206,14 @@ def test_gpu_augmentation_training_step_and_predict_keep_every_tensor_on_the_gpu
             host = torch.zeros(3, 64, 64, 3, dtype=torch.uint8)
             images = torch.zeros(4, 64, 64, 3, dtype=torch.uint8, device="cuda")
             masks = torch.zeros(4, 64, 64, dtype=torch.uint8, device="cuda")
-            x, m = augment_batch(images, masks, ALL_DEVICE_TRANSFORMS)
+            x, m = _augment_batch(images, masks, ALL_DEVICE_TRANSFORMS)
             assert (x.device.type, x.dtype, tuple(x.shape)) == ("cuda", torch.float32, (4, 3, 64, 64))
             assert m.device.type == "cuda"
 
-            setup = set_up_training(job, None)
+            setup = _set_up_training(job, None)
             assert next(setup.model.parameters()).device.type == "cuda"
             convs = _conv_dtypes(setup.model)
-            logits, loss = forward_loss(setup, x, m)
+            logits, loss = _forward_loss(setup, x, m)
             assert logits.device.type == loss.device.type == "cuda" and loss.dtype == torch.float32
             assert set(convs) == {dtype}, amp  # CUDA's autocast rules, in the precision amp resolved to
             # The moving average's step on the device: update_parameters' averaging of the float weights and
@@ -250,4 +250,4 @@ def test_cuda_graph_steps_are_marked_for_every_mode_that_uses_them(tmp_path, fak
         model = build_model(ModelConfig("none"), unfreeze=0)
         with fake_cuda():
             job = _job(_fake_splits(), tmp_path, model, device="cuda", compile=mode, augment_on="device")
-            assert set_up_training(job, None).cuda_graphs is graphs, mode
+            assert _set_up_training(job, None).cuda_graphs is graphs, mode

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lesionseg.inference.predict import Prediction, predict
-from lesionseg.inference.settings import OVERRIDABLE, RECORD_KEYS, InferenceSettings, PostprocessConfig, ZoomConfig
+from lesionseg.inference.settings import _RECORD_KEYS, OVERRIDABLE, InferenceSettings, PostprocessConfig, ZoomConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = sorted([*(REPO / "lesionseg").rglob("*.py"), *(REPO / "stages").rglob("*.py")])
@@ -73,7 +73,7 @@ def test_the_stored_form_round_trips_and_old_models_read_as_before():
         review_threshold=0.4,
     )
     record = settings.record()
-    assert tuple(record) == RECORD_KEYS and InferenceSettings.from_record(record) == settings
+    assert tuple(record) == _RECORD_KEYS and InferenceSettings.from_record(record) == settings
     # a model exported before the zoom and the review threshold existed: those keys missing, the plain values
     old = {k: record[k] for k in ("tta", "threshold", "keep_largest", "fill_holes")}
     assert InferenceSettings.from_record(old) == InferenceSettings(
@@ -90,7 +90,7 @@ def test_overrides_change_only_what_is_given():
     assert changed == InferenceSettings(
         tta=True, threshold=0.7, postprocess=PostprocessConfig(fill_holes=True), zoom=ZoomConfig(margin=0.1)
     )
-    assert set(OVERRIDABLE) <= set(RECORD_KEYS)
+    assert set(OVERRIDABLE) <= set(_RECORD_KEYS)
     with pytest.raises(ValueError, match="cannot override zoom_margin"):
         settings.override({"zoom_margin": 0.5})
     with pytest.raises(ValueError, match="threshold must be a probability"):

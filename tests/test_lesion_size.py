@@ -9,11 +9,11 @@ import torch
 
 from lesionseg.cli import main
 from lesionseg.data.cache import Split, encode_mask
-from lesionseg.evaluation.evaluate import score_prediction
+from lesionseg.evaluation.evaluate import _score_prediction
 from lesionseg.evaluation.lesion_size import (
     LESION_SHARE_COLUMN,
+    _size_bin_rows,
     lesion_share,
-    size_bin_rows,
     size_bin_scores,
     split_by_size,
 )
@@ -29,7 +29,7 @@ def sized_table(iou, shares=SHARES) -> pd.DataFrame:
 
 
 def test_every_image_is_in_exactly_one_bin_lower_bound_inclusive():
-    rows = size_bin_rows(sized_table(np.zeros(len(SHARES))))
+    rows = _size_bin_rows(sized_table(np.zeros(len(SHARES))))
     assert list(rows) == ["lesion < 5%", "lesion 5-15%", "lesion 15-40%", "lesion >= 40%"]
     assert np.array_equal(np.sum(list(rows.values()), axis=0), np.ones(len(SHARES)))
     assert rows["lesion < 5%"].tolist() == [True, True, False, False, False, False, False, False]
@@ -63,7 +63,7 @@ def test_evaluation_records_each_true_lesion_share_and_the_bin_means():
     split = Split.from_arrays(images, masks, [f"ISIC_{i:07d}" for i in range(4)], [(size, size)] * 4, blobs)
     logits = torch.full((4, 1, size, size), -5.0)
     logits[:, :, :10, :10] = 5.0  # the same 10 x 10 prediction for every image
-    metrics, table = score_prediction(Prediction.from_logits(InferenceSettings(), logits), split)
+    metrics, table = _score_prediction(Prediction.from_logits(InferenceSettings(), logits), split)
     assert table[LESION_SHARE_COLUMN].tolist() == pytest.approx([0.01, 0.04, 0.25, 1.0])
     assert table["orig_jaccard"].tolist() == pytest.approx([0.04, 0.16, 1.0, 0.25])
     # the pixel counts behind the scores, so any other averaging can be recomputed from the table

@@ -5,7 +5,7 @@ import torch
 from torchvision.models import mobilenet_v2
 
 from lesionseg.model import encoder as encoder_module
-from lesionseg.model.encoder import EncoderWeightsError, build_encoder, load_mobilenet_v2
+from lesionseg.model.encoder import EncoderWeightsError, _load_mobilenet_v2, build_encoder
 from lesionseg.model.model import ModelConfig, build_model, count_parameters, parse_unfreeze_level
 from lesionseg.training.losses import DiceBCELoss
 from tests.conftest import requires_shared
@@ -97,17 +97,17 @@ def test_state_dict_with_wrong_keys_names_them(tmp_path):
     with pytest.raises(
         EncoderWeightsError, match=r"missing keys \[classifier.1.bias\].*unexpected keys \[extra.weight\]"
     ):
-        load_mobilenet_v2(str(path))
+        _load_mobilenet_v2(str(path))
 
 
 def test_weights_file_that_is_not_a_state_dict(tmp_path):
     path = tmp_path / "garbage.pth"
     path.write_bytes(b"not a torch file")
     with pytest.raises(EncoderWeightsError, match="garbage.pth: not a loadable state dict: not a file written by") as e:
-        load_mobilenet_v2(str(path))
+        _load_mobilenet_v2(str(path))
     assert "weights_only" not in str(e.value)  # what is wrong with the file, not torch's advice to load it unsafely
     with pytest.raises(EncoderWeightsError, match="no such file"):
-        load_mobilenet_v2(str(tmp_path / "missing.pth"))
+        _load_mobilenet_v2(str(tmp_path / "missing.pth"))
 
 
 def test_failed_imagenet_download_explains_local_file(monkeypatch):
@@ -116,7 +116,7 @@ def test_failed_imagenet_download_explains_local_file(monkeypatch):
 
     monkeypatch.setattr(encoder_module, "mobilenet_v2", offline)
     with pytest.raises(EncoderWeightsError, match="local\\s+mobilenet_v2 state dict.*encoder_weights="):
-        load_mobilenet_v2("imagenet")
+        _load_mobilenet_v2("imagenet")
 
 
 @requires_shared

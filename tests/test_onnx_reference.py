@@ -1,5 +1,5 @@
 """The torch-free ONNX reference (lesionseg.inference.onnx_reference) against the torch path: predict_files (via
-lesionseg predict) and the pyfunc's predict_masks_with_quality give the same quality, review flag and mask."""
+lesionseg predict) and the pyfunc give the same quality, review flag and mask."""
 
 import copy
 import subprocess
@@ -19,14 +19,14 @@ from lesionseg.data.normalize import normalize_batch
 from lesionseg.errors import DataError
 from lesionseg.inference import onnx_reference
 from lesionseg.inference.exported import package_model
-from lesionseg.inference.logits import flip_averaged_logits, plain_logits
+from lesionseg.inference.logits import _plain_logits, logits_function
 from lesionseg.inference.quality import UNCERTAIN_MARGIN
 from lesionseg.inference.quality import mask_quality as torch_quality
 from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig
 from lesionseg.inference.zoom import zoom_pass
 from lesionseg.model.checkpoint import make_checkpoint, save_checkpoint
 from lesionseg.model.model import ModelConfig
-from lesionseg.serving.export import export_onnx, predict_masks_with_quality
+from lesionseg.serving.export import _predict_masks_with_quality, export_onnx
 from tests.helpers import REPO, lesion_pair, stretched_model
 
 pytest.importorskip("onnxruntime")
@@ -62,14 +62,14 @@ def test_reference_matches_predict_and_the_pyfunc(images, tmp_path, tta, zoom):
     model, pixels = checkpoint(images, tmp_path, lesion_share=0.2 if zoom else None)
     cleanup, zoomed = PostprocessConfig(keep_largest=True, fill_holes=True), ZoomConfig(enabled=zoom, max_share=0.45)
     plain = InferenceSettings(tta=tta, postprocess=cleanup, zoom=zoomed)
-    torch_path = predict_masks_with_quality(model, pixels, plain)
+    torch_path = _predict_masks_with_quality(model, pixels, plain)
     if zoom:
-        forward = flip_averaged_logits if tta else plain_logits
+        forward = logits_function(plain)
         first = forward(model, normalize_batch(torch.from_numpy(pixels)))
         boxes = zoom_pass(model, torch.from_numpy(pixels), first, plain).boxes
         assert 0 < sum(box is not None for box in boxes) < len(boxes)
         assert not np.array_equal(
-            torch_path["mask"], predict_masks_with_quality(model, pixels, replace(plain, zoom=ZoomConfig()))["mask"]
+            torch_path["mask"], _predict_masks_with_quality(model, pixels, replace(plain, zoom=ZoomConfig()))["mask"]
         )
     else:
         assert np.ptp(torch_path["quality"]) > 0 and (torch_path["quality"] < 1).any()  # varied: the test can fail
@@ -81,7 +81,7 @@ def test_reference_matches_predict_and_the_pyfunc(images, tmp_path, tta, zoom):
 
     # Model-size arrays: the pyfunc's masks, quality and review flags.
     arrays = [reference.predict(p) for p in pixels]
-    expected = predict_masks_with_quality(model, pixels, settings)
+    expected = _predict_masks_with_quality(model, pixels, settings)
     assert np.abs(np.array([a.quality for a in arrays]) - expected["quality"]).max() < 1e-4
     assert [a.review for a in arrays] == expected["review"].tolist()
     assert zoom or 0 < sum(expected["review"]) < len(pixels)
@@ -92,7 +92,8 @@ def test_reference_matches_predict_and_the_pyfunc(images, tmp_path, tta, zoom):
     args = ["predict", "--quiet", "--checkpoint", str(tmp_path / "model.pt"), "--output", str(out)]
     assert main([*args, "--batch-size", "3", *map(str, images)]) == 0
     table = pd.read_csv(out / "quality.csv")
-    files = onnx_reference.predict_onnx(tmp_path / "model.onnx", images)
+    onnx_model = onnx_reference.OnnxModel(tmp_path / "model.onnx")
+    files = [onnx_model.predict(image) for image in images]
     assert np.abs(table["quality"].to_numpy() - [f.quality for f in files]).max() < 1e-4
     assert table["review"].tolist() == ["yes" if f.review else "no" for f in files]
     for path, prediction in zip(images, files):
@@ -107,13 +108,13 @@ def test_colour_constancy_is_inside_the_graph(images, tmp_path):
     export_onnx(tmp_path / "train.pt", tmp_path / "model.onnx")
     reference = onnx_reference.OnnxModel(tmp_path / "model.onnx")
     predictions = [reference.predict(p) for p in pixels]
-    expected = predict_masks_with_quality(model, pixels, InferenceSettings())
+    expected = _predict_masks_with_quality(model, pixels, InferenceSettings())
     assert np.abs(np.array([p.quality for p in predictions]) - expected["quality"]).max() < 1e-4
     assert all(np.array_equal(p.mask, m.astype(bool)) for p, m in zip(predictions, expected["mask"]))
     # The graph does correct the colours: the same network without the step gives other logits.
     bare = copy.deepcopy(model)
     bare.colour = torch.nn.Identity()
-    uncorrected = plain_logits(bare, normalize_batch(torch.from_numpy(pixels[:1])))[0, 0].numpy()
+    uncorrected = _plain_logits(bare, normalize_batch(torch.from_numpy(pixels[:1])))[0, 0].numpy()
     assert np.abs(reference.logits(pixels[0]) - uncorrected).max() > 0.1
 
 
@@ -156,8 +157,8 @@ def test_reference_runs_without_torch(images, tmp_path):
     checkpoint(images, tmp_path)
     export_onnx(tmp_path / "train.pt", tmp_path / "model.onnx")
     code = (
-        "import sys; from lesionseg.inference.onnx_reference import predict_onnx; "
-        f"(p,) = predict_onnx({str(tmp_path / 'model.onnx')!r}, [{str(images[0])!r}]); "
+        "import sys; from lesionseg.inference.onnx_reference import OnnxModel; "
+        f"p = OnnxModel({str(tmp_path / 'model.onnx')!r}).predict({str(images[0])!r}); "
         "assert 'torch' not in sys.modules, 'torch was imported'; print(p.mask.shape, p.quality)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

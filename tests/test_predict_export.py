@@ -18,7 +18,7 @@ from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import evaluate_model
 from lesionseg.inference.exported import package_model
-from lesionseg.inference.logits import flip_averaged_logits, predict_uint8
+from lesionseg.inference.logits import logits_function, predict_uint8
 from lesionseg.inference.postprocess import clean_mask
 from lesionseg.inference.quality import mask_quality
 from lesionseg.inference.settings import InferenceSettings, PostprocessConfig, ZoomConfig
@@ -206,7 +206,7 @@ def test_mlflow_pyfunc_roundtrip(trained, tmp_path):
     loaded = mlflow.pyfunc.load_model(uri)
     batch = splits["test"].images[:3].numpy()
     model, _ = load_model(root / "model.pt")
-    logits = predict_uint8(model, splits["test"].images[:3], forward=flip_averaged_logits)
+    logits = predict_uint8(model, splits["test"].images[:3], forward=logits_function(settings))
     # Default: masks with the stored settings (TTA, threshold 0.4, largest component).
     masks = loaded.predict(batch)
     expected = np.stack([clean_mask(p > 0.4, settings.postprocess) for p in torch.sigmoid(logits)[:, 0].numpy()])

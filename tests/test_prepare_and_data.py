@@ -7,7 +7,7 @@ from PIL import Image
 
 from lesionseg.augment.augmentation import AugmentConfig
 from lesionseg.augment.dataset import SegmentationDataset, train_transform
-from lesionseg.data.cache import Split, decode_mask, encode_mask
+from lesionseg.data.cache import Split, _decode_mask, encode_mask
 from lesionseg.data.normalize import normalize_batch
 from lesionseg.data.prepare import PrepareConfig, decode_pair, prepare_dataset, train_val_indices
 from lesionseg.errors import DataError
@@ -17,7 +17,7 @@ from tests.helpers import TRAIN_IMAGES, TRAIN_MASKS, lesion_pair, make_raw_tree
 def test_mask_codec_roundtrip():
     rng = np.random.default_rng(0)
     mask = rng.random((37, 53)) > 0.7
-    assert np.array_equal(decode_mask(encode_mask(mask), 37, 53), mask)
+    assert np.array_equal(_decode_mask(encode_mask(mask), 37, 53), mask)
 
 
 def test_prepare_dataset_writes_splits_and_summary(tmp_path):

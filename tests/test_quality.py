@@ -14,7 +14,7 @@ from lesionseg.data.cache import Split
 from lesionseg.data.prepare import PrepareConfig, prepare_dataset
 from lesionseg.evaluation.evaluate import evaluate_checkpoint
 from lesionseg.evaluation.review import (
-    failure_auroc,
+    _failure_auroc,
     review_metrics,
     review_threshold,
     risk_coverage,
@@ -89,9 +89,9 @@ def test_failure_auroc_hand_example_and_scipy():
     # successes (IoU >= 0.7) score 0.9, 0.8, 0.7; failures 0.75, 0.2: 5 of 6 pairs ordered right
     quality = [0.9, 0.8, 0.7, 0.75, 0.2]
     iou = [0.9, 0.85, 0.8, 0.5, 0.1]
-    assert failure_auroc(quality, iou) == pytest.approx(5 / 6)
-    assert failure_auroc([0.5, 0.5], [0.9, 0.1]) == 0.5  # a tie counts half
-    assert np.isnan(failure_auroc([0.5, 0.6], [0.9, 0.8]))  # no failure
+    assert _failure_auroc(quality, iou) == pytest.approx(5 / 6)
+    assert _failure_auroc([0.5, 0.5], [0.9, 0.1]) == 0.5  # a tie counts half
+    assert np.isnan(_failure_auroc([0.5, 0.6], [0.9, 0.8]))  # no failure
     # ... which metrics.json leaves out rather than write a NaN (not JSON, and not a number to compare)
     assert review_metrics([0.5, 0.6], [0.9, 0.8], 0.55) == {"review_accepted_jaccard": 0.8, "review_flagged": 0.5}
     rng = np.random.default_rng(1)
@@ -99,9 +99,9 @@ def test_failure_auroc_hand_example_and_scipy():
     failed = iou < 0.7
     pairs = [(f, s) for f, s in itertools.product(quality[failed], quality[~failed])]
     brute = np.mean([1.0 if f < s else 0.5 if f == s else 0.0 for f, s in pairs])
-    assert failure_auroc(quality, iou) == pytest.approx(brute)
+    assert _failure_auroc(quality, iou) == pytest.approx(brute)
     u = mannwhitneyu(quality[~failed], quality[failed]).statistic
-    assert failure_auroc(quality, iou) == pytest.approx(u / (failed.sum() * (~failed).sum()))
+    assert _failure_auroc(quality, iou) == pytest.approx(u / (failed.sum() * (~failed).sum()))
 
 
 def test_review_metrics_hand_example():

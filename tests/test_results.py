@@ -14,14 +14,14 @@ import yaml
 from lesionseg.errors import DataError
 from lesionseg.evaluation.stats import mean_interval
 from lesionseg.experiments.compare import compare_runs, format_markdown
-from lesionseg.experiments.results_record import read_provenance, reconstructed_command, save_record
+from lesionseg.experiments.results_record import _reconstructed_command, read_provenance, save_record
 from lesionseg.experiments.results_tables import (
-    SCORE,
+    _SCORE,
     TableSpec,
-    missing_records,
-    render_page,
-    render_table,
-    unrecorded_rows,
+    _missing_records,
+    _render_page,
+    _render_table,
+    _unrecorded_rows,
 )
 from lesionseg.experiments.runs import read_run
 from tests.helpers import load_script
@@ -176,8 +176,8 @@ def test_save_refuses_what_is_not_a_run(tmp_path, capsys):
 def test_reconstructed_command_sets_what_differs_from_the_baseline():
     run = {"train": {"epochs": 3, "lr": 0.001}, "finetune": {"unfreeze": [1, "all"]}, "evaluate": {"external": {}}}
     base = {"train": {"epochs": 25, "lr": 0.001}, "finetune": {"unfreeze": [1, 2, "all"]}}
-    assert reconstructed_command("x", run, base) == "dvc exp run -n x -S train.epochs=3 -S 'finetune.unfreeze=[1,all]'"
-    assert reconstructed_command(None, run, None) is None
+    assert _reconstructed_command("x", run, base) == "dvc exp run -n x -S train.epochs=3 -S 'finetune.unfreeze=[1,all]'"
+    assert _reconstructed_command(None, run, None) is None
 
 
 @pytest.mark.slow  # four dvc processes: about 40 s on the shared 2 cores
@@ -236,7 +236,7 @@ stale
 
 
 def test_render_fills_each_region_from_the_records_through_the_comparison(records):
-    page = render_page(PAGE, "page.md", records)
+    page = _render_page(PAGE, "page.md", records)
     assert page.startswith("# A page\n\nText before.\n\n<!-- results:change a b models=finetune_all -->\n")
     expected = compare_runs(read_run(str(records / "a")), read_run(str(records / "b")), models=["finetune_all"])
     assert format_markdown(expected.results, labels=("a", "b")) in page
@@ -252,8 +252,8 @@ def test_render_fills_each_region_from_the_records_through_the_comparison(record
     # the run's own time travels with its numbers, saying what it measured; and the commit it was run from
     assert f"{facts['wall_seconds']:,.0f} s of training phases" in page and " s wall" not in page
     assert facts["baseline_commit"] is None and "run from commit" not in page  # not a git repository: no commit
-    assert render_page(page, "page.md", records) == page  # rendering is deterministic: a second pass changes nothing
-    assert unrecorded_rows(page) == [page.splitlines().index("| typed | 0.8613 |") + 1]
+    assert _render_page(page, "page.md", records) == page  # rendering is deterministic: a second pass changes nothing
+    assert _unrecorded_rows(page) == [page.splitlines().index("| typed | 0.8613 |") + 1]
 
 
 def test_cost_table_gives_each_records_machine_schedule_and_time(records):
@@ -265,7 +265,7 @@ def test_cost_table_gives_each_records_machine_schedule_and_time(records):
     params = yaml.safe_load((records / "c" / "params.yaml").read_text())
     params["finetune"] = {"unfreeze": [1, "all"], "lr": 0.0001}  # its epochs: train's
     (records / "c" / "params.yaml").write_text(yaml.safe_dump(params))
-    table = render_table(TableSpec.parse("cost a c", "p.md:1"), records)
+    table = _render_table(TableSpec.parse("cost a c", "p.md:1"), records)
     assert "| 2 + 2 x 2 | 3 |" in table
     a = read_provenance("a", records)
     # a: 2 frozen epochs as run (dvc.lock), no fine-tuning epochs: 2 epochs in 73.5 s of training phases
@@ -283,21 +283,21 @@ def test_review_table_reads_the_review_scores_of_each_evaluation(records):
     metrics["finetune_all"].update(review)
     metrics["finetune_all"]["external"]["extra"].update({**review, "review_auroc": 0.7})
     metrics_path.write_text(json.dumps(metrics))
-    table = render_table(TableSpec.parse("review b models=finetune_all", "p.md:1"), records)
+    table = _render_table(TableSpec.parse("review b models=finetune_all", "p.md:1"), records)
     assert "| test | finetune_all | 12 | 0.7000 | 0.912 | 80% | 25% | 0.8100 |" in table
     assert "| external extra | finetune_all | 8 | 0.6000 | 0.700 | 80% | 25% | 0.8100 |" in table
     assert "frozen" not in table.split("\n\n")[0]  # models= keeps the one asked for
 
 
 def test_render_errors_name_the_page_and_the_record(records, tmp_path, capsys):
-    waiting = render_table(TableSpec.parse("scores missing", "p.md:1"), records)
+    waiting = _render_table(TableSpec.parse("scores missing", "p.md:1"), records)
     assert "No record" in waiting and "results.py save <exp> --name missing" in waiting
-    assert not unrecorded_rows(waiting) and not SCORE.search(waiting)
-    assert missing_records("<!-- results:change a missing -->\n<!-- /results -->\n", "p.md", records) == ["missing"]
+    assert not _unrecorded_rows(waiting) and not _SCORE.search(waiting)
+    assert _missing_records("<!-- results:change a missing -->\n<!-- /results -->\n", "p.md", records) == ["missing"]
     with pytest.raises(ValueError, match="p.md:3: a change table names 2 record"):
         TableSpec.parse("change a", "p.md:3")
     with pytest.raises(ValueError, match="without its"):
-        render_page("<!-- results:scores a -->\n| x |\n", "p.md", records)
+        _render_page("<!-- results:scores a -->\n| x |\n", "p.md", records)
     page, stale = tmp_path / "page.md", PAGE[: PAGE.index("| typed")]  # the change table only
     page.write_text(stale)
     argv = ["render", str(page), "--results-dir", str(records)]

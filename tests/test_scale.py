@@ -39,7 +39,7 @@ from tests.helpers import (
 
 def test_device_batches_shard_each_global_batch(monkeypatch):
     """2 ranks' shards of every global batch are disjoint and together are the 1-process batch."""
-    monkeypatch.setattr(batch_augment, "augment_batch", lambda images, masks, augment, generator: (images, masks))
+    monkeypatch.setattr(batch_augment, "_augment_batch", lambda images, masks, augment, generator: (images, masks))
     n = 10
     images = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 4, 4, 3).clone()
     masks = torch.zeros(n, 4, 4, dtype=torch.uint8)

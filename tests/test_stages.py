@@ -324,13 +324,13 @@ def test_external_stage_errors_name_the_set_and_keep_earlier_output(tmp_path):
 
 
 def test_tracking_uri_and_local_paths_resolve_against_the_repository(monkeypatch, tmp_path):
-    from lesionseg.tracking import artifact_root_for, resolve_tracking_uri
+    from lesionseg.tracking import _artifact_root_for, resolve_tracking_uri
     from stages.params import local_path, repo_root
 
     assert resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert resolve_tracking_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
     assert resolve_tracking_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
-    assert artifact_root_for(f"sqlite:///{tmp_path / 'mlflow.db'}") == (tmp_path / "mlartifacts").as_uri()
+    assert _artifact_root_for(f"sqlite:///{tmp_path / 'mlflow.db'}") == (tmp_path / "mlartifacts").as_uri()
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # what DVC sets, also in --temp and queued experiments
     assert repo_root() == tmp_path
     assert local_path("../shared/w.pth") == str((tmp_path.parent / "shared" / "w.pth").resolve())

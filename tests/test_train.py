@@ -14,12 +14,12 @@ from lesionseg.model.checkpoint import FORMAT, load_model, read_checkpoint, save
 from lesionseg.model.model import ModelConfig, build_model
 from lesionseg.runtime import Numerics, resolve_numerics
 from lesionseg.serving.model_card import card_markdown, model_card
-from lesionseg.training.phases import phase_params
+from lesionseg.training.phases import _phase_params
 from lesionseg.training.train import (
-    HISTORY_COLUMNS,
+    _HISTORY_COLUMNS,
     TrainConfig,
     TrainingJob,
-    lr_factor,
+    _lr_factor,
     make_optimizer,
     train_model,
 )
@@ -58,7 +58,7 @@ def test_training_writes_best_checkpoint_and_history(splits, tmp_path):
     model = build_model(ModelConfig(encoder_weights="none"))
     result = train_model(_job(model, splits, TrainConfig(**FAST), tmp_path), on_epoch=rows.append)
     history = pd.read_csv(tmp_path / "history.csv")
-    assert list(history.columns) == list(HISTORY_COLUMNS) and len(history) == 2 == len(rows)
+    assert list(history.columns) == list(_HISTORY_COLUMNS) and len(history) == 2 == len(rows)
     assert history["val_jaccard"].max() == pytest.approx(result.best_metrics["jaccard"])
     checkpoint = read_checkpoint(tmp_path / "ckpt.pt")
     assert checkpoint["format"] == FORMAT and checkpoint["epoch"] == result.best_epoch
@@ -108,14 +108,14 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path, splits):
 
 def test_lr_schedule_warmup_and_cosine():
     config = TrainConfig(epochs=4, lr=1.0, scheduler="cosine", warmup_epochs=1)
-    factors = [lr_factor(step, 10, config) for step in range(40)]
+    factors = [_lr_factor(step, 10, config) for step in range(40)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0) and factors[-1] < 0.05
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
-    assert lr_factor(25, 10, TrainConfig(epochs=4)) == 1.0
+    assert _lr_factor(25, 10, TrainConfig(epochs=4)) == 1.0
     # A run as short as its warm-up (smoke tests of the recipe) is valid: the LR only ramps up.
     short = TrainConfig(epochs=1, lr=1.0, warmup_epochs=1)
-    assert [lr_factor(step, 4, short) for step in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert [_lr_factor(step, 4, short) for step in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,7 @@ def test_ema_checkpoint_holds_the_averaged_weights(splits, tmp_path):
 def test_device_side_augmentation_trains_on_cpu_too(splits, tmp_path):
     _, loader = _train(splits, tmp_path / "loader", augment_on="loader")
     _, device = _train(splits, tmp_path / "device", augment_on="device", channels_last=True)
-    assert list(device.history.columns) == list(HISTORY_COLUMNS) and len(device.history) == 2
+    assert list(device.history.columns) == list(_HISTORY_COLUMNS) and len(device.history) == 2
     assert device.history["train_loss"].notna().all()
     # Different random streams, same data: not the same numbers.
     assert not loader.history["train_loss"].equals(device.history["train_loss"])
@@ -233,7 +233,7 @@ def test_amp_auto_trains_in_bf16_on_a_bf16_cpu_and_records_it(splits, tmp_path, 
         "tf32": False,
     }
     history = pd.read_csv(tmp_path / "native" / "history.csv")
-    assert list(history.columns) == list(HISTORY_COLUMNS)
+    assert list(history.columns) == list(_HISTORY_COLUMNS)
     assert history[["precision", "channels_last"]].to_dict("records") == [{"precision": "bf16", "channels_last": True}]
     without_history = pd.read_csv(tmp_path / "without" / "history.csv")
     assert without_history[["precision", "channels_last"]].to_dict("records") == [
@@ -245,7 +245,7 @@ def test_amp_auto_trains_in_bf16_on_a_bf16_cpu_and_records_it(splits, tmp_path, 
         "precision": "fp32",
         "channels_last": False,
     }
-    params = phase_params(model, ModelConfig("none"), TrainConfig(**FAST), 64)  # the phase's MLflow params
+    params = _phase_params(model, ModelConfig("none"), TrainConfig(**FAST), 64)  # the phase's MLflow params
     assert {key: params[key] for key in record} == record
 
     card = model_card(

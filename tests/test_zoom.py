@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesionseg.data.normalize import normalize_float
-from lesionseg.inference.boxes import box_at, lesion_box, zoom_box
+from lesionseg.inference.boxes import _lesion_box, box_at, zoom_box
 from lesionseg.inference.logits import upsample_logits
 from lesionseg.inference.settings import InferenceSettings, ZoomConfig
 from lesionseg.inference.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass
@@ -23,10 +23,10 @@ def disc_mask(size=64, centre=(20, 40), radius=5) -> np.ndarray:
 def test_the_box_is_the_largest_component_widened_and_clipped():
     mask = disc_mask()  # rows 15-25, columns 35-45: 11 x 11
     mask[60:, :2] = True  # a smaller blob elsewhere is not the lesion
-    assert lesion_box(mask, 0.0) == (15, 35, 26, 46)
-    assert lesion_box(mask, 0.3) == (11, 31, 30, 50)  # 3.3 px more on each side, rounded outwards
-    assert lesion_box(disc_mask(centre=(2, 62)), 0.3) == (0, 54, 11, 64)  # clipped at the image's edges
-    assert lesion_box(np.zeros((64, 64), bool), 0.3) is None
+    assert _lesion_box(mask, 0.0) == (15, 35, 26, 46)
+    assert _lesion_box(mask, 0.3) == (11, 31, 30, 50)  # 3.3 px more on each side, rounded outwards
+    assert _lesion_box(disc_mask(centre=(2, 62)), 0.3) == (0, 54, 11, 64)  # clipped at the image's edges
+    assert _lesion_box(np.zeros((64, 64), bool), 0.3) is None
 
 
 def test_which_images_get_the_second_pass():

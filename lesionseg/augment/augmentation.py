@@ -15,25 +15,14 @@ import torch
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation: each field a probability (0 = off) or a range's size.
+    """Training augmentation: each field a probability (0 = off, the default: a recipe says what to apply) or a range.
 
-    The defaults augment nothing: a recipe (params.yaml's ``augment`` section,
-    ``recipes/reference.yaml``) says what to apply; the library does not.
-
-    ``scale_rotate``: probability of a random affine (shift up to 6%, scale
-    ``1 +- scale_limit``, rotation up to ``rotate_limit`` degrees);
-    ``hue_saturation``: probability of a hue/saturation/value jitter;
-    ``lesion_crop``: probability of a random square crop that keeps the whole
-    lesion, resized to the input size (:func:`lesion_crop_boxes`): the lesion
-    larger in the frame, as the zoom-in second pass
-    (:mod:`lesionseg.inference.zoom`) shows it to the model.
-
-    What spans cameras (each a probability, 0 = off):
-    ``gamma`` (gamma 0.7-1.5), ``blur`` (Gaussian blur, sigma up to 1.2 px
-    at 128 px), ``noise`` (Gaussian sensor noise, std up to 5% of the range),
-    ``jpeg`` (JPEG re-compression at quality 40-95). The ranges are the
-    module's ``*_LIMIT`` constants, shared with the batched GPU version
-    (:mod:`lesionseg.augment.batch_augment`).
+    ``scale_rotate``: a random affine (shift up to 6%, scale ``1 +- scale_limit``, rotation up to ``rotate_limit``
+    degrees); ``hue_saturation``: a hue/saturation/value jitter; ``lesion_crop``: a random square crop that keeps
+    the whole lesion (:func:`lesion_crop_boxes`), as the zoom-in second pass shows it. Across cameras: ``gamma``
+    (0.7-1.5), ``blur`` (Gaussian, sigma up to 1.2 px at 128 px), ``noise`` (Gaussian, std up to 5% of the range),
+    ``jpeg`` (re-compression at quality 40-95); the ranges are this module's ``*_LIMIT`` constants, shared with
+    :mod:`lesionseg.augment.batch_augment`.
     """
 
     hflip: float = 0.0
@@ -50,14 +39,14 @@ class AugmentConfig:
     lesion_crop: float = 0.0
 
     def __post_init__(self):
-        for name in PROBABILITIES:
+        for name in _PROBABILITIES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
         if not 0.0 <= self.scale_limit < 1.0:
             raise ValueError(f"scale_limit must be in [0, 1), got {self.scale_limit!r}")
 
 
-PROBABILITIES = (
+_PROBABILITIES = (
     "hflip",
     "vflip",
     "brightness_contrast",
@@ -83,14 +72,14 @@ BLUR_SIGMA_LIMIT = (0.2, 1.2)  # pixels
 BLUR_KERNEL_LIMIT = (3, 5)  # taps: albumentations draws 3-5 and makes it odd (3 one time in three, else 5)
 NOISE_STD_LIMIT = (0.01, 0.05)  # of the value range
 JPEG_QUALITY_LIMIT = (40, 95)
-LESION_CROP_MARGIN = 0.15  # the tightest lesion crop leaves this share of the lesion's extent on each side
+_LESION_CROP_MARGIN = 0.15  # the tightest lesion crop leaves this share of the lesion's extent on each side
 
 
 def lesion_crop_boxes(masks: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Square crops that keep each mask's whole lesion: float ``(N, 3)`` rows ``(top, left, side)`` in pixels.
 
     ``masks``: bool ``(N, S, S)``; ``uniforms``: ``(N, 3)`` draws from U(0, 1). The side is drawn uniformly
-    between the lesion's extent (the longer side of its bounding box) plus :data:`LESION_CROP_MARGIN` of it
+    between the lesion's extent (the longer side of its bounding box) plus 0.15 of it
     on each side and the whole image, the position uniformly among the squares of that side that hold the
     bounding box inside the image. An empty mask gets the whole image (no crop). Both augmentation paths
     (albumentations' :class:`~lesionseg.augment.lesion_crop.LesionCrop` and the batched one) draw their crops here.
@@ -104,7 +93,7 @@ def lesion_crop_boxes(masks: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
     left = torch.where(cols, index, big).amin(1)
     right = torch.where(cols, index + 1, torch.zeros_like(big)).amax(1)
     extent = torch.maximum(bottom - top, right - left)
-    smallest = torch.clamp(extent * (1 + 2 * LESION_CROP_MARGIN), max=size)
+    smallest = torch.clamp(extent * (1 + 2 * _LESION_CROP_MARGIN), max=size)
     side = smallest + uniforms[:, 0] * (size - smallest)
     crop_top = _place(top, bottom, side, size, uniforms[:, 1])
     crop_left = _place(left, right, side, size, uniforms[:, 2])

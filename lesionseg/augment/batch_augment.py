@@ -1,7 +1,7 @@
 """The training augmentation as batched tensor ops, for data kept on the training device.
 
 On a GPU the model eats batches faster than a CPU loader can decode and augment them, so
-:class:`DeviceBatches` keeps the cached uint8 tensors on the device and :func:`augment_batch` applies the
+:class:`DeviceBatches` keeps the cached uint8 tensors on the device and applies the
 transforms of :func:`lesionseg.augment.dataset.train_transform`, in the same order, with the same ranges and
 probabilities (:mod:`lesionseg.augment.augmentation`'s constants), to a whole batch. Each image draws its own
 parameters and values stay on the uint8 grid, so the two paths agree in distribution, not pixel for pixel
@@ -101,7 +101,7 @@ def _brightness_contrast(x: torch.Tensor, p: float, generator) -> torch.Tensor:
     return torch.where(chosen, (x * alpha + beta).clamp(0, 255).floor(), x)
 
 
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     """``(N, 3, H, W)`` RGB in [0, 255] -> HSV with OpenCV's uint8 ranges: H in [0, 180), S and V in [0, 255]."""
     r, g, b = x.unbind(1)
     value, _ = x.max(1)
@@ -117,8 +117,8 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([hue, saturation, value], 1)
 
 
-def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_hsv`."""
+def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_rgb_to_hsv`."""
     hue, saturation, value = hsv.unbind(1)
     sector = hue / 30  # in [0, 6)
     chroma = value * saturation / 255
@@ -133,11 +133,11 @@ def _hue_saturation(x: torch.Tensor, p: float, generator) -> torch.Tensor:
     hue_shift = _uniform(n, -HUE_SHIFT_LIMIT, HUE_SHIFT_LIMIT, generator, device).view(-1, 1, 1)
     sat_shift = _uniform(n, -SAT_SHIFT_LIMIT, SAT_SHIFT_LIMIT, generator, device).view(-1, 1, 1)
     val_shift = _uniform(n, -VAL_SHIFT_LIMIT, VAL_SHIFT_LIMIT, generator, device).view(-1, 1, 1)
-    hue, saturation, value = rgb_to_hsv(x).round().unbind(1)
+    hue, saturation, value = _rgb_to_hsv(x).round().unbind(1)
     hue = (hue + hue_shift).floor() % 180
     saturation = torch.where(saturation > 0, (saturation + sat_shift).clamp(0, 255).floor(), saturation)
     value = (value + val_shift).clamp(0, 255).floor()
-    shifted = hsv_to_rgb(torch.stack([hue, saturation, value], 1)).round().clamp(0, 255)
+    shifted = _hsv_to_rgb(torch.stack([hue, saturation, value], 1)).round().clamp(0, 255)
     return torch.where(chosen, shifted, x)
 
 
@@ -195,7 +195,7 @@ def _jpeg(x: torch.Tensor, p: float, generator) -> torch.Tensor:
 
 
 # Probability field -> transform of the image only, in train_transform's order.
-PIXEL_TRANSFORMS = (
+_PIXEL_TRANSFORMS = (
     ("brightness_contrast", _brightness_contrast),
     ("hue_saturation", _hue_saturation),
     ("gamma", _gamma),
@@ -205,7 +205,7 @@ PIXEL_TRANSFORMS = (
 )
 
 
-def augment_batch(
+def _augment_batch(
     images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment and normalise a batch on its own device.
@@ -222,7 +222,7 @@ def augment_batch(
     x, m = _flip(x, m, config.vflip, -2, generator)
     if config.scale_rotate > 0:
         x, m = _affine(x, m, config.scale_rotate, config.rotate_limit, config.scale_limit, generator)
-    for name, transform in PIXEL_TRANSFORMS:
+    for name, transform in _PIXEL_TRANSFORMS:
         if getattr(config, name) > 0:
             x = transform(x, getattr(config, name), generator)
     return normalize_float(x), m
@@ -231,18 +231,11 @@ def augment_batch(
 class DeviceBatches:
     """Shuffled, augmented training batches from cached uint8 tensors held on ``device``.
 
-    The GPU counterpart of ``DataLoader(SegmentationDataset(...), shuffle=True)``:
-    the split is copied to the device once, each epoch draws a new order from a
-    CPU generator seeded with ``seed``, and :func:`augment_batch` runs on the
-    device with its own generator. Yields ``(images, masks)`` as
-    :func:`augment_batch` returns them; the last batch may be smaller.
-
-    ``shard=(rank, world_size)``: ``batch_size`` is the global batch; every
-    rank draws the same order (padded, like ``DistributedSampler``, to a
-    multiple of ``world_size``) and yields its strided share of each global
-    batch, augmented with its own generator. ``batch_size`` must split evenly
-    (:func:`~lesionseg.augment.dataset.local_batch_size`), so every
-    rank's share of every batch, the last one too, has the same size.
+    The GPU counterpart of ``DataLoader(SegmentationDataset(...), shuffle=True)``: the split is copied to the device
+    once, each epoch draws a new order from a CPU generator seeded with ``seed``, and the augmentation runs on the
+    device; yields ``(images, masks)``, the last batch maybe smaller. ``shard=(rank, world_size)``: ``batch_size``
+    is the global batch (it must split evenly: :func:`~lesionseg.augment.dataset.local_batch_size`); every rank draws
+    the same order, padded like ``DistributedSampler``, and yields its strided, equal share of each global batch.
     """
 
     def __init__(
@@ -277,4 +270,4 @@ class DeviceBatches:
         order = torch.cat([order, order[: padded - len(order)]]).to(self.images.device)
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size][self.rank :: self.world_size]
-            yield augment_batch(self.images[index], self.masks[index], self.augment, self.augment_generator)
+            yield _augment_batch(self.images[index], self.masks[index], self.augment, self.augment_generator)

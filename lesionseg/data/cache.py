@@ -1,14 +1,9 @@
-"""Prepared splits: uint8 tensors decoded once, saved with ``torch.save``.
+"""Prepared splits: uint8 tensors decoded once, saved with ``torch.save`` as a plain dict (``weights_only=True``).
 
-A split file holds a plain dict (loadable with ``weights_only=True``):
-
-- ``images``: uint8 ``(N, S, S, 3)`` RGB at model resolution ``S``
-- ``masks``: uint8 ``(N, S, S)`` with values 0/1 (nearest-neighbour resized)
-- ``ids``: list of N ISIC IDs
-- ``orig_sizes``: int64 ``(N, 2)``, original ``(height, width)``
-- ``fullres_masks``: the original-resolution masks, bit-packed and
-  zlib-compressed (``data`` uint8, ``offsets`` int64 ``(N + 1,)``), so that
-  evaluation at original resolution needs no image decoding.
+``images`` uint8 ``(N, S, S, 3)`` RGB at model resolution ``S``; ``masks`` uint8 ``(N, S, S)`` 0/1
+(nearest-neighbour resized); ``ids``, the N ISIC IDs; ``orig_sizes`` int64 ``(N, 2)``, original ``(height,
+width)``; ``fullres_masks``, the original-resolution masks bit-packed and zlib-compressed (``data`` uint8,
+``offsets`` int64 ``(N + 1,)``), so that evaluation at original resolution decodes no image. :class:`Split` reads one.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ import torch
 from lesionseg import atomic
 from lesionseg.errors import DataError, unreadable_torch_file
 
-SPLIT_KEYS = ("images", "masks", "ids", "orig_sizes", "fullres_masks")
+_SPLIT_KEYS = ("images", "masks", "ids", "orig_sizes", "fullres_masks")
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -32,7 +27,7 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return zlib.compress(np.packbits(mask.astype(bool, copy=False).ravel()).tobytes(), 1)
 
 
-def decode_mask(blob: bytes, height: int, width: int) -> np.ndarray:
+def _decode_mask(blob: bytes, height: int, width: int) -> np.ndarray:
     """Inverse of :func:`encode_mask`: bool ``(height, width)``."""
     bits = np.unpackbits(np.frombuffer(zlib.decompress(blob), dtype=np.uint8), count=height * width)
     return bits.reshape(height, width).astype(bool)
@@ -63,7 +58,7 @@ class Split:
     def fullres_mask(self, index: int) -> np.ndarray:
         """Original-resolution mask of image ``index`` (bool ``(H, W)``)."""
         height, width = (int(v) for v in self.orig_sizes[index])
-        return decode_mask(self._fullres_blob(index).numpy().tobytes(), height, width)
+        return _decode_mask(self._fullres_blob(index).numpy().tobytes(), height, width)
 
     def subset(self, indices) -> Split:
         """A new split with the rows in ``indices`` (full-res masks re-packed)."""
@@ -122,8 +117,8 @@ class Split:
             raise DataError(path, "prepared split not found; run the prepare stage first") from exc
         except Exception as exc:
             raise DataError(path, f"not a readable prepared split: {unreadable_torch_file(path, exc)}") from exc
-        if not isinstance(payload, dict) or any(k not in payload for k in SPLIT_KEYS):
-            raise DataError(path, f"not a prepared split: expected keys {list(SPLIT_KEYS)}")
+        if not isinstance(payload, dict) or any(k not in payload for k in _SPLIT_KEYS):
+            raise DataError(path, f"not a prepared split: expected keys {list(_SPLIT_KEYS)}")
         full = payload["fullres_masks"]
         split = cls(
             payload["images"],

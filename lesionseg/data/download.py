@@ -28,16 +28,16 @@ from lesionseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
-OFFICIAL_SOURCE = "https://isic-challenge-data.s3.amazonaws.com/2016"
-ARCHIVE_STEMS = (TRAIN_IMAGES, TRAIN_MASKS, TEST_IMAGES, TEST_MASKS)
-ARCHIVES = tuple(f"{stem}.zip" for stem in ARCHIVE_STEMS)
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # local file header; empty archive
-CHUNK = 1 << 20
+_OFFICIAL_SOURCE = "https://isic-challenge-data.s3.amazonaws.com/2016"
+_ARCHIVE_STEMS = (TRAIN_IMAGES, TRAIN_MASKS, TEST_IMAGES, TEST_MASKS)
+_ARCHIVES = tuple(f"{stem}.zip" for stem in _ARCHIVE_STEMS)
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # local file header; empty archive
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class DownloadConfig:
-    source: str = OFFICIAL_SOURCE
+    source: str = _OFFICIAL_SOURCE
     retries: int = 5
     timeout_s: float = 60.0
     max_extract_bytes: int = 32 * 1024**3  # the official archives extract to about 12 GB
@@ -52,14 +52,14 @@ class DownloadConfig:
             raise ValueError(f"max_extract_bytes must be positive, got {self.max_extract_bytes!r}")
 
 
-def is_url(source: str) -> bool:
+def _is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def sha256_of(path: Path) -> str:
+def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
+        for block in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -67,14 +67,14 @@ def sha256_of(path: Path) -> str:
 def _check_zip_magic(path: Path) -> None:
     with open(path, "rb") as fh:
         head = fh.read(512)
-    if head[:4] in ZIP_MAGIC:
+    if head[:4] in _ZIP_MAGIC:
         return
     if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
         raise DataError(path, "is an HTML/XML page, not a zip archive (a server error or sign-in page? check the URL)")
     raise DataError(path, "not a zip archive")
 
 
-def download_file(url: str, target: Path, config: DownloadConfig) -> Path:
+def _download_file(url: str, target: Path, config: DownloadConfig) -> Path:
     """Download ``url`` to ``target`` via ``target.part``, resuming and retrying on network errors."""
     part = target.with_name(target.name + ".part")
     for attempt in range(config.retries + 1):
@@ -116,35 +116,35 @@ def _download_once(url: str, part: Path, config: DownloadConfig) -> None:
                 total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:-5], disable=not config.progress
             ) as bar,
         ):
-            for block in iter(lambda: response.read(CHUNK), b""):
+            for block in iter(lambda: response.read(_CHUNK), b""):
                 fh.write(block)
                 bar.update(len(block))
     if total is not None and part.stat().st_size != total:
         raise _IncompleteDownload(f"got {part.stat().st_size} of {total} bytes")
 
 
-def fetch_archives(config: DownloadConfig, download_dir: Path) -> dict[str, Path]:
+def _fetch_archives(config: DownloadConfig, download_dir: Path) -> dict[str, Path]:
     """Path of each of the four archives: in ``config.source`` if local, else downloaded to ``download_dir``.
 
     ``download_dir`` is a cache: an archive already there (complete: downloads
     land under a ``.part`` name and are renamed when whole) is not fetched again.
     """
-    if is_url(config.source):
+    if _is_url(config.source):
         download_dir.mkdir(parents=True, exist_ok=True)
         paths = {}
-        for name in ARCHIVES:
+        for name in _ARCHIVES:
             target = download_dir / name
             if not target.exists():
-                download_file(f"{config.source.rstrip('/')}/{name}", target, config)
+                _download_file(f"{config.source.rstrip('/')}/{name}", target, config)
             paths[name] = target
         return paths
     source = Path(config.source).expanduser()
     if not source.is_dir():
         raise DataError(source, "download.source is neither an http(s) URL nor an existing directory")
-    missing = [name for name in ARCHIVES if not (source / name).is_file()]
+    missing = [name for name in _ARCHIVES if not (source / name).is_file()]
     if missing:
         raise DataError(source, f"missing archive(s): {', '.join(missing)}")
-    return {name: source / name for name in ARCHIVES}
+    return {name: source / name for name in _ARCHIVES}
 
 
 def _safe_member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
@@ -158,7 +158,7 @@ def _safe_member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
     return name
 
 
-def open_archive(path: Path) -> zipfile.ZipFile:
+def _open_archive(path: Path) -> zipfile.ZipFile:
     """Open ``path`` as a zip, checking magic bytes, CRCs and that it is not empty."""
     _check_zip_magic(path)
     try:
@@ -177,9 +177,9 @@ def open_archive(path: Path) -> zipfile.ZipFile:
     return archive
 
 
-def extract_archive(path: Path, target: Path, max_bytes: int) -> int:
+def _extract_archive(path: Path, target: Path, max_bytes: int) -> int:
     """Extract ``path`` into the (new, empty) folder ``target``; return bytes written."""
-    with open_archive(path) as archive:
+    with _open_archive(path) as archive:
         members = [(info, _safe_member_path(info, path)) for info in archive.infolist()]
         declared = sum(info.file_size for info, _ in members)
         if declared > max_bytes:
@@ -193,7 +193,7 @@ def extract_archive(path: Path, target: Path, max_bytes: int) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(info) as src, open(out, "wb") as dst:
                 # Count real bytes: declared sizes in a hostile archive can lie.
-                for block in iter(lambda: src.read(CHUNK), b""):
+                for block in iter(lambda: src.read(_CHUNK), b""):
                     written += len(block)
                     if written > max_bytes:
                         raise DataError(path, f"extracts to more than the limit of {max_bytes:,} bytes")
@@ -207,17 +207,17 @@ def download_and_extract(config: DownloadConfig, raw_dir: Path, download_dir: Pa
     ``raw_dir`` ends up with one folder per archive (named after it) and
     ``manifest.json`` (source, size and sha256 of each archive). Returns the manifest.
     """
-    archives = fetch_archives(config, Path(download_dir))
+    archives = _fetch_archives(config, Path(download_dir))
     manifest = {"source": config.source, "archives": {}}
     with atomic.atomic_dir(Path(raw_dir)) as tmp:
         for name, path in archives.items():
             log.info("extracting %s", path)
             folder = tmp / name.removesuffix(".zip")
             folder.mkdir()
-            extracted = extract_archive(path, folder, config.max_extract_bytes)
+            extracted = _extract_archive(path, folder, config.max_extract_bytes)
             manifest["archives"][name] = {
                 "bytes": path.stat().st_size,
-                "sha256": sha256_of(path),
+                "sha256": _sha256_of(path),
                 "extracted_bytes": extracted,
             }
         atomic.write_json(tmp / "manifest.json", manifest)

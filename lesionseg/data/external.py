@@ -1,23 +1,10 @@
 """Labelled image folders as users have them: find, pair and prepare an external test set.
 
-Layouts (tried in this order):
-
-- ``images/`` + ``masks/`` sub-folders (any depth below each);
-- masks beside the images, in one folder;
-- or explicit ``images`` and ``masks`` folders (:class:`ExternalSet`).
-
-Images: ``.jpg``, ``.jpeg``, ``.png``, ``.bmp``, ``.tif``, ``.tiff`` of any
-size. A mask is found by its image's stem plus a suffix: ``_segmentation``,
-``_Segmentation``, ``_mask``, ``_lesion`` or, in a separate masks folder, none
-(``ISIC_1.jpg`` -> ``ISIC_1_segmentation.png``). Where more than one candidate
-fits, the set is ambiguous and ``mask_suffix`` must say which. Masks may be
-0/255, 0/1, palette or RGB images (see :func:`lesionseg.data.images.load_mask`).
-
-An image without a mask, a mask without an image, and a file that is neither
-are listed in :attr:`ExternalPairing.skipped` (by name, with the reason); the
-set stops with a :class:`~lesionseg.errors.DataError` that names the set, the
-file and what is wrong when it has no usable pair, or when a mask's size
-differs from its image's.
+A folder holds ``images/`` + ``masks/`` sub-folders, or masks beside the images (tried in this order), or
+:class:`ExternalSet` names both folders; a mask is its image's stem plus a suffix (``mask_suffix`` where several
+fit). Unpaired files are listed in :attr:`ExternalPairing.skipped`; a set with no usable pair, or a mask of
+another size than its image, raises :class:`~lesionseg.errors.DataError`. Layouts, names and mask formats:
+docs/other-clinics.md.
 """
 
 from __future__ import annotations
@@ -37,10 +24,10 @@ if TYPE_CHECKING:  # torch is imported only where a set is decoded: listing fold
     from lesionseg.data.cache import Split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg")
+_MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".gif", ".jpg", ".jpeg")
 MASK_SUFFIXES = ("_segmentation", "_Segmentation", "_mask", "_lesion")
-SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-RESERVED_NAMES = ("test", "val", "train")
+_SET_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_RESERVED_NAMES = ("test", "val", "train")
 
 
 @dataclass(frozen=True)
@@ -60,10 +47,10 @@ class ExternalSet:
     mask_suffix: str | None = None
 
     def __post_init__(self):
-        if not SET_NAME.match(self.name) or self.name in RESERVED_NAMES:
+        if not _SET_NAME.match(self.name) or self.name in _RESERVED_NAMES:
             raise ValueError(
                 f"external set name {self.name!r} must start with a letter and hold only letters, digits and _ "
-                f"(and not be one of {RESERVED_NAMES})"
+                f"(and not be one of {_RESERVED_NAMES})"
             )
 
 
@@ -106,12 +93,12 @@ def _mask_index(masks: list[Path]) -> dict[str, list[Path]]:
     return by_stem
 
 
-def pair_external(spec: ExternalSet) -> ExternalPairing:
+def _pair_external(spec: ExternalSet) -> ExternalPairing:
     """Pair ``spec``'s images with their masks; see the module doc for the rules."""
     image_dir, mask_dir = _layout(spec)
     beside = image_dir == mask_dir
     suffixes = (spec.mask_suffix,) if spec.mask_suffix is not None else MASK_SUFFIXES + (("",) if not beside else ())
-    mask_files = _files(mask_dir, MASK_EXTENSIONS)
+    mask_files = _files(mask_dir, _MASK_EXTENSIONS)
     by_stem = _mask_index(mask_files)
     mask_like = {p for p in mask_files if any(p.stem.endswith(s) for s in MASK_SUFFIXES if s)}
     if spec.mask_suffix:
@@ -163,7 +150,7 @@ def prepare_external(
     from lesionseg.data.cache import Split
     from lesionseg.data.prepare import decode_pair, decoding_pool
 
-    pairing = pair_external(spec)
+    pairing = _pair_external(spec)
     with decoding_pool(workers) as pool:
         if pool is None:
             outcomes = [_try_decode(decode_pair, image, mask, size, max_pixels) for _, image, mask in pairing.pairs]

@@ -1,19 +1,9 @@
 """Decode dermoscopy images and lesion masks into clean arrays.
 
-What is checked or repaired (the ``notes`` of a :class:`LoadedMask` and the
-prepare summary report repairs):
-
-- unreadable or truncated files, and declared sizes above ``max_pixels``
-  (decompression bombs), raise :class:`~lesionseg.errors.DataError`;
-- EXIF orientation is applied, so images look as viewers show them;
-- grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images become
-  8-bit RGB;
-- masks: RGB and palette masks are reduced to their brightest channel, 16-bit
-  masks to 8-bit gray; a 0/1 mask counts 1 as lesion (repair ``zero_one``); a
-  mask of 0 and one other level counts that level as lesion (``two_level``);
-  otherwise pixels > 127 are lesion, as the ISIC scorer thresholds at 128, and
-  anything but 0/255 is reported (repair ``thresholded``). An all-empty mask is
-  valid.
+:func:`load_image` gives 8-bit RGB, EXIF-oriented; :func:`load_mask` a binary mask with the repairs it applied
+(:attr:`LoadedMask.notes`); :func:`model_input` the model's resized uint8 input. Unreadable or truncated files,
+and declared sizes above ``max_pixels`` (decompression bombs), raise :class:`~lesionseg.errors.DataError`. What is
+checked and repaired: docs/pipeline-checks.md.
 """
 
 from __future__ import annotations
@@ -113,7 +103,10 @@ class LoadedMask:
 
 
 def load_mask(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedMask:
-    """Binary lesion mask from a PNG (or any PIL-readable) file; see module doc."""
+    """Binary lesion mask from a PNG (or any PIL-readable) file: RGB and palette masks by their brightest channel;
+    a 0/1 mask, or one of 0 and one other level, counts that level as lesion; otherwise pixels > 127 (the ISIC
+    scorer's threshold). The repairs are listed in ``notes``.
+    """
     path = Path(path)
     with _open(path, max_pixels) as img:
         img = _to_8bit(_decode(img, path))

@@ -20,8 +20,8 @@ TRAIN_MASKS = "ISBI2016_ISIC_Part1_Training_GroundTruth"
 TEST_IMAGES = "ISBI2016_ISIC_Part1_Test_Data"
 TEST_MASKS = "ISBI2016_ISIC_Part1_Test_GroundTruth"
 
-IMAGE_PATTERN = re.compile(r"^(ISIC_\d{7})\.(jpe?g|png)$", re.IGNORECASE)
-MASK_PATTERN = re.compile(r"^(ISIC_\d{7})_Segmentation\.png$", re.IGNORECASE)
+_IMAGE_PATTERN = re.compile(r"^(ISIC_\d{7})\.(jpe?g|png)$", re.IGNORECASE)
+_MASK_PATTERN = re.compile(r"^(ISIC_\d{7})_Segmentation\.png$", re.IGNORECASE)
 
 
 @dataclass
@@ -66,8 +66,8 @@ def pair_images_and_masks(image_dir: Path, mask_dir: Path) -> Pairing:
         if not folder.is_dir():
             raise DataError(folder, "folder not found")
     ignored: list[str] = []
-    images = _index(image_dir, IMAGE_PATTERN, MASK_PATTERN, "image", ignored)
-    masks = _index(mask_dir, MASK_PATTERN, IMAGE_PATTERN, "mask", ignored)
+    images = _index(image_dir, _IMAGE_PATTERN, _MASK_PATTERN, "image", ignored)
+    masks = _index(mask_dir, _MASK_PATTERN, _IMAGE_PATTERN, "mask", ignored)
     if no_mask := sorted(images.keys() - masks.keys()):
         raise DataError(images[no_mask[0]], f"{len(no_mask)} image(s) without a mask in {mask_dir}: {no_mask[:5]}")
     if no_image := sorted(masks.keys() - images.keys()):

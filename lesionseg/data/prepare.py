@@ -95,7 +95,7 @@ def _decode_job(job):
     return decode_pair(*job)
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _die_with_parent(parent: int) -> None:
@@ -107,7 +107,7 @@ def _die_with_parent(parent: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     # The parent died before the line above, so nothing is left to signal this worker. Its orphans are
     # re-parented as the parent exits, before it is reaped, so getppid() sees the death even while the
     # dead parent is still a zombie (which os.kill(parent, 0) would report as alive).

@@ -16,11 +16,11 @@ from lesionseg.evaluation.evaluate import ORIGINAL_PREFIX
 from lesionseg.evaluation.stats import bootstrap_interval
 from lesionseg.metrics import COUNT_NAMES
 
-BATCH_SIZE = 16  # the reference report's batch size
+_BATCH_SIZE = 16  # the reference report's batch size
 
 
 @dataclass(frozen=True)
-class Averaging:
+class _Averaging:
     """A way to average: its table label, the resolution it is computed at, how it reduces the counts."""
 
     label: str
@@ -31,12 +31,12 @@ class Averaging:
 
 
 AVERAGINGS = {
-    "per_image": Averaging("per-image mean, original size (official)", "original", "image", "mean"),
-    "per_image_input": Averaging("per-image mean, 128 px", "input", "image", "mean"),
-    "pooled": Averaging("pixels pooled over the test set, 128 px", "input", "image", "pooled"),
-    "batch16": Averaging(f"per batch of {BATCH_SIZE}, mean over batches, 128 px", "input", "batch", "mean"),
-    "two_class": Averaging("mean of lesion and background, pooled, 128 px", "input", "image", "two_class"),
-    "mixed": Averaging("IoU of lesion and background, Dice of the lesion, pooled, 128 px", "input", "image", "mixed"),
+    "per_image": _Averaging("per-image mean, original size (official)", "original", "image", "mean"),
+    "per_image_input": _Averaging("per-image mean, 128 px", "input", "image", "mean"),
+    "pooled": _Averaging("pixels pooled over the test set, 128 px", "input", "image", "pooled"),
+    "batch16": _Averaging(f"per batch of {_BATCH_SIZE}, mean over batches, 128 px", "input", "batch", "mean"),
+    "two_class": _Averaging("mean of lesion and background, pooled, 128 px", "input", "image", "two_class"),
+    "mixed": _Averaging("IoU of lesion and background, Dice of the lesion, pooled, 128 px", "input", "image", "mixed"),
 }
 
 
@@ -73,7 +73,7 @@ def _units(counts: np.ndarray, unit: str) -> tuple[np.ndarray, np.ndarray]:
     """Counts per resampling unit (``(U, 4)``) and how many images each holds."""
     if unit == "image":
         return counts, np.ones(len(counts))
-    starts = np.arange(0, len(counts), BATCH_SIZE)
+    starts = np.arange(0, len(counts), _BATCH_SIZE)
     return np.add.reduceat(counts, starts, axis=0), np.diff(np.append(starts, len(counts)))
 
 

@@ -1,30 +1,10 @@
-"""Calibration to a clinic's annotation style: the threshold that fits a few of its own labelled masks.
+"""Calibration to a clinic's annotation style: the probability threshold that fits a few of its own labelled masks.
 
-Clinics draw the lesion's edge differently: where one clinic's annotators draw tight, a model trained on ISIC's
-masks predicts lesions that are systematically too large there, and a higher probability threshold moves its
-boundary inwards (a loose annotator: a lower one). :func:`calibrate` runs the model once per image with its stored
-settings (:func:`~lesionseg.inference.predict.predict`, as ``predict`` and evaluation do: flip TTA, the zoom-in second
-pass), takes each image's logits at its original resolution and scores every threshold of a fine grid from
-them, after the model's clean-up: the per-image IoU (the ISIC definition) is computed exactly as evaluation
-computes it (:func:`~lesionseg.inference.predict.mask_from_logits`), only the threshold changes.
-
-A threshold chosen on ten images fits those ten better than any other by construction. The guard against that
-optimism: each image is scored at the threshold chosen on the *other* images (leave-one-out), and the new
-threshold is adopted only when the paired 95% bootstrap interval of that held-out gain over the stored
-threshold (:func:`~lesionseg.evaluation.stats.paired_difference`) lies above 0; otherwise the stored settings
-stay. The in-sample gain at the chosen threshold is reported beside it (the model card shows both).
-
-With the zoom-in second pass on, the search scores the second pass's crops as the stored threshold placed them;
-the chosen threshold's in-sample scores come from a second, real evaluation of the calibrated settings
-(:func:`~lesionseg.evaluation.evaluate.evaluate_model`), so the reported gain is what the written model does.
-
-The review threshold moves with the settings, since a mask's quality is measured against the threshold
-(:func:`~lesionseg.inference.quality.mask_quality`): it becomes the quality quantile that flags, at the new
-threshold, the share of these images' masks that the stored review threshold flagged at the stored one.
-
-In the pipeline (:func:`calibrated_external`) a few images of an external set, drawn with a seed, calibrate and
-only the others are scored, once with the stored settings and once with the calibrated ones: the two scores are
-paired on the same held-out images, and no calibration image is ever scored.
+:func:`calibrate` scores a grid of thresholds on the images (same inference and IoU as evaluation) and adopts the
+best one only when its leave-one-out gain over the stored threshold has a 95% interval above 0; the review
+threshold moves with it. :func:`calibrated_external` is the pipeline's form: a seeded draw of an external set's
+images calibrates, the others are scored as trained and as calibrated. The rule and its limits:
+docs/other-clinics.md.
 """
 
 from __future__ import annotations
@@ -48,7 +28,7 @@ from lesionseg.inference.settings import InferenceSettings
 from lesionseg.metrics import confusion_counts, per_image_scores
 
 # Probability thresholds searched: 0.05 to 0.95 in steps of 0.01 (the stored threshold is added if not on it).
-THRESHOLD_GRID = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
+_THRESHOLD_GRID = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
 MIN_IMAGES = 3  # leave-one-out needs at least two images to choose on
 
 
@@ -65,7 +45,7 @@ class ThresholdSearch:
     quality: np.ndarray
 
 
-def search_grid(stored: float, grid=THRESHOLD_GRID) -> np.ndarray:
+def search_grid(stored: float, grid=_THRESHOLD_GRID) -> np.ndarray:
     """The thresholds searched: ``grid`` and ``stored``, sorted, without repeats."""
     return np.unique(np.round(np.append(np.asarray(grid, dtype=float), stored), 6))
 
@@ -86,7 +66,7 @@ def threshold_search(
     model: torch.nn.Module,
     split: Split,
     settings: InferenceSettings,
-    grid=THRESHOLD_GRID,
+    grid=_THRESHOLD_GRID,
     batch_size: int = 32,
     device=None,
 ) -> ThresholdSearch:
@@ -108,7 +88,7 @@ def threshold_search(
     return ThresholdSearch(list(split.ids), thresholds, iou, stored, prediction.quality)
 
 
-def best_column(iou: np.ndarray, stored: int) -> int:
+def _best_column(iou: np.ndarray, stored: int) -> int:
     """The column (threshold) of ``iou`` ``(N, T)`` with the highest mean; of equal means, the one nearest
     ``stored`` (no move without a reason)."""
     means = iou.mean(0)
@@ -116,10 +96,10 @@ def best_column(iou: np.ndarray, stored: int) -> int:
     return int(tied[np.argmin(np.abs(tied - stored))])
 
 
-def leave_one_out(iou: np.ndarray, stored: int) -> np.ndarray:
-    """Each image's IoU ``(N,)`` at the threshold :func:`best_column` chooses on the other images."""
+def _leave_one_out(iou: np.ndarray, stored: int) -> np.ndarray:
+    """Each image's IoU ``(N,)`` at the threshold :func:`_best_column` chooses on the other images."""
     everyone = np.arange(len(iou))
-    return np.array([iou[i, best_column(iou[everyone != i], stored)] for i in everyone])
+    return np.array([iou[i, _best_column(iou[everyone != i], stored)] for i in everyone])
 
 
 @dataclass(frozen=True)
@@ -134,13 +114,15 @@ class Choice:
 
 def choose_threshold(iou: np.ndarray, stored: int) -> Choice:
     """The calibration rule on per-image IoU ``iou`` ``(N, T)`` (columns: thresholds; ``stored``: the stored
-    one's): :func:`best_column`, judged by :func:`leave_one_out` (N >= 3)."""
-    best = best_column(iou, stored)
-    held_out = paired_difference(iou[:, stored], leave_one_out(iou, stored))
+    one's, N >= 3): the column of the highest mean IoU (of equal means, the nearest to ``stored``), adopted when
+    the paired interval of each image's IoU at the column chosen on the other images, against ``stored``, lies
+    above 0."""
+    best = _best_column(iou, stored)
+    held_out = paired_difference(iou[:, stored], _leave_one_out(iou, stored))
     return Choice(best, held_out, best != stored and held_out.ci95[0] > 0)
 
 
-def moved_review_threshold(quality_before, quality_after, before: float | None) -> float | None:
+def _moved_review_threshold(quality_before, quality_after, before: float | None) -> float | None:
     """The review threshold for masks of quality ``quality_after`` (at the new threshold) that flags the share
     of masks that ``before`` flags of ``quality_before`` (the same images at the stored threshold); ``None``
     stays ``None``; when every mask was flagged, 1 (every mask short of perfect quality)."""
@@ -198,7 +180,7 @@ def calibrate(
     model: torch.nn.Module,
     split: Split,
     settings: InferenceSettings,
-    grid=THRESHOLD_GRID,
+    grid=_THRESHOLD_GRID,
     batch_size: int = 32,
     device=None,
 ) -> Calibration:
@@ -217,7 +199,7 @@ def calibrate(
         iou_best, quality_best = table[IOU_COLUMN].to_numpy(), table[QUALITY_COLUMN].to_numpy()
     after = settings
     if choice.adopted:
-        review = moved_review_threshold(search.quality, quality_best, settings.review_threshold)
+        review = _moved_review_threshold(search.quality, quality_best, settings.review_threshold)
         after = replace(candidate, review_threshold=review)
     return Calibration(
         search.ids,
@@ -252,7 +234,7 @@ class CalibrationDraw:
             raise ValueError(f"images must be at least {MIN_IMAGES} (calibration's minimum), got {self.images!r}")
 
 
-def draw_calibration(split: Split, draw: CalibrationDraw) -> tuple[Split, Split]:
+def _draw_calibration(split: Split, draw: CalibrationDraw) -> tuple[Split, Split]:
     """``(calibration images, held-out images)`` of ``split``: ``draw.images`` drawn with ``draw.seed``, the
     rest; each part in ``split``'s order. At least one image must be left to score."""
     if draw.images >= len(split):
@@ -272,14 +254,14 @@ def calibrated_external(
     device=None,
 ) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
     """External set ``name`` scored as trained and as calibrated on a few of its own images: :func:`calibrate`
-    on the images of :func:`draw_calibration` with the model's ``settings``, then the held-out images alone
+    on ``draw.images`` of them drawn with ``draw.seed``, from the model's ``settings``, then the held-out images alone
     scored with ``settings`` (under ``name``) and with the calibrated settings (under ``name`` +
     :data:`~lesionseg.evaluation.evaluate.CALIBRATED_SUFFIX`), each with its review metrics at its own review
     threshold. Returns ``(metrics, per-image tables)`` keyed by those two names, as
     :func:`~lesionseg.evaluation.evaluate.evaluate_external` returns them (``n``: held-out images); the
     calibrated entry also holds ``calibration_images``, the ``threshold`` used and whether calibration
     ``adopted`` it (1; 0: the guard kept the stored settings)."""
-    calibration_part, held_out = draw_calibration(split, draw)
+    calibration_part, held_out = _draw_calibration(split, draw)
     calibration = calibrate(model, calibration_part, settings, batch_size=batch_size, device=device)
     facts = {
         name: {},

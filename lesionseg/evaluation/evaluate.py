@@ -28,7 +28,7 @@ EXTERNAL_KEY = "external"  # a model's metrics.json entry: external set name -> 
 # An external set's entry (and per-image folder) as calibrated on a few of its images (calibrate.calibrated_external)
 CALIBRATED_SUFFIX = "_calibrated"
 TEST_TABLE = "test"
-ZOOMED_COLUMN = "zoomed"  # per-image table, with the zoom on: whether the image got the second pass
+_ZOOMED_COLUMN = "zoomed"  # per-image table, with the zoom on: whether the image got the second pass
 
 
 def evaluate_model(
@@ -38,27 +38,21 @@ def evaluate_model(
     batch_size: int = 32,
     device=None,
 ) -> tuple[dict, pd.DataFrame]:
-    """:func:`score_prediction` of ``model``'s :func:`~lesionseg.inference.predict.predict` on ``split``."""
-    return score_prediction(predict(model, split.images, settings, batch_size, device), split)
+    """Metrics dict and per-image table of ``model``'s :func:`~lesionseg.inference.predict.predict` on ``split``.
 
-
-def score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.DataFrame]:
-    """Metrics dict and a per-image table for the prediction of ``split``'s images.
-
-    Metrics: ``loss`` (DiceBCE at model resolution, of the logits), ``jaccard``, ``dice``,
-    ``accuracy``, ``sensitivity``, ``specificity``, ``jaccard_micro``,
-    ``jaccard_thresholded`` at model resolution, and the same with the
-    ``orig_`` prefix at original resolution (the official definition), and
-    ``orig_jaccard`` per lesion-size bin (:func:`~lesionseg.evaluation.lesion_size.size_bin_scores`).
-    The table has one row per image (``id``, ``height``, ``width``, the
-    per-image scores and pixel counts (``tp``, ``fp``, ``fn``, ``tn``: any averaging can be recomputed
-    from them) at both resolutions, the true lesion's ``lesion_share`` of
-    the image, the mask's ``quality``, see :func:`~lesionseg.inference.quality.mask_quality`, and with
-    the zoom on whether the image was ``zoomed``). Every score is of the prediction's masks, its settings'
-    threshold and clean-up applied at both resolutions.
+    Metrics: ``loss`` (DiceBCE of the logits), the :func:`~lesionseg.metrics.summarize` scores at model resolution
+    and, with the ``orig_`` prefix, at original resolution (the official ones), and ``orig_jaccard`` per lesion-size
+    bin. The table has one row per image: ``id``, ``height``, ``width``, the per-image scores and pixel counts
+    (``tp`` ... ``tn``) at both resolutions, ``lesion_share``, the mask's ``quality`` and, with the zoom on,
+    ``zoomed``. Every score is of the masks with ``settings``' threshold and clean-up applied.
     """
+    return _score_prediction(predict(model, split.images, settings, batch_size, device), split)
+
+
+def _score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.DataFrame]:
+    """:func:`evaluate_model`'s metrics and per-image table, of a prediction already made on ``split``'s images."""
     target = split.masks[:, None].float()
-    full = fullres_counts(prediction, split)
+    full = _fullres_counts(prediction, split)
     small = confusion_counts(prediction.input_masks(), target > 0)
     metrics = {"loss": float(DiceBCELoss()(prediction.input_logits, target)), **summarize(small)}
     metrics.update({ORIGINAL_PREFIX + k: v for k, v in summarize(full).items()})
@@ -75,11 +69,11 @@ def score_prediction(prediction: Prediction, split: Split) -> tuple[dict, pd.Dat
     metrics.update(size_bin_scores(table, ORIGINAL_PREFIX + "jaccard"))
     table[QUALITY_COLUMN] = prediction.quality
     if prediction.settings.zoom.enabled:
-        table[ZOOMED_COLUMN] = prediction.zoomed
+        table[_ZOOMED_COLUMN] = prediction.zoomed
     return metrics, table
 
 
-def fullres_counts(prediction: Prediction, split: Split) -> torch.Tensor:
+def _fullres_counts(prediction: Prediction, split: Split) -> torch.Tensor:
     """Per-image ``(N, 4)`` confusion counts of the prediction's masks at each image's original resolution."""
     rows = []
     for i in range(len(split)):
@@ -113,15 +107,12 @@ def evaluate_checkpoint(
 ) -> tuple[dict, dict[str, pd.DataFrame], dict]:
     """:func:`evaluate_model` on a checkpoint's model, with the report's extra keys.
 
-    The metrics also hold ``params_total``/``params_trainable``/``params_frozen``
-    (at the checkpoint's unfreeze level), the phase's ``lr`` and ``epochs``, and
-    ``best_epoch``; with ``val_split``, its scores too, prefixed ``val_``; with
-    ``external`` (set name -> split), each set's scores and image count under
-    ``metrics[EXTERNAL_KEY][name]``, scored exactly like ``split``. With ``val_split`` and
-    ``review_fraction``, ``review_threshold``: the quality quantile that flags that share of the validation
-    split's masks, and every split's review metrics and ``review`` column (:func:`add_review`).
-    Returns ``(metrics, per-image tables, checkpoint dict)``: the tables are
-    keyed ``"test"`` (``split``'s) and by external set name.
+    Returns ``(metrics, per-image tables, checkpoint dict)``; tables keyed ``"test"`` and by external set name. The
+    metrics add ``params_total``/``params_trainable``/``params_frozen``, ``lr``, ``epochs`` and ``best_epoch``; with
+    ``val_split`` its scores, prefixed ``val_``; with ``external`` (name -> split) each set's scores and image count
+    under ``metrics[EXTERNAL_KEY][name]``. With ``val_split`` and ``review_fraction``: ``review_threshold``, the
+    quality quantile that flags that share of the validation masks, and every split's review metrics
+    (:func:`add_review`).
     """
     model, checkpoint = load_model(path)
     model = model.to(device) if device else model

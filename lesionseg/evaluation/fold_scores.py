@@ -20,7 +20,7 @@ from lesionseg.model.checkpoint import load_model
 from lesionseg.training.folds import Fold
 
 # Metrics aggregated over folds (original resolution, the official definitions).
-CV_METRICS = ("jaccard", "dice", "jaccard_thresholded")
+_CV_METRICS = ("jaccard", "dice", "jaccard_thresholded")
 
 
 def score_fold(
@@ -60,7 +60,7 @@ def mean_over_folds(tables: list[pd.DataFrame]) -> pd.DataFrame:
 def summarize_folds(table: pd.DataFrame) -> dict:
     """CV summary of one model's out-of-fold per-image table (``fold`` and ``orig_*`` columns).
 
-    For each metric in :data:`CV_METRICS` at original resolution: the per-fold
+    For each of ``jaccard``, ``dice`` and ``jaccard_thresholded`` at original resolution: the per-fold
     means (``fold<k>``), their ``mean`` and standard error ``se``
     (sample SD of the fold means / sqrt(folds)), and ``n`` pairs in all.
     Thresholded Jaccard is computed from per-image Jaccard as in
@@ -73,7 +73,7 @@ def summarize_folds(table: pd.DataFrame) -> dict:
         "jaccard_thresholded": jaccard.where(jaccard >= THRESHOLDED_JACCARD_CUTOFF, 0.0),
     }
     summary = {"n": int(len(table)), "folds": int(table["fold"].nunique())}
-    for metric in CV_METRICS:
+    for metric in _CV_METRICS:
         per_fold = columns[metric].groupby(table["fold"]).mean()
         entry = {f"fold{int(k)}": float(v) for k, v in per_fold.items()}
         entry["mean"] = float(per_fold.mean())

@@ -14,7 +14,7 @@ import pandas as pd
 LESION_SHARE_COLUMN = "lesion_share"  # per-image table: true lesion pixels / image pixels, original resolution
 
 # (metric-key suffix, label, lower bound inclusive, upper bound exclusive) of each bin, smallest first.
-SIZE_BINS = (
+_SIZE_BINS = (
     ("size_lt5", "lesion < 5%", 0.0, 0.05),
     ("size_5_15", "lesion 5-15%", 0.05, 0.15),
     ("size_15_40", "lesion 15-40%", 0.15, 0.40),
@@ -28,7 +28,7 @@ def lesion_share(lesion_pixels, image_pixels) -> np.ndarray:
     return lesion_pixels / np.maximum(image_pixels, 1)
 
 
-def size_bin_rows(table: pd.DataFrame, source: str = "") -> dict[str, np.ndarray]:
+def _size_bin_rows(table: pd.DataFrame, source: str = "") -> dict[str, np.ndarray]:
     """Bin label -> bool ``(N,)`` selecting ``table``'s rows in that bin (every row in exactly one bin).
     ``ValueError`` naming ``source`` when the table has no :data:`LESION_SHARE_COLUMN` (written by an
     evaluation before sizes were recorded: re-run it)."""
@@ -38,15 +38,17 @@ def size_bin_rows(table: pd.DataFrame, source: str = "") -> dict[str, np.ndarray
             "(a table from before they were recorded: re-run its evaluation)"
         )
     share = table[LESION_SHARE_COLUMN].to_numpy(dtype=float)
-    return {label: (share >= low) & (share < high) for _, label, low, high in SIZE_BINS}
+    return {label: (share >= low) & (share < high) for _, label, low, high in _SIZE_BINS}
 
 
 def size_bin_scores(table: pd.DataFrame, metric: str = "orig_jaccard") -> dict[str, float]:
     """The mean ``metric`` over each bin's images, keyed ``<metric>_<bin suffix>`` (e.g.
     ``orig_jaccard_size_lt5``); a bin without images is left out (metrics.json holds numbers only)."""
-    rows = size_bin_rows(table)
+    rows = _size_bin_rows(table)
     values = table[metric].to_numpy(dtype=float)
-    return {f"{metric}_{key}": float(values[rows[label]].mean()) for key, label, _, _ in SIZE_BINS if rows[label].any()}
+    return {
+        f"{metric}_{key}": float(values[rows[label]].mean()) for key, label, _, _ in _SIZE_BINS if rows[label].any()
+    }
 
 
 def split_by_size(evaluations: dict[str, dict[str, pd.DataFrame]]) -> dict[str, dict[str, pd.DataFrame]]:
@@ -57,7 +59,7 @@ def split_by_size(evaluations: dict[str, dict[str, pd.DataFrame]]) -> dict[str, 
         out[evaluation] = tables
         binned: dict[str, dict[str, pd.DataFrame]] = {}
         for model, table in tables.items():
-            for label, rows in size_bin_rows(table, f"{model} on {evaluation}").items():
+            for label, rows in _size_bin_rows(table, f"{model} on {evaluation}").items():
                 if rows.any():
                     binned.setdefault(f"{evaluation}, {label}", {})[model] = table[rows]
         out.update(sorted(binned.items(), key=lambda item: _bin_order(item[0])))
@@ -65,4 +67,4 @@ def split_by_size(evaluations: dict[str, dict[str, pd.DataFrame]]) -> dict[str, 
 
 
 def _bin_order(evaluation: str) -> int:
-    return next(i for i, (_, label, _, _) in enumerate(SIZE_BINS) if evaluation.endswith(label))
+    return next(i for i, (_, label, _, _) in enumerate(_SIZE_BINS) if evaluation.endswith(label))

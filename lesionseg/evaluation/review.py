@@ -1,12 +1,9 @@
 """Which masks a person should check: the review threshold and how well it works.
 
-A mask is flagged for review when its quality (:func:`lesionseg.inference.quality.mask_quality`) is below the
-model's review threshold, chosen as the quality quantile that flags a stated share of masks
-(``evaluate.review_fraction``) on predictions the model was not trained on (the validation split; for the
-cross-validation ensemble, the out-of-fold predictions), never on the test split. The metrics say what the
-threshold buys on a split: how well quality separates failures (IoU below :data:`FAILURE_IOU`) from the rest,
-the share of failures caught, the mean IoU of the masks accepted without review, and the share flagged (which
-grows on other clinics' images: that is the point).
+A mask is flagged when its quality (:func:`lesionseg.inference.quality.mask_quality`) is below the model's review
+threshold: the quality quantile that flags ``evaluate.review_fraction`` of masks the model was not trained on
+(validation split; out of fold for the cross-validation ensemble), never the test split. :func:`review_metrics`
+says what it buys: failures (IoU < 0.7) caught, IoU of the accepted masks, share flagged. docs/predict.md.
 """
 
 from __future__ import annotations
@@ -16,11 +13,11 @@ from scipy.stats import mannwhitneyu
 
 from lesionseg.inference.quality import needs_review
 
-FAILURE_IOU = 0.7  # a mask with IoU below this is a failure a reviewer should catch
+_FAILURE_IOU = 0.7  # a mask with IoU below this is a failure a reviewer should catch
 QUALITY_COLUMN = "quality"
 REVIEW_COLUMN = "review"
 IOU_COLUMN = "orig_jaccard"  # the per-image IoU at original resolution (the ISIC definition)
-REVIEW_PREFIX = "review_"
+_REVIEW_PREFIX = "review_"
 
 
 def review_threshold(quality, fraction: float) -> float:
@@ -34,7 +31,7 @@ def review_threshold(quality, fraction: float) -> float:
     return float(np.quantile(quality, fraction))
 
 
-def failure_auroc(quality, iou, failure_iou: float = FAILURE_IOU) -> float:
+def _failure_auroc(quality, iou, failure_iou: float = _FAILURE_IOU) -> float:
     """AUROC of low quality for telling failures (``iou < failure_iou``) from the rest: the probability that a
     random failure scores lower quality than a random success (ties count half), i.e. the Mann-Whitney
     ``U / (n_success * n_failure)``. NaN when either group is empty."""
@@ -46,19 +43,20 @@ def failure_auroc(quality, iou, failure_iou: float = FAILURE_IOU) -> float:
     return float(u / (failed.sum() * (~failed).sum()))
 
 
-def review_metrics(quality, iou, threshold: float | None, failure_iou: float = FAILURE_IOU) -> dict[str, float]:
-    """``review_auroc`` (:func:`failure_auroc`), ``review_caught`` (share of failures flagged),
-    ``review_accepted_jaccard`` (mean IoU of the masks not flagged), ``review_flagged`` (share flagged) for
-    one split; without a threshold only the AUROC. A metric the split leaves undefined (no failure, no
-    success, every mask flagged) is left out: metrics.json holds numbers only, and a missing metric says why."""
+def review_metrics(quality, iou, threshold: float | None, failure_iou: float = _FAILURE_IOU) -> dict[str, float]:
+    """``review_auroc`` (how well quality ranks failures, IoU < ``failure_iou``, below the rest), ``review_caught``
+    (share of failures flagged), ``review_accepted_jaccard`` (mean IoU of the masks not flagged), ``review_flagged``
+    (share flagged) for one split; without a threshold only the AUROC. A metric the split leaves undefined (no
+    failure, no success, every mask flagged) is left out: metrics.json holds numbers only.
+    """
     quality, iou = np.asarray(quality, dtype=float), np.asarray(iou, dtype=float)
-    metrics = {"auroc": failure_auroc(quality, iou, failure_iou)}
+    metrics = {"auroc": _failure_auroc(quality, iou, failure_iou)}
     if threshold is not None:
         flagged, failed = needs_review(quality, threshold), iou < failure_iou
         metrics["caught"] = float(flagged[failed].mean()) if failed.any() else float("nan")
         metrics["accepted_jaccard"] = float(iou[~flagged].mean()) if (~flagged).any() else float("nan")
         metrics["flagged"] = float(flagged.mean()) if flagged.size else float("nan")
-    return {REVIEW_PREFIX + k: v for k, v in metrics.items() if not np.isnan(v)}
+    return {_REVIEW_PREFIX + k: v for k, v in metrics.items() if not np.isnan(v)}
 
 
 def risk_coverage(quality, iou) -> tuple[np.ndarray, np.ndarray]:

@@ -7,19 +7,19 @@ from pathlib import Path
 
 from lesionseg.model.checkpoint import read_checkpoint
 
-BEST_FINETUNED = "best"
+_BEST_FINETUNED = "best"
 
 
-def choose_model(checkpoints: dict[str, Path], which: str = BEST_FINETUNED) -> str:
+def choose_model(checkpoints: dict[str, Path], which: str = _BEST_FINETUNED) -> str:
     """Name of the chosen model among ``checkpoints`` (name -> path).
 
     ``which`` is a model name (``frozen``, ``finetune_all``, ...) or ``best``:
     the fine-tuned model with the highest validation Jaccard (the frozen model
     if nothing was fine-tuned). Test metrics never take part in the choice.
     """
-    if which != BEST_FINETUNED:
+    if which != _BEST_FINETUNED:
         if which not in checkpoints:
-            raise ValueError(f"model {which!r} not found; available: {sorted(checkpoints)} or {BEST_FINETUNED!r}")
+            raise ValueError(f"model {which!r} not found; available: {sorted(checkpoints)} or {_BEST_FINETUNED!r}")
         return which
     if not checkpoints:
         raise ValueError("no checkpoints to choose from")

@@ -1,15 +1,9 @@
 """Paired comparison of two models scored on the same images; and one model on two image sets.
 
-The per-image scores of two models on one set of images are paired: image
-difficulty varies far more than the models do, so the difference is judged
-image by image. The mean difference gets a 95% bootstrap confidence interval
-(BCa, resampling images; ``scipy.stats.bootstrap`` with ``paired=True``) and
-a two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``).
-
-One model's scores on two different sets of images (the test split and an
-external set) are independent samples: :func:`independent_difference`
-resamples each set on its own (``paired=False``) and tests with
-Mann-Whitney U (``scipy.stats.mannwhitneyu``).
+Two models' per-image scores on one set of images are paired (image difficulty varies far more than the models
+do): :func:`paired_difference` gives the mean difference with a 95% BCa bootstrap interval (resampling images)
+and a two-sided Wilcoxon signed-rank p. One model on two sets (the test split and an external set) gives
+independent samples: :func:`independent_difference` resamples each set on its own and tests with Mann-Whitney U.
 """
 
 from __future__ import annotations
@@ -19,8 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-CONFIDENCE = 0.95
-RESAMPLES = 9999
+_CONFIDENCE = 0.95
+_RESAMPLES = 9999
 
 
 @dataclass(frozen=True)
@@ -54,8 +48,8 @@ def bootstrap_interval(
     statistic,
     paired: bool = True,
     method: str = "BCa",
-    confidence: float = CONFIDENCE,
-    resamples: int = RESAMPLES,
+    confidence: float = _CONFIDENCE,
+    resamples: int = _RESAMPLES,
     seed: int = 0,
 ) -> tuple[float, float]:
     """The bootstrap interval (``scipy.stats.bootstrap``, vectorised ``statistic``) of ``statistic(*samples)``,
@@ -73,7 +67,7 @@ def bootstrap_interval(
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def paired_difference(a, b, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0):
+def paired_difference(a, b, confidence: float = _CONFIDENCE, resamples: int = _RESAMPLES, seed: int = 0):
     """Compare per-image scores ``a`` and ``b`` (same images, same order; 1-D, equal length).
 
     Returns a :class:`PairedComparison`. Identical scores give ``delta`` 0,
@@ -123,7 +117,7 @@ def _difference_of_means(a, b, axis=-1):
     return np.mean(b, axis=axis) - np.mean(a, axis=axis)
 
 
-def independent_difference(a, b, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0):
+def independent_difference(a, b, confidence: float = _CONFIDENCE, resamples: int = _RESAMPLES, seed: int = 0):
     """Compare per-image scores ``a`` and ``b`` of two different image sets (1-D, any lengths >= 2).
 
     E.g. a model's test-split scores (``a``) and its scores on another
@@ -141,7 +135,7 @@ def independent_difference(a, b, confidence: float = CONFIDENCE, resamples: int 
     return IndependentComparison(len(a), len(b), float(a.mean()), float(b.mean()), delta, ci, p_value)
 
 
-def mean_interval(scores, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0):
+def mean_interval(scores, confidence: float = _CONFIDENCE, resamples: int = _RESAMPLES, seed: int = 0):
     """The mean of per-image ``scores`` (1-D, at least 2) and its BCa bootstrap interval, resampling images
     (``scipy.stats.bootstrap``): ``(mean, (low, high))``. Identical scores give the point as the interval."""
     scores = np.asarray(scores, dtype=np.float64)

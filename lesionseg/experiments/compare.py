@@ -1,12 +1,10 @@
 """The paired comparison of per-image scores, and its verdict: the one place the report, ``lesionseg compare``
 and ``scripts/ci_report.py`` compare two models, two runs or two experiments.
 
-A per-image table has an ``id`` column (one row per image) and score columns, as the evaluate and cv
-stages write them (``reports/per_image/<model>.csv`` and so on). Two tables are paired by image id,
-whatever their row order (:func:`paired_change`); the statistics are
-:func:`lesionseg.evaluation.stats.paired_difference`'s. A side of :func:`compare_models` is a mapping
-model name -> table; models on both sides are compared. :func:`compare_runs` compares two runs
-(:class:`~lesionseg.experiments.runs.Run`) on every evaluation both have.
+Two per-image tables (an ``id`` column, one row per image, and score columns) are paired by image id, whatever
+their row order (:func:`paired_change`, with :func:`lesionseg.evaluation.stats.paired_difference`'s statistics).
+:func:`compare_models` compares the models two sides share (name -> table); :func:`compare_runs` two
+:class:`~lesionseg.experiments.runs.Run` on every evaluation both have.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from lesionseg.experiments.runs import Run
 
 DEFAULT_METRIC = "orig_jaccard"
 BETTER, WORSE, NO_CHANGE = "better", "worse", "no detectable change"
-SHOWN_IDS = 5  # image ids an error message lists per side
+_SHOWN_IDS = 5  # image ids an error message lists per side
 
 
 class ImageMismatchError(ValueError):
@@ -35,7 +33,7 @@ class ImageMismatchError(ValueError):
 
 
 def _some(ids: list) -> str:
-    return f"{sorted(ids)[:SHOWN_IDS]}{' ...' if len(ids) > SHOWN_IDS else ''}"
+    return f"{sorted(ids)[:_SHOWN_IDS]}{' ...' if len(ids) > _SHOWN_IDS else ''}"
 
 
 def paired_change(a: pd.DataFrame, b: pd.DataFrame, metric: str = DEFAULT_METRIC, what: str = "") -> PairedComparison:

@@ -1,12 +1,9 @@
 """One model's entry of ``reports/metrics.json`` as a typed record, and the file as a whole.
 
-The file format stays what ``dvc metrics``, ``dvc exp show`` and MLflow's readers know: per model a flat
-object of test scores (``loss``, ``jaccard``, ..., ``orig_jaccard``, ...), the same on the validation
-split with the ``val_`` prefix, parameter counts with the ``params_`` prefix, the external sets under
-``external`` (set -> scores and ``n``), and a few facts about the model (``lr``, ``epochs``,
-``best_epoch``; an ensemble's ``members`` and ``member_model``; the ``review_threshold``).
-:class:`ModelMetrics` sorts the keys into those groups once, so readers ask for ``record.test`` instead
-of filtering keys out.
+The file stays what ``dvc metrics``, ``dvc exp show`` and MLflow's readers know: per model a flat object of test
+scores, the validation split's (``val_``), parameter counts (``params_``), the external sets under ``external``
+(set -> scores and ``n``) and a few facts (``lr``, ``epochs``, ``best_epoch``, an ensemble's ``members`` and
+``member_model``, the ``review_threshold``). :class:`ModelMetrics` sorts the keys into those groups once.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from lesionseg.errors import DataError
 from lesionseg.evaluation.evaluate import EXTERNAL_KEY, VALIDATION_PREFIX
 
-PARAMS_PREFIX = "params_"
+_PARAMS_PREFIX = "params_"
 
 
 def _is_number(value) -> bool:
@@ -58,8 +55,8 @@ class ModelMetrics:
         for key, value in entry.items():
             if key == EXTERNAL_KEY:
                 record.external = {name: dict(scores) for name, scores in value.items()}
-            elif key.startswith(PARAMS_PREFIX):
-                record.params[key[len(PARAMS_PREFIX) :]] = value
+            elif key.startswith(_PARAMS_PREFIX):
+                record.params[key[len(_PARAMS_PREFIX) :]] = value
             elif key.startswith(VALIDATION_PREFIX):
                 record.val[key[len(VALIDATION_PREFIX) :]] = value
             elif key in info:
@@ -78,7 +75,7 @@ class ModelMetrics:
         if self.external:
             entry[EXTERNAL_KEY] = {name: dict(scores) for name, scores in self.external.items()}
         entry.update({VALIDATION_PREFIX + k: v for k, v in self.val.items()})
-        entry.update({PARAMS_PREFIX + k: v for k, v in self.params.items()})
+        entry.update({_PARAMS_PREFIX + k: v for k, v in self.params.items()})
         entry.update({k: getattr(self, k) for k in self.info_keys() if getattr(self, k) is not None})
         return entry
 

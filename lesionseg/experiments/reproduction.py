@@ -19,11 +19,11 @@ from lesionseg.experiments.results_record import record_path
 from lesionseg.experiments.runs import CV_METRICS_FILE, read_run
 
 PUBLISHED_FILE = Path("recipes/reference_report.yaml")
-OFFICIAL = "per_image"
+_OFFICIAL = "per_image"
 TEST = "test"
 
 
-def read_published(path: Path = PUBLISHED_FILE) -> dict[str, dict[str, float]]:
+def _read_published(path: Path = PUBLISHED_FILE) -> dict[str, dict[str, float]]:
     """Model -> ``{"iou": ..., "dice": ...}`` as the reference report published them."""
     try:
         models = yaml.safe_load(Path(path).read_text(encoding="utf-8"))["models"]
@@ -65,7 +65,7 @@ def reproduction_table(record: str, averaging: str, results_dir: Path, published
     if averaging not in AVERAGINGS:
         raise ValueError(f"unknown averaging {averaging!r} (averagings: {', '.join(AVERAGINGS)})")
     published, tables, cv = (
-        read_published(published_file),
+        _read_published(published_file),
         _test_tables(record, results_dir),
         _cv_summary(record, results_dir),
     )
@@ -95,7 +95,7 @@ def averaging_table(record: str, results_dir: Path, published_file: Path = PUBLI
     """Per model the report published and per averaging: our IoU and Dice on the same predictions, and how far
     our Dice - IoU is from the report's. One confusion matrix ties Dice to IoU, so the averaging that fits the
     report's pair is the one whose Dice - IoU matches: the gap does not depend on how good the model is."""
-    published, tables = read_published(published_file), _test_tables(record, results_dir)
+    published, tables = _read_published(published_file), _test_tables(record, results_dir)
     rows = [
         "| model | averaging | ours IoU | ours Dice | ours Dice - IoU | report Dice - IoU | difference |",
         "|---|---|--:|--:|--:|--:|--:|",

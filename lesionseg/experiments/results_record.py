@@ -1,23 +1,9 @@
 """A finished experiment as a small committed record: ``results/<name>/``, the scores only (kilobytes).
 
-``python scripts/results.py save <exp>`` writes one from a DVC experiment or git revision (read through DVC's cache,
-as ``lesionseg compare`` reads experiments: :class:`~lesionseg.experiments.runs.RunFiles`) or from a
-reports folder on disk (the workspace's ``reports``). A record is itself a reports folder, laid out as the
-pipeline lays out ``reports/``, so everything that reads runs reads records (``lesionseg compare
-results/a results/b``, :func:`~lesionseg.experiments.runs.read_run`):
-
-====================================  ===========================================================
-``metrics.json``, ``cv/metrics.json``  the evaluate and cv_score stages' metrics, as written
-``per_image/...``, ``cv/...``          every per-image table of the layout (test split, each external
-                                       set, out of fold, fold-model means), byte for byte
-``params.yaml``                        the params as run: every stage's params from ``dvc.lock``
-                                       (``params.yaml`` where there is no lock)
-``provenance.json``                    git commit, DVC experiment, the ``dvc exp run`` line, machine,
-                                       torch, precision, wall time, and where each came from
-====================================  ===========================================================
-
-No images, masks or weights: a record holds what the tables of the docs are rendered from
-(:mod:`lesionseg.experiments.results_tables`).
+:func:`save_record` (``python scripts/results.py save <exp>``) writes one from a DVC experiment, a git revision or a
+reports folder. A record is itself a reports folder (metrics, per-image tables, the params as run and
+``provenance.json``), so every reader of runs reads it; :func:`read_provenance` reads its provenance. The
+layout: docs/recipe.md, "Recording the results".
 """
 
 from __future__ import annotations
@@ -49,11 +35,11 @@ from lesionseg.recipes import flatten, override_value
 
 RESULTS_DIR = Path("results")
 PARAMS_FILE = "params.yaml"
-PROVENANCE_FILE = "provenance.json"
-MODEL_CARD = "models/model_card.json"  # the export stage's card: git commit, DVC experiment, MLflow run
-HISTORY_FOLDERS = ("reports/history", "models/cv")  # per-epoch CSVs, each epoch's time in "seconds"
-FIRST_CHECKPOINT = "models/frozen.pt"
-KEPT_BY_DVC = (":!params.yaml", ":!dvc.lock")  # changed in the workspace by any `dvc exp run`, not code changes
+_PROVENANCE_FILE = "provenance.json"
+_MODEL_CARD = "models/model_card.json"  # the export stage's card: git commit, DVC experiment, MLflow run
+_HISTORY_FOLDERS = ("reports/history", "models/cv")  # per-epoch CSVs, each epoch's time in "seconds"
+_FIRST_CHECKPOINT = "models/frozen.pt"
+_KEPT_BY_DVC = (":!params.yaml", ":!dvc.lock")  # changed in the workspace by any `dvc exp run`, not code changes
 
 
 def record_path(name: str, results_dir: Path = RESULTS_DIR) -> Path:
@@ -70,7 +56,7 @@ def _git(repo: str, *args: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def portable_path(value, repo_root: Path):
+def _portable_path(value, repo_root: Path):
     """``value`` as a record stores it: an absolute path beside the repository (under its parent folder, e.g.
     ``/work/shared/data/x`` for ``/work/main``) relative to the repository root, as params' relative paths are
     read (``../shared/data/x``); any other absolute path as ``@local/<its name>``, which no other machine has
@@ -83,18 +69,18 @@ def portable_path(value, repo_root: Path):
     return f"@local/{path.name}"
 
 
-def portable_params(tree, repo_root: Path):
-    """The params tree with every absolute path made :func:`portable_path`."""
+def _portable_params(tree, repo_root: Path):
+    """The params tree with every absolute path made :func:`_portable_path`."""
     if isinstance(tree, dict):
-        return {key: portable_params(value, repo_root) for key, value in tree.items()}
+        return {key: _portable_params(value, repo_root) for key, value in tree.items()}
     if isinstance(tree, list):
-        return [portable_params(value, repo_root) for value in tree]
-    return portable_path(tree, repo_root)
+        return [_portable_params(value, repo_root) for value in tree]
+    return _portable_path(tree, repo_root)
 
 
-def portable_command(command: str | None, repo_root: Path) -> str | None:
+def _portable_command(command: str | None, repo_root: Path) -> str | None:
     """A command line with the absolute paths of its words and of its ``key=value`` words' values made
-    :func:`portable_path`; unchanged (quoting too) where it has none."""
+    :func:`_portable_path`; unchanged (quoting too) where it has none."""
     if not command:
         return command
     try:
@@ -105,12 +91,12 @@ def portable_command(command: str | None, repo_root: Path) -> str | None:
     for word in words:
         key, eq, value = word.partition("=")
         out.append(
-            f"{key}={portable_path(value, repo_root)}" if eq and "/" not in key else portable_path(word, repo_root)
+            f"{key}={_portable_path(value, repo_root)}" if eq and "/" not in key else _portable_path(word, repo_root)
         )
     return shlex.join(out) if out != words else command
 
 
-def params_as_run(run: RunFiles) -> tuple[dict, str]:
+def _params_as_run(run: RunFiles) -> tuple[dict, str]:
     """The run's params (nested, in params.yaml's layout and order) and where they came from: params.yaml
     with every stage's params from ``dvc.lock`` over it (what the outputs were made with)."""
     text, lock = run.read_repo_text(PARAMS_FILE), run.read_repo_text("dvc.lock")
@@ -138,7 +124,7 @@ def _nest(flat: dict) -> dict:
     return tree
 
 
-def reconstructed_command(name: str | None, params: dict, baseline: dict | None) -> str | None:
+def _reconstructed_command(name: str | None, params: dict, baseline: dict | None) -> str | None:
     """``dvc exp run [-n NAME] -S key=value ...`` setting every param that differs from ``baseline`` (the
     params.yaml of the commit the experiment was run from; ``+key`` for one the baseline lacks)."""
     if baseline is None:
@@ -196,10 +182,10 @@ def precision(run: RunFiles, params: dict, card: dict | None, here: dict) -> tup
     ``precision``, else derived from ``runtime.amp`` and ``runtime.device`` (bf16 autocast is CUDA's only)."""
     recorded = _first_key(card, "precision") if card else None
     if isinstance(recorded, str) and recorded:
-        return str(recorded), MODEL_CARD
+        return str(recorded), _MODEL_CARD
     recorded = _first_key(_read_checkpoint(run), "precision")  # e.g. under the checkpoint's "numerics"
     if isinstance(recorded, str) and recorded:
-        return recorded, FIRST_CHECKPOINT
+        return recorded, _FIRST_CHECKPOINT
     runtime = params.get("runtime", {})
     amp, device = runtime.get("amp"), str(runtime.get("device", "auto"))
     if amp in (False, "off", "fp32"):
@@ -214,7 +200,7 @@ def _read_checkpoint(run: RunFiles) -> dict | None:
     """The frozen phase's checkpoint dict, if the run has one (``weights_only=True``)."""
     import torch
 
-    path = posixpath.join(run.repo_root, FIRST_CHECKPOINT) if run.repo_root else FIRST_CHECKPOINT
+    path = posixpath.join(run.repo_root, _FIRST_CHECKPOINT) if run.repo_root else _FIRST_CHECKPOINT
     try:
         with run.fs.open(path) as f:
             return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
@@ -222,11 +208,11 @@ def _read_checkpoint(run: RunFiles) -> dict | None:
         return None
 
 
-def training_seconds(run: RunFiles) -> float | None:
-    """The sum of every epoch's ``seconds`` over the per-epoch histories under :data:`HISTORY_FOLDERS`
+def _training_seconds(run: RunFiles) -> float | None:
+    """The sum of every epoch's ``seconds`` over the per-epoch histories under :data:`_HISTORY_FOLDERS`
     (every training phase, cross-validation folds included); None if there is none."""
     total, found = 0.0, False
-    for folder in HISTORY_FOLDERS:
+    for folder in _HISTORY_FOLDERS:
         root = posixpath.join(run.repo_root, folder) if run.repo_root else folder
         try:
             paths = [p for p in run.fs.find(root) if p.endswith(".csv")]
@@ -249,7 +235,7 @@ def provenance(
     wall_seconds: float | None,
 ) -> dict:
     """Where the record's numbers came from, each fact with its source."""
-    card_text = run.read_repo_text(MODEL_CARD)
+    card_text = run.read_repo_text(_MODEL_CARD)
     card = json.loads(card_text) if card_text else None
     made = (card or {}).get("provenance", {})
     if run.rev:
@@ -261,13 +247,13 @@ def provenance(
         commit = baseline_commit = _git(repo, "rev-parse", "HEAD")
         experiment = made.get("dvc_experiment")
         # Code changed since the commit; params.yaml and dvc.lock are what `dvc exp run` leaves changed.
-        dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".", *KEPT_BY_DVC))
+        dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".", *_KEPT_BY_DVC))
     baseline_text = _git(repo, "show", f"{baseline_commit}:{PARAMS_FILE}") if baseline_commit else None
     if command:
         command_source = "given (--command)"
     else:
         baseline = yaml.safe_load(baseline_text) if baseline_text else None
-        command = reconstructed_command(experiment, params, baseline)
+        command = _reconstructed_command(experiment, params, baseline)
         command_source = (
             f"reconstructed: the params as run that differ from {PARAMS_FILE} at {baseline_commit[:12]}"
             if command
@@ -278,7 +264,7 @@ def provenance(
     if wall_seconds is not None:
         wall, wall_source = wall_seconds, "given (--wall-seconds)"
     else:
-        wall = training_seconds(run)
+        wall = _training_seconds(run)
         wall_source = (
             "training phases only: the sum of the per-epoch histories' 'seconds' (reports/history, models/cv); "
             "not data preparation or evaluation"
@@ -315,10 +301,10 @@ def save_record(
     reports folder of ``repo`` on disk) and return it. An earlier record of that name is replaced only once
     the new one is complete (:func:`lesionseg.atomic.atomic_dir`)."""
     run = pipeline_run_files(source, REPORTS_DIR, repo)
-    params, params_source = params_as_run(run)
+    params, params_source = _params_as_run(run)
     # No machine-local path in a committed record: data beside the repository as a path relative to it.
     root = Path(repo).resolve()
-    params = portable_params(params, root)
+    params = _portable_params(params, root)
     target = record_path(name, results_dir)
     with atomic.atomic_dir(target) as staging:
         (staging / "cv").mkdir()
@@ -333,16 +319,16 @@ def save_record(
             f"# The params as run, from {params_source}; written by scripts/results.py save.\n"
             + yaml.safe_dump(params, sort_keys=False)
         )
-        facts = provenance(run, source, repo, params, portable_command(command, root), wall_seconds)
-        facts["source"] = portable_path(facts["source"], root)
-        facts["command"] = portable_command(facts["command"], root)
-        atomic.write_json(staging / PROVENANCE_FILE, {"record": name, "params_source": params_source, **facts})
+        facts = provenance(run, source, repo, params, _portable_command(command, root), wall_seconds)
+        facts["source"] = _portable_path(facts["source"], root)
+        facts["command"] = _portable_command(facts["command"], root)
+        atomic.write_json(staging / _PROVENANCE_FILE, {"record": name, "params_source": params_source, **facts})
     return target
 
 
 def read_provenance(name: str, results_dir: Path = RESULTS_DIR) -> dict:
     """A committed record's ``provenance.json``; ``DataError`` naming the file if there is none."""
-    path = record_path(name, results_dir) / PROVENANCE_FILE
+    path = record_path(name, results_dir) / _PROVENANCE_FILE
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:

@@ -1,36 +1,8 @@
 """The results tables of README.md and docs/, rendered from committed records (``results/<name>/``).
 
-A table lives in a marked region of a page; ``python scripts/results.py render`` rewrites everything between the
-markers from the records the opening marker names, and a test fails when a page differs from what it renders:
-
-    <!-- results:scores default-full -->
-    ... generated ...
-    <!-- /results -->
-
-Kinds (options after the records, ``key=value``; ``metric`` defaults to ``orig_jaccard``):
-
-- ``scores RECORD``: per model, the mean of the per-image metric on every evaluation the record has (test
-  split, each external set, out of fold, fold-model means), with its 95% bootstrap interval
-  (:func:`lesionseg.evaluation.stats.mean_interval`); ``models=a,b`` keeps those models.
-- ``change A B``: the paired change B - A of every model on every evaluation both records have, as
-  ``lesionseg compare results/A results/B --md`` prints it (:func:`~lesionseg.experiments.compare.compare_runs`);
-  ``models=a,b`` keeps those models.
-- ``reproduction RECORD averaging=NAME``: the reference report's table beside the record's, in the official
-  metric and in the report's averaging (:func:`lesionseg.experiments.reproduction.reproduction_table`).
-- ``averaging RECORD``: the record's test scores under every candidate averaging, and which one fits the
-  report's IoU and Dice (:func:`lesionseg.experiments.reproduction.averaging_table`).
-- ``cost RECORD...``: what each run cost on its machine: the machine, precision, data set, schedule, models
-  trained, the recorded time (the whole ``dvc exp run``, or its training phases only) and, from the training
-  phases, the seconds per epoch; one row per record.
-- ``review RECORD``: per model and evaluation (test split, each external set), how well the review flag
-  separates failed masks (IoU < 0.7) from the rest at the exported threshold: the evaluate stage's
-  ``review_*`` scores in the record's ``metrics.json``; ``models=a,b`` keeps those models.
-
-Under each table: the records it was rendered from, each with the command that made it and the commit it was
-run from (the experiment's baseline commit: an experiment's own commit is not in the repository); a region whose
-record is not committed yet renders as a line saying so (:func:`missing_records` lists them). A Markdown table
-holding a score (a number like 0.8613 or +0.0049) outside a region has no record: :func:`unrecorded_rows`
-finds it, so the docs test can refuse it (the history page, :data:`HISTORY_PAGE`, is where old numbers live).
+A table is a marked region of a page (``<!-- results:KIND RECORD... -->`` ... ``<!-- /results -->``);
+:func:`render_pages` rewrites every region from the records it names (and lists those not
+committed yet). The kinds and their options: docs/development.md, "Results tables".
 """
 
 from __future__ import annotations
@@ -49,17 +21,17 @@ from lesionseg.experiments.reproduction import PUBLISHED_FILE, averaging_table, 
 from lesionseg.experiments.results_record import PARAMS_FILE, RESULTS_DIR, read_provenance, record_path
 from lesionseg.experiments.runs import read_run
 
-REGION = re.compile(r"^<!-- results:(?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- /results -->$", re.M | re.S)
-OPEN_MARKER = re.compile(r"^<!-- results:", re.M)
-HISTORY_PAGE = "docs/history.md"
+_REGION = re.compile(r"^<!-- results:(?P<spec>[^>]*?) -->\n(?P<body>.*?)^<!-- /results -->$", re.M | re.S)
+_OPEN_MARKER = re.compile(r"^<!-- results:", re.M)
+_HISTORY_PAGE = "docs/history.md"
 RENDER_COMMAND = "python scripts/results.py render"
 # A score as the tables print them: four decimals, optionally signed (a change); not a time or a count.
-SCORE = re.compile(r"(?<![\w.])[+-]?0\.\d{4}(?![\d])")
-FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
-KINDS = {"scores": 1, "change": 2, "review": 1, "reproduction": 1, "averaging": 1, "cost": None}
+_SCORE = re.compile(r"(?<![\w.])[+-]?0\.\d{4}(?![\d])")
+_FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
+_KINDS = {"scores": 1, "change": 2, "review": 1, "reproduction": 1, "averaging": 1, "cost": None}
 # kind -> number of records it names (None: one or more)
-OPTIONS = {"metric", "models", "averaging"}
-GIVEN_WALL = "given"  # provenance's wall_seconds_source for a time measured around the whole run
+_OPTIONS = {"metric", "models", "averaging"}
+_GIVEN_WALL = "given"  # provenance's wall_seconds_source for a time measured around the whole run
 
 
 @dataclass(frozen=True)
@@ -75,14 +47,14 @@ class TableSpec:
         kind, *words = spec.split()
         records = tuple(w for w in words if "=" not in w)
         options = dict(w.split("=", 1) for w in words if "=" in w)
-        if kind not in KINDS:
-            raise ValueError(f"{where}: unknown results table kind {kind!r} (kinds: {', '.join(KINDS)})")
-        if (len(records) != KINDS[kind]) if KINDS[kind] else not records:
-            count = KINDS[kind] or "one or more"
+        if kind not in _KINDS:
+            raise ValueError(f"{where}: unknown results table kind {kind!r} (kinds: {', '.join(_KINDS)})")
+        if (len(records) != _KINDS[kind]) if _KINDS[kind] else not records:
+            count = _KINDS[kind] or "one or more"
             raise ValueError(f"{where}: a {kind} table names {count} record(s), got {list(records)}")
-        unknown = set(options) - OPTIONS
+        unknown = set(options) - _OPTIONS
         if unknown:
-            raise ValueError(f"{where}: unknown option(s) {sorted(unknown)} ({', '.join(o + '=' for o in OPTIONS)})")
+            raise ValueError(f"{where}: unknown option(s) {sorted(unknown)} ({', '.join(o + '=' for o in _OPTIONS)})")
         if kind == "reproduction" and "averaging" not in options:
             raise ValueError(f"{where}: a reproduction table names the report's averaging (averaging=)")
         return cls(kind, records, options)
@@ -101,7 +73,7 @@ def _interval_cell(scores) -> str:
     return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
 
 
-def scores_table(record: str, metric: str, models: list[str] | None, results_dir: Path) -> str:
+def _scores_table(record: str, metric: str, models: list[str] | None, results_dir: Path) -> str:
     """Per model (rows) and evaluation (columns, with their image counts): mean ``metric`` [95% interval]."""
     run = read_run(str(record_path(record, results_dir)))
     names = models or list(dict.fromkeys(m for tables in run.tables.values() for m in tables))
@@ -113,13 +85,13 @@ def scores_table(record: str, metric: str, models: list[str] | None, results_dir
     return "\n".join(rows)
 
 
-def change_table(a: str, b: str, metric: str, models: list[str] | None, results_dir: Path) -> str:
+def _change_table(a: str, b: str, metric: str, models: list[str] | None, results_dir: Path) -> str:
     """``lesionseg compare results/A results/B --md``: the paired change of each model on each evaluation."""
     runs = [read_run(str(record_path(name, results_dir))) for name in (a, b)]
     return format_markdown(compare_runs(*runs, metric, models).results, labels=(a, b))
 
 
-def review_table(record: str, models: list[str] | None, results_dir: Path) -> str:
+def _review_table(record: str, models: list[str] | None, results_dir: Path) -> str:
     """Per model and evaluation: masks, mean IoU, and the review flag's AUROC for IoU < 0.7, share of failures
     caught, share flagged and mean IoU of the masks not flagged (``metrics.json``'s ``review_*``)."""
     path = record_path(record, results_dir) / "metrics.json"
@@ -150,7 +122,7 @@ def _time(facts: dict) -> str | None:
     """The recorded time and what it measured: the whole run (given to ``results save``) or its training phases."""
     if not facts.get("wall_seconds"):
         return None
-    whole = str(facts.get("wall_seconds_source", "")).startswith(GIVEN_WALL)
+    whole = str(facts.get("wall_seconds_source", "")).startswith(_GIVEN_WALL)
     return f"{facts['wall_seconds']:,.0f} s {'wall' if whole else 'of training phases'}"
 
 
@@ -158,7 +130,7 @@ def _levels(unfreeze) -> int:
     return len(unfreeze) if isinstance(unfreeze, list) else 1
 
 
-def cost_table(records: tuple[str, ...], results_dir: Path) -> str:
+def _cost_table(records: tuple[str, ...], results_dir: Path) -> str:
     """Per record: machine, precision, data set, schedule and models trained, the recorded time and what it
     measured, and (training phases only) the seconds per epoch over every phase's epochs."""
     head = ["record", "machine", "precision", "data", "epochs (frozen + fine-tuning)", "models trained", "time"]
@@ -173,7 +145,7 @@ def cost_table(records: tuple[str, ...], results_dir: Path) -> str:
         runs = 1 + (cv.get("folds") or 0)  # the main split, then each fold trains every phase again
         epochs = runs * (train.get("epochs", 0) + levels * finetune.get("epochs", 0))
         per_epoch = "-"
-        if facts.get("wall_seconds") and not str(facts.get("wall_seconds_source", "")).startswith(GIVEN_WALL):
+        if facts.get("wall_seconds") and not str(facts.get("wall_seconds_source", "")).startswith(_GIVEN_WALL):
             per_epoch = f"{facts['wall_seconds'] / epochs:,.1f}" if epochs else "-"
         source = str(params.get("download", {}).get("source", "")).rstrip("/")
         cells = [f"`{name}`", _machine(facts) or "-", facts.get("precision") or "-", source.rsplit("/", 1)[-1]]
@@ -204,7 +176,7 @@ def _footnote(spec: TableSpec, results_dir: Path) -> str:
     return f"{what}; from {'; '.join(made)}. Regenerate: `{RENDER_COMMAND}`."
 
 
-def render_table(spec: TableSpec, results_dir: Path = RESULTS_DIR) -> str:
+def _render_table(spec: TableSpec, results_dir: Path = RESULTS_DIR) -> str:
     """The Markdown of one region: its table and the line naming its records and command."""
     missing = [name for name in spec.records if not record_path(name, results_dir).is_dir()]
     if missing:  # a table waiting for its experiment: says so, and holds no number
@@ -214,17 +186,17 @@ def render_table(spec: TableSpec, results_dir: Path = RESULTS_DIR) -> str:
             f"`python scripts/results.py save <exp> --name {missing[0]}`, commit it, then `{RENDER_COMMAND}`.*\n"
         )
     if spec.kind == "scores":
-        table = scores_table(spec.records[0], spec.metric, spec.models, results_dir)
+        table = _scores_table(spec.records[0], spec.metric, spec.models, results_dir)
     elif spec.kind == "review":
-        table = review_table(spec.records[0], spec.models, results_dir)
+        table = _review_table(spec.records[0], spec.models, results_dir)
     elif spec.kind == "reproduction":
         table = reproduction_table(spec.records[0], spec.options["averaging"], results_dir)
     elif spec.kind == "averaging":
         table = averaging_table(spec.records[0], results_dir)
     elif spec.kind == "cost":
-        table = cost_table(spec.records, results_dir)
+        table = _cost_table(spec.records, results_dir)
     else:
-        table = change_table(*spec.records, spec.metric, spec.models, results_dir)
+        table = _change_table(*spec.records, spec.metric, spec.models, results_dir)
     return f"{table}\n\n{_footnote(spec, results_dir)}\n"
 
 
@@ -232,40 +204,40 @@ def regions(text: str, where: str) -> list[tuple[TableSpec, re.Match]]:
     """Each region of a page with its parsed marker; an opening marker without its close is an error."""
     found = [
         (TableSpec.parse(m["spec"], f"{where}:{text.count(chr(10), 0, m.start()) + 1}"), m)
-        for m in REGION.finditer(text)
+        for m in _REGION.finditer(text)
     ]
-    if len(OPEN_MARKER.findall(text)) != len(found):
+    if len(_OPEN_MARKER.findall(text)) != len(found):
         raise ValueError(f"{where}: a `<!-- results:... -->` marker without its `<!-- /results -->`")
     return found
 
 
-def render_page(text: str, where: str, results_dir: Path = RESULTS_DIR) -> str:
+def _render_page(text: str, where: str, results_dir: Path = RESULTS_DIR) -> str:
     """``text`` with every region's body rendered anew."""
     out, last = [], 0
     for spec, match in regions(text, where):
-        out += [text[last : match.start("body")], render_table(spec, results_dir)]
+        out += [text[last : match.start("body")], _render_table(spec, results_dir)]
         last = match.end("body")
     return "".join(out) + text[last:]
 
 
-def unrecorded_rows(text: str) -> list[int]:
+def _unrecorded_rows(text: str) -> list[int]:
     """Line numbers of Markdown table rows outside the regions that hold a score: numbers no record renders.
     Rows inside fenced blocks are examples of a command's output, not tables of the page, and are skipped."""
     inside = set()
-    for match in REGION.finditer(text):
+    for match in _REGION.finditer(text):
         first = text.count("\n", 0, match.start()) + 1
         inside.update(range(first, first + match.group(0).count("\n") + 1))
     rows, fence = [], None
     for number, line in enumerate(text.splitlines(), 1):
-        opening = FENCE.match(line)
+        opening = _FENCE.match(line)
         if opening and (fence is None or opening.group(1).startswith(fence)):
             fence = opening.group(1) if fence is None else None
-        elif fence is None and number not in inside and line.lstrip().startswith("|") and SCORE.search(line):
+        elif fence is None and number not in inside and line.lstrip().startswith("|") and _SCORE.search(line):
             rows.append(number)
     return rows
 
 
-def missing_records(text: str, where: str, results_dir: Path = RESULTS_DIR) -> list[str]:
+def _missing_records(text: str, where: str, results_dir: Path = RESULTS_DIR) -> list[str]:
     """The records a page's regions name that ``results_dir`` lacks."""
     named = [name for spec, _ in regions(text, where) for name in spec.records]
     return [name for name in dict.fromkeys(named) if not record_path(name, results_dir).is_dir()]
@@ -284,10 +256,9 @@ def render_pages(
     differ, missing = [], []
     for page in pages:
         text = page.read_text(encoding="utf-8")
-        rendered = render_page(text, str(page), results_dir)
-        missing += [
-            f"{page}: no record {results_dir / name}/ yet" for name in missing_records(text, str(page), results_dir)
-        ]
+        rendered = _render_page(text, str(page), results_dir)
+        named = _missing_records(text, str(page), results_dir)
+        missing += [f"{page}: no record {results_dir / name}/ yet" for name in named]
         if rendered != text:
             differ.append(page)
             if write:

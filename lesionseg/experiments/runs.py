@@ -1,22 +1,11 @@
-"""A pipeline run's records, and the one reader of them (``lesionseg compare``, ``scripts/ci_report.py``,
+"""A pipeline run's records, and the one reader of them (``lesionseg compare``, ``scripts/ci_report.py`` and
 ``scripts/results.py``).
 
-A run is a reports folder (``reports``: ``metrics.json``, ``per_image/`` and ``cv/``) on disk, or the reports
-folder as DVC tracks it at a git revision or DVC experiment (read from DVC's cache through
-``dvc.api.DVCFileSystem``). Its evaluations (model -> per-image table each):
-
-==========================================  ====================================================
-``test``                                    ``per_image/<model>.csv``
-``external <set>``                          ``per_image/<set>/<model>.csv`` (``cv_ensemble``: the
-                                            fold models' ensemble)
-``cv out-of-fold``                          ``cv/per_image/<model>.csv``
-``external <set>, fold-model mean``         ``cv/external/<set>/<model>.csv`` (per image, the mean
-                                            over the fold models)
-==========================================  ====================================================
-
-:func:`read_run` reads every source ``lesionseg compare`` takes (also a folder of per-image CSVs or one CSV
-file); :func:`read_pipeline_run` reads a pipeline run's reports with their ``metrics.json``, as the change
-report of ``scripts/ci_report.py`` needs them. Both return a :class:`Run`.
+A run is a reports folder on disk, or the one DVC tracks at a git revision or DVC experiment (read from DVC's
+cache). Its evaluations, model -> per-image table each: ``test`` (``per_image/``), ``external <set>``
+(``per_image/<set>/``), ``cv out-of-fold`` (``cv/per_image/``) and ``external <set>, fold-model mean``
+(``cv/external/<set>/``). :func:`read_run` reads every source ``lesionseg compare`` takes (also a folder of
+per-image CSVs, or one CSV); :func:`read_pipeline_run` adds the run's ``metrics.json``. Both return a :class:`Run`.
 """
 
 from __future__ import annotations
@@ -32,40 +21,40 @@ from lesionseg.errors import DataError
 from lesionseg.experiments.model_metrics import ModelMetrics, parse_metrics
 
 REPORTS_DIR = "reports"
-PER_IMAGE = "per_image"
-CV_PER_IMAGE = "cv/per_image"
-CV_EXTERNAL = "cv/external"
+_PER_IMAGE = "per_image"
+_CV_PER_IMAGE = "cv/per_image"
+_CV_EXTERNAL = "cv/external"
 METRICS_FILE = "metrics.json"
 CV_METRICS_FILE = "cv/metrics.json"
 TEST = "test"
-CV_OUT_OF_FOLD = "cv out-of-fold"
-LOOSE_TABLES = "per-image tables"
+_CV_OUT_OF_FOLD = "cv out-of-fold"
+_LOOSE_TABLES = "per-image tables"
 
 
-def external_evaluation(set_name: str) -> str:
+def _external_evaluation(set_name: str) -> str:
     return f"external {set_name}"
 
 
-def fold_mean_evaluation(set_name: str) -> str:
+def _fold_mean_evaluation(set_name: str) -> str:
     return f"external {set_name}, fold-model mean"
 
 
-def evaluation_of(folder: str) -> str:
+def _evaluation_of(folder: str) -> str:
     """The evaluation a folder of per-image tables holds, from where it sits in the layout above
-    (``reports/cv/per_image`` -> ``cv out-of-fold``); a folder elsewhere is :data:`LOOSE_TABLES`."""
+    (``reports/cv/per_image`` -> ``cv out-of-fold``); a folder elsewhere is :data:`_LOOSE_TABLES`."""
     parts = Path(folder).parts
     if parts[-2:] == ("cv", "per_image"):
-        return CV_OUT_OF_FOLD
+        return _CV_OUT_OF_FOLD
     if len(parts) >= 3 and parts[-3:-1] == ("cv", "external"):
-        return fold_mean_evaluation(parts[-1])
-    if parts[-1:] == (PER_IMAGE,):
+        return _fold_mean_evaluation(parts[-1])
+    if parts[-1:] == (_PER_IMAGE,):
         return TEST
-    if len(parts) >= 2 and parts[-2] == PER_IMAGE:
-        return external_evaluation(parts[-1])
-    return LOOSE_TABLES  # two such folders (two runs' copies of one evaluation) are compared with each other
+    if len(parts) >= 2 and parts[-2] == _PER_IMAGE:
+        return _external_evaluation(parts[-1])
+    return _LOOSE_TABLES  # two such folders (two runs' copies of one evaluation) are compared with each other
 
 
-def check_table(table: pd.DataFrame, source) -> pd.DataFrame:
+def _check_table(table: pd.DataFrame, source) -> pd.DataFrame:
     """``table`` if it is a per-image table (an ``id`` column, each image once), else ``DataError``
     naming ``source``."""
     if "id" not in table.columns:
@@ -81,7 +70,7 @@ def read_tables(path: Path) -> dict[str, pd.DataFrame]:
     files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
     if not files or not files[0].is_file():
         raise DataError(path, "no per-image CSV files here")
-    return {f.stem: check_table(pd.read_csv(f), f) for f in files}
+    return {f.stem: _check_table(pd.read_csv(f), f) for f in files}
 
 
 class RunFiles:
@@ -150,7 +139,7 @@ class RunFiles:
         tables = {}
         for name in self.csv_names(relative):
             with self.fs.open(posixpath.join(self.root, relative, name)) as f:
-                tables[posixpath.splitext(name)[0]] = check_table(
+                tables[posixpath.splitext(name)[0]] = _check_table(
                     pd.read_csv(f), self.where(posixpath.join(relative, name))
                 )
         return tables
@@ -179,26 +168,26 @@ def evaluation_folders(run: RunFiles, set_name: str | None = None) -> list[tuple
     """``(evaluation, folder relative to the reports folder)`` of every evaluation of the layout found in
     ``run``, in the layout's order (with ``set_name``: only that external set's)."""
     found, sets = [], {}
-    if run.is_dir(PER_IMAGE):
+    if run.is_dir(_PER_IMAGE):
         if not set_name:
-            found.append((TEST, PER_IMAGE))
-        for name in run.subfolders(PER_IMAGE):
-            sets.setdefault(name, []).append((external_evaluation(name), f"{PER_IMAGE}/{name}"))
-    if run.is_dir(CV_PER_IMAGE) and not set_name:
-        found.append((CV_OUT_OF_FOLD, CV_PER_IMAGE))
-    if run.is_dir(CV_EXTERNAL):
-        for name in run.subfolders(CV_EXTERNAL):
-            sets.setdefault(name, []).append((fold_mean_evaluation(name), f"{CV_EXTERNAL}/{name}"))
+            found.append((TEST, _PER_IMAGE))
+        for name in run.subfolders(_PER_IMAGE):
+            sets.setdefault(name, []).append((_external_evaluation(name), f"{_PER_IMAGE}/{name}"))
+    if run.is_dir(_CV_PER_IMAGE) and not set_name:
+        found.append((_CV_OUT_OF_FOLD, _CV_PER_IMAGE))
+    if run.is_dir(_CV_EXTERNAL):
+        for name in run.subfolders(_CV_EXTERNAL):
+            sets.setdefault(name, []).append((_fold_mean_evaluation(name), f"{_CV_EXTERNAL}/{name}"))
     for name, places in sets.items():
         if set_name in (None, name):
             found += places
     return found
 
 
-def read_evaluations(run: RunFiles, folders: list[tuple[str, str]], label: str | None = None) -> Run:
+def _read_evaluations(run: RunFiles, folders: list[tuple[str, str]], label: str | None = None) -> Run:
     """The tables of ``folders`` (``(evaluation, folder)`` pairs, e.g. :func:`evaluation_folders`) in ``run``,
     models in the pipeline's order; a folder without CSV files is left out."""
-    found, order = Run(label or run.label), pipeline_order(run)
+    found, order = Run(label or run.label), _pipeline_order(run)
     for evaluation, relative in folders:
         tables = run.tables(relative)
         if tables:
@@ -207,7 +196,7 @@ def read_evaluations(run: RunFiles, folders: list[tuple[str, str]], label: str |
     return found
 
 
-def pipeline_order(run: RunFiles) -> dict[str, int]:
+def _pipeline_order(run: RunFiles) -> dict[str, int]:
     """Model name -> rank in the pipeline's order (frozen, each fine-tuning level, cv_ensemble), as the metrics
     files list the models; empty when there are none."""
     names = []
@@ -230,25 +219,25 @@ def read_run(
     (its ``reports_dir``), a folder of per-image CSVs or one CSV file; no ``metrics``.
 
     ``per_image_dir`` (a folder inside the repository, read at the revision) and a folder or file of CSVs
-    give one evaluation, named by :func:`evaluation_of`; ``set_name`` then picks its subfolder. A reports
+    give one evaluation, named after where it sits in the layout; ``set_name`` then picks its subfolder. A reports
     folder or revision gives every evaluation of :func:`evaluation_folders` (``set_name``: that set's only).
     """
     path = Path(source)
     if path.is_file():
-        return Run(source, {evaluation_of(str(path.resolve().parent)): read_tables(path)})
-    if path.is_dir() and not any((path / sub).is_dir() for sub in (PER_IMAGE, "cv")):
+        return Run(source, {_evaluation_of(str(path.resolve().parent)): read_tables(path)})
+    if path.is_dir() and not any((path / sub).is_dir() for sub in (_PER_IMAGE, "cv")):
         folder = path / set_name if set_name else path
-        evaluation = external_evaluation(set_name) if set_name else evaluation_of(str(folder.resolve()))
+        evaluation = _external_evaluation(set_name) if set_name else _evaluation_of(str(folder.resolve()))
         return Run(source, {evaluation: read_tables(folder)})
     if path.is_dir() or per_image_dir is None:
         run = RunFiles(source, reports_dir, repo)
-        return read_evaluations(run, evaluation_folders(run, set_name))
+        return _read_evaluations(run, evaluation_folders(run, set_name))
     folder = posixpath.join(per_image_dir, set_name) if set_name else per_image_dir
     run = RunFiles(source, folder, repo)
     tables = run.tables("")
     if not tables:
         raise ValueError(f"no per-image CSV files in {folder}/ at {source!r}")
-    return Run(source, {evaluation_of(folder): tables})
+    return Run(source, {_evaluation_of(folder): tables})
 
 
 def read_pipeline_run(source: str, label: str | None = None, reports_dir: str = REPORTS_DIR, repo: str = ".") -> Run:
@@ -262,8 +251,8 @@ def read_pipeline_run(source: str, label: str | None = None, reports_dir: str = 
     """
     files = pipeline_run_files(source, reports_dir, repo)
     metrics = parse_metrics(files.read_text(METRICS_FILE), files.where(METRICS_FILE))
-    run = read_evaluations(files, [(TEST, PER_IMAGE)], label)
+    run = _read_evaluations(files, [(TEST, _PER_IMAGE)], label)
     if TEST not in run.tables:
-        raise DataError(files.where(PER_IMAGE), "no per-image CSV files here")
+        raise DataError(files.where(_PER_IMAGE), "no per-image CSV files here")
     run.metrics = metrics
     return run

@@ -13,7 +13,7 @@ from lesionseg.inference.settings import ZoomConfig
 Box = tuple[int, int, int, int]  # (top, left, bottom, right) in model-input pixels, bottom/right exclusive
 
 
-def lesion_box(mask: np.ndarray, margin: float) -> Box | None:
+def _lesion_box(mask: np.ndarray, margin: float) -> Box | None:
     """The bounding box of ``mask``'s largest 8-connected component (bool ``(S, S)``), widened by ``margin``
     of its height and width on each side (rounded outwards) and clipped to the image; ``None`` for an
     empty mask."""
@@ -31,7 +31,7 @@ def lesion_box(mask: np.ndarray, margin: float) -> Box | None:
     )
 
 
-def box_share(box: Box, size: int) -> float:
+def _box_share(box: Box, size: int) -> float:
     """The share of a ``size`` x ``size`` image that ``box`` covers."""
     top, left, bottom, right = box
     return (bottom - top) * (right - left) / (size * size)
@@ -39,10 +39,11 @@ def box_share(box: Box, size: int) -> float:
 
 def zoom_box(mask: np.ndarray, config: ZoomConfig) -> Box | None:
     """The box the zoom-in second pass crops for a first-pass ``mask`` (bool ``(S, S)``):
-    :func:`lesion_box` with ``config.margin``; ``None`` (first pass kept) when the zoom is off, the mask is
+    the bounding box of its largest 8-connected component, widened by ``config.margin`` of its height and width on
+    each side (rounded outwards, clipped); ``None`` (first pass kept) when the zoom is off, the mask is
     empty, or the box covers ``config.max_share`` of the image or more."""
-    box = lesion_box(mask, config.margin) if config.enabled else None
-    return box if box is not None and box_share(box, mask.shape[0]) < config.max_share else None
+    box = _lesion_box(mask, config.margin) if config.enabled else None
+    return box if box is not None and _box_share(box, mask.shape[0]) < config.max_share else None
 
 
 def box_at(box: Box, size: int, height: int, width: int) -> Box:

@@ -14,13 +14,13 @@ from lesionseg.runtime import inference_numerics
 
 
 @torch.no_grad()
-def plain_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _plain_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits ``(N, 1, H, W)`` float32 for normalised ``x`` ``(N, 3, H, W)``."""
     return model(x).float()
 
 
 @torch.no_grad()
-def flip_averaged_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _flip_averaged_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Flip TTA: the mean of the logits ``(N, 1, H, W)`` of ``x`` and of its horizontal, vertical and double
     flip, each flipped back first."""
     total = model(x).float()
@@ -33,9 +33,9 @@ LogitsFunction = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
 def logits_function(settings: InferenceSettings) -> LogitsFunction:
-    """How the settings run the network on a batch: :func:`flip_averaged_logits` with TTA, else
-    :func:`plain_logits`."""
-    return flip_averaged_logits if settings.tta else plain_logits
+    """How the settings run the network on a batch: :func:`_flip_averaged_logits` with TTA, else
+    :func:`_plain_logits`."""
+    return _flip_averaged_logits if settings.tta else _plain_logits
 
 
 @torch.no_grad()
@@ -45,7 +45,7 @@ def predict_uint8(
     batch_size: int = 32,
     device: torch.device | None = None,
     precision: str = "fp32",
-    forward: LogitsFunction = plain_logits,
+    forward: LogitsFunction = _plain_logits,
 ) -> torch.Tensor:
     """Logits on the CPU, ``(N, 1, S, S)``, for uint8 ``(N, S, S, 3)`` images, in eval mode, each normalised
     batch run through ``forward`` (:func:`logits_function`; the plain network by default) in ``precision``

@@ -1,27 +1,9 @@
 """Run an exported ONNX model without torch: the reference for what ``lesionseg predict`` does around the graph.
 
-The ONNX graph (:func:`lesionseg.serving.export.export_onnx`) is the network only: normalised images in,
-logits out; the colour constancy step (metadata ``lesionseg.colour_constancy``) is inside the graph, so the
-caller does nothing for it. Everything else is read from the model's metadata and done here, with numpy,
-Pillow, SciPy and onnxruntime only (this module imports no torch; neither do the lesionseg modules it uses):
-
-1. the image file is decoded (EXIF-oriented 8-bit RGB) and resized to ``S`` x ``S`` with bilinear filtering
-   (:func:`lesionseg.data.images.model_input`), scaled to [0, 1] and normalised with the stored mean/std
-   (``lesionseg.preprocessing``);
-2. the graph runs on the image and, with flip TTA (``lesionseg.inference``), on its horizontal, vertical
-   and double flip; the logits, flipped back, are averaged;
-3. with the zoom-in second pass stored on (:mod:`lesionseg.inference.zoom`): the box of the largest predicted
-   component, widened by the stored margin on each side (:func:`~lesionseg.inference.boxes.zoom_box`;
-   none when it covers the stored ``zoom_max_share`` of the image or more), is cropped from the ``S`` x ``S``
-   input, resized to ``S`` x ``S`` (bilinear, not rounded: :func:`crop_input`) and run as in 2; its logits
-   replace the first pass's over the box (:func:`compose_logits`, at every resolution below);
-4. the mask's quality is computed on the sigmoid of those logits at ``S`` x ``S`` (:func:`mask_quality`),
-   and the mask is flagged for review when it is below the stored review threshold;
-5. the logits are resized to the original size (bilinear, half-pixel centres: :func:`upsample_logits`), cut at
-   the stored threshold's logit, and the mask cleaned up (largest component, holes filled) as stored.
-
-Steps 2-5 mirror :func:`lesionseg.inference.predict.predict` and its
-:meth:`~lesionseg.inference.predict.Prediction.mask`.
+:class:`OnnxModel` reads the preprocessing and inference settings from the model's metadata and does, with
+numpy, Pillow, SciPy and onnxruntime only, what :func:`lesionseg.inference.predict.predict` and
+:meth:`~lesionseg.inference.predict.Prediction.mask` do: decode and resize, flip TTA, the zoom-in second pass,
+quality and review flag, the mask at the original size. The procedure step by step: docs/predict.md.
 """
 
 from __future__ import annotations
@@ -40,8 +22,8 @@ from lesionseg.inference.postprocess import clean_mask
 from lesionseg.inference.quality import UNCERTAIN_MARGIN, needs_review
 from lesionseg.inference.settings import InferenceSettings
 
-METADATA_KEYS = ("lesionseg.preprocessing", "lesionseg.inference")
-FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both: the order of predict_logits
+_METADATA_KEYS = ("lesionseg.preprocessing", "lesionseg.inference")
+_FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, horizontal, vertical, both: the order of predict_logits
 
 
 @dataclass(frozen=True)
@@ -68,7 +50,7 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
             raise DataError(self.path, f"not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
-        missing = [key for key in METADATA_KEYS if key not in meta]
+        missing = [key for key in _METADATA_KEYS if key not in meta]
         if missing:
             raise DataError(self.path, f"no {', '.join(missing)} metadata: not a model written by lesionseg export")
         try:
@@ -84,7 +66,7 @@ class OnnxModel:
         """Logits float32 ``(S, S)`` of one ``(S, S, 3)`` model input (uint8, or float in [0, 255] for a zoom
         crop), flip-averaged with TTA."""
         x = (pixels.astype(np.float32).transpose(2, 0, 1)[None] / 255.0 - self.mean) / self.std
-        flips = FLIPS if self.settings.tta else FLIPS[:1]
+        flips = _FLIPS if self.settings.tta else _FLIPS[:1]
         batch = np.concatenate([np.flip(x, axis) for axis in flips]).astype(np.float32)
         (out,) = self.session.run(["logits"], {"image": batch})
         total = np.zeros(out.shape[1:], dtype=np.float32)
@@ -113,12 +95,6 @@ class OnnxModel:
         )
         mask = clean_mask(compose_logits(logits, box, crop_logits, height, width) > cut, settings.postprocess)
         return OnnxPrediction(mask, quality, bool(needs_review(quality, settings.review_threshold)))
-
-
-def predict_onnx(onnx_path: Path, images: list) -> list[OnnxPrediction]:
-    """:meth:`OnnxModel.predict` for each of ``images`` (files or uint8 arrays) with the model in ``onnx_path``."""
-    model = OnnxModel(onnx_path)
-    return [model.predict(image) for image in images]
 
 
 def crop_input(pixels: np.ndarray, box: Box) -> np.ndarray:

@@ -18,7 +18,7 @@ from lesionseg.inference.settings import PostprocessConfig
 if TYPE_CHECKING:  # imported where used: clean_mask serves the torch-free ONNX reference too
     import torch
 
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def clean_mask(mask: np.ndarray, config: PostprocessConfig) -> np.ndarray:
@@ -44,7 +44,7 @@ def clean_masks(masks: torch.Tensor, config: PostprocessConfig) -> torch.Tensor:
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected component of bool ``mask`` ``(H, W)`` (the mask itself when it has at most one)."""
     mask = np.asarray(mask, dtype=bool)
-    labels, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     if count <= 1:
         return mask
     sizes = np.bincount(labels.ravel())

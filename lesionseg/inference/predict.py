@@ -1,20 +1,10 @@
 """One function from a model to masks: :func:`predict` applies :class:`~lesionseg.inference.settings.InferenceSettings`.
 
-Every path that turns a model into masks calls it: evaluation (the test split, external sets, the validation
-split's review threshold), cross-validation scoring, calibration, ``lesionseg predict`` and ``lesionseg
-evaluate``, the MLflow pyfunc and the report's sample figures, so one image gets one mask, one quality score and
-one review flag everywhere. :mod:`lesionseg.inference.onnx_reference` mirrors it without torch.
-
-The steps, on uint8 model inputs ``(N, S, S, 3)``:
-
-1. the network's logits, flip-averaged with ``settings.tta`` (:func:`~lesionseg.inference.logits.predict_uint8`);
-2. with ``settings.zoom.enabled``, the zoom-in second pass on small lesions
-   (:func:`~lesionseg.inference.zoom.zoom_pass`),
-   whose crop logits replace the first pass's over the lesion's box at every resolution;
-3. each mask's quality (:func:`~lesionseg.inference.quality.mask_quality`) from those logits at the input size, and its
-   review flag (quality below ``settings.review_threshold``);
-4. on request, an image's mask at any size, e.g. its original one (:meth:`Prediction.mask`): the logits resized
-   (bilinear), above the threshold's logit (:func:`mask_from_logits`), cleaned up (``settings.postprocess``).
+Every path that turns a model into masks calls it (evaluation, cross-validation scoring, calibration,
+``lesionseg predict`` and ``evaluate``, the MLflow pyfunc, the report's samples), so an image gets one mask, one
+quality score and one review flag everywhere. On uint8 model inputs ``(N, S, S, 3)``: the logits (flip TTA), the
+zoom-in second pass, each mask's quality and review flag at the input size; :meth:`Prediction.mask` gives a mask
+at any size (resized logits, threshold, clean-up). :mod:`lesionseg.inference.onnx_reference` mirrors it.
 """
 
 from __future__ import annotations
@@ -30,6 +20,8 @@ from lesionseg.inference.postprocess import clean_mask, clean_masks
 from lesionseg.inference.quality import mask_quality, needs_review
 from lesionseg.inference.settings import InferenceSettings
 from lesionseg.inference.zoom import ZoomPass, compose_logits, composed_at_input_size, zoom_pass
+
+__all__ = ["Prediction", "mask_from_logits", "predict"]
 
 
 @dataclass(frozen=True)

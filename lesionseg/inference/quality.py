@@ -1,14 +1,9 @@
 """A quality score per predicted mask, from the probabilities the model computes anyway.
 
-A mask is likely right when the network is sure of nearly every pixel: its
-probability field is close to 0 or 1 everywhere except a thin band along the
-boundary. A mask is likely wrong when a large part of the predicted lesion is
-neither clearly lesion nor clearly skin (docs/predict.md, "Which masks to check").
-
-:func:`mask_quality` is the one definition: ``lesionseg predict``, evaluation
-(per-image tables), the cross-validation out-of-fold tables and the MLflow
-pyfunc all call it on the model-resolution probabilities, so the same image
-gets the same score everywhere.
+A mask is likely wrong when much of the predicted lesion is neither clearly lesion nor clearly skin.
+:func:`mask_quality` is the one definition: ``lesionseg predict``, evaluation, the cross-validation tables and the
+MLflow pyfunc all call it on the model-resolution probabilities; :func:`needs_review` is the review flag.
+docs/predict.md, "Which masks to check".
 """
 
 from __future__ import annotations

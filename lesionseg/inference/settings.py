@@ -1,28 +1,18 @@
-"""The inference settings: how a trained model's logits become a mask, in one frozen object.
+"""The inference settings: how a trained model's logits become a mask, in one frozen object (no torch imported).
 
-:class:`InferenceSettings` holds flip TTA, the probability ``threshold``, the mask clean-up
-(:class:`PostprocessConfig`), the zoom-in second pass (:class:`ZoomConfig`) and the review threshold. Every path
-that turns a model into masks (evaluation, cross-validation scoring, calibration, ``lesionseg predict`` and
-``evaluate``, the MLflow pyfunc, the ONNX reference) takes one of these; :func:`lesionseg.inference.predict.predict`
-applies it.
-
-The defaults are the plain model (no TTA, threshold 0.5, no clean-up, no zoom, no review flag): the recipe
-(params.yaml's ``evaluate`` section, turned into settings by the stages' one builder) says what to apply, and the
-export stage stores the settings the model was evaluated with in the exported model.
-
-Stored form (:meth:`InferenceSettings.record`, :meth:`InferenceSettings.from_record`): one flat JSON-able dict,
-the format of exported models, ONNX metadata, model cards and calibration records since the first export::
-
-    {"tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom", "zoom_margin", "zoom_max_share"}
-
-Its names are also the overrides (:data:`OVERRIDABLE`) that ``lesionseg predict``/``evaluate`` take as flags and
-the pyfunc as params. This module imports no torch: the ONNX reference reads the settings too.
+:class:`InferenceSettings` holds flip TTA, the probability ``threshold``, the clean-up (:class:`PostprocessConfig`),
+the zoom-in second pass (:class:`ZoomConfig`) and the review threshold; its defaults are the plain model. Every
+path from a model to masks takes one, and :func:`lesionseg.inference.predict.predict` applies it. Its stored form
+(:meth:`InferenceSettings.record`) is what exported models, ONNX metadata and model cards hold; :data:`OVERRIDABLE`
+names what ``lesionseg predict``/``evaluate`` flags and the pyfunc's params may change.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+__all__ = ["logit", "PostprocessConfig", "ZoomConfig", "OVERRIDABLE", "InferenceSettings"]
 
 
 def logit(probability: float) -> float:
@@ -62,7 +52,7 @@ class ZoomConfig:
 
 
 # The stored form's keys, in its order, and the settings each is (see the module doc).
-RECORD_KEYS = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom", "zoom_margin",
+_RECORD_KEYS = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom", "zoom_margin",
                "zoom_max_share")  # fmt: skip
 # What a user may override per call: predict/evaluate/calibrate flags, the pyfunc's params.
 OVERRIDABLE = ("tta", "threshold", "keep_largest", "fill_holes", "review_threshold", "zoom")
@@ -94,7 +84,9 @@ class InferenceSettings:
         return logit(self.threshold)
 
     def record(self) -> dict:
-        """The stored form: a flat dict of :data:`RECORD_KEYS`."""
+        """The stored form, one flat JSON-able dict: ``tta``, ``threshold``, ``keep_largest``, ``fill_holes``,
+        ``review_threshold``, ``zoom``, ``zoom_margin``, ``zoom_max_share``.
+        """
         return {
             "tta": self.tta,
             "threshold": self.threshold,
@@ -110,7 +102,7 @@ class InferenceSettings:
     def from_record(cls, record: dict) -> InferenceSettings:
         """Settings from their stored form; a key it lacks (a model exported before that setting existed) keeps
         the plain model's value. Raises ``ValueError`` for a key that is not a setting, or a bad value."""
-        unknown = sorted(set(record) - set(RECORD_KEYS))
+        unknown = sorted(set(record) - set(_RECORD_KEYS))
         if unknown:
             raise ValueError(f"unknown inference settings: {', '.join(unknown)}")
         values = {**InferenceSettings().record(), **record}

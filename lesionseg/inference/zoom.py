@@ -1,20 +1,9 @@
 """The zoom-in second pass: segment a small lesion again from a crop around it.
 
-At the model's input size (128 x 128) a lesion covering 3% of the image is about 20 pixels across, and
-its mask is drawn from those pixels. The second pass takes the first pass's predicted lesion (its largest
-8-connected component), widens its bounding box by ``margin`` of the box's size on each side, crops that
-box from the model-input image, resizes the crop to the input size (bilinear), runs the same model on it
-(with the same flip TTA) and puts the crop's logits back over the box, replacing the first pass's there.
-Images whose widened box covers ``max_share`` of the image or more keep the first pass: for a large lesion
-the crop is nearly the whole image and there is nothing to gain.
-
-The crop comes from the model-input image, not the original file, so every path (evaluation, the
-cross-validation scoring, ``lesionseg predict``, the MLflow pyfunc, the ONNX reference) sees the same
-pixels: on ``isic2018-extra`` cropping the 128 px input scores within 0.002 IoU of cropping the original
-(docs/other-clinics.md, "Small lesions"); the gain comes from the lesion filling the frame.
-
-:func:`zoom_pass` runs the second pass on a batch (:func:`lesionseg.inference.predict.predict` runs both);
-:func:`compose_logits` gives one image's logits at any resolution (the crop's logits resized onto the box).
+:func:`zoom_pass` crops each image's widened first-pass lesion box (:func:`~lesionseg.inference.boxes.zoom_box`;
+none for a large lesion) from the model-input image, resizes it to the input size and runs the same model on it
+(:func:`lesionseg.inference.predict.predict` runs both passes); :func:`compose_logits` gives one image's logits at
+any resolution, the crop's over the box. The procedure and its measurements: docs/other-clinics.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
-"""Checkpoints: plain dicts of state dicts plus config, never pickled modules.
+"""Checkpoints: plain dicts of state dicts plus config, never pickled modules; loaded with ``weights_only=True``.
 
-Keys: ``format``, ``lesionseg_version``, ``model_config`` (see
-:class:`~lesionseg.model.model.ModelConfig`), ``unfreeze`` (level name), ``state_dict``,
-``preprocessing`` (``size``, ``mean``, ``std``), ``epoch``, ``metrics`` (validation
-metrics of that epoch), ``param_counts``, ``numerics`` (the precision and memory layout
-the training step used, and the ``runtime.amp``/``channels_last`` requests; empty in a
-checkpoint no training loop made, or one from before they were recorded) and ``extra`` (caller metadata, e.g.
-the MLflow run id). Loaded with ``weights_only=True``.
-
-An exported model is the same dict plus the settings it was evaluated with
-(:mod:`lesionseg.inference.exported`).
+Keys: ``format``, ``lesionseg_version``, ``model_config`` (:class:`~lesionseg.model.model.ModelConfig` as a dict),
+``unfreeze`` (level name), ``state_dict``, ``preprocessing`` (``size``, ``mean``, ``std``), ``epoch``, ``metrics``
+(that epoch's validation metrics), ``param_counts``, ``numerics`` (the training step's precision and memory layout,
+:meth:`~lesionseg.runtime.Numerics.record`; empty where no training loop made it) and ``extra`` (caller metadata,
+e.g. the MLflow run id). An exported model adds its settings (:mod:`lesionseg.inference.exported`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Colour constancy as the model's first step, so every path that runs the model applies it.
 
-Dermoscopy images from other clinics differ most in illumination and camera
-colour response. Shades of Gray (Finlayson & Trezzi, 2004; the standard
-pre-processing of top ISIC entries, e.g. Barata et al. 2015) estimates the
-illuminant of each image as the per-channel Minkowski p-norm mean and divides
-it out; p = 1 is Gray World, p = 6 the usual dermoscopy choice.
-
-Being a module inside :class:`~lesionseg.model.model.LesionSegModel`, it runs
-in training, evaluation, ``lesionseg predict``, the exported checkpoint, the
-ONNX graph and the MLflow pyfunc alike, and its setting is stored with the
-model's config. It has no parameters, so parameter counts do not change.
+:func:`build_colour_constancy` gives the step a :class:`~lesionseg.model.model.LesionSegModel` runs first:
+Shades of Gray (each image's illuminant as the per-channel Minkowski p-norm mean, divided out; p = 1 is Gray
+World) or the identity. It has no parameters; its setting is stored with the model's config. Why, and what it
+did on other clinics' images: docs/other-clinics.md.
 """
 
 from __future__ import annotations
@@ -22,7 +16,7 @@ from lesionseg.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 METHODS = ("none", "shades_of_gray", "gray_world")
 
 
-class ShadesOfGray(nn.Module):
+class _ShadesOfGray(nn.Module):
     """``forward(x: (N, 3, H, W) ImageNet-normalised) -> same shape``, each image colour-corrected.
 
     Per image and channel ``c`` (pixel values ``v`` in [0, 1]): the illuminant
@@ -55,11 +49,11 @@ class ShadesOfGray(nn.Module):
 
 
 def build_colour_constancy(method: str, p: float = 6.0) -> nn.Module:
-    """``none`` -> identity; ``shades_of_gray`` -> :class:`ShadesOfGray` (p); ``gray_world`` -> p = 1."""
+    """``none`` -> identity; ``shades_of_gray`` -> Shades of Gray with Minkowski norm ``p``; ``gray_world`` -> p = 1."""
     if method == "none":
         return nn.Identity()
     if method == "shades_of_gray":
-        return ShadesOfGray(p)
+        return _ShadesOfGray(p)
     if method == "gray_world":
-        return ShadesOfGray(1.0)
+        return _ShadesOfGray(1.0)
     raise ValueError(f"colour_constancy must be one of {METHODS}, got {method!r}")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class ConvBlock(nn.Sequential):
+class _ConvBlock(nn.Sequential):
     """Conv2d 3x3 (bias, padding = dilation) + BatchNorm2d + ReLU.
 
     Dilation widens the receptive field without changing the parameter count
@@ -28,13 +28,13 @@ class ConvBlock(nn.Sequential):
         )
 
 
-class UpStep(nn.Module):
+class _UpStep(nn.Module):
     """Upsample by 2 with a transposed conv, concatenate the skip, convolve."""
 
     def __init__(self, in_channels: int, up_channels: int, skip_channels: int, out_channels: int, dilation: int):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, up_channels, kernel_size=2, stride=2)
-        self.block = ConvBlock(up_channels + skip_channels, out_channels, dilation)
+        self.block = _ConvBlock(up_channels + skip_channels, out_channels, dilation)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
@@ -54,9 +54,9 @@ class UNetDecoder(nn.Module):
     def __init__(self, encoder_channels=(24, 32, 96, 1280), dilation: int = 1):
         super().__init__()
         c4, c8, c16, c32 = encoder_channels
-        self.up16 = UpStep(c32, 512, c16, 256, dilation)
-        self.up8 = UpStep(256, 256, c8, 128, dilation)
-        self.up4 = UpStep(128, 128, c4, 64, dilation)
+        self.up16 = _UpStep(c32, 512, c16, 256, dilation)
+        self.up8 = _UpStep(256, 256, c8, 128, dilation)
+        self.up4 = _UpStep(128, 128, c4, 64, dilation)
         self.head = nn.Conv2d(64, 1, kernel_size=1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

@@ -1,19 +1,9 @@
 """MobileNetV2 encoder split into the four stages the decoder taps.
 
-Contract of :meth:`MobileNetV2Encoder.forward` for an input ``(N, 3, H, W)``:
-a list of four feature maps, shallow to deep,
-
-=====  ======================  ========  ======
-index  torchvision layers      channels  stride
-=====  ======================  ========  ======
-0      ``features[0:4]``       24        4
-1      ``features[4:7]``       32        8
-2      ``features[7:14]``      96        16
-3      ``features[14:19]``     1280      32
-=====  ======================  ========  ======
-
-Spatial sizes are ``ceil(H / stride)`` (the convolutions pad), so inputs whose
-side is not a multiple of 32 work; the decoder resizes before concatenating.
+:meth:`MobileNetV2Encoder.forward` on ``(N, 3, H, W)`` returns four feature maps, shallow to deep: torchvision's
+``features[0:4]``, ``[4:7]``, ``[7:14]``, ``[14:19]``, with ``out_channels`` (24, 32, 96, 1280) at ``strides``
+(4, 8, 16, 32). Spatial sizes are ``ceil(H / stride)`` (the convolutions pad), so any input side works; the
+decoder resizes before concatenating.
 """
 
 from __future__ import annotations
@@ -29,9 +19,9 @@ from lesionseg.errors import (
     unreadable_torch_file,
 )
 
-STAGE_SLICES = ((0, 4), (4, 7), (7, 14), (14, 19))
-STAGE_CHANNELS = (24, 32, 96, 1280)
-STAGE_STRIDES = (4, 8, 16, 32)
+_STAGE_SLICES = ((0, 4), (4, 7), (7, 14), (14, 19))
+_STAGE_CHANNELS = (24, 32, 96, 1280)
+_STAGE_STRIDES = (4, 8, 16, 32)
 
 IMAGENET_WEIGHTS = "imagenet"
 NO_WEIGHTS = "none"
@@ -40,12 +30,12 @@ NO_WEIGHTS = "none"
 class MobileNetV2Encoder(nn.Module):
     """torchvision MobileNetV2 ``features`` as four sequential stages."""
 
-    out_channels = STAGE_CHANNELS
-    strides = STAGE_STRIDES
+    out_channels = _STAGE_CHANNELS
+    strides = _STAGE_STRIDES
 
     def __init__(self, features: nn.Sequential):
         super().__init__()
-        self.stages = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in STAGE_SLICES)
+        self.stages = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in _STAGE_SLICES)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the four stage outputs for ``x`` of shape ``(N, 3, H, W)`` (see module doc)."""
@@ -56,7 +46,7 @@ class MobileNetV2Encoder(nn.Module):
         return features
 
 
-def load_mobilenet_v2(weights: str) -> nn.Module:
+def _load_mobilenet_v2(weights: str) -> nn.Module:
     """Build a torchvision ``mobilenet_v2`` with ``weights``.
 
     ``weights`` is ``"imagenet"`` (torchvision's ``IMAGENET1K_V1``, downloaded
@@ -108,5 +98,6 @@ def _preview(keys: list[str], n: int = 5) -> str:
 
 
 def build_encoder(weights: str = IMAGENET_WEIGHTS) -> MobileNetV2Encoder:
-    """MobileNetV2 encoder with ``weights`` (see :func:`load_mobilenet_v2`)."""
-    return MobileNetV2Encoder(load_mobilenet_v2(weights).features)
+    """MobileNetV2 encoder with ``weights``: ``"imagenet"`` (torchvision's), ``"none"`` (random) or the path of a
+    torchvision ``mobilenet_v2`` state dict; :class:`EncoderWeightsError` when they cannot be had."""
+    return MobileNetV2Encoder(_load_mobilenet_v2(weights).features)

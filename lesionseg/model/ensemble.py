@@ -8,8 +8,8 @@ from torch import nn
 # The cross-validation fold models' ensemble, as the evaluate and export stages name it.
 ENSEMBLE_NAME = "cv_ensemble"
 
-# Probabilities are clamped to [EPS, 1 - EPS] before the logit, so a unanimous ensemble stays finite.
-EPS = 1e-6
+# Probabilities are clamped to [_EPS, 1 - _EPS] before the logit, so a unanimous ensemble stays finite.
+_EPS = 1e-6
 
 
 class EnsembleModel(nn.Module):
@@ -29,4 +29,4 @@ class EnsembleModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probabilities = torch.stack([torch.sigmoid(m(x).float()) for m in self.members]).mean(0)
-        return torch.logit(probabilities, eps=EPS)
+        return torch.logit(probabilities, eps=_EPS)

@@ -1,16 +1,8 @@
 """The segmentation model: MobileNetV2 encoder + U-Net decoder, with freezing levels.
 
-Unfreeze levels count encoder stages from the deep end:
-
-=======  ===========================  ==========================
-level    trainable encoder stages     trainable parameters
-=======  ===========================  ==========================
-0        none (decoder only)          4,771,585
-1        stage 4                      6,452,929
-2        stages 3-4                   6,939,969
-3        stages 2-4                   6,979,665
-4/all    all                          6,995,457
-=======  ===========================  ==========================
+An unfreeze level (``0``-``4`` or ``"all"``, :func:`parse_unfreeze_level`) is the number of encoder stages that
+train, counted from the deep end: 0 trains the decoder only, 4 (``all``) everything. The levels' parameter counts:
+docs/reference.md, "Unfreeze levels".
 """
 
 from __future__ import annotations
@@ -26,21 +18,31 @@ from lesionseg.model.colour import build_colour_constancy
 from lesionseg.model.decoder import UNetDecoder
 from lesionseg.model.encoder import IMAGENET_WEIGHTS, MobileNetV2Encoder, build_encoder
 
-NUM_STAGES = 4
-UNFREEZE_LEVELS = ("0", "1", "2", "3", "4", "all")
+__all__ = [
+    "parse_unfreeze_level",
+    "level_name",
+    "ModelConfig",
+    "LesionSegModel",
+    "build_model",
+    "count_parameters",
+    "parameter_counts_by_level",
+]
+
+_NUM_STAGES = 4
+_UNFREEZE_LEVELS = ("0", "1", "2", "3", "4", "all")
 
 
 def parse_unfreeze_level(value: int | str) -> int:
     """Turn ``0``-``4`` or ``"all"`` into the number of trainable encoder stages."""
     text = str(value).strip().lower()
-    if isinstance(value, bool) or text not in UNFREEZE_LEVELS:
+    if isinstance(value, bool) or text not in _UNFREEZE_LEVELS:
         raise ValueError(f"unfreeze level {value!r} is not valid; valid values: 0, 1, 2, 3, 4, all (4 = all)")
-    return NUM_STAGES if text == "all" else int(text)
+    return _NUM_STAGES if text == "all" else int(text)
 
 
 def level_name(level: int) -> str:
     """Canonical name of a level: ``"0"``.. ``"3"`` or ``"all"``."""
-    return "all" if parse_unfreeze_level(level) == NUM_STAGES else str(level)
+    return "all" if parse_unfreeze_level(level) == _NUM_STAGES else str(level)
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,14 @@ class LesionSegModel(nn.Module):
         self.colour = colour if colour is not None else nn.Identity()
         self.encoder = encoder
         self.decoder = decoder
-        self.unfreeze_level = NUM_STAGES
+        self.unfreeze_level = _NUM_STAGES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.decoder(self.encoder(self.colour(x)))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def frozen_stages(self) -> list[nn.Module]:
-        return list(self.encoder.stages[: NUM_STAGES - self.unfreeze_level])
+        return list(self.encoder.stages[: _NUM_STAGES - self.unfreeze_level])
 
     def set_unfreeze_level(self, level: int | str) -> LesionSegModel:
         """Train only the last ``level`` encoder stages (and the whole decoder).
@@ -126,7 +128,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
-SUMMARY_LEVELS = ("0", "1", "2", "3", "all")  # as level_name writes them
+_SUMMARY_LEVELS = ("0", "1", "2", "3", "all")  # as level_name writes them
 
 
 def parameter_counts_by_level() -> dict[str, dict[str, int]]:
@@ -134,7 +136,7 @@ def parameter_counts_by_level() -> dict[str, dict[str, int]]:
     counts; no weights are downloaded)."""
     model = build_model(ModelConfig(encoder_weights="none"))
     counts = {}
-    for level in SUMMARY_LEVELS:
+    for level in _SUMMARY_LEVELS:
         model.set_unfreeze_level(level)
         counts[level] = count_parameters(model)
     return counts

@@ -1,16 +1,9 @@
 """The report a reviewer reads on a pull request: what the change did to every model's test scores.
 
-Each side (base, head) is one pipeline run's reports: ``metrics.json`` and ``per_image/<model>.csv``,
-as the evaluate stage writes them under ``reports/``, read from a folder or through DVC at a git
-revision or DVC experiment (:func:`lesionseg.experiments.runs.read_pipeline_run`). The report (Markdown,
-for the job summary and the pull-request comment) has:
-
-1. the paired change of each model on both sides (:func:`lesionseg.experiments.compare.compare_models`):
-   means, change (head - base), its 95% bootstrap interval, Wilcoxon p and a verdict;
-2. a chart of those changes and intervals, as text (a pull-request comment cannot show a local image)
-   and as ``change.png`` beside the report (in the workflow's artifact);
-3. per model, every number in ``metrics.json`` on both sides and the change, as ``dvc metrics diff --md``
-   shows them, folded away (the verdicts above are the part to read first).
+:func:`write_change_report` compares two pipeline runs (base and head, as
+:func:`lesionseg.experiments.runs.read_pipeline_run` reads them from a folder or through DVC) and writes Markdown
+for the job summary and the comment: each model's paired change with its 95% interval and verdict, a text chart
+of those changes (and ``change.png``), and every ``metrics.json`` number on both sides, folded away. docs/ci.md.
 """
 
 from __future__ import annotations
@@ -24,11 +17,11 @@ from lesionseg.experiments.model_metrics import ModelMetrics
 from lesionseg.experiments.runs import TEST, Run
 
 # First line of the report: the workflow finds its earlier comment by it and edits that one.
-REPORT_MARKER = "<!-- lesionseg-ci-report -->"
-CHART_WIDTH = 61  # characters of the text chart's axis; odd, so 0 can sit in the middle
+_REPORT_MARKER = "<!-- lesionseg-ci-report -->"
+_CHART_WIDTH = 61  # characters of the text chart's axis; odd, so 0 can sit in the middle
 
 
-def metrics_diff(base: dict[str, ModelMetrics], head: dict[str, ModelMetrics]) -> dict[str, list[tuple]]:
+def _metrics_diff(base: dict[str, ModelMetrics], head: dict[str, ModelMetrics]) -> dict[str, list[tuple]]:
     """Model -> ``(metric, base value, head value, change)`` for every number of either side
     (:meth:`ModelMetrics.numbers`: external sets' as ``external.<set>.<metric>``).
 
@@ -51,7 +44,7 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def change_chart(results: list[ModelComparison], width: int = CHART_WIDTH) -> str:
+def _change_chart(results: list[ModelComparison], width: int = _CHART_WIDTH) -> str:
     """Each model's change and 95% interval on one axis centred on 0, as text.
 
     ``[`` and ``]`` end the interval, ``o`` is the mean change, ``|`` is no change; the axis spans
@@ -87,7 +80,7 @@ def _value(value: float | None, signed: bool = False) -> str:
     return f"{value:+.5g}" if signed else f"{value:.5g}"
 
 
-def format_report(
+def _format_report(
     base: Run, head: Run, metric: str = DEFAULT_METRIC, notes: list[str] = ()
 ) -> tuple[str, list[ModelComparison]]:
     """The report's Markdown and the paired results it shows (one per model on both sides, on the test split).
@@ -101,7 +94,7 @@ def format_report(
         "head": [m for m in head_tables if m not in base_tables],
     }
     lines = [
-        REPORT_MARKER,
+        _REPORT_MARKER,
         "## lesionseg: what this change does to the test scores",
         "",
         f"Base: `{base.label}`, head: `{head.label}`. Each model is compared image by image on the test "
@@ -118,14 +111,14 @@ def format_report(
         f"### Chart: change of mean `{metric}` and its 95% interval",
         "",
         "```text",
-        change_chart(results),
+        _change_chart(results),
         "```",
         "",
         "`o` mean change, `[ ]` 95% interval, `|` no change; left of `|` is worse, right is better.",
         "",
         "### Metrics per model (`dvc metrics diff --md`)",
     ]
-    for model, rows in metrics_diff(base.metrics, head.metrics).items():
+    for model, rows in _metrics_diff(base.metrics, head.metrics).items():
         changed = sum(1 for *_, change in rows if change)
         lines += [
             "",
@@ -140,8 +133,8 @@ def format_report(
     return "\n".join(lines) + "\n", results
 
 
-def plot_change(results: list[ModelComparison], path: Path, metric: str = DEFAULT_METRIC) -> None:
-    """The chart of :func:`change_chart` as an image: change and 95% interval per model."""
+def _plot_change(results: list[ModelComparison], path: Path, metric: str = DEFAULT_METRIC) -> None:
+    """The chart of :func:`_change_chart` as an image: change and 95% interval per model."""
     from lesionseg.report.figures import plt, save_figure  # matplotlib only when the chart is drawn
 
     fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(results) + 1.5))
@@ -161,9 +154,9 @@ def write_change_report(
     base: Run, head: Run, out_dir: Path, metric: str = DEFAULT_METRIC, notes: list[str] = ()
 ) -> str:
     """Write ``report.md`` and ``change.png`` into ``out_dir`` (created); returns the Markdown."""
-    markdown, results = format_report(base, head, metric, notes)
+    markdown, results = _format_report(base, head, metric, notes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_change(results, out_dir / "change.png", metric)
+    _plot_change(results, out_dir / "change.png", metric)
     atomic.write_text(out_dir / "report.md", markdown)
     return markdown

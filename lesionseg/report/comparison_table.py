@@ -13,7 +13,7 @@ from lesionseg.evaluation.stats import IndependentComparison, format_change, ind
 from lesionseg.experiments.compare import NO_CHANGE, paired_change, verdict
 from lesionseg.experiments.model_metrics import ModelMetrics
 
-COMPARISON_COLUMNS = {
+_COMPARISON_COLUMNS = {
     "model": "Model",
     "lr": "Learning rate",
     "loss": "Test loss",
@@ -25,10 +25,10 @@ COMPARISON_COLUMNS = {
     "params_total": "Total params",
 }
 
-CHANGE_COLUMN = "IoU change vs frozen [95% CI]"
-DROP_COLUMN = "IoU change vs test [95% CI]"
-CALIBRATION_COLUMN = "IoU change vs as trained [95% CI]"  # a calibrated set's, paired on its held-out images
-BASELINE_MODEL = "frozen"
+_CHANGE_COLUMN = "IoU change vs frozen [95% CI]"
+_DROP_COLUMN = "IoU change vs test [95% CI]"
+_CALIBRATION_COLUMN = "IoU change vs as trained [95% CI]"  # a calibrated set's, paired on its held-out images
+_BASELINE_MODEL = "frozen"
 
 
 def comparison_table(
@@ -36,26 +36,23 @@ def comparison_table(
     per_image: dict[str, pd.DataFrame] | None = None,
     external_per_image: dict[str, dict[str, pd.DataFrame]] | None = None,
 ) -> pd.DataFrame:
-    """One row per model of ``metrics`` (``reports/metrics.json``'s records): official, original-resolution
-    IoU/Dice on the test split, learning rate, parameter counts.
+    """One row per model of ``metrics`` (``reports/metrics.json``'s records): original-resolution IoU/Dice on the
+    test split, learning rate, parameter counts.
 
-    With ``per_image`` tables (model -> the evaluate stage's per-image CSV),
-    the column ``IoU change vs frozen [95% CI]`` holds each model's paired
-    change of per-image IoU against the frozen model (see :mod:`lesionseg.evaluation.stats`).
-    Every external set in a model's metrics adds a column of its IoU and,
-    with ``external_per_image`` (set -> model -> table), one of the drop from
-    the test split's IoU with its 95% interval (independent samples). A set calibrated on a few of its images
-    (``<set>_calibrated``) adds, with both sets' tables, the paired change from ``<set>`` (the same held-out
-    images as trained).
+    With ``per_image`` (model -> per-image table), ``IoU change vs frozen [95% CI]``: each model's paired change
+    against the frozen model. Each external set adds its IoU and, with ``external_per_image`` (set -> model ->
+    table), its drop from the test split with a 95% interval (independent samples); a calibrated set
+    (``<set>_calibrated``) adds its paired change from ``<set>`` on the same held-out images.
     """
     rows = [
         {"model": name, "lr": _known(m.lr), **m.test, **{f"params_{k}": v for k, v in m.params.items()}}
         for name, m in metrics.items()
     ]
-    table = pd.DataFrame(rows).reindex(columns=list(COMPARISON_COLUMNS)).rename(columns=COMPARISON_COLUMNS)
-    if per_image and BASELINE_MODEL in per_image:
-        table[CHANGE_COLUMN] = [
-            format_change(change_from_baseline(per_image, name)) if name in per_image else "" for name in table["Model"]
+    table = pd.DataFrame(rows).reindex(columns=list(_COMPARISON_COLUMNS)).rename(columns=_COMPARISON_COLUMNS)
+    if per_image and _BASELINE_MODEL in per_image:
+        table[_CHANGE_COLUMN] = [
+            format_change(_change_from_baseline(per_image, name)) if name in per_image else ""
+            for name in table["Model"]
         ]
     set_names = dict.fromkeys(n for m in metrics.values() for n in m.external)
     for set_name in set_names:
@@ -64,12 +61,12 @@ def comparison_table(
         ]
         tables = (external_per_image or {}).get(set_name, {})
         if per_image and tables:
-            table[f"{set_name} {DROP_COLUMN}"] = [
+            table[f"{set_name} {_DROP_COLUMN}"] = [
                 format_change(drop(per_image[m], tables[m])) if m in per_image and m in tables else "" for m in metrics
             ]
         as_trained = (external_per_image or {}).get(set_name.removesuffix(CALIBRATED_SUFFIX), {})
         if set_name.endswith(CALIBRATED_SUFFIX) and tables and as_trained:
-            table[f"{set_name} {CALIBRATION_COLUMN}"] = [
+            table[f"{set_name} {_CALIBRATION_COLUMN}"] = [
                 format_change(paired_change(as_trained[m], tables[m], "orig_jaccard", f"{m} on {set_name}"))
                 if m in as_trained and m in tables
                 else ""
@@ -87,19 +84,19 @@ def drop(test_table: pd.DataFrame, external_table: pd.DataFrame) -> IndependentC
     return independent_difference(test_table["orig_jaccard"], external_table["orig_jaccard"])
 
 
-def change_from_baseline(per_image: dict[str, pd.DataFrame], name: str, base: str = BASELINE_MODEL):
+def _change_from_baseline(per_image: dict[str, pd.DataFrame], name: str, base: str = _BASELINE_MODEL):
     """Per-image test IoU (original resolution) of model ``name`` against model ``base``, paired by image
     (:func:`~lesionseg.experiments.compare.paired_change`)."""
     return paired_change(per_image[base], per_image[name], "orig_jaccard", f"{name} vs {base} on test")
 
 
-def verdicts(per_image: dict[str, pd.DataFrame], base: str = BASELINE_MODEL) -> list[str]:
+def verdicts(per_image: dict[str, pd.DataFrame], base: str = _BASELINE_MODEL) -> list[str]:
     """One line per model whose IoU change against ``base`` has a 95% interval that excludes 0."""
     lines = []
     for name in per_image:
         if name == base or base not in per_image:
             continue
-        change = change_from_baseline(per_image, name, base)
+        change = _change_from_baseline(per_image, name, base)
         if verdict(change) != NO_CHANGE:
             lines.append(
                 f"{name} is {verdict(change)} than {base}: per-image IoU {format_change(change)}, "

@@ -10,15 +10,15 @@ import numpy as np
 from scipy import ndimage
 
 # True positive, false positive, false negative.
-ERROR_COLOURS = {"tp": (0.1, 0.75, 0.2), "fp": (0.95, 0.2, 0.15), "fn": (0.15, 0.35, 0.95)}
+_ERROR_COLOURS = {"tp": (0.1, 0.75, 0.2), "fp": (0.95, 0.2, 0.15), "fn": (0.15, 0.35, 0.95)}
 
 
 def error_map(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """RGB float ``(H, W, 3)``: true positives green, false positives red, false negatives blue, else black."""
     out = np.zeros((*truth.shape, 3))
-    out[pred & truth] = ERROR_COLOURS["tp"]
-    out[pred & ~truth] = ERROR_COLOURS["fp"]
-    out[~pred & truth] = ERROR_COLOURS["fn"]
+    out[pred & truth] = _ERROR_COLOURS["tp"]
+    out[pred & ~truth] = _ERROR_COLOURS["fp"]
+    out[~pred & truth] = _ERROR_COLOURS["fn"]
     return out
 
 

@@ -26,7 +26,7 @@ def load_histories(paths: list[Path]) -> dict[str, pd.DataFrame]:
     return histories
 
 
-def plot_split(
+def _plot_split(
     model: torch.nn.Module,
     split: Split,
     title: str,
@@ -83,11 +83,11 @@ def write_pipeline_report(
     with atomic.atomic_dir(figures_dir) as figures:
         plot_curves(histories, figures / "curves.png")
         title = f"{model_name} on test images (model resolution {test.size}px)"
-        plot_split(model, test, title, figures, "", samples, (per_image or {}).get(model_name))
+        _plot_split(model, test, title, figures, "", samples, (per_image or {}).get(model_name))
         for set_name, split in external.items():
             title = f"{model_name} on {set_name} (model resolution {split.size}px)"
             scored = external_per_image.get(set_name, {}).get(model_name)
-            plot_split(model, split, title, figures, f"{set_name}_", samples, scored)
+            _plot_split(model, split, title, figures, f"{set_name}_", samples, scored)
         plot_comparison(table, figures / "comparison.png")
         splits = {"test": (per_image or {}).get(model_name)}
         splits.update({name: tables.get(model_name) for name, tables in external_per_image.items()})

@@ -11,7 +11,7 @@ from lesionseg.inference.predict import predict
 from lesionseg.inference.settings import InferenceSettings
 from lesionseg.metrics import confusion_counts, per_image_scores
 
-WORST_CASES = 8
+_WORST_CASES = 8
 
 
 def sample_predictions(model: torch.nn.Module, split: Split, count: int, pick=None):
@@ -31,7 +31,7 @@ def sample_predictions(model: torch.nn.Module, split: Split, count: int, pick=No
     return split.images[pick].numpy(), truths.numpy(), preds.numpy(), [split.ids[i] for i in pick], scores
 
 
-def worst_indices(split: Split, table: pd.DataFrame, count: int = WORST_CASES) -> list[int]:
+def worst_indices(split: Split, table: pd.DataFrame, count: int = _WORST_CASES) -> list[int]:
     """Indices into ``split`` of the ``count`` images with the lowest scored IoU in ``table`` (per-image CSV)."""
     scores = table.set_index("id")["orig_jaccard"]
     worst = scores[scores.index.isin(split.ids)].nsmallest(count).index

@@ -16,7 +16,9 @@ from lesionseg.inference.predict import Prediction, predict
 from lesionseg.inference.settings import OVERRIDABLE, InferenceSettings
 from lesionseg.model.checkpoint import first_member, load_model, load_models
 
-ONNX_OPSET = 17
+__all__ = ["export_onnx", "LesionSegPyfunc", "log_pyfunc_model"]
+
+_ONNX_OPSET = 17
 
 
 def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path, metadata: dict[str, str] | None = None) -> dict:
@@ -44,7 +46,7 @@ def export_onnx(checkpoint_paths: Path | list[Path], onnx_path: Path, metadata: 
             input_names=["image"],
             output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=ONNX_OPSET,
+            opset_version=_ONNX_OPSET,
             dynamo=False,
         )
         settings = stored_settings(checkpoint).record()
@@ -83,23 +85,23 @@ def _add_metadata(path: Path, props: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def predict_probabilities(model: torch.nn.Module, images: np.ndarray, settings: InferenceSettings) -> np.ndarray:
+def _predict_probabilities(model: torch.nn.Module, images: np.ndarray, settings: InferenceSettings) -> np.ndarray:
     """uint8 ``(N, S, S, 3)`` -> lesion probabilities float32 ``(N, S, S)`` with ``settings``' TTA and zoom-in
     second pass (no threshold or clean-up)."""
     logits = _predict(model, images, settings).input_logits
     return torch.sigmoid(logits)[:, 0].numpy().astype(np.float32)
 
 
-def predict_masks(model: torch.nn.Module, images: np.ndarray, settings: InferenceSettings) -> np.ndarray:
+def _predict_masks(model: torch.nn.Module, images: np.ndarray, settings: InferenceSettings) -> np.ndarray:
     """uint8 ``(N, S, S, 3)`` -> uint8 masks ``(N, S, S)`` (1 = lesion) with all of ``settings`` applied."""
     return _masks(_predict(model, images, settings))
 
 
-def predict_masks_with_quality(
+def _predict_masks_with_quality(
     model: torch.nn.Module, images: np.ndarray, settings: InferenceSettings
 ) -> dict[str, np.ndarray]:
     """uint8 ``(N, S, S, 3)`` -> ``{"mask": uint8 (N, S, S), "quality": float32 (N,), "review": bool (N,)}``:
-    :func:`predict_masks`, each mask's :func:`~lesionseg.inference.quality.mask_quality` and whether it is below
+    :func:`_predict_masks`, each mask's :func:`~lesionseg.inference.quality.mask_quality` and whether it is below
     ``settings.review_threshold`` (all False without one)."""
     prediction = _predict(model, images, settings)
     return {"mask": _masks(prediction), "quality": prediction.quality.astype(np.float32), "review": prediction.review}
@@ -114,18 +116,13 @@ def _masks(prediction: Prediction) -> np.ndarray:
 
 
 class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc: uint8 images ``(N, S, S, 3)`` -> uint8 lesion masks ``(N, S, S)`` (0/1).
+    """MLflow pyfunc: uint8 images ``(N, S, S, 3)`` -> uint8 lesion masks ``(N, S, S)`` (0/1), ``S`` the input size.
 
-    ``S`` is the model's input size. By default the model's stored inference
-    settings apply (flip TTA, threshold, largest component, holes filled: the
-    settings it was evaluated with). Params override them per call:
-    ``tta``, ``threshold``, ``keep_largest``, ``fill_holes``, ``zoom`` (the zoom-in second pass), and
-    ``output="probabilities"`` returns float32 probabilities (TTA and zoom applied,
-    no threshold or clean-up) instead of masks; ``output="mask_quality"`` returns
-    a dict of the masks, each mask's ``quality`` ``(N,)`` and its ``review`` flag
-    (:func:`predict_masks_with_quality`; ``review_threshold`` is a param too). The wrapper itself holds no
-    weights: MLflow pickles it, and the model is rebuilt from the checkpoint
-    artifact in :meth:`load_context`.
+    The model's stored inference settings apply; params override ``tta``, ``threshold``, ``keep_largest``,
+    ``fill_holes``, ``zoom`` and ``review_threshold`` per call. ``output="probabilities"``: float32 probabilities
+    (TTA and zoom applied, no threshold or clean-up); ``output="mask_quality"``: a dict of the masks, each mask's
+    ``quality`` ``(N,)`` and ``review`` flag. MLflow pickles the wrapper, which holds no weights: the model is rebuilt
+    from the checkpoint artifact in :meth:`load_context`.
     """
 
     def load_context(self, context):
@@ -138,12 +135,12 @@ class LesionSegPyfunc(mlflow.pyfunc.PythonModel):
         output = params.pop("output", "mask")
         settings = self.settings.override({k: v for k, v in params.items() if k in OVERRIDABLE})
         if output == "probabilities":
-            return predict_probabilities(self.model, model_input, settings)
+            return _predict_probabilities(self.model, model_input, settings)
         if output == "mask_quality":
-            return predict_masks_with_quality(self.model, model_input, settings)
+            return _predict_masks_with_quality(self.model, model_input, settings)
         if output != "mask":
             raise ValueError(f"output must be 'mask', 'mask_quality' or 'probabilities', got {output!r}")
-        return predict_masks(self.model, model_input, settings)
+        return _predict_masks(self.model, model_input, settings)
 
 
 def log_pyfunc_model(checkpoint_path: Path, documents: list[Path] = (), name: str = "model") -> str:
@@ -161,7 +158,7 @@ def log_pyfunc_model(checkpoint_path: Path, documents: list[Path] = (), name: st
     # A param's default must have a type: review_threshold is a param only where the model stores one.
     stored = {k: v for k, v in settings.record().items() if k in OVERRIDABLE}
     defaults = {"output": "mask", **{k: v for k, v in stored.items() if v is not None}}
-    signature = mlflow.models.infer_signature(example, predict_masks(model.eval(), example, settings), defaults)
+    signature = mlflow.models.infer_signature(example, _predict_masks(model.eval(), example, settings), defaults)
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=LesionSegPyfunc(),

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from lesionseg.errors import DataError
 
-INTENDED_USE = (
+_INTENDED_USE = (
     "Research use: segmenting the lesion in dermoscopic images of single skin lesions (the ISIC challenge "
     "setting), to reproduce and compare segmentation recipes."
 )
-LIMITATIONS = (
+_LIMITATIONS = (
     "Not a diagnostic device and not validated for clinical use.",
     "Trained on dermoscopic images of one public collection (ISIC 2016 Part 1); clinical photographs, other "
     "devices and other populations are outside what it was trained and tested on.",
@@ -99,8 +99,8 @@ def model_card(
         "training_data": data,
         "recipe": recipe,
         "results": results,
-        "intended_use": INTENDED_USE,
-        "limitations": list(LIMITATIONS),
+        "intended_use": _INTENDED_USE,
+        "limitations": list(_LIMITATIONS),
         "provenance": provenance,
         "lesionseg_version": checkpoint.get("lesionseg_version"),
     }
@@ -143,7 +143,7 @@ def _review(settings: dict) -> str:
     return "none" if threshold is None else f"{threshold:.4g}"
 
 
-def calibration_markdown(calibration: dict) -> list[str]:
+def _calibration_markdown(calibration: dict) -> list[str]:
     """The card's calibration section (``lesionseg calibrate``'s record)."""
     before, after = calibration["before"], calibration["after"]
     low, high, count = calibration["searched"]["threshold"]
@@ -253,7 +253,7 @@ def card_markdown(card: dict) -> str:
             shown = ", ".join(f"{k.removeprefix('review_')} {v:.3f}" for k, v in values.items())
             lines.append(f"- {evaluation}: {shown}")
     if card.get("calibration"):
-        lines += ["", *calibration_markdown(card["calibration"])]
+        lines += ["", *_calibration_markdown(card["calibration"])]
     lines += [
         "",
         "## Intended use and limitations",

@@ -23,18 +23,18 @@ from lesionseg.report.drawing import overlay
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
-QUALITY_TABLE = "quality.csv"
-QUALITY_COLUMNS = ("file", "mask", "quality", "review", "mask_area_px")
-MASK_ENDING = "_mask.png"
-OVERLAY_ENDING = "_overlay.png"
-CLASH_JOINER = "__"  # between the folders and the file name in the output name of an image whose stem clashes
+_IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
+_QUALITY_TABLE = "quality.csv"
+_QUALITY_COLUMNS = ("file", "mask", "quality", "review", "mask_area_px")
+_MASK_ENDING = "_mask.png"
+_OVERLAY_ENDING = "_overlay.png"
+_CLASH_JOINER = "__"  # between the folders and the file name in the output name of an image whose stem clashes
 
 
 @dataclass
 class PredictSummary:
     """``written``: files written; ``failed``: input -> problem; ``rows``: one per image scored, the
-    :data:`QUALITY_TABLE`'s (``review`` is ``"yes"``/``"no"``, or ``""`` without a review threshold)."""
+    ``quality.csv``'s (``review`` is ``"yes"``/``"no"``, or ``""`` without a review threshold)."""
 
     written: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
@@ -48,14 +48,14 @@ class PredictSummary:
 @dataclass
 class PredictInputs:
     """``images``: the images to predict, each once, in the order given; ``skipped``: masks and overlays among
-    the inputs (:func:`is_mask_or_overlay`), not predicted."""
+    the inputs, not predicted."""
 
     images: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class ImageOutputs:
+class _ImageOutputs:
     """Where one image's results go in the output folder: ``<name>_mask.png`` and ``<name>_overlay.png``."""
 
     image: Path
@@ -63,24 +63,24 @@ class ImageOutputs:
 
     @property
     def mask(self) -> str:
-        return self.name + MASK_ENDING
+        return self.name + _MASK_ENDING
 
     @property
     def overlay(self) -> str:
-        return self.name + OVERLAY_ENDING
+        return self.name + _OVERLAY_ENDING
 
 
 def collect_inputs(inputs: list[Path]) -> PredictInputs:
     """Image files named directly, plus images found (non-recursively) in named folders, sorted per folder; a
-    file named twice (or also found in a named folder) once. Masks and overlays are skipped
-    (:func:`is_mask_or_overlay`): predict's own earlier outputs, and users' masks beside their images."""
+    file named twice (or also found in a named folder) once. Masks and overlays are skipped: files named like
+    predict's outputs, and masks beside their images named as ``lesionseg evaluate`` reads them."""
     collected, seen, stems = PredictInputs(), set(), {}
     for entry in map(Path, inputs):
         found = _images_in(entry) if entry.is_dir() else [entry]
         for path in found:
             if path.parent not in stems:
                 stems[path.parent] = {p.stem for p in _images_in(path.parent)} if path.parent.is_dir() else set()
-            if is_mask_or_overlay(path, stems[path.parent]):
+            if _is_mask_or_overlay(path, stems[path.parent]):
                 collected.skipped.append(path)
             elif (key := path.resolve()) not in seen:
                 seen.add(key)
@@ -88,18 +88,18 @@ def collect_inputs(inputs: list[Path]) -> PredictInputs:
     return collected
 
 
-def is_mask_or_overlay(path: Path, folder_stems: set[str]) -> bool:
+def _is_mask_or_overlay(path: Path, folder_stems: set[str]) -> bool:
     """Whether ``path`` is a mask or an overlay rather than an image to segment: named as predict names its
     outputs (``*_mask.png``, ``*_overlay.png``), or a mask beside its image in the folder whose image stems are
     ``folder_stems``, named as ``lesionseg evaluate`` pairs them (``ISIC_1.jpg`` -> ``ISIC_1_segmentation.png``)."""
-    if path.name.endswith((MASK_ENDING, OVERLAY_ENDING)):
+    if path.name.endswith((_MASK_ENDING, _OVERLAY_ENDING)):
         return True
     stem = path.stem
     return any(stem.endswith(suffix) and stem[: -len(suffix)] in folder_stems for suffix in MASK_SUFFIXES)
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
 
 
 def output_names(images: list[Path]) -> list[str]:
@@ -116,23 +116,23 @@ def output_names(images: list[Path]) -> list[str]:
             paths = [Path(os.path.abspath(images[i])) for i in indices]
             common = os.path.commonpath([path.parent for path in paths])
             for index, path in zip(indices, paths):
-                names[index] = CLASH_JOINER.join(path.relative_to(common).parts)
+                names[index] = _CLASH_JOINER.join(path.relative_to(common).parts)
     return names
 
 
-def plan_outputs(
+def _plan_outputs(
     images: list[Path], output_dir: Path, *, overlays: bool = False, overwrite: bool = False
-) -> list[ImageOutputs]:
-    """Every image's :class:`Output` (:func:`output_names`), checked before anything is written: raises
+) -> list[_ImageOutputs]:
+    """Every image's :class:`_ImageOutputs` (:func:`output_names`), checked before anything is written: raises
     :class:`DataError` naming every problem when two images would still share a name, when an output would
     replace one of the input files or a folder, or (without ``overwrite``) an existing file that the last predict
-    run into ``output_dir`` did not write (:func:`earlier_outputs`). With ``overlays`` the overlays' names are
+    run into ``output_dir`` did not write (:func:`_earlier_outputs`). With ``overlays`` the overlays' names are
     checked too. Every image's names are checked, also for ``predict_files(review_only=True)``, which writes the
     masks of the flagged images only: any image may be flagged."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise DataError(output_dir, "nothing written: the output folder is a file")
-    outputs = [ImageOutputs(path, name) for path, name in zip(images, output_names(images))]
+    outputs = [_ImageOutputs(path, name) for path, name in zip(images, output_names(images))]
     sharing: dict[str, list[Path]] = {}
     for output in outputs:
         sharing.setdefault(output.mask, []).append(output.image)
@@ -141,8 +141,8 @@ def plan_outputs(
         for name, paths in sharing.items()
         if len(paths) > 1
     ]
-    targets = [QUALITY_TABLE, *(o.mask for o in outputs), *((o.overlay for o in outputs) if overlays else ())]
-    own, input_files = earlier_outputs(output_dir), {_file_id(path) for path in images} - {None}
+    targets = [_QUALITY_TABLE, *(o.mask for o in outputs), *((o.overlay for o in outputs) if overlays else ())]
+    own, input_files = _earlier_outputs(output_dir), {_file_id(path) for path in images} - {None}
     replaced = []
     for name in targets:
         target = output_dir / name
@@ -155,7 +155,7 @@ def plan_outputs(
     if replaced:
         problems.append(
             f"{len(replaced)} file(s) there that the last predict run into it did not write (not listed in its "
-            f"{QUALITY_TABLE}) would be replaced: {first_names(replaced)}; give another --output, or --overwrite to "
+            f"{_QUALITY_TABLE}) would be replaced: {first_names(replaced)}; give another --output, or --overwrite to "
             "replace them"
         )
     if problems:
@@ -163,22 +163,22 @@ def plan_outputs(
     return outputs
 
 
-def earlier_outputs(output_dir: Path) -> set[str]:
+def _earlier_outputs(output_dir: Path) -> set[str]:
     """The names of the files the last predict run into ``output_dir`` wrote there, from its
-    :data:`QUALITY_TABLE`: the table, each row's mask and overlay (a table from before the ``mask`` column:
+    :data:`_QUALITY_TABLE`: the table, each row's mask and overlay (a table from before the ``mask`` column:
     ``<stem of file>_mask.png``). Empty without a table, or when the table there is not predict's."""
-    path = Path(output_dir) / QUALITY_TABLE
+    path = Path(output_dir) / _QUALITY_TABLE
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError, UnicodeDecodeError):  # none there, or not a table (pandas' errors are ValueErrors)
         return set()
-    if not set(QUALITY_COLUMNS) - {"mask"} <= set(table.columns):
+    if not set(_QUALITY_COLUMNS) - {"mask"} <= set(table.columns):
         return set()
-    masks = table["mask"] if "mask" in table.columns else [Path(file).stem + MASK_ENDING for file in table["file"]]
-    owned = {QUALITY_TABLE}
+    masks = table["mask"] if "mask" in table.columns else [Path(file).stem + _MASK_ENDING for file in table["file"]]
+    owned = {_QUALITY_TABLE}
     for mask in masks:
-        if mask.endswith(MASK_ENDING):
-            owned |= {mask, mask[: -len(MASK_ENDING)] + OVERLAY_ENDING}
+        if mask.endswith(_MASK_ENDING):
+            owned |= {mask, mask[: -len(_MASK_ENDING)] + _OVERLAY_ENDING}
     return owned
 
 
@@ -210,25 +210,18 @@ def predict_files(
     review_only: bool = False,
     overwrite: bool = False,
 ) -> PredictSummary:
-    """Write ``<name>_mask.png`` (0/255, original size) and optionally ``<name>_overlay.png`` per input, ``name``
-    its stem unless stems clash (:func:`output_names`), and :data:`QUALITY_TABLE`: per image its ``file``, its
-    ``mask``'s name, mask ``quality`` (:func:`~lesionseg.inference.quality.mask_quality` at model resolution),
-    ``review`` (``yes`` when the quality is below ``settings.review_threshold``; empty without one) and
-    ``mask_area_px``
-    (lesion pixels of the mask). With ``review_only`` only the flagged images' masks (and overlays) are written.
+    """Write ``<name>_mask.png`` (0/255, original size), optionally ``<name>_overlay.png``, per input, ``name`` its
+    stem unless stems clash (:func:`output_names`), and ``quality.csv``: per image ``file``, ``mask`` (its name),
+    ``quality``, ``review`` (``yes``/``no``; empty without a review threshold) and ``mask_area_px``. With
+    ``review_only`` only the flagged images' masks are written.
 
-    All output names are decided and checked first (:func:`plan_outputs`, which raises :class:`DataError` before
-    anything is written: no input file and, without ``overwrite``, no file that predict did not write is ever
-    replaced). The table is written before the masks too, listing them with empty scores, so that the masks of an
-    interrupted run are predict's own on the next (:func:`earlier_outputs`), and again with the scores at the end.
-
-    Images are resized to the checkpoint's ``size`` exactly as the prepare stage
-    does and run through :func:`~lesionseg.inference.predict.predict` with ``settings``, ``batch_size`` at a time:
-    each mask is taken at the image's original size, as evaluation takes it. Unreadable inputs are logged and
-    listed in ``summary.failed``; the others still run.
+    Every name is checked before anything is written (:class:`DataError`: no input file and, without ``overwrite``,
+    no file an earlier predict did not write is replaced; docs/predict.md). Images go through
+    :func:`~lesionseg.inference.predict.predict` ``batch_size`` at a time, each mask at its original size as
+    evaluation takes it; unreadable inputs are logged and listed in ``summary.failed``, the others still run.
     """
     output_dir = Path(output_dir)
-    outputs = plan_outputs(paths, output_dir, overlays=overlays, overwrite=overwrite)
+    outputs = _plan_outputs(paths, output_dir, overlays=overlays, overwrite=overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
     _write_table(output_dir, [{"file": str(o.image), "mask": o.mask} for o in outputs])
     summary = PredictSummary()
@@ -261,16 +254,16 @@ def predict_files(
                     )
             bar.update(min(batch_size, len(outputs) - start))
     _write_table(output_dir, summary.rows)
-    summary.written.append(output_dir / QUALITY_TABLE)
+    summary.written.append(output_dir / _QUALITY_TABLE)
     return summary
 
 
 def _write_table(output_dir: Path, rows: list[dict]) -> None:
-    table = pd.DataFrame(rows, columns=list(QUALITY_COLUMNS))
-    atomic.write_text(output_dir / QUALITY_TABLE, table.to_csv(index=False, float_format="%.6f"))
+    table = pd.DataFrame(rows, columns=list(_QUALITY_COLUMNS))
+    atomic.write_text(output_dir / _QUALITY_TABLE, table.to_csv(index=False, float_format="%.6f"))
 
 
-def _write_outputs(output: ImageOutputs, mask: np.ndarray, output_dir: Path, overlays: bool) -> list[Path]:
+def _write_outputs(output: _ImageOutputs, mask: np.ndarray, output_dir: Path, overlays: bool) -> list[Path]:
     written = [output_dir / output.mask]
     with atomic.atomic_path(written[0]) as tmp:
         Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")

@@ -19,7 +19,7 @@ from lesionseg.training.train import TrainConfig, TrainingJob, TrainResult, seed
 PhaseRunner = Callable[[str, TrainingJob], TrainResult]
 
 
-def plain_runner(name: str, job: TrainingJob) -> TrainResult:
+def _plain_runner(name: str, job: TrainingJob) -> TrainResult:
     return train_model(job)
 
 
@@ -30,7 +30,7 @@ def train_fold(
     finetune_config: TrainConfig,
     levels: list[int],
     folder: Path,
-    runner: PhaseRunner = plain_runner,
+    runner: PhaseRunner = _plain_runner,
 ) -> dict[str, Path]:
     """Train the pipeline's phases on one fold: ``frozen``, then ``finetune_<level>`` for each
     level, each from the frozen model. Checkpoints and histories go to ``folder`` (the fold's own:

@@ -1,20 +1,9 @@
 """Data-parallel training with PyTorch's own engine (``torchrun`` + DistributedDataParallel).
 
-The stages start the ranks (``runtime.nproc_per_node``; see ``stages/distributed.py``)
-and hand the library a :class:`Distributed`; :func:`lesionseg.training.train.train_model`
-then
-
-- shards every epoch: each optimizer step takes one *global* batch of
-  ``batch_size`` samples, split evenly over the ranks (``batch_size`` must be a
-  multiple of the world size), so the number of steps, the learning-rate
-  schedule and the effective batch are those of one process;
-- averages gradients with DDP (NCCL on CUDA, gloo on CPU);
-- normalises with SyncBatchNorm on CUDA (batch statistics over the global
-  batch, as in one process). On CPU, where SyncBatchNorm does not run, each
-  rank's BatchNorm uses its local batch and DDP broadcasts rank 0's running
-  statistics before every forward pass. Frozen encoder stages keep their
-  BatchNorm in eval mode either way (pretrained statistics, nothing synchronised);
-- validates, logs, and writes checkpoints and histories on rank 0 only.
+The stages start the ranks (``runtime.nproc_per_node``, ``stages/distributed.py``) and hand the library a
+:class:`Distributed`; :func:`lesionseg.training.train.train_model` then splits every global batch of
+``batch_size`` evenly over the ranks, averages gradients with DDP (NCCL on CUDA, gloo on CPU), synchronises
+BatchNorm, and validates, logs and writes on rank 0 only. What each rank does: docs/scaling-out.md.
 """
 
 from __future__ import annotations
@@ -39,7 +28,7 @@ class Distributed:
         return self.rank == 0
 
 
-def backend_for(device: torch.device) -> str:
+def _backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
@@ -47,7 +36,7 @@ def init(ctx: Distributed, device: torch.device) -> None:
     """Join the process group (rendezvous from torchrun's environment)."""
     if device.type == "cuda":
         torch.cuda.set_device(ctx.local_rank)
-    dist.init_process_group(backend_for(device), rank=ctx.rank, world_size=ctx.world_size)
+    dist.init_process_group(_backend_for(device), rank=ctx.rank, world_size=ctx.world_size)
 
 
 def shutdown() -> None:

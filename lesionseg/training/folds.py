@@ -40,7 +40,7 @@ class CrossValConfig:
         return self.folds > 0
 
 
-def fold_assignment(areas, folds: int, seed: int) -> np.ndarray:
+def _fold_assignment(areas, folds: int, seed: int) -> np.ndarray:
     """Fold index (``0 .. folds - 1``) of each pair, stratified by lesion area.
 
     Pairs are ordered by lesion area (``areas``, one number per pair; ties keep
@@ -72,7 +72,7 @@ class Fold:
 
 def make_folds(pairs: Split, config: CrossValConfig) -> list[Fold]:
     """The ``config.folds`` folds of ``pairs`` (all training pairs), stratified by lesion area."""
-    assignment = fold_assignment(pairs.masks.flatten(1).sum(1).numpy(), config.folds, config.seed)
+    assignment = _fold_assignment(pairs.masks.flatten(1).sum(1).numpy(), config.folds, config.seed)
     folds = []
     for k in range(config.folds):
         rest = np.flatnonzero(assignment != k)

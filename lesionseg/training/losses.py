@@ -8,17 +8,12 @@ from torch import nn
 
 
 class DiceBCELoss(nn.Module):
-    """``bce_weight * BCEWithLogits + dice_weight * (1 - soft Dice)`` on logits.
+    """``bce_weight * BCEWithLogits + dice_weight * (1 - soft Dice)`` on logits; returns a scalar.
 
-    Shapes: ``logits`` and ``target`` are ``(N, 1, H, W)`` (or any equal
-    shapes); ``target`` holds 0/1 floats. Returns a scalar.
-
-    Soft Dice is computed over the whole batch (all pixels pooled), not per
-    image and averaged: images with an empty or tiny mask would otherwise give
-    a Dice term of 0 or 1 with huge gradients from a handful of pixels. This is
-    also how the reference report's DiceBCE is defined. ``smooth`` (default 1)
-    is added to numerator and denominator so the term is defined for an
-    all-empty batch and the gradient stays bounded.
+    ``logits`` and ``target`` (0/1 floats) have equal shapes, e.g. ``(N, 1, H, W)``. Soft Dice pools every pixel of
+    the batch, not per image (images with an empty or tiny mask would otherwise give huge gradients from a handful of
+    pixels; the reference report's DiceBCE does the same); ``smooth`` (default 1) is added to numerator and
+    denominator, so an all-empty batch is defined and the gradient bounded.
     """
 
     def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):

@@ -1,14 +1,9 @@
 """One training phase (frozen, or a fine-tuning level) as one MLflow run.
 
-Training never depends on the tracking store. If it stops answering during a
-phase (after MLflow's own HTTP retries), the phase trains on and writes its
-checkpoint and history as usual; what could not be logged is kept with a copy
-of both in a *pending* folder (:class:`DeferredLogging`), and the phase's result
-carries the error (the stages end with one line naming the store). The next
-run of the same phase on the same inputs (``dvc repro`` once the server is
-back) finds that folder, restores the checkpoint and history without
-training, completes the same MLflow run (missing epochs, best metrics,
-artifacts) and removes the folder.
+Training never depends on the tracking store: if it stops answering during a phase, the phase trains on and
+writes its checkpoint and history, and what could not be logged waits with a copy of both in a pending folder
+(:class:`DeferredLogging`). The next run of the same phase on the same inputs restores them without training,
+completes the same MLflow run and removes the folder (docs/scaling-out.md).
 """
 
 from __future__ import annotations
@@ -32,8 +27,8 @@ from lesionseg.training.train import TrainConfig, TrainingJob, TrainResult, trai
 
 log = logging.getLogger(__name__)
 
-# amp and channels_last are logged as phase_params resolves them (the request and what the device uses).
-LOGGED_TRAIN_FIELDS = (
+# amp and channels_last are logged as _phase_params resolves them (the request and what the device uses).
+_LOGGED_TRAIN_FIELDS = (
     "epochs", "lr", "batch_size", "optimizer", "weight_decay", "scheduler", "warmup_epochs",
     "bce_weight", "dice_weight", "ema_decay", "seed", "device", "augment_on", "compile", "fused_optimizer",
 )  # fmt: skip
@@ -42,11 +37,11 @@ LOGGED_TRAIN_FIELDS = (
 # MLflow lists a run's metrics in the order they were first logged, and its compare page plots the first
 # one shared by the runs (parallel coordinates) until the user picks another: the trainable count, which
 # tells the phases apart, not the total, which is the same for all.
-COUNTS_LOGGING_ORDER = ("trainable", "frozen", "total")
+_COUNTS_LOGGING_ORDER = ("trainable", "frozen", "total")
 
 
-def counts_in_logging_order(counts: dict[str, int]) -> dict[str, int]:
-    return {key: counts[key] for key in COUNTS_LOGGING_ORDER}
+def _counts_in_logging_order(counts: dict[str, int]) -> dict[str, int]:
+    return {key: counts[key] for key in _COUNTS_LOGGING_ORDER}
 
 
 @dataclass(frozen=True)
@@ -64,7 +59,7 @@ class DeferredLogging:
         return Path(self.directory) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{self.key[:20]}"
 
 
-def phase_params(model: LesionSegModel, model_config: ModelConfig, config: TrainConfig, image_size: int) -> dict:
+def _phase_params(model: LesionSegModel, model_config: ModelConfig, config: TrainConfig, image_size: int) -> dict:
     """The MLflow params of a phase: unfreeze level, model, data size, training and augmentation settings, and
     the precision and layout the training step uses on its device (``precision``, ``channels_last``) with the
     requests (``amp_request``, ``channels_last_request``), as the checkpoint records them."""
@@ -76,7 +71,7 @@ def phase_params(model: LesionSegModel, model_config: ModelConfig, config: Train
         "minkowski_p": model_config.minkowski_p,
         "image_size": image_size,
     }
-    params.update({name: getattr(config, name) for name in LOGGED_TRAIN_FIELDS})
+    params.update({name: getattr(config, name) for name in _LOGGED_TRAIN_FIELDS})
     numerics = resolve_numerics(config.amp, config.channels_last, select_device(config.device), config.tf32)
     params.update(numerics.record())
     params.update({f"augment_{k}": v for k, v in asdict(config.augment).items()})
@@ -94,18 +89,12 @@ def train_phase(
 ) -> TrainResult:
     """Train ``job.model`` at its unfreeze level inside an MLflow run named ``name``.
 
-    Logs the params, parameter counts, per-epoch history (epoch as step), best
-    validation metrics, the history CSV and the checkpoint; the checkpoint
-    records the run id (``extra.mlflow_run_id``) so later stages can add to it.
-
-    ``deferred``: keep what the tracking store did not take there (see the
-    module doc), and take it up instead of training again; the failure is
-    reported in ``TrainResult.logging_error``. Without it, a failing store
-    raises :class:`~lesionseg.tracking.TrackingError` once the checkpoint and
-    history are written.
-    ``distributed``: this process is one rank of a ``torchrun`` job; only
-    rank 0 talks to MLflow and writes files (one run per phase), and its
-    decision to take up deferred logging instead of training is every rank's.
+    Logs the params, parameter counts, per-epoch history, best validation metrics, the history CSV and the
+    checkpoint, which records the run id (``extra.mlflow_run_id``). ``deferred``: keep what the tracking store did not
+    take (see the module doc) and take it up instead of training again, reporting the failure in
+    ``TrainResult.logging_error``; without it a failing store raises :class:`~lesionseg.tracking.TrackingError` once
+    the checkpoint and history are written. ``distributed``: one rank of a ``torchrun`` job; only rank 0 talks to
+    MLflow and writes files, and its choice to take up deferred logging is every rank's.
     """
     main = distributed is None or distributed.is_main
     entry = deferred.entry(name) if deferred is not None and main else None
@@ -124,11 +113,11 @@ def train_phase(
     if resume:
         return _complete_deferred(name, entry, job.checkpoint_path, job.history_path, tags, parent_run_id)
 
-    params = phase_params(job.model, job.model_config, job.config, job.train_split.size)
+    params = _phase_params(job.model, job.model_config, job.config, job.train_split.size)
     counts = count_parameters(job.model)
     run = tracking.PhaseRun.start(name, tags, parent_run_id)
     run.log_params(params)
-    run.log_metrics("params_", counts_in_logging_order(counts))
+    run.log_metrics("params_", _counts_in_logging_order(counts))
     result = train_model(
         job,
         on_epoch=lambda row: run.log_metrics("", row, step=int(row["epoch"])),
@@ -195,7 +184,7 @@ def _complete_deferred(
     atomic.write_text(history_path, (entry / "history.csv").read_text())
     history = pd.read_csv(history_path)
     run.log_params(state["params"])
-    run.log_metrics("params_", counts_in_logging_order(state["param_counts"]), skip_logged=True)
+    run.log_metrics("params_", _counts_in_logging_order(state["param_counts"]), skip_logged=True)
     for row in history.to_dict("records"):
         run.log_metrics("", row, step=int(row["epoch"]), skip_logged=True)
     run.log_metrics("best_val_", state["best_metrics"], skip_logged=True)

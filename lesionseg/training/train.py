@@ -39,15 +39,15 @@ from lesionseg.training.losses import DiceBCELoss
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULERS = ("constant", "cosine")
-AUGMENT_ON = ("auto", "loader", "device")
+_OPTIMIZERS = ("adam", "adamw")
+_SCHEDULERS = ("constant", "cosine")
+_AUGMENT_ON = ("auto", "loader", "device")
 # torch.compile modes for the training step; "eager" = not compiled.
-COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs on CUDA
-FUSED_OPTIMIZER = ("auto", "on", "off")
-FUSED_DEVICES = ("cuda", "cpu")  # where fused Adam/AdamW exist in every supported torch (>= 2.5)
-HISTORY_COLUMNS = (
+_COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
+_CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs on CUDA
+_FUSED_OPTIMIZER = ("auto", "on", "off")
+_FUSED_DEVICES = ("cuda", "cpu")  # where fused Adam/AdamW exist in every supported torch (>= 2.5)
+_HISTORY_COLUMNS = (
     "epoch",
     "train_loss",
     "train_jaccard",
@@ -99,21 +99,21 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
+        if self.scheduler not in _SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {self.scheduler!r}")
         # warmup_epochs == epochs is allowed (all warm-up): short smoke runs keep the recipe's warm-up.
         if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be an integer in [0, epochs], got {self.warmup_epochs!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
-        if self.augment_on not in AUGMENT_ON:
-            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
-        if self.fused_optimizer not in FUSED_OPTIMIZER:
-            raise ValueError(f"fused_optimizer must be one of {FUSED_OPTIMIZER}, got {self.fused_optimizer!r}")
+        if self.augment_on not in _AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {_AUGMENT_ON}, got {self.augment_on!r}")
+        if self.compile not in _COMPILE_MODES:
+            raise ValueError(f"compile must be one of {_COMPILE_MODES}, got {self.compile!r}")
+        if self.fused_optimizer not in _FUSED_OPTIMIZER:
+            raise ValueError(f"fused_optimizer must be one of {_FUSED_OPTIMIZER}, got {self.fused_optimizer!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
         amp_request(self.amp)
@@ -132,7 +132,7 @@ class TrainResult:
     @classmethod
     def of_other_rank(cls) -> TrainResult:
         """What a rank other than 0 returns: rank 0 holds the history and the best epoch."""
-        return cls(pd.DataFrame(columns=HISTORY_COLUMNS), 0, {})
+        return cls(pd.DataFrame(columns=_HISTORY_COLUMNS), 0, {})
 
 
 def seed_everything(seed: int) -> None:
@@ -143,13 +143,13 @@ def seed_everything(seed: int) -> None:
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     # One fused kernel for the whole update is faster where PyTorch has one (docs/benchmarks.md); None: its default.
-    auto = True if device.type in FUSED_DEVICES else None
+    auto = True if device.type in _FUSED_DEVICES else None
     fused = {"on": True, "off": None, "auto": auto}[config.fused_optimizer]
     kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return kind(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
-def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+def _lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
     """Multiplier of ``config.lr`` at optimizer step ``step`` (0-based)."""
     warmup = config.warmup_epochs * steps_per_epoch
     if step < warmup:
@@ -160,7 +160,7 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def evaluate_split(model: torch.nn.Module, split: Split, loss_fn, batch_size: int, device) -> dict:
+def _evaluate_split(model: torch.nn.Module, split: Split, loss_fn, batch_size: int, device) -> dict:
     """Loss and metrics (see :mod:`lesionseg.metrics`) at model resolution, from fp32 logits on every device."""
     logits = predict_uint8(model, split.images, batch_size, device)
     target = split.masks[:, None].float()
@@ -168,7 +168,7 @@ def evaluate_split(model: torch.nn.Module, split: Split, loss_fn, batch_size: in
     return {"loss": float(loss_fn(logits, target)), **summarize(counts)}
 
 
-def training_batches(
+def _training_batches(
     split: Split, config: TrainConfig, device: torch.device, distributed: ddp.Distributed | None = None
 ):
     """Iterable of augmented ``(images (N, 3, S, S), masks (N, 1, S, S))`` batches on ``device``, one epoch
@@ -241,11 +241,11 @@ class TrainingJob:
 
 @dataclass
 class TrainingSetup:
-    """What the epoch loop needs, built once per phase by :func:`set_up_training`."""
+    """What the epoch loop needs, built once per phase."""
 
     device: torch.device
     numerics: Numerics  # the training step's precision and memory layout on ``device``
-    batches: Iterable  # one epoch of augmented (images, masks) batches per iteration (:func:`training_batches`)
+    batches: Iterable  # one epoch of augmented (images, masks) batches per iteration (:func:`_training_batches`)
     model: LesionSegModel  # the eager module (BatchNorm synchronised under DDP): what the optimizer updates
     trained: torch.nn.Module  # ``model``, or its DDP wrapper: what is put in training mode
     step_model: torch.nn.Module  # ``trained``, compiled unless ``compile`` is eager: what the step calls
@@ -263,7 +263,7 @@ class TrainingSetup:
 
 
 @dataclass
-class EpochTotals:
+class _EpochTotals:
     """One training epoch's sums over all ranks' shards, on the training device: ``loss_sum`` (scalar: each
     batch's mean loss times its images), ``seen`` (scalar: images) and ``counts`` (int64 ``(N, 4)``: each image's
     TP, FP, FN, TN, from the step's own logits)."""
@@ -280,7 +280,7 @@ class EpochTotals:
 
 
 @dataclass
-class BestEpoch:
+class _BestEpoch:
     """The best epoch so far by validation Jaccard, its validation metrics and its checkpoint (held in memory)."""
 
     epoch: int
@@ -288,7 +288,7 @@ class BestEpoch:
     checkpoint: dict
 
 
-def set_up_training(job: TrainingJob, distributed: ddp.Distributed | None) -> TrainingSetup:
+def _set_up_training(job: TrainingJob, distributed: ddp.Distributed | None) -> TrainingSetup:
     """Seed, pick the device and numerics, move the model there and build the batches, the DDP wrapper, the
     compiled step, the optimizer, its schedule and the moving average, in that order (the seeded draws follow
     it)."""
@@ -301,7 +301,7 @@ def set_up_training(job: TrainingJob, distributed: ddp.Distributed | None) -> Tr
     log.info("training step: %s, channels_last %s, tf32 %s (asked: amp %s)", numerics.precision,
              numerics.channels_last, numerics.tf32, config.amp)  # fmt: skip
     model.to(device, memory_format=numerics.memory_format)
-    batches = training_batches(job.train_split, config, device, distributed)
+    batches = _training_batches(job.train_split, config, device, distributed)
     trained = model
     if distributed is not None:
         if device.type == "cuda":
@@ -311,8 +311,8 @@ def set_up_training(job: TrainingJob, distributed: ddp.Distributed | None) -> Tr
     optimizer = make_optimizer(model, config, device)
     # Only the training step is compiled; validation and checkpoints use the eager module (same weights).
     step_model = trained if config.compile == "eager" else torch.compile(trained, mode=config.compile)
-    cuda_graphs = config.compile in CUDA_GRAPH_MODES and device.type == "cuda"
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, len(batches), config))
+    cuda_graphs = config.compile in _CUDA_GRAPH_MODES and device.type == "cuda"
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, len(batches), config))
     # The average starts from the phase's initial weights; use_buffers also averages BatchNorm statistics.
     ema = None
     if config.ema_decay > 0:
@@ -323,7 +323,7 @@ def set_up_training(job: TrainingJob, distributed: ddp.Distributed | None) -> Tr
     )
 
 
-def forward_loss(setup: TrainingSetup, images: torch.Tensor, masks: torch.Tensor):
+def _forward_loss(setup: TrainingSetup, images: torch.Tensor, masks: torch.Tensor):
     """The step's logits and loss for one batch, in the step's precision and layout."""
     images = images.contiguous(memory_format=setup.numerics.memory_format)
     if setup.cuda_graphs:  # a new step: the previous step's graph outputs may be overwritten
@@ -345,9 +345,9 @@ def update(setup: TrainingSetup, loss: torch.Tensor) -> None:
         setup.ema.update_parameters(setup.model)
 
 
-def train_one_epoch(
+def _train_one_epoch(
     setup: TrainingSetup, epoch: int, config: TrainConfig, distributed: ddp.Distributed | None
-) -> EpochTotals:
+) -> _EpochTotals:
     """One pass over ``setup.batches``: a step per batch (forward, loss, backward, optimizer and schedule,
     moving average). With ``distributed``, the totals are summed over all ranks."""
     setup.trained.train()  # the DDP wrapper passes it on; frozen stages stay in eval mode
@@ -359,7 +359,7 @@ def train_one_epoch(
     )
     for images, masks in progress:
         with tf32_mode(setup.numerics.tf32):
-            logits, loss = forward_loss(setup, images, masks)
+            logits, loss = _forward_loss(setup, images, masks)
             update(setup, loss)
         # Accumulate on the device: no host sync per step.
         loss_sum += loss.detach() * len(images)
@@ -370,17 +370,17 @@ def train_one_epoch(
         torch.distributed.all_reduce(loss_sum)
         torch.distributed.all_reduce(seen)
         counts = ddp.all_gather_rows(counts, distributed.world_size)
-    return EpochTotals(loss_sum, seen, counts)
+    return _EpochTotals(loss_sum, seen, counts)
 
 
 def validate(setup: TrainingSetup, val_split: Split, config: TrainConfig) -> dict:
-    """Validation loss and metrics of ``setup.evaluated`` (:func:`evaluate_split`)."""
+    """Validation loss and metrics of ``setup.evaluated`` (:func:`_evaluate_split`)."""
     # Validation is inference: fp32 on every device, so the best epoch is picked on the evaluate stage's numbers.
-    return evaluate_split(setup.evaluated, val_split, setup.loss_fn, config.batch_size * 2, setup.device)
+    return _evaluate_split(setup.evaluated, val_split, setup.loss_fn, config.batch_size * 2, setup.device)
 
 
-def history_row(epoch: int, totals: EpochTotals, val: dict, lr: float, seconds: float, numerics: Numerics) -> dict:
-    """One epoch's row of the history (``HISTORY_COLUMNS``): ``lr`` is the epoch's first step's, ``seconds``
+def _history_row(epoch: int, totals: _EpochTotals, val: dict, lr: float, seconds: float, numerics: Numerics) -> dict:
+    """One epoch's row of the history (``_HISTORY_COLUMNS``): ``lr`` is the epoch's first step's, ``seconds``
     its training and validation."""
     return {
         "epoch": epoch,
@@ -403,30 +403,24 @@ def train_model(
 ) -> TrainResult:
     """Train ``job.model`` at its current unfreeze level.
 
-    Writes the best checkpoint (by validation per-image Jaccard) to
-    ``job.checkpoint_path`` and the per-epoch history (columns
-    ``HISTORY_COLUMNS``) to ``job.history_path`` as CSV, both atomically at the
-    end of the phase.
-    ``on_epoch`` receives each history row (e.g. to log it to MLflow).
-
-    ``distributed``: this process is one rank of a ``torchrun`` job (process
-    group already initialised): DistributedDataParallel over global batches
-    of ``config.batch_size``; only rank 0 validates, calls ``on_epoch`` and
-    writes (see :mod:`lesionseg.training.distributed`). At the end every rank's
+    Writes the best checkpoint (by validation per-image Jaccard) to ``job.checkpoint_path`` and the per-epoch history
+    to ``job.history_path`` (CSV), both atomically at the end of the phase; ``on_epoch`` receives each history row.
+    ``distributed``: this process is one rank of a ``torchrun`` job (process group initialised): DDP over global
+    batches of ``config.batch_size``; only rank 0 validates, calls ``on_epoch`` and writes. At the end every rank's
     weights are compared; the checkpoint's ``extra.distributed`` records them.
     """
     config = job.config
-    setup = set_up_training(job, distributed)
+    setup = _set_up_training(job, distributed)
     main = distributed is None or distributed.is_main
     rows, best = [], None
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         lr = setup.optimizer.param_groups[0]["lr"]  # the epoch's first step's
-        totals = train_one_epoch(setup, epoch, config, distributed)
+        totals = _train_one_epoch(setup, epoch, config, distributed)
         if not main:
             continue
         val = validate(setup, job.val_split, config)
-        row = history_row(epoch, totals, val, lr, time.perf_counter() - start, setup.numerics)
+        row = _history_row(epoch, totals, val, lr, time.perf_counter() - start, setup.numerics)
         rows.append(row)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         if best is None or val["jaccard"] > best.metrics["jaccard"]:
@@ -440,7 +434,7 @@ def train_model(
                 checkpoint_extra,
                 numerics=setup.numerics.record(),
             )
-            best = BestEpoch(epoch, val, checkpoint)
+            best = _BestEpoch(epoch, val, checkpoint)
         if on_epoch is not None:
             on_epoch(row)
     if distributed is not None:
@@ -451,11 +445,11 @@ def train_model(
     return _write_outputs(job, best, rows)
 
 
-def _write_outputs(job: TrainingJob, best: BestEpoch, rows: list[dict]) -> TrainResult:
+def _write_outputs(job: TrainingJob, best: _BestEpoch, rows: list[dict]) -> TrainResult:
     """Save the best checkpoint (with the phase's settings) and the history."""
     best.checkpoint["train_config"] = _plain(asdict(job.config))
     save_checkpoint(best.checkpoint, job.checkpoint_path)
-    history = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    history = pd.DataFrame(rows, columns=_HISTORY_COLUMNS)
     atomic.write_text(job.history_path, history.to_csv(index=False))
     return TrainResult(history, best.epoch, best.metrics)
 
