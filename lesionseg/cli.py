@@ -51,7 +51,7 @@ def _cmd_predict(args) -> int:
         if args.review_only:
             print(
                 f"lesionseg predict: --review-only needs a review threshold: {args.checkpoint[0]} stores none "
-                "(exported before lesionseg chose one, or a training checkpoint); give --review-threshold",
+                "(a training checkpoint, or exported without one); give --review-threshold",
                 file=sys.stderr,
             )
             return 2

@@ -64,7 +64,7 @@ def test_only_the_inference_layer_runs_the_steps_of_predict():
     assert not outside, f"call lesionseg.inference.predict.predict instead: {outside}"
 
 
-def test_the_stored_form_round_trips_and_old_models_read_as_before():
+def test_the_stored_form_round_trips_and_an_incomplete_one_is_refused():
     settings = InferenceSettings(
         tta=True,
         threshold=0.6,
@@ -74,11 +74,8 @@ def test_the_stored_form_round_trips_and_old_models_read_as_before():
     )
     record = settings.record()
     assert tuple(record) == _RECORD_KEYS and InferenceSettings.from_record(record) == settings
-    # a model exported before the zoom and the review threshold existed: those keys missing, the plain values
-    old = {k: record[k] for k in ("tta", "threshold", "keep_largest", "fill_holes")}
-    assert InferenceSettings.from_record(old) == InferenceSettings(
-        tta=True, threshold=0.6, postprocess=PostprocessConfig(keep_largest=True)
-    )
+    with pytest.raises(ValueError, match="missing inference settings: zoom, zoom_margin"):
+        InferenceSettings.from_record({k: v for k, v in record.items() if not k.startswith("zoom")})
     with pytest.raises(ValueError, match="unknown inference settings: colour"):
         InferenceSettings.from_record({**record, "colour": 1})
 

@@ -167,10 +167,8 @@ def test_predict_writes_the_quality_table_and_review_only(untrained, tmp_path, c
     root, raw = untrained
     images = raw / TEST_IMAGES / TEST_IMAGES
     args = ["predict", "--quiet", str(images)]
-    # A model exported before review thresholds existed: it still predicts, and says it flags nothing.
-    old = package_model([root / "model.pt"], InferenceSettings())
-    del old["inference"]["review_threshold"]
-    save_checkpoint(old, tmp_path / "old.pt")
+    # A model exported without a review threshold: it still predicts, and says it flags nothing.
+    save_checkpoint(package_model([root / "model.pt"], InferenceSettings()), tmp_path / "old.pt")
     assert main([*args, "--checkpoint", str(tmp_path / "old.pt"), "--output", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr()
     assert "stores no review threshold" in printed.err and "none flagged" in printed.out

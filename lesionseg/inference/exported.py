@@ -40,7 +40,7 @@ def with_settings(checkpoint: dict, settings: InferenceSettings) -> dict:
 def stored_settings(checkpoint: dict) -> InferenceSettings:
     """The settings stored with an exported model; the plain model's (:class:`InferenceSettings` defaults) for a
     training checkpoint, which stores none (:func:`has_inference_settings`)."""
-    return InferenceSettings.from_record(checkpoint.get("inference", {}))
+    return InferenceSettings.from_record(checkpoint["inference"]) if "inference" in checkpoint else InferenceSettings()
 
 
 def has_inference_settings(checkpoint: dict) -> bool:

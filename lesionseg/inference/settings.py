@@ -64,7 +64,7 @@ class InferenceSettings:
     ``threshold`` (the lesion probability above which a pixel is lesion), ``postprocess`` (clean-up of the
     thresholded mask), ``zoom`` (the second pass on small lesions) and ``review_threshold`` (masks whose
     quality, :func:`lesionseg.inference.quality.mask_quality`, is below it are flagged for review; ``None``, as for a
-    training checkpoint or a model exported before it existed: none is flagged)."""
+    training checkpoint: none is flagged)."""
 
     tta: bool = False
     threshold: float = 0.5
@@ -100,12 +100,15 @@ class InferenceSettings:
 
     @classmethod
     def from_record(cls, record: dict) -> InferenceSettings:
-        """Settings from their stored form; a key it lacks (a model exported before that setting existed) keeps
-        the plain model's value. Raises ``ValueError`` for a key that is not a setting, or a bad value."""
+        """Settings from their stored form (every key of :meth:`record`). Raises ``ValueError`` for a missing
+        key, a key that is not a setting, or a bad value."""
         unknown = sorted(set(record) - set(_RECORD_KEYS))
         if unknown:
             raise ValueError(f"unknown inference settings: {', '.join(unknown)}")
-        values = {**InferenceSettings().record(), **record}
+        missing = [key for key in _RECORD_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"missing inference settings: {', '.join(missing)}")
+        values = record
         return cls(
             tta=values["tta"],
             threshold=values["threshold"],
