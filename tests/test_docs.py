@@ -76,6 +76,18 @@ def test_the_reference_page_names_every_key_of_params_yaml():
     assert not missing, f"docs/reference.md's params.yaml table does not name {missing}"
 
 
+def test_the_unfreeze_levels_table_is_the_models_parameter_counts():
+    from lesionseg.model.model import parameter_counts_by_level
+
+    text = (REPO / "docs" / "reference.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d)(?: / `all`| \(`frozen`\))? \| [^|]+ \| ([\d,]+) \|$", text, re.MULTILINE)
+    counts = parameter_counts_by_level()
+    assert len(rows) == 5, "docs/reference.md: the unfreeze levels table has one row per level, 0 to 4"
+    for level, trainable in rows:
+        key = "all" if level == "4" else level
+        assert int(trainable.replace(",", "")) == counts[key]["trainable"], f"level {level}: `lesionseg summary`"
+
+
 # --- The commands of the docs, through the parsers the pipeline uses -------------------------------------------
 #
 # Every command line in a fenced block (```bash, ```console, ```sh or a bare ```) of README.md and docs/*.md that
