@@ -39,7 +39,11 @@ def _load_for_inference(args):
     device = select_device(args.device)
     model, checkpoint = load_models(args.checkpoint)
     model.to(device)
-    settings = stored_settings(checkpoint).override({k: getattr(args, k, None) for k in OVERRIDABLE})
+    try:
+        stored = stored_settings(checkpoint)
+    except ValueError as exc:  # an incomplete or unknown stored record: the model file is at fault
+        raise DataError(args.checkpoint[0], f"{exc}: export the model again") from exc
+    settings = stored.override({k: getattr(args, k, None) for k in OVERRIDABLE})
     return model, checkpoint, settings, device
 
 

@@ -163,6 +163,17 @@ def test_evaluation_tables_carry_quality_and_the_validation_threshold(untrained,
     assert pd.read_csv(csv)["quality"].to_numpy() == pytest.approx(table["quality"].to_numpy(), abs=1e-5)
 
 
+def test_a_model_with_an_incomplete_settings_record_is_refused_naming_its_file(untrained, tmp_path, capsys):
+    root, raw = untrained
+    model = package_model([root / "model.pt"], InferenceSettings())
+    del model["inference"]["zoom"]
+    save_checkpoint(model, tmp_path / "old.pt")
+    args = ["predict", "--quiet", "--checkpoint", str(tmp_path / "old.pt"), "--output", str(tmp_path / "out")]
+    assert main([*args, str(raw / TEST_IMAGES / TEST_IMAGES)]) == 1
+    assert f"{tmp_path / 'old.pt'}: missing inference settings: zoom" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_writes_the_quality_table_and_review_only(untrained, tmp_path, capsys):
     root, raw = untrained
     images = raw / TEST_IMAGES / TEST_IMAGES

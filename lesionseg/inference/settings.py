@@ -108,13 +108,12 @@ class InferenceSettings:
         missing = [key for key in _RECORD_KEYS if key not in record]
         if missing:
             raise ValueError(f"missing inference settings: {', '.join(missing)}")
-        values = record
         return cls(
-            tta=values["tta"],
-            threshold=values["threshold"],
-            postprocess=PostprocessConfig(values["keep_largest"], values["fill_holes"]),
-            zoom=ZoomConfig(values["zoom"], values["zoom_margin"], values["zoom_max_share"]),
-            review_threshold=values["review_threshold"],
+            tta=record["tta"],
+            threshold=record["threshold"],
+            postprocess=PostprocessConfig(record["keep_largest"], record["fill_holes"]),
+            zoom=ZoomConfig(record["zoom"], record["zoom_margin"], record["zoom_max_share"]),
+            review_threshold=record["review_threshold"],
         )
 
     def override(self, overrides: dict) -> InferenceSettings:
